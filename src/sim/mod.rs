@@ -1,0 +1,1 @@
+//! The OrionVM v1 simulator (placeholder until it lands).
