@@ -1,0 +1,174 @@
+//! The admin listener: `/admin/**`, for principals with the admin role only.
+//!
+//! It is its own Pingora HTTP app (not a proxy), so that answers can be streamed.
+
+use crate::config::SharedState;
+use crate::errors::ApiError;
+use crate::observe::request_id;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::apps::HttpServerApp;
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use serde_json::json;
+use std::sync::Arc;
+
+pub const ADMIN_ROLE: &str = "admin";
+
+pub struct AdminApp {
+    pub state: Arc<SharedState>,
+}
+
+/// An admin answer: status and JSON body, or an error.
+pub type AdminResult = Result<(u16, serde_json::Value), ApiError>;
+
+impl AdminApp {
+    async fn handle(&self, session: &mut ServerSession) -> AdminResult {
+        let rt = self.state.current();
+        let req = session.req_header();
+        let principal = rt.auth.authenticate(&req.headers).map_err(ApiError::from)?;
+        if !principal.has_role(ADMIN_ROLE) {
+            return Err(ApiError::new(
+                403,
+                "forbidden",
+                "Forbidden",
+                "the admin API needs the admin role",
+            ));
+        }
+        let path = crate::routes::path::normalize(req.uri.path()).map_err(|e| {
+            ApiError::new(
+                400,
+                "invalid_path",
+                "The request path is invalid",
+                e.to_string(),
+            )
+        })?;
+        let method = req.method.clone();
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/admin/config") => Ok((200, config_summary(&rt))),
+            ("POST", "/admin/reload") => {
+                let state = self.state.clone();
+                let result = tokio::task::spawn_blocking(move || state.reload())
+                    .await
+                    .map_err(|_| ApiError::internal("the reload task failed"))?;
+                match result {
+                    Ok(version) => Ok((
+                        200,
+                        json!({"status": "reloaded", "config_version": version}),
+                    )),
+                    Err(errors) => {
+                        let mut details = serde_json::Map::new();
+                        details.insert("config".into(), json!(errors));
+                        Err(ApiError::new(
+                            422,
+                            "invalid_config",
+                            "The new configuration is invalid",
+                            format!(
+                                "the old configuration (version {}) stays in force",
+                                rt.version
+                            ),
+                        )
+                        .with_details(details))
+                    }
+                }
+            }
+            (_, p) if p.starts_with("/admin/") || p == "/admin" => {
+                Err(ApiError::not_found_route(p))
+            }
+            (_, p) => Err(ApiError::not_found_route(p)),
+        }
+    }
+}
+
+/// What the admin may see of the config: structure and names, never secrets or hashes.
+fn config_summary(rt: &crate::config::Runtime) -> serde_json::Value {
+    let accounts: serde_json::Map<String, serde_json::Value> = rt
+        .upstreams
+        .accounts
+        .iter()
+        .map(|(name, a)| {
+            (
+                name.clone(),
+                json!({
+                    "credentials": a.credentials.mode(),
+                    "endpoints": a.endpoints.iter().map(|e| json!({"name": &*e.name, "url": e.url, "up": e.health.is_up()})).collect::<Vec<_>>(),
+                }),
+            )
+        })
+        .collect();
+    json!({
+        "config_version": rt.version,
+        "accounts": accounts,
+        "tenants": rt.config.tenants.iter().map(|(k, v)| (k.clone(), json!(v.account))).collect::<serde_json::Map<_, _>>(),
+        "roles": rt.auth.roles.patterns(),
+        "api_keys": rt.config.api_keys.iter().map(|k| json!({"name": k.name, "roles": k.roles, "tenant": k.tenant, "enabled": k.enabled})).collect::<Vec<_>>(),
+        "routes": rt.routes.routes().len(),
+    })
+}
+
+async fn write_json(
+    session: &mut ServerSession,
+    status: u16,
+    body: Bytes,
+    request_id: &str,
+    extra: &[(&'static str, String)],
+) -> pingora::Result<()> {
+    let mut h = ResponseHeader::build(status, Some(4))?;
+    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", body.len().to_string())?;
+    h.insert_header("x-request-id", request_id)?;
+    h.insert_header("cache-control", "no-store")?;
+    for (k, v) in extra {
+        h.append_header(*k, v.as_str())?;
+    }
+    session.write_response_header(Box::new(h)).await?;
+    session.write_response_body(body, true).await?;
+    Ok(())
+}
+
+#[async_trait]
+impl HttpServerApp for AdminApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<pingora::apps::ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            _ => return None,
+        }
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        let rid = request_id::new_id();
+        let outcome = self.handle(&mut session).await;
+        let written = match outcome {
+            Ok((status, value)) => {
+                write_json(
+                    &mut session,
+                    status,
+                    Bytes::from(value.to_string()),
+                    &rid,
+                    &[],
+                )
+                .await
+            }
+            Err(err) => {
+                let mut extra = err.headers.clone();
+                if let Some(s) = err.retry_after {
+                    extra.push(("retry-after", s.to_string()));
+                }
+                write_json(&mut session, err.status, err.render(&rid), &rid, &extra).await
+            }
+        };
+        if written.is_err() {
+            return None;
+        }
+        let settings = pingora::apps::HttpPersistentSettings::for_session(&session);
+        session
+            .finish()
+            .await
+            .ok()
+            .flatten()
+            .map(|s| pingora::apps::ReusedHttpStream::from_reusable_stream(s, settings))
+    }
+}

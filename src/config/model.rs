@@ -1,0 +1,227 @@
+//! The configuration file's shape: serde structs, strict (`deny_unknown_fields`), with a JSON
+//! Schema derived from them so that every error in a file is reported at once with its path.
+//! Nothing here is read on the hot path: [`super::Runtime`] is built from it once per load.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listeners, threads and request limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// OrionVM accounts: endpoints and the credentials the proxy uses toward them.
+    pub accounts: BTreeMap<String, AccountConfig>,
+    /// Tenants: each names the OrionVM account that carries its calls.
+    pub tenants: BTreeMap<String, TenantConfig>,
+    /// Roles as sets of permissions (`instances:read`, `instances:*`, `*`). Defaults to the
+    /// shipped `viewer`, `operator` and `admin` when absent.
+    #[serde(default)]
+    pub roles: Option<BTreeMap<String, Vec<String>>>,
+    /// Callers' API keys, stored as hashes (`orion-proxy keygen` makes them).
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// Access log and redaction.
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    /// The route table. Defaults to the shipped OrionVM mirror and facade routes.
+    #[serde(default)]
+    pub routes: Option<Vec<RouteConfig>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the proxy listener, `host:port`.
+    pub listen: String,
+    /// TLS for the proxy listener; plain HTTP when absent.
+    pub tls: Option<TlsConfig>,
+    /// Address of the admin listener; none when null.
+    pub admin_listen: Option<String>,
+    /// Address of the Prometheus metrics listener; none when null.
+    pub metrics_listen: Option<String>,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// Seconds SIGTERM waits for in-flight requests before exiting.
+    pub grace_period_seconds: u64,
+    /// Networks whose `X-Request-Id` and `traceparent` are trusted (CIDR).
+    pub trusted_networks: Vec<String>,
+    /// Largest request body read and checked by the proxy (at most 65536: Pingora's replay buffer).
+    pub max_body_bytes: usize,
+    /// Largest total size of request headers accepted.
+    pub max_header_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            tls: None,
+            admin_listen: Some("127.0.0.1:9091".into()),
+            metrics_listen: Some("127.0.0.1:9090".into()),
+            threads: 2,
+            grace_period_seconds: 5,
+            trusted_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            max_body_bytes: 65536,
+            max_header_bytes: 32 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// OrionVM base URLs (`https://api.orionvm.com`), tried in order of health.
+    pub endpoints: Vec<EndpointConfig>,
+    /// PEM file with the CA that signs the endpoints' certificates (system roots otherwise).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// How the proxy authenticates to OrionVM for this account.
+    pub credentials: CredentialsConfig,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    3000
+}
+fn default_read_timeout_ms() -> u64 {
+    30000
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// `http://host:port` or `https://host[:port]`, optionally with a base path.
+    pub url: String,
+    /// A short name for logs and stats; defaults to the host.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// SNI and certificate name, when it differs from the URL's host.
+    #[serde(default)]
+    pub sni: Option<String>,
+}
+
+/// The proxy's credentials toward OrionVM. Secrets are references, never values.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CredentialsConfig {
+    /// OAuth2 client credentials against OrionVM's `/oauth/token`.
+    Oauth2 {
+        client_id: SecretRef,
+        client_secret: SecretRef,
+        #[serde(default = "default_token_path")]
+        token_path: String,
+        /// Refresh this many seconds before the token expires.
+        #[serde(default = "default_refresh_before")]
+        refresh_before_seconds: u64,
+    },
+    /// A long-lived OrionVM token, sent as `Authorization: Bearer`.
+    StaticToken { token: SecretRef },
+}
+
+fn default_token_path() -> String {
+    "/oauth/token".into()
+}
+fn default_refresh_before() -> u64 {
+    60
+}
+
+/// Where a secret comes from: an environment variable, a file, or a systemd credential
+/// (`$CREDENTIALS_DIRECTORY/NAME`, from `LoadCredential=`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SecretRef {
+    Env(String),
+    File(String),
+    Credential(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// The account (a key of `accounts`) whose credentials carry this tenant's calls.
+    pub account: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Who holds the key; appears in logs and audit records.
+    pub name: String,
+    /// `sha256:<64 hex digits>`, as printed by `orion-proxy keygen`.
+    pub hash: String,
+    pub roles: Vec<String>,
+    pub tenant: String,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// `stdout`, `off`, or a file path for the JSON access log.
+    pub access_log: String,
+    /// Extra header names to redact (Authorization, X-API-Key, Cookie, Set-Cookie always are).
+    pub redact_headers: Vec<String>,
+    /// Extra body field names to redact (client_secret, access_token, password... always are).
+    pub redact_fields: Vec<String>,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            access_log: "stdout".into(),
+            redact_headers: Vec::new(),
+            redact_fields: Vec::new(),
+        }
+    }
+}
+
+/// One route: a method and a path template, what serves it and what it needs.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique name, used in logs and metrics (`instances.start`).
+    pub name: String,
+    /// HTTP method, upper case.
+    pub method: String,
+    /// Path template with `{param}` segments (`/api/v1/instances/{id}/start`).
+    pub path: String,
+    /// What serves it.
+    #[serde(default)]
+    pub kind: RouteKind,
+    /// Permission needed (`instances:power`); a route without one is public.
+    #[serde(default)]
+    pub permission: Option<String>,
+    /// Whether the request body is JSON that the proxy reads and checks before forwarding.
+    #[serde(default)]
+    pub json_body: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteKind {
+    /// Forwarded to OrionVM at the same path.
+    #[default]
+    Mirror,
+    /// Liveness, answered by the proxy.
+    Health,
+    /// Readiness, answered by the proxy.
+    Ready,
+}

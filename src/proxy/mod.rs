@@ -1,0 +1,539 @@
+//! The one `ProxyHttp` implementation. Each phase stays short and calls into the module that
+//! owns the concern: routes, auth, validate, upstream, errors, observe.
+
+pub mod ctx;
+pub mod local;
+pub mod respond;
+
+use crate::config::SharedState;
+use crate::config::model::RouteKind;
+use crate::errors::{self, ApiError};
+use crate::observe::{self, metrics, request_id};
+use crate::routes::{Match, path};
+use crate::validate::body;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use ctx::Ctx;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{ErrorSource, ErrorType};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Raised from `upstream_response_filter` when OrionVM refuses the proxy's own token, so that
+/// Pingora retries the request once with a fresh one.
+const TOKEN_REJECTED: ErrorType = ErrorType::Custom("upstream_token_rejected");
+/// Largest upstream error body buffered for normalisation.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+pub struct OrionProxy {
+    pub state: Arc<SharedState>,
+}
+
+impl OrionProxy {
+    pub fn new(state: Arc<SharedState>) -> Self {
+        OrionProxy { state }
+    }
+
+    /// Everything before the upstream: path, route, identity, permission, body.
+    /// `Ok(None)` means go upstream; `Ok(Some(err))` answer with that error.
+    async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Option<ApiError>> {
+        let Some(rt) = ctx.runtime.clone() else {
+            return Ok(Some(ApiError::internal("no configuration loaded")));
+        };
+        let req = session.req_header();
+        let normalised = match path::normalize(req.uri.path()) {
+            Ok(p) => p,
+            Err(e) => {
+                return Ok(Some(ApiError::new(
+                    400,
+                    "invalid_path",
+                    "The request path is invalid",
+                    e.to_string(),
+                )));
+            }
+        };
+        let header_bytes: usize = req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
+        if header_bytes > rt.config.server.max_header_bytes {
+            return Ok(Some(ApiError::new(
+                431,
+                "headers_too_large",
+                "Request headers too large",
+                format!(
+                    "the request headers exceed {} bytes",
+                    rt.config.server.max_header_bytes
+                ),
+            )));
+        }
+        ctx.path = normalised;
+        let (route, params) = match rt.routes.find(&req.method, &ctx.path) {
+            Match::Found(route, params) => (route.clone(), params),
+            Match::WrongMethod => {
+                return Ok(Some(ApiError::method_not_allowed(
+                    req.method.as_str(),
+                    &ctx.path,
+                )));
+            }
+            Match::NotFound => return Ok(Some(ApiError::not_found_route(&ctx.path))),
+        };
+        ctx.route = Some(route.clone());
+        ctx.params = params;
+        match route.kind {
+            RouteKind::Health | RouteKind::Ready => return Ok(None),
+            RouteKind::Mirror => {}
+        }
+        let principal = match rt.auth.authenticate(&session.req_header().headers) {
+            Ok(p) => p,
+            Err(e) => {
+                ctx.auth_failure = Some(e.reason());
+                metrics::auth_failure(e.reason());
+                return Ok(Some(e.into()));
+            }
+        };
+        ctx.principal = Some(principal.clone());
+        if let Err(e) = rt.auth.authorize(&principal, route.permission.as_ref()) {
+            ctx.auth_failure = Some(e.reason());
+            metrics::auth_failure(e.reason());
+            return Ok(Some(e.into()));
+        }
+        let Some(tenant) = rt.upstreams.tenants.get(&*principal.tenant) else {
+            return Ok(Some(ApiError::internal(
+                "the caller's tenant is not configured",
+            )));
+        };
+        ctx.tenant = Some(tenant.clone());
+        if route.json_body && method_has_body(&session.req_header().method) {
+            let bytes = match body::read_whole(session, rt.max_body_bytes).await {
+                Ok(b) => b,
+                Err(e) => return Ok(Some(e.into())),
+            };
+            ctx.request_bytes = bytes.len();
+            if !bytes.iter().all(u8::is_ascii_whitespace) {
+                if let Err(e) = body::parse_json(&bytes) {
+                    return Ok(Some(e.into()));
+                }
+                ctx.body = Some(bytes);
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn method_has_body(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::POST | http::Method::PUT | http::Method::PATCH
+    )
+}
+
+#[async_trait]
+impl ProxyHttp for OrionProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new()
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        metrics::in_flight(1);
+        let rt = self.state.current();
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let trusted = request_id::is_trusted(client_ip, &rt.trusted_networks);
+        let headers = &session.req_header().headers;
+        let inbound_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+        ctx.request_id = match inbound_id {
+            Some(id) if trusted && request_id::valid_inbound(id) => id.to_string(),
+            _ => request_id::new_id(),
+        };
+        let inbound_trace = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(request_id::trace_id_of);
+        ctx.trace_id = match inbound_trace {
+            Some(t) if trusted => t.to_string(),
+            _ => request_id::new_trace_id(),
+        };
+        ctx.runtime = Some(rt);
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(err) = self.admit(session, ctx).await? {
+            respond::error(session, ctx, err).await?;
+            return Ok(true);
+        }
+        match ctx.route.as_ref().map(|r| r.kind) {
+            Some(RouteKind::Health) => {
+                local::health(session, ctx).await?;
+                Ok(true)
+            }
+            Some(RouteKind::Ready) => {
+                let rt = ctx.runtime.clone();
+                match rt {
+                    Some(rt) => local::ready(session, ctx, &rt).await?,
+                    None => {
+                        respond::error(session, ctx, ApiError::internal("no configuration loaded"))
+                            .await?
+                    }
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(tenant) = ctx.tenant.clone() else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no tenant for an upstream call",
+            ));
+        };
+        let avoid = if ctx.attempts > 0 && ctx.upstream_failure.is_some() {
+            ctx.endpoint
+        } else {
+            None
+        };
+        let Some((idx, endpoint)) = tenant.account.pick(avoid) else {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(502),
+                "the account has no endpoint",
+            ));
+        };
+        ctx.endpoint = Some(idx);
+        ctx.attempts = ctx.attempts.saturating_add(1);
+        ctx.upstream_failure = None;
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(endpoint.peer()))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let (Some(tenant), Some(idx)) = (ctx.tenant.clone(), ctx.endpoint) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no endpoint chosen",
+            ));
+        };
+        let account = &tenant.account;
+        let Some(endpoint) = account.endpoints.get(idx) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "endpoint index out of range",
+            ));
+        };
+        // The caller's credentials never reach OrionVM.
+        upstream.remove_header("authorization");
+        upstream.remove_header("x-api-key");
+        upstream.remove_header("cookie");
+        upstream.remove_header("proxy-authorization");
+        let auth = match account.credentials.authorization().await {
+            Ok(v) => v,
+            Err(e) => {
+                log::warn!("request {}: {e}", ctx.request_id);
+                ctx.upstream_failure = Some("credentials");
+                ctx.error = Some(ApiError::bad_gateway(
+                    "upstream_auth_failed",
+                    "the proxy could not obtain OrionVM credentials",
+                ));
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(502),
+                    "upstream credentials unavailable",
+                ));
+            }
+        };
+        upstream.insert_header("authorization", auth.clone())?;
+        ctx.upstream_auth = Some(auth);
+        let query = session.req_header().uri.query();
+        let target = match query {
+            Some(q) => format!("{}{}?{q}", endpoint.base_path, ctx.path),
+            None => format!("{}{}", endpoint.base_path, ctx.path),
+        };
+        let uri = target.parse::<http::Uri>().map_err(|_| {
+            Error::explain(
+                ErrorType::HTTPStatus(400),
+                "the request URI cannot be rebuilt",
+            )
+        })?;
+        upstream.set_uri(uri);
+        upstream.insert_header("host", endpoint.authority.as_str())?;
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream.insert_header("traceparent", request_id::child_traceparent(&ctx.trace_id))?;
+        if let Some(b) = &ctx.body {
+            upstream.remove_header("transfer-encoding");
+            upstream.insert_header("content-length", b.len().to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(checked) = &ctx.body {
+            // The bytes read and checked in request_filter are what goes upstream, on every attempt.
+            *body = if end_of_stream {
+                Some(checked.clone())
+            } else {
+                None
+            };
+        } else if let Some(b) = body {
+            ctx.request_bytes += b.len();
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let status = upstream.status.as_u16();
+        ctx.upstream_status = Some(status);
+        if let Some(t) = ctx.upstream_started {
+            ctx.upstream_elapsed = Some(t.elapsed());
+        }
+        if status == 401
+            && !ctx.token_retry_used
+            && let (Some(tenant), Some(used)) = (&ctx.tenant, &ctx.upstream_auth)
+            && tenant.account.credentials.mode() == "oauth2"
+        {
+            tenant.account.credentials.invalidate(used);
+            if !session.as_ref().retry_buffer_truncated() {
+                ctx.token_retry_used = true;
+                let mut e = Error::explain(TOKEN_REJECTED, "OrionVM refused the proxy's token");
+                e.set_retry(true);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        let status = upstream.status.as_u16();
+        if status >= 400 {
+            // Every error reaches the caller in the one error body, whatever OrionVM sent.
+            upstream.remove_header("content-length");
+            upstream.remove_header("content-encoding");
+            upstream.insert_header("transfer-encoding", "chunked")?;
+            upstream.insert_header("content-type", "application/json")?;
+            if status == 401 {
+                // The caller authenticated to the proxy; OrionVM refusing the proxy's own
+                // credentials is the proxy's failure, not the caller's.
+                upstream.set_status(502)?;
+            }
+            ctx.rewrite = Some(BytesMut::new());
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(buf) = ctx.rewrite.as_mut() {
+            if let Some(chunk) = body.take() {
+                let room = MAX_ERROR_BODY.saturating_sub(buf.len());
+                buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            if end_of_stream {
+                let upstream_status = ctx.upstream_status.unwrap_or(502);
+                let err = if upstream_status == 401 {
+                    ApiError::bad_gateway(
+                        "upstream_auth_failed",
+                        "OrionVM refused the proxy's credentials",
+                    )
+                } else {
+                    errors::from_upstream(upstream_status, buf)
+                };
+                let rendered = err.render(&ctx.request_id);
+                ctx.response_bytes += rendered.len();
+                ctx.error = Some(err);
+                *body = Some(rendered);
+            }
+        } else if let Some(b) = body {
+            ctx.response_bytes += b.len();
+        }
+        Ok(None)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.upstream_failure = Some(match e.etype() {
+            ErrorType::ConnectTimedout => "timeout",
+            _ => "connect",
+        });
+        metrics::upstream_error(ctx.upstream_failure.unwrap_or("connect"));
+        // Nothing reached OrionVM: another endpoint may take it.
+        let endpoints = ctx
+            .tenant
+            .as_ref()
+            .map(|t| t.account.endpoints.len())
+            .unwrap_or(0);
+        if (ctx.attempts as usize) < endpoints {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if *e.etype() == TOKEN_REJECTED {
+            return e;
+        }
+        if e.esource() == &ErrorSource::Upstream {
+            let kind = match e.etype() {
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
+                _ => "reset",
+            };
+            ctx.upstream_failure = Some(kind);
+            metrics::upstream_error(kind);
+        }
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let err = match (ctx.error.take(), e.etype()) {
+            (Some(err), _) => err,
+            (None, ErrorType::HTTPStatus(code)) => {
+                let (c, t) = errors::code_for_status(*code);
+                ApiError::new(*code, c, t, t)
+            }
+            (None, _) => classify(e, ctx),
+        };
+        let status = err.status;
+        let writable = session.response_written().is_none();
+        let downstream_dead = e.esource() == &ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+            );
+        if writable && !downstream_dead {
+            if let Err(we) = respond::error(session, ctx, err).await {
+                log::debug!(
+                    "request {}: could not write the error: {we}",
+                    ctx.request_id
+                );
+            }
+        } else {
+            ctx.error = Some(err);
+        }
+        FailToProxy {
+            error_code: if downstream_dead { 0 } else { status },
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        metrics::in_flight(-1);
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let elapsed = ctx.started.elapsed();
+        metrics::request_done(
+            ctx.route_name(),
+            session.req_header().method.as_str(),
+            status,
+            ctx.tenant_name(),
+            elapsed.as_secs_f64(),
+            ctx.upstream_elapsed.map(|d| d.as_secs_f64()),
+        );
+        if let Some(rt) = ctx.runtime.clone() {
+            observe::access::log_request(&rt.log, session, ctx, status, e);
+        }
+    }
+}
+
+/// A transport failure as the error body: timeouts are 504, everything else toward OrionVM 502.
+fn classify(e: &Error, ctx: &mut Ctx) -> ApiError {
+    match (e.esource(), e.etype()) {
+        (
+            _,
+            ErrorType::ConnectTimedout
+            | ErrorType::ReadTimedout
+            | ErrorType::WriteTimedout
+            | ErrorType::TLSHandshakeTimedout,
+        ) => {
+            ctx.upstream_failure.get_or_insert("timeout");
+            ApiError::gateway_timeout("OrionVM did not answer in time")
+        }
+        (_, t) if *t == TOKEN_REJECTED => ApiError::bad_gateway(
+            "upstream_auth_failed",
+            "OrionVM refused the proxy's credentials",
+        ),
+        (
+            ErrorSource::Upstream,
+            ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::TLSHandshakeFailure
+            | ErrorType::InvalidCert
+            | ErrorType::HandshakeError,
+        ) => {
+            ctx.upstream_failure.get_or_insert("connect");
+            ApiError::bad_gateway(
+                "upstream_unreachable",
+                "the proxy could not connect to OrionVM",
+            )
+        }
+        (ErrorSource::Upstream, _) => {
+            ctx.upstream_failure.get_or_insert("reset");
+            ApiError::bad_gateway(
+                "upstream_reset",
+                "OrionVM closed the connection before answering",
+            )
+        }
+        (ErrorSource::Downstream, _) => ApiError::new(
+            400,
+            "invalid_request",
+            "The request is invalid",
+            "the request could not be read",
+        ),
+        _ => ApiError::internal("the proxy failed to handle the request"),
+    }
+}

@@ -1,0 +1,44 @@
+//! Writing answers that the proxy makes itself: the error body and local JSON answers.
+
+use super::ctx::Ctx;
+use crate::errors::ApiError;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora_proxy::Session;
+
+/// Writes a JSON answer with the request id. Returns the status for logging.
+pub async fn json(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    status: u16,
+    body: Bytes,
+    extra: &[(&'static str, String)],
+) -> Result<()> {
+    let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    header.insert_header("content-type", "application/json")?;
+    header.insert_header("content-length", body.len().to_string())?;
+    header.insert_header("x-request-id", ctx.request_id.as_str())?;
+    header.insert_header("cache-control", "no-store")?;
+    for (name, value) in extra {
+        header.append_header(*name, value.as_str())?;
+    }
+    ctx.response_bytes = body.len();
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+/// Answers with the error body and remembers the error for the logs.
+pub async fn error(session: &mut Session, ctx: &mut Ctx, err: ApiError) -> Result<()> {
+    let body = err.render(&ctx.request_id);
+    let mut extra = err.headers.clone();
+    if let Some(s) = err.retry_after {
+        extra.push(("retry-after", s.to_string()));
+    }
+    let status = err.status;
+    ctx.error = Some(err);
+    json(session, ctx, status, body, &extra).await
+}

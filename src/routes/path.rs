@@ -1,0 +1,140 @@
+//! Path normalisation: what the proxy forwards is exactly what it checked.
+//!
+//! `//api/v1/x` (a base URL with a trailing slash) is `/api/v1/x`; a trailing slash is dropped;
+//! dot segments, encoded slashes and backslashes, NUL bytes and over-long paths are refused.
+
+use std::fmt;
+
+pub const MAX_PATH_LEN: usize = 2048;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathError {
+    TooLong,
+    NotAbsolute,
+    DotSegment,
+    EncodedSeparator,
+    BadByte,
+    BadEncoding,
+}
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PathError::TooLong => "path is too long",
+            PathError::NotAbsolute => "path must start with /",
+            PathError::DotSegment => "path must not contain . or .. segments",
+            PathError::EncodedSeparator => "path must not contain encoded slashes or backslashes",
+            PathError::BadByte => "path contains a forbidden character",
+            PathError::BadEncoding => "path has an invalid percent-encoding",
+        })
+    }
+}
+
+/// Normalises a request path (without its query). The result starts with `/`, has no empty,
+/// `.` or `..` segments and no trailing slash (except the root itself).
+pub fn normalize(raw: &str) -> Result<String, PathError> {
+    if raw.len() > MAX_PATH_LEN {
+        return Err(PathError::TooLong);
+    }
+    if !raw.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let mut out = String::with_capacity(raw.len());
+    for segment in raw.split('/') {
+        if segment.is_empty() {
+            continue;
+        }
+        check_segment(segment)?;
+        out.push('/');
+        out.push_str(segment);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+fn check_segment(segment: &str) -> Result<(), PathError> {
+    let bytes = segment.as_bytes();
+    let mut decoded: Vec<u8> = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEncoding)?;
+                let value = std::str::from_utf8(hex)
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or(PathError::BadEncoding)?;
+                match value {
+                    b'/' | b'\\' => return Err(PathError::EncodedSeparator),
+                    0..=0x1f | 0x7f => return Err(PathError::BadByte),
+                    _ => decoded.push(value),
+                }
+                i += 3;
+            }
+            b'\\' => return Err(PathError::EncodedSeparator),
+            0..=0x20 | 0x7f => return Err(PathError::BadByte),
+            _ => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    if decoded == b"." || decoded == b".." {
+        return Err(PathError::DotSegment);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collapses_and_trims() {
+        assert_eq!(
+            normalize("//api/v1/instances").unwrap(),
+            "/api/v1/instances"
+        );
+        assert_eq!(
+            normalize("/api//v1/instances/").unwrap(),
+            "/api/v1/instances"
+        );
+        assert_eq!(normalize("/").unwrap(), "/");
+        assert_eq!(normalize("///").unwrap(), "/");
+    }
+
+    #[test]
+    fn refuses_traversal_and_encoded_separators() {
+        for bad in [
+            "/api/v1/../admin",
+            "/api/v1/./instances",
+            "/api/v1/%2e%2e/x",
+            "/api/v1/%2E./x",
+            "/api/v1/instances%2Fx",
+            "/api/v1/instances%2fx",
+            "/api/v1/a%5cb",
+            "/api/v1/a\\b",
+            "/api/v1/a%00b",
+            "/api/v1/a%zz",
+            "/api/v1/a%2",
+        ] {
+            assert!(normalize(bad).is_err(), "{bad} should be refused");
+        }
+        assert_eq!(normalize("api/v1").unwrap_err(), PathError::NotAbsolute);
+        assert_eq!(
+            normalize(&"/a".repeat(2000)).unwrap_err(),
+            PathError::TooLong
+        );
+    }
+
+    #[test]
+    fn keeps_ordinary_encodings() {
+        assert_eq!(
+            normalize("/api/v1/instances/abc/context/my%20key").unwrap(),
+            "/api/v1/instances/abc/context/my%20key"
+        );
+    }
+}

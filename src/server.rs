@@ -1,0 +1,107 @@
+//! Assembling the Pingora server: the proxy listener, the admin and metrics listeners, the
+//! readiness prober and the SIGHUP reloader.
+
+use crate::admin::AdminApp;
+use crate::config::{self, SharedState};
+use crate::proxy::OrionProxy;
+use crate::upstream::Prober;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Loads the config and builds the server; the caller runs it.
+pub fn build(config_path: &Path) -> Result<(Server, Arc<SharedState>), Vec<String>> {
+    let runtime = config::load(config_path, None)?;
+    crate::observe::metrics::init(&runtime.version);
+    let server_cfg = runtime.config.server.clone();
+    let state = Arc::new(SharedState::new(config_path.to_path_buf(), runtime));
+
+    let conf = ServerConf {
+        threads: server_cfg.threads,
+        grace_period_seconds: Some(server_cfg.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(2),
+        upstream_keepalive_pool_size: 256,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        OrionProxy::new(state.clone()),
+        "orion-proxy",
+    );
+    match &server_cfg.tls {
+        Some(tls) => proxy
+            .add_tls(&server_cfg.listen, &tls.cert_file, &tls.key_file)
+            .map_err(|e| vec![format!("server.tls: {e}")])?,
+        None => proxy.add_tcp(&server_cfg.listen),
+    }
+    server.add_service(proxy);
+
+    if let Some(addr) = &server_cfg.admin_listen {
+        let mut admin = Service::new(
+            "orion-proxy admin".to_string(),
+            AdminApp {
+                state: state.clone(),
+            },
+        );
+        admin.add_tcp(addr);
+        server.add_service(admin);
+    }
+    if let Some(addr) = &server_cfg.metrics_listen {
+        let mut metrics = pingora_prometheus::prometheus_http_service();
+        metrics.add_tcp(addr);
+        server.add_service(metrics);
+    }
+    server.add_service(background_service(
+        "readiness prober",
+        Prober {
+            state: state.clone(),
+            interval: Duration::from_secs(2),
+        },
+    ));
+    server.add_service(background_service(
+        "SIGHUP reloader",
+        Reloader {
+            state: state.clone(),
+        },
+    ));
+    Ok((server, state))
+}
+
+/// Runs the server until SIGTERM (graceful) or SIGINT (at once).
+pub fn run(config_path: &Path) -> Result<(), Vec<String>> {
+    let (server, _state) = build(config_path)?;
+    server.run(RunArgs::default());
+    Ok(())
+}
+
+struct Reloader {
+    state: Arc<SharedState>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP, reload only through the admin API: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    let state = self.state.clone();
+                    let _ = tokio::task::spawn_blocking(move || state.reload()).await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

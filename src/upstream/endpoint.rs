@@ -1,0 +1,180 @@
+//! OrionVM endpoints: parsed once per load into what `upstream_peer` needs, with a health
+//! record that survives reloads (keyed by URL) and that the readiness probe keeps current.
+
+use crate::config::model::EndpointConfig;
+use once_cell::sync::Lazy;
+use parking_lot::Mutex;
+use pingora::utils::tls::WrappedX509;
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+pub struct EndpointHealth {
+    up: AtomicBool,
+    checked: AtomicBool,
+    /// Unix milliseconds of the last change of `up`.
+    changed_at_ms: AtomicU64,
+}
+
+impl EndpointHealth {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+    pub fn is_checked(&self) -> bool {
+        self.checked.load(Ordering::Relaxed)
+    }
+    pub fn set(&self, up: bool) {
+        let was = self.up.swap(up, Ordering::Relaxed);
+        let first = !self.checked.swap(true, Ordering::Relaxed);
+        if first || was != up {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            self.changed_at_ms.store(now, Ordering::Relaxed);
+        }
+    }
+    pub fn changed_at_ms(&self) -> u64 {
+        self.changed_at_ms.load(Ordering::Relaxed)
+    }
+}
+
+static HEALTH: Lazy<Mutex<HashMap<String, Arc<EndpointHealth>>>> = Lazy::new(Default::default);
+
+fn health_for(url: &str) -> Arc<EndpointHealth> {
+    HEALTH.lock().entry(url.to_string()).or_default().clone()
+}
+
+pub type CaList = Arc<[WrappedX509]>;
+
+pub struct Endpoint {
+    pub name: Arc<str>,
+    pub url: String,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Resolved at load time, so that the hot path never waits on DNS.
+    pub addr: SocketAddr,
+    pub sni: String,
+    /// `Host` header value sent upstream.
+    pub authority: String,
+    /// Base path prefix of the URL (empty or `/prefix`), prepended to forwarded paths.
+    pub base_path: String,
+    pub ca: Option<CaList>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub health: Arc<EndpointHealth>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+impl Endpoint {
+    pub fn build(
+        cfg: &EndpointConfig,
+        ca: Option<CaList>,
+        connect_timeout: Duration,
+        read_timeout: Duration,
+    ) -> Result<Endpoint, String> {
+        let url =
+            url::Url::parse(&cfg.url).map_err(|e| format!("'{}' is not a URL: {e}", cfg.url))?;
+        let tls = match url.scheme() {
+            "https" => true,
+            "http" => false,
+            other => return Err(format!("scheme '{other}' is not http or https")),
+        };
+        if url.query().is_some()
+            || url.fragment().is_some()
+            || !url.username().is_empty()
+            || url.password().is_some()
+        {
+            return Err("an endpoint URL has no query, fragment or user info".into());
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| "the URL has no host".to_string())?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = url
+            .port_or_known_default()
+            .unwrap_or(if tls { 443 } else { 80 });
+        let addr = (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{host} resolves to no address"))?;
+        let default_port = if tls { 443 } else { 80 };
+        let authority = if port == default_port {
+            url.host_str().unwrap_or(&host).to_string()
+        } else {
+            format!("{}:{port}", url.host_str().unwrap_or(&host))
+        };
+        let base_path = url.path().trim_end_matches('/').to_string();
+        let sni = cfg.sni.clone().unwrap_or_else(|| host.clone());
+        Ok(Endpoint {
+            name: cfg.name.clone().unwrap_or_else(|| authority.clone()).into(),
+            url: cfg.url.clone(),
+            tls,
+            host,
+            port,
+            addr,
+            sni,
+            authority,
+            base_path,
+            ca,
+            connect_timeout,
+            read_timeout,
+            health: health_for(&cfg.url),
+        })
+    }
+
+    /// The pingora peer for one attempt.
+    pub fn peer(&self) -> pingora::upstreams::peer::HttpPeer {
+        let mut peer =
+            pingora::upstreams::peer::HttpPeer::new(self.addr, self.tls, self.sni.clone());
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.total_connection_timeout = Some(self.connect_timeout + Duration::from_secs(2));
+        peer.options.read_timeout = Some(self.read_timeout);
+        peer.options.write_timeout = Some(self.read_timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        if let Some(ca) = &self.ca {
+            peer.options.ca = Some(ca.clone());
+        }
+        peer
+    }
+
+    /// Absolute URL for a path on this endpoint (for the token fetch).
+    pub fn url_for(&self, path: &str) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{}{}", self.authority, self.base_path, path)
+    }
+}
+
+/// Loads a PEM CA bundle for per-peer verification.
+pub fn load_ca(path: &str) -> Result<(CaList, Vec<u8>), String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let mut list = Vec::new();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("{path}: not a PEM certificate bundle: {e:?}"))?;
+        let der = cert.as_ref().to_vec();
+        x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| format!("{path}: invalid certificate: {e}"))?;
+        list.push(WrappedX509::new(der, pingora::utils::tls::parse_x509));
+    }
+    if list.is_empty() {
+        return Err(format!("{path} holds no certificate"));
+    }
+    Ok((Arc::from(list.into_boxed_slice()), pem))
+}

@@ -1,0 +1,153 @@
+//! Reading a request body whole in `request_filter`. The limit is checked as bytes arrive, so a
+//! body past it is refused without being read into memory; the limit never exceeds Pingora's
+//! 64 KiB replay buffer, which is what lets the proxy hand the bytes upstream (and again on a
+//! retry) from `request_body_filter`.
+
+use crate::errors::ApiError;
+use bytes::{Bytes, BytesMut};
+use pingora_proxy::Session;
+
+#[derive(Debug)]
+pub enum BodyError {
+    TooLarge {
+        limit: usize,
+    },
+    InvalidJson(String),
+    /// The client went away or sent a broken body.
+    Read,
+}
+
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> ApiError {
+        match e {
+            BodyError::TooLarge { limit } => ApiError::new(
+                413,
+                "payload_too_large",
+                "Request body too large",
+                format!("the request body is larger than {limit} bytes"),
+            ),
+            BodyError::InvalidJson(msg) => {
+                ApiError::new(400, "invalid_json", "Request body is not valid JSON", msg)
+            }
+            BodyError::Read => ApiError::new(
+                400,
+                "invalid_request",
+                "The request body could not be read",
+                "the request body was cut short or malformed",
+            ),
+        }
+    }
+}
+
+/// Reads the body whole, refusing it once it passes `limit` bytes.
+pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Bytes, BodyError> {
+    if let Some(len) = declared_length(session)
+        && len > limit
+    {
+        return Err(BodyError::TooLarge { limit });
+    }
+    session.enable_retry_buffering();
+    let mut buf = BytesMut::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(BodyError::TooLarge { limit });
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(_) => return Err(BodyError::Read),
+        }
+    }
+    Ok(buf.freeze())
+}
+
+fn declared_length(session: &Session) -> Option<usize> {
+    session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+}
+
+/// Maximum nesting of arrays and objects accepted in a JSON body.
+pub const MAX_DEPTH: usize = 64;
+
+/// Parses a JSON body. Nesting is checked before parsing so that a deeply nested body is a
+/// clear 400, not a stack overflow.
+pub fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, BodyError> {
+    check_depth(bytes, MAX_DEPTH)?;
+    serde_json::from_slice(bytes).map_err(|e| {
+        BodyError::InvalidJson(format!(
+            "line {} column {}: {}",
+            e.line(),
+            e.column(),
+            short(&e)
+        ))
+    })
+}
+
+fn short(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    s.split(" at line").next().unwrap_or(&s).to_string()
+}
+
+fn check_depth(bytes: &[u8], max: usize) -> Result<(), BodyError> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Err(BodyError::InvalidJson(format!(
+                        "nesting deeper than {max} levels"
+                    )));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_is_bounded() {
+        let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+        assert!(matches!(
+            parse_json(deep.as_bytes()),
+            Err(BodyError::InvalidJson(_))
+        ));
+        let ok = "[".repeat(10) + &"]".repeat(10);
+        assert!(parse_json(ok.as_bytes()).is_ok());
+        // brackets inside strings do not count
+        let s = format!("{{\"a\": \"{}\"}}", "[".repeat(1000));
+        assert!(parse_json(s.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn invalid_json_says_where() {
+        match parse_json(b"{\"a\": }") {
+            Err(BodyError::InvalidJson(m)) => assert!(m.contains("line 1"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
