@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod demo;
 pub mod errors;
 pub mod observe;
 pub mod proxy;

@@ -30,6 +30,23 @@ enum Command {
         #[arg(short, long, default_value = "conf/orion-proxy.yaml")]
         config: PathBuf,
     },
+    /// Run the OrionVM simulator alone.
+    Simulate {
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: std::net::SocketAddr,
+    },
+    /// Run the simulator and the proxy together on loopback, with demo credentials.
+    Demo {
+        /// Print the URLs and credentials as one JSON object on the first line.
+        #[arg(long)]
+        json: bool,
+        /// Use free ports instead of the defaults (8080, 9091, 9090, 8081).
+        #[arg(long)]
+        ephemeral: bool,
+        /// Base config instead of the shipped conf/demo.yaml.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
     /// Print a new API key and the config line that stores its hash.
     Keygen {
         /// Name of the key's holder, for the printed config entry.
@@ -67,6 +84,32 @@ fn main() -> ExitCode {
             }
             Err(errors) => report(&config, &errors),
         },
+        Command::Simulate { listen } => {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            println!("OrionVM simulator on http://{listen} (demo accounts: see `orion-proxy demo`)");
+            match rt.block_on(orion_proxy::sim::run(listen, orion_proxy::sim::SimOptions::demo())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("simulator: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo { json, ephemeral, config } => {
+            match orion_proxy::demo::run(orion_proxy::demo::DemoOptions { json, ephemeral, config }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Keygen { name, role, tenant } => {
             let key = orion_proxy::auth::api_keys::generate();
             let hash = hex::encode(orion_proxy::auth::api_keys::hash_key(&key));

@@ -1,0 +1,223 @@
+//! `orion-proxy demo`: the OrionVM simulator and the proxy together on loopback, with fresh
+//! credentials for every demo role, printed for a person (or as one JSON line with `--json`).
+
+use crate::config::model::{ApiKeyConfig, Config, SecretRef};
+use crate::sim::{self, SimOptions};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+
+pub const DEMO_YAML: &str = include_str!("../conf/demo.yaml");
+
+pub struct DemoOptions {
+    pub json: bool,
+    /// Use free ports everywhere instead of the documented defaults.
+    pub ephemeral: bool,
+    /// Base config; `conf/demo.yaml` as shipped when absent.
+    pub config: Option<PathBuf>,
+}
+
+/// The demo's API keys: role label, roles, tenant.
+const DEMO_KEYS: &[(&str, &str, &str)] = &[
+    ("viewer", "viewer", "acme"),
+    ("operator", "operator", "acme"),
+    ("admin", "admin", "acme"),
+    ("other_tenant_admin", "admin", "globex"),
+];
+
+/// The default port if it is free, otherwise any free one.
+fn port(default: u16, ephemeral: bool) -> Result<u16, String> {
+    if !ephemeral {
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", default)) {
+            drop(l);
+            return Ok(default);
+        }
+    }
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn default_port(addr: &Option<String>, fallback: u16) -> u16 {
+    addr.as_deref()
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .map(|a| a.port())
+        .unwrap_or(fallback)
+}
+
+fn write_secret(dir: &Path, name: &str, value: &str) -> Result<SecretRef, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(name);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    f.write_all(value.as_bytes()).map_err(|e| e.to_string())?;
+    Ok(SecretRef::File(path.display().to_string()))
+}
+
+pub fn run(opts: DemoOptions) -> Result<(), String> {
+    let text = match &opts.config {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?,
+        None => DEMO_YAML.to_string(),
+    };
+    let mut config: Config = crate::config::parse(&text).map_err(|e| e.join("\n"))?;
+
+    // Ports: the documented defaults where free.
+    let proxy_port = port(default_port(&Some(config.server.listen.clone()), 8080), opts.ephemeral)?;
+    let admin_port = port(default_port(&config.server.admin_listen, 9091), opts.ephemeral)?;
+    let metrics_port = port(default_port(&config.server.metrics_listen, 9090), opts.ephemeral)?;
+    let sim_port = port(8081, opts.ephemeral)?;
+    config.server.listen = format!("127.0.0.1:{proxy_port}");
+    config.server.admin_listen = Some(format!("127.0.0.1:{admin_port}"));
+    config.server.metrics_listen = Some(format!("127.0.0.1:{metrics_port}"));
+
+    // The simulator, on its own runtime thread, alive as long as the demo runs.
+    let sim_addr: SocketAddr = ([127, 0, 0, 1], sim_port).into();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("simulator".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match tokio::net::TcpListener::bind(sim_addr).await {
+                    Ok(l) => match sim::start(l, SimOptions::demo()).await {
+                        Ok(handle) => {
+                            let _ = tx.send(Ok(handle.url()));
+                            std::future::pending::<()>().await;
+                            drop(handle);
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e.to_string()));
+                        }
+                    },
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("simulator cannot bind {sim_addr}: {e}")));
+                    }
+                }
+            });
+        })
+        .map_err(|e| e.to_string())?;
+    let sim_url = rx
+        .recv()
+        .map_err(|_| "the simulator did not start".to_string())??;
+
+    // Credentials toward the simulator, as files in a private directory.
+    let dir = tempfile::Builder::new()
+        .prefix("orion-proxy-demo-")
+        .tempdir()
+        .map_err(|e| format!("cannot make a temp dir: {e}"))?;
+    let secrets: BTreeMap<&str, &str> = [
+        ("demo-client-id", sim::DEMO_ACME_CLIENT_ID),
+        ("demo-client-secret", sim::DEMO_ACME_CLIENT_SECRET),
+        ("demo-static-token", sim::DEMO_GLOBEX_STATIC_TOKEN),
+    ]
+    .into_iter()
+    .collect();
+    for account in config.accounts.values_mut() {
+        for e in account.endpoints.iter_mut() {
+            e.url = sim_url.clone();
+        }
+        patch_secret_refs(&mut account.credentials, dir.path(), &secrets)?;
+    }
+
+    // Fresh API keys for every demo role.
+    let mut keys = serde_json::Map::new();
+    config.api_keys = DEMO_KEYS
+        .iter()
+        .map(|(label, role, tenant)| {
+            let key = crate::auth::api_keys::generate();
+            keys.insert(label.to_string(), serde_json::Value::String(key.clone()));
+            ApiKeyConfig {
+                name: format!("demo-{label}"),
+                hash: format!("sha256:{}", hex::encode(crate::auth::api_keys::hash_key(&key))),
+                roles: vec![role.to_string()],
+                tenant: tenant.to_string(),
+                enabled: true,
+            }
+        })
+        .collect();
+
+    let config_path = dir.path().join("demo.yaml");
+    let yaml = serde_yaml::to_string(&config).map_err(|e| e.to_string())?;
+    std::fs::write(&config_path, yaml).map_err(|e| e.to_string())?;
+
+    let proxy_url = format!("http://127.0.0.1:{proxy_port}");
+    let admin_url = format!("http://127.0.0.1:{admin_port}");
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let info = serde_json::json!({
+        "proxy_url": proxy_url,
+        "admin_url": admin_url,
+        "metrics_url": metrics_url,
+        "simulator_url": sim_url,
+        "config_path": config_path.display().to_string(),
+        "api_keys": keys,
+    });
+    let (server, _state) = crate::server::build(&config_path).map_err(|e| e.join("\n"))?;
+    let mut out = std::io::stdout().lock();
+    if opts.json {
+        let _ = writeln!(out, "{info}");
+    } else {
+        let _ = writeln!(out, "{}", human(&info));
+    }
+    let _ = out.flush();
+    drop(out);
+    server.run(pingora::server::RunArgs::default());
+    drop(dir);
+    Ok(())
+}
+
+fn patch_secret_refs(
+    creds: &mut crate::config::model::CredentialsConfig,
+    dir: &Path,
+    secrets: &BTreeMap<&str, &str>,
+) -> Result<(), String> {
+    use crate::config::model::CredentialsConfig as C;
+    let mut patch = |r: &mut SecretRef| -> Result<(), String> {
+        if let SecretRef::File(name) = r {
+            if let Some(value) = secrets.get(name.as_str()) {
+                *r = write_secret(dir, name, value)?;
+            }
+        }
+        Ok(())
+    };
+    match creds {
+        C::Oauth2 { client_id, client_secret, .. } => {
+            patch(client_id)?;
+            patch(client_secret)?;
+        }
+        C::StaticToken { token } => patch(token)?,
+    }
+    Ok(())
+}
+
+fn human(info: &serde_json::Value) -> String {
+    let s = |k: &str| info[k].as_str().unwrap_or_default().to_string();
+    let mut out = String::new();
+    out.push_str("\norion-proxy demo: the OrionVM simulator and the proxy are running.\n\n");
+    out.push_str(&format!("  proxy       {}\n", s("proxy_url")));
+    out.push_str(&format!("  admin       {}\n", s("admin_url")));
+    out.push_str(&format!("  metrics     {}\n", s("metrics_url")));
+    out.push_str(&format!("  simulator   {}\n\n", s("simulator_url")));
+    out.push_str("  API keys (send as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'):\n");
+    if let Some(keys) = info["api_keys"].as_object() {
+        for (role, key) in keys {
+            out.push_str(&format!("    {role:<20} {}\n", key.as_str().unwrap_or_default()));
+        }
+    }
+    out.push_str(&format!(
+        "\n  Try:\n    export KEY={}\n    curl -s -H \"Authorization: Bearer $KEY\" {}/api/v1/instances\n\n  Ctrl-C stops both.\n",
+        info["api_keys"]["admin"].as_str().unwrap_or_default(),
+        s("proxy_url")
+    ));
+    out
+}

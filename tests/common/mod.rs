@@ -1,0 +1,390 @@
+//! Test harness: the OrionVM simulator in-process on an ephemeral port, the proxy binary as a
+//! child process with a generated config on free loopback ports.
+#![allow(dead_code)]
+
+use orion_proxy::sim::{self, SimAccount, SimClient, SimHandle, SimOptions, SimTimings};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ACME_CLIENT_ID: &str = "acme-test-client";
+pub const ACME_CLIENT_SECRET: &str = "acme-test-secret-4f1d2c9e";
+pub const ACME_STATIC_TOKEN: &str = "acme-static-token-0123456789abcdef0123456789abcdef0123456789abcd";
+pub const GLOBEX_CLIENT_ID: &str = "globex-test-client";
+pub const GLOBEX_CLIENT_SECRET: &str = "globex-test-secret-77aa01";
+pub const GLOBEX_STATIC_TOKEN: &str = "globex-static-token-0123456789abcdef0123456789abcdef0123456789ab";
+
+pub fn sim_options() -> SimOptions {
+    SimOptions {
+        accounts: vec![
+            SimAccount {
+                name: "acme".into(),
+                clients: vec![SimClient { client_id: ACME_CLIENT_ID.into(), client_secret: ACME_CLIENT_SECRET.into() }],
+                static_tokens: vec![ACME_STATIC_TOKEN.into()],
+            },
+            SimAccount {
+                name: "globex".into(),
+                clients: vec![SimClient { client_id: GLOBEX_CLIENT_ID.into(), client_secret: GLOBEX_CLIENT_SECRET.into() }],
+                static_tokens: vec![GLOBEX_STATIC_TOKEN.into()],
+            },
+        ],
+        timings: SimTimings::default(),
+        token_ttl: Duration::from_secs(3600),
+        signature: None,
+    }
+}
+
+pub async fn start_sim(opts: SimOptions) -> SimHandle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sim");
+    sim::start(listener, opts).await.expect("start sim")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A generated API key and the config line for it.
+pub struct Key {
+    pub name: String,
+    pub key: String,
+    pub roles: Vec<String>,
+    pub tenant: String,
+    pub enabled: bool,
+}
+
+impl Key {
+    pub fn new(name: &str, roles: &[&str], tenant: &str) -> Key {
+        Key {
+            name: name.into(),
+            key: orion_proxy::auth::api_keys::generate(),
+            roles: roles.iter().map(|s| s.to_string()).collect(),
+            tenant: tenant.into(),
+            enabled: true,
+        }
+    }
+    fn yaml(&self) -> String {
+        format!(
+            "  - {{name: {}, hash: \"sha256:{}\", roles: [{}], tenant: {}, enabled: {}}}\n",
+            self.name,
+            hex::encode(orion_proxy::auth::api_keys::hash_key(&self.key)),
+            self.roles.join(", "),
+            self.tenant,
+            self.enabled
+        )
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Upstream {
+    OAuth2,
+    Static,
+}
+
+/// Builds a proxy config for the simulator at `sim_url`.
+pub struct ConfigBuilder {
+    pub sim_urls: Vec<String>,
+    pub acme_upstream: Upstream,
+    pub keys: Vec<Key>,
+    pub extra_server: String,
+    pub extra_top: String,
+    pub max_body_bytes: usize,
+    pub read_timeout_ms: u64,
+}
+
+impl ConfigBuilder {
+    pub fn new(sim_url: &str) -> Self {
+        ConfigBuilder {
+            sim_urls: vec![sim_url.to_string()],
+            acme_upstream: Upstream::OAuth2,
+            keys: vec![
+                Key::new("viewer", &["viewer"], "acme"),
+                Key::new("operator", &["operator"], "acme"),
+                Key::new("admin", &["admin"], "acme"),
+                Key::new("other_tenant_admin", &["admin"], "globex"),
+            ],
+            extra_server: String::new(),
+            extra_top: String::new(),
+            max_body_bytes: 65536,
+            read_timeout_ms: 5000,
+        }
+    }
+
+    pub fn key(&self, name: &str) -> &str {
+        &self.keys.iter().find(|k| k.name == name).expect("key").key
+    }
+
+    /// Writes secrets and config into `dir`; returns the config path.
+    pub fn write(&self, dir: &std::path::Path, ports: &Ports) -> PathBuf {
+        let secret = |name: &str, value: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, value).unwrap();
+            p.display().to_string()
+        };
+        let acme_creds = match self.acme_upstream {
+            Upstream::OAuth2 => format!(
+                "      type: oauth2\n      client_id: {{file: \"{}\"}}\n      client_secret: {{file: \"{}\"}}\n",
+                secret("acme-id", ACME_CLIENT_ID),
+                secret("acme-secret", ACME_CLIENT_SECRET)
+            ),
+            Upstream::Static => format!("      type: static_token\n      token: {{file: \"{}\"}}\n", secret("acme-token", ACME_STATIC_TOKEN)),
+        };
+        let globex_token = secret("globex-token", GLOBEX_STATIC_TOKEN);
+        let endpoints: String = self
+            .sim_urls
+            .iter()
+            .enumerate()
+            .map(|(i, u)| format!("      - {{url: \"{u}\", name: sim{i}}}\n"))
+            .collect();
+        let keys: String = self.keys.iter().map(Key::yaml).collect();
+        let log = dir.join("access.log");
+        let yaml = format!(
+            "server:\n  listen: \"127.0.0.1:{}\"\n  admin_listen: \"127.0.0.1:{}\"\n  metrics_listen: \"127.0.0.1:{}\"\n  threads: 2\n  grace_period_seconds: 0\n  max_body_bytes: {}\n{}\
+accounts:\n  acme-orionvm:\n    endpoints:\n{endpoints}    read_timeout_ms: {}\n    credentials:\n{acme_creds}\
+  globex-orionvm:\n    endpoints:\n{endpoints}    read_timeout_ms: {}\n    credentials:\n      type: static_token\n      token: {{file: \"{globex_token}\"}}\n\
+tenants:\n  acme: {{account: acme-orionvm}}\n  globex: {{account: globex-orionvm}}\n\
+api_keys:\n{keys}\
+logging:\n  access_log: \"{}\"\n{}",
+            ports.proxy,
+            ports.admin,
+            ports.metrics,
+            self.max_body_bytes,
+            self.extra_server,
+            self.read_timeout_ms,
+            self.read_timeout_ms,
+            log.display(),
+            self.extra_top,
+        );
+        let path = dir.join("orion-proxy.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        path
+    }
+}
+
+pub struct Ports {
+    pub proxy: u16,
+    pub admin: u16,
+    pub metrics: u16,
+}
+
+impl Ports {
+    pub fn free() -> Ports {
+        Ports { proxy: free_port(), admin: free_port(), metrics: free_port() }
+    }
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_orion-proxy")
+}
+
+/// The proxy binary running with a generated config; stopped on drop.
+pub struct ProxyProcess {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub url: String,
+    pub admin_url: String,
+    pub metrics_url: String,
+}
+
+impl ProxyProcess {
+    pub async fn start(builder: &ConfigBuilder) -> ProxyProcess {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(builder, dir).await
+    }
+
+    pub async fn start_in(builder: &ConfigBuilder, dir: tempfile::TempDir) -> ProxyProcess {
+        // A port picked free may be taken by the time the proxy binds: try a few times.
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            let ports = Ports::free();
+            let config_path = builder.write(dir.path(), &ports);
+            let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+            let child = Command::new(binary())
+                .args(["run", "-c"])
+                .arg(&config_path)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .expect("spawn proxy");
+            let mut p = ProxyProcess {
+                child,
+                config_path,
+                url: format!("http://127.0.0.1:{}", ports.proxy),
+                admin_url: format!("http://127.0.0.1:{}", ports.admin),
+                metrics_url: format!("http://127.0.0.1:{}", ports.metrics),
+                dir,
+            };
+            match p.wait_healthy().await {
+                Ok(()) => return p,
+                Err(e) => {
+                    last_err = e;
+                    let _ = p.child.kill();
+                    let _ = p.child.wait();
+                    dir = std::mem::replace(&mut p.dir, tempfile::tempdir().unwrap());
+                }
+            }
+        }
+        panic!("proxy did not start: {last_err}");
+    }
+
+    async fn wait_healthy(&mut self) -> Result<(), String> {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("exited with {status}: {}", self.stderr()));
+            }
+            let ok = client.get(format!("{}/health", self.url)).send().await.map(|r| r.status().is_success()).unwrap_or(false);
+            let admin_ok = client.get(format!("{}/admin/config", self.admin_url)).send().await.is_ok();
+            if ok && admin_ok {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!("not healthy in time: {}", self.stderr()))
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn access_log_path(&self) -> PathBuf {
+        self.dir.path().join("access.log")
+    }
+
+    /// The access log's lines, parsed; waits until at least `min` lines are there.
+    pub async fn access_log(&self, min: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(self.access_log_path()).unwrap_or_default();
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("access log line is not JSON ({e}): {l}")))
+                .collect();
+            if lines.len() >= min || Instant::now() > deadline {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn access_log_text(&self) -> String {
+        std::fs::read_to_string(self.access_log_path()).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        self.signal(libc::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A proxy in front of a fresh simulator, with the default keys.
+pub struct Harness {
+    pub sim: SimHandle,
+    pub proxy: ProxyProcess,
+    pub config: ConfigBuilder,
+    pub http: reqwest::Client,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut ConfigBuilder)) -> Harness {
+        let sim = start_sim(sim_options()).await;
+        let mut config = ConfigBuilder::new(&sim.url());
+        adjust(&mut config);
+        let proxy = ProxyProcess::start(&config).await;
+        Harness { sim, proxy, config, http: reqwest::Client::new() }
+    }
+
+    pub fn key(&self, name: &str) -> &str {
+        self.config.key(name)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.proxy.url, path)
+    }
+
+    pub async fn get(&self, key: &str, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).bearer_auth(key).send().await.expect("GET")
+    }
+
+    pub async fn post(&self, key: &str, path: &str, body: serde_json::Value) -> reqwest::Response {
+        self.http.post(self.url(path)).bearer_auth(key).json(&body).send().await.expect("POST")
+    }
+
+    pub async fn delete(&self, key: &str, path: &str) -> reqwest::Response {
+        self.http
+            .delete(self.url(path))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .send()
+            .await
+            .expect("DELETE")
+    }
+}
+
+/// Checks the one error body and returns it.
+pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    let rid = resp.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_string()).expect("x-request-id");
+    let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    assert!(ct.starts_with("application/json"), "content-type {ct}");
+    let body: serde_json::Value = resp.json().await.expect("JSON error body");
+    assert_error_body(&body, status, code);
+    assert_eq!(body["request_id"], rid.as_str(), "request id in body and header");
+    body
+}
+
+pub fn assert_error_body(body: &serde_json::Value, status: u16, code: &str) {
+    assert_eq!(body["status"], status, "{body}");
+    assert_eq!(body["error"], code, "{body}");
+    assert!(body["error_description"].is_string(), "{body}");
+    assert!(body["title"].is_string() && body["type"].is_string() && body["detail"].is_string(), "{body}");
+    assert!(body["details"].is_object(), "{body}");
+    let rid = body["request_id"].as_str().expect("request_id");
+    assert!(!rid.is_empty());
+    assert_eq!(body["instance"], format!("urn:request:{rid}"));
+}
+
+/// Polls `f` until it returns Some or the deadline passes.
+pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
