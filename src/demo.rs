@@ -61,15 +61,26 @@ fn write_secret(dir: &Path, name: &str, value: &str) -> Result<SecretRef, String
 
 pub fn run(opts: DemoOptions) -> Result<(), String> {
     let text = match &opts.config {
-        Some(p) => std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?,
+        Some(p) => {
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?
+        }
         None => DEMO_YAML.to_string(),
     };
     let mut config: Config = crate::config::parse(&text).map_err(|e| e.join("\n"))?;
 
     // Ports: the documented defaults where free.
-    let proxy_port = port(default_port(&Some(config.server.listen.clone()), 8080), opts.ephemeral)?;
-    let admin_port = port(default_port(&config.server.admin_listen, 9091), opts.ephemeral)?;
-    let metrics_port = port(default_port(&config.server.metrics_listen, 9090), opts.ephemeral)?;
+    let proxy_port = port(
+        default_port(&Some(config.server.listen.clone()), 8080),
+        opts.ephemeral,
+    )?;
+    let admin_port = port(
+        default_port(&config.server.admin_listen, 9091),
+        opts.ephemeral,
+    )?;
+    let metrics_port = port(
+        default_port(&config.server.metrics_listen, 9090),
+        opts.ephemeral,
+    )?;
     let sim_port = port(8081, opts.ephemeral)?;
     config.server.listen = format!("127.0.0.1:{proxy_port}");
     config.server.admin_listen = Some(format!("127.0.0.1:{admin_port}"));
@@ -81,7 +92,11 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
     std::thread::Builder::new()
         .name("simulator".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     let _ = tx.send(Err(e.to_string()));
@@ -139,7 +154,10 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
             keys.insert(label.to_string(), serde_json::Value::String(key.clone()));
             ApiKeyConfig {
                 name: format!("demo-{label}"),
-                hash: format!("sha256:{}", hex::encode(crate::auth::api_keys::hash_key(&key))),
+                hash: format!(
+                    "sha256:{}",
+                    hex::encode(crate::auth::api_keys::hash_key(&key))
+                ),
                 roles: vec![role.to_string()],
                 tenant: tenant.to_string(),
                 enabled: true,
@@ -148,7 +166,9 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
         .collect();
 
     let config_path = dir.path().join("demo.yaml");
-    let yaml = serde_yaml::to_string(&config).map_err(|e| e.to_string())?;
+    // Through JSON, so that enums come out as maps (`{file: ...}`), not YAML tags.
+    let as_json = serde_json::to_value(&config).map_err(|e| e.to_string())?;
+    let yaml = serde_yaml::to_string(&as_json).map_err(|e| e.to_string())?;
     std::fs::write(&config_path, yaml).map_err(|e| e.to_string())?;
 
     let proxy_url = format!("http://127.0.0.1:{proxy_port}");
@@ -182,7 +202,7 @@ fn patch_secret_refs(
     secrets: &BTreeMap<&str, &str>,
 ) -> Result<(), String> {
     use crate::config::model::CredentialsConfig as C;
-    let mut patch = |r: &mut SecretRef| -> Result<(), String> {
+    let patch = |r: &mut SecretRef| -> Result<(), String> {
         if let SecretRef::File(name) = r {
             if let Some(value) = secrets.get(name.as_str()) {
                 *r = write_secret(dir, name, value)?;
@@ -191,7 +211,11 @@ fn patch_secret_refs(
         Ok(())
     };
     match creds {
-        C::Oauth2 { client_id, client_secret, .. } => {
+        C::Oauth2 {
+            client_id,
+            client_secret,
+            ..
+        } => {
             patch(client_id)?;
             patch(client_secret)?;
         }
@@ -211,7 +235,10 @@ fn human(info: &serde_json::Value) -> String {
     out.push_str("  API keys (send as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'):\n");
     if let Some(keys) = info["api_keys"].as_object() {
         for (role, key) in keys {
-            out.push_str(&format!("    {role:<20} {}\n", key.as_str().unwrap_or_default()));
+            out.push_str(&format!(
+                "    {role:<20} {}\n",
+                key.as_str().unwrap_or_default()
+            ));
         }
     }
     out.push_str(&format!(

@@ -85,15 +85,23 @@ fn main() -> ExitCode {
             Err(errors) => report(&config, &errors),
         },
         Command::Simulate { listen } => {
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            println!("OrionVM simulator on http://{listen} (demo accounts: see `orion-proxy demo`)");
-            match rt.block_on(orion_proxy::sim::run(listen, orion_proxy::sim::SimOptions::demo())) {
+            println!(
+                "OrionVM simulator on http://{listen} (demo accounts: see `orion-proxy demo`)"
+            );
+            match rt.block_on(orion_proxy::sim::run(
+                listen,
+                orion_proxy::sim::SimOptions::demo(),
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("simulator: {e}");
@@ -101,8 +109,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo { json, ephemeral, config } => {
-            match orion_proxy::demo::run(orion_proxy::demo::DemoOptions { json, ephemeral, config }) {
+        Command::Demo {
+            json,
+            ephemeral,
+            config,
+        } => {
+            match orion_proxy::demo::run(orion_proxy::demo::DemoOptions {
+                json,
+                ephemeral,
+                config,
+            }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("demo: {e}");

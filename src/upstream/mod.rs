@@ -2,6 +2,7 @@
 //! Each tenant maps to one account, so two tenants' calls go out under different OrionVM
 //! credentials.
 
+pub mod client;
 pub mod credentials;
 pub mod endpoint;
 
@@ -16,6 +17,8 @@ pub struct Account {
     pub name: Arc<str>,
     pub endpoints: Vec<Endpoint>,
     pub credentials: Arc<Credentials>,
+    /// For the proxy's own calls to OrionVM ([`client`]).
+    pub http: reqwest::Client,
     config: AccountConfig,
 }
 
@@ -153,10 +156,33 @@ fn build_account(
             name: name.into(),
             endpoints,
             credentials,
+            http: http_client(ca_pem.as_deref(), connect, read).map_err(|e| vec![e])?,
             config: ac.clone(),
         }),
         _ => Err(errors),
     }
+}
+
+/// The HTTP client for the proxy's own calls to OrionVM: the account's CA and timeouts.
+pub fn http_client(
+    ca_pem: Option<&[u8]>,
+    connect: Duration,
+    read: Duration,
+) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(connect)
+        .timeout(read)
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .user_agent(concat!("orion-proxy/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = ca_pem {
+        for cert in
+            reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("ca_file: {e}"))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| format!("HTTP client: {e}"))
 }
 
 fn build_credentials(

@@ -1,0 +1,23 @@
+# syntax=docker/dockerfile:1
+# Build stage: Rust with cmake (Pingora needs it).
+FROM rust:1-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY conf ./conf
+COPY schemas ./schemas
+RUN cargo build --release --locked --bin orion-proxy
+
+# Final stage: only the binary, conf/ and schemas/, as a non-root user.
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin orion
+COPY --from=build /src/target/release/orion-proxy /usr/local/bin/orion-proxy
+COPY conf /etc/orion-proxy/conf
+COPY schemas /etc/orion-proxy/schemas
+WORKDIR /etc/orion-proxy
+USER 10001:10001
+EXPOSE 8443 9090 9091
+ENTRYPOINT ["/usr/local/bin/orion-proxy"]
+CMD ["run", "-c", "/etc/orion-proxy/orion-proxy.yaml"]

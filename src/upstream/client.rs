@@ -1,0 +1,112 @@
+//! Calls the proxy makes to OrionVM on its own behalf (facade composites, coalesced reads),
+//! outside Pingora's proxy pipeline: the same account, endpoints and credentials, with the
+//! same one retry when OrionVM refuses the proxy's token.
+
+use super::Account;
+use bytes::Bytes;
+use std::time::Instant;
+
+#[derive(Debug)]
+pub enum CallError {
+    Credentials(String),
+    Connect,
+    Timeout,
+    Other(String),
+}
+
+impl From<CallError> for crate::errors::ApiError {
+    fn from(e: CallError) -> Self {
+        use crate::errors::ApiError;
+        match e {
+            CallError::Credentials(_) => ApiError::bad_gateway(
+                "upstream_auth_failed",
+                "the proxy could not obtain OrionVM credentials",
+            ),
+            CallError::Connect => ApiError::bad_gateway(
+                "upstream_unreachable",
+                "the proxy could not connect to OrionVM",
+            ),
+            CallError::Timeout => ApiError::gateway_timeout("OrionVM did not answer in time"),
+            CallError::Other(_) => {
+                ApiError::bad_gateway("bad_gateway", "the call to OrionVM failed")
+            }
+        }
+    }
+}
+
+/// OrionVM's answer to one call.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Bytes,
+    pub elapsed: std::time::Duration,
+}
+
+impl Answer {
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// One call to OrionVM as `account`: `path` is the OrionVM path (`/api/v1/...`, with query).
+pub async fn call(
+    account: &Account,
+    method: http::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    request_id: &str,
+) -> Result<Answer, CallError> {
+    let mut retried = false;
+    let mut avoid = None;
+    loop {
+        let Some((idx, endpoint)) = account.pick(avoid) else {
+            return Err(CallError::Other("the account has no endpoint".into()));
+        };
+        let auth = account
+            .credentials
+            .authorization()
+            .await
+            .map_err(|e| CallError::Credentials(e.to_string()))?;
+        let mut req = account
+            .http
+            .request(method.clone(), endpoint.url_for(path))
+            .header("authorization", auth.clone())
+            .header("x-request-id", request_id)
+            .header("content-type", "application/json");
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let started = Instant::now();
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) if e.is_connect() && avoid.is_none() && account.endpoints.len() > 1 => {
+                avoid = Some(idx);
+                continue;
+            }
+            Err(e) if e.is_timeout() => return Err(CallError::Timeout),
+            Err(e) if e.is_connect() => return Err(CallError::Connect),
+            Err(_) => return Err(CallError::Other("request failed".into())),
+        };
+        let status = resp.status().as_u16();
+        if status == 401 && !retried && account.credentials.mode() == "oauth2" {
+            account.credentials.invalidate(&auth);
+            retried = true;
+            continue;
+        }
+        let body = resp.bytes().await.map_err(|e| {
+            if e.is_timeout() {
+                CallError::Timeout
+            } else {
+                CallError::Other("reading the answer failed".into())
+            }
+        })?;
+        return Ok(Answer {
+            status,
+            body,
+            elapsed: started.elapsed(),
+        });
+    }
+}
