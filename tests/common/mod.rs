@@ -9,22 +9,30 @@ use std::time::{Duration, Instant};
 
 pub const ACME_CLIENT_ID: &str = "acme-test-client";
 pub const ACME_CLIENT_SECRET: &str = "acme-test-secret-4f1d2c9e";
-pub const ACME_STATIC_TOKEN: &str = "acme-static-token-0123456789abcdef0123456789abcdef0123456789abcd";
+pub const ACME_STATIC_TOKEN: &str =
+    "acme-static-token-0123456789abcdef0123456789abcdef0123456789abcd";
 pub const GLOBEX_CLIENT_ID: &str = "globex-test-client";
 pub const GLOBEX_CLIENT_SECRET: &str = "globex-test-secret-77aa01";
-pub const GLOBEX_STATIC_TOKEN: &str = "globex-static-token-0123456789abcdef0123456789abcdef0123456789ab";
+pub const GLOBEX_STATIC_TOKEN: &str =
+    "globex-static-token-0123456789abcdef0123456789abcdef0123456789ab";
 
 pub fn sim_options() -> SimOptions {
     SimOptions {
         accounts: vec![
             SimAccount {
                 name: "acme".into(),
-                clients: vec![SimClient { client_id: ACME_CLIENT_ID.into(), client_secret: ACME_CLIENT_SECRET.into() }],
+                clients: vec![SimClient {
+                    client_id: ACME_CLIENT_ID.into(),
+                    client_secret: ACME_CLIENT_SECRET.into(),
+                }],
                 static_tokens: vec![ACME_STATIC_TOKEN.into()],
             },
             SimAccount {
                 name: "globex".into(),
-                clients: vec![SimClient { client_id: GLOBEX_CLIENT_ID.into(), client_secret: GLOBEX_CLIENT_SECRET.into() }],
+                clients: vec![SimClient {
+                    client_id: GLOBEX_CLIENT_ID.into(),
+                    client_secret: GLOBEX_CLIENT_SECRET.into(),
+                }],
                 static_tokens: vec![GLOBEX_STATIC_TOKEN.into()],
             },
         ],
@@ -35,12 +43,18 @@ pub fn sim_options() -> SimOptions {
 }
 
 pub async fn start_sim(opts: SimOptions) -> SimHandle {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sim");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind sim");
     sim::start(listener, opts).await.expect("start sim")
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A generated API key and the config line for it.
@@ -126,7 +140,10 @@ impl ConfigBuilder {
                 secret("acme-id", ACME_CLIENT_ID),
                 secret("acme-secret", ACME_CLIENT_SECRET)
             ),
-            Upstream::Static => format!("      type: static_token\n      token: {{file: \"{}\"}}\n", secret("acme-token", ACME_STATIC_TOKEN)),
+            Upstream::Static => format!(
+                "      type: static_token\n      token: {{file: \"{}\"}}\n",
+                secret("acme-token", ACME_STATIC_TOKEN)
+            ),
         };
         let globex_token = secret("globex-token", GLOBEX_STATIC_TOKEN);
         let endpoints: String = self
@@ -137,23 +154,28 @@ impl ConfigBuilder {
             .collect();
         let keys: String = self.keys.iter().map(Key::yaml).collect();
         let log = dir.join("access.log");
-        let yaml = format!(
-            "server:\n  listen: \"127.0.0.1:{}\"\n  admin_listen: \"127.0.0.1:{}\"\n  metrics_listen: \"127.0.0.1:{}\"\n  threads: 2\n  grace_period_seconds: 0\n  max_body_bytes: {}\n{}\
-accounts:\n  acme-orionvm:\n    endpoints:\n{endpoints}    read_timeout_ms: {}\n    credentials:\n{acme_creds}\
-  globex-orionvm:\n    endpoints:\n{endpoints}    read_timeout_ms: {}\n    credentials:\n      type: static_token\n      token: {{file: \"{globex_token}\"}}\n\
-tenants:\n  acme: {{account: acme-orionvm}}\n  globex: {{account: globex-orionvm}}\n\
-api_keys:\n{keys}\
-logging:\n  access_log: \"{}\"\n{}",
-            ports.proxy,
-            ports.admin,
-            ports.metrics,
-            self.max_body_bytes,
-            self.extra_server,
-            self.read_timeout_ms,
-            self.read_timeout_ms,
-            log.display(),
-            self.extra_top,
+        let mut yaml = String::new();
+        yaml += "server:\n";
+        yaml += &format!("  listen: \"127.0.0.1:{}\"\n", ports.proxy);
+        yaml += &format!("  admin_listen: \"127.0.0.1:{}\"\n", ports.admin);
+        yaml += &format!("  metrics_listen: \"127.0.0.1:{}\"\n", ports.metrics);
+        yaml += "  threads: 2\n  grace_period_seconds: 0\n";
+        yaml += &format!("  max_body_bytes: {}\n", self.max_body_bytes);
+        yaml += &self.extra_server;
+        yaml += "accounts:\n";
+        yaml += &format!(
+            "  acme-orionvm:\n    endpoints:\n{endpoints}    read_timeout_ms: {}\n    credentials:\n{acme_creds}",
+            self.read_timeout_ms
         );
+        yaml += &format!(
+            "  globex-orionvm:\n    endpoints:\n{endpoints}    read_timeout_ms: {}\n    credentials:\n",
+            self.read_timeout_ms
+        );
+        yaml += &format!("      type: static_token\n      token: {{file: \"{globex_token}\"}}\n");
+        yaml += "tenants:\n  acme: {account: acme-orionvm}\n  globex: {account: globex-orionvm}\n";
+        yaml += &format!("api_keys:\n{keys}");
+        yaml += &format!("logging:\n  access_log: \"{}\"\n", log.display());
+        yaml += &self.extra_top;
         let path = dir.join("orion-proxy.yaml");
         std::fs::write(&path, yaml).unwrap();
         path
@@ -168,7 +190,11 @@ pub struct Ports {
 
 impl Ports {
     pub fn free() -> Ports {
-        Ports { proxy: free_port(), admin: free_port(), metrics: free_port() }
+        Ports {
+            proxy: free_port(),
+            admin: free_port(),
+            metrics: free_port(),
+        }
     }
 }
 
@@ -192,7 +218,7 @@ impl ProxyProcess {
         Self::start_in(builder, dir).await
     }
 
-    pub async fn start_in(builder: &ConfigBuilder, dir: tempfile::TempDir) -> ProxyProcess {
+    pub async fn start_in(builder: &ConfigBuilder, mut dir: tempfile::TempDir) -> ProxyProcess {
         // A port picked free may be taken by the time the proxy binds: try a few times.
         let mut last_err = String::new();
         for _ in 0..3 {
@@ -235,8 +261,17 @@ impl ProxyProcess {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("exited with {status}: {}", self.stderr()));
             }
-            let ok = client.get(format!("{}/health", self.url)).send().await.map(|r| r.status().is_success()).unwrap_or(false);
-            let admin_ok = client.get(format!("{}/admin/config", self.admin_url)).send().await.is_ok();
+            let ok = client
+                .get(format!("{}/health", self.url))
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false);
+            let admin_ok = client
+                .get(format!("{}/admin/config", self.admin_url))
+                .send()
+                .await
+                .is_ok();
             if ok && admin_ok {
                 return Ok(());
             }
@@ -261,7 +296,10 @@ impl ProxyProcess {
             let lines: Vec<serde_json::Value> = text
                 .lines()
                 .filter(|l| !l.trim().is_empty())
-                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("access log line is not JSON ({e}): {l}")))
+                .map(|l| {
+                    serde_json::from_str(l)
+                        .unwrap_or_else(|e| panic!("access log line is not JSON ({e}): {l}"))
+                })
                 .collect();
             if lines.len() >= min || Instant::now() > deadline {
                 return lines;
@@ -318,7 +356,12 @@ impl Harness {
         let mut config = ConfigBuilder::new(&sim.url());
         adjust(&mut config);
         let proxy = ProxyProcess::start(&config).await;
-        Harness { sim, proxy, config, http: reqwest::Client::new() }
+        Harness {
+            sim,
+            proxy,
+            config,
+            http: reqwest::Client::new(),
+        }
     }
 
     pub fn key(&self, name: &str) -> &str {
@@ -330,11 +373,22 @@ impl Harness {
     }
 
     pub async fn get(&self, key: &str, path: &str) -> reqwest::Response {
-        self.http.get(self.url(path)).bearer_auth(key).send().await.expect("GET")
+        self.http
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("GET")
     }
 
     pub async fn post(&self, key: &str, path: &str, body: serde_json::Value) -> reqwest::Response {
-        self.http.post(self.url(path)).bearer_auth(key).json(&body).send().await.expect("POST")
+        self.http
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST")
     }
 
     pub async fn delete(&self, key: &str, path: &str) -> reqwest::Response {
@@ -351,12 +405,24 @@ impl Harness {
 /// Checks the one error body and returns it.
 pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
     assert_eq!(resp.status().as_u16(), status, "status");
-    let rid = resp.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_string()).expect("x-request-id");
-    let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let rid = resp
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_string())
+        .expect("x-request-id");
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
     assert!(ct.starts_with("application/json"), "content-type {ct}");
     let body: serde_json::Value = resp.json().await.expect("JSON error body");
     assert_error_body(&body, status, code);
-    assert_eq!(body["request_id"], rid.as_str(), "request id in body and header");
+    assert_eq!(
+        body["request_id"],
+        rid.as_str(),
+        "request id in body and header"
+    );
     body
 }
 
@@ -364,7 +430,10 @@ pub fn assert_error_body(body: &serde_json::Value, status: u16, code: &str) {
     assert_eq!(body["status"], status, "{body}");
     assert_eq!(body["error"], code, "{body}");
     assert!(body["error_description"].is_string(), "{body}");
-    assert!(body["title"].is_string() && body["type"].is_string() && body["detail"].is_string(), "{body}");
+    assert!(
+        body["title"].is_string() && body["type"].is_string() && body["detail"].is_string(),
+        "{body}"
+    );
     assert!(body["details"].is_object(), "{body}");
     let rid = body["request_id"].as_str().expect("request_id");
     assert!(!rid.is_empty());
