@@ -169,6 +169,10 @@ impl<'a> Fields<'a> {
     }
 
     fn string(&mut self, key: &str, required: bool) -> Option<String> {
+        self.string_max(key, required, 255)
+    }
+
+    fn string_max(&mut self, key: &str, required: bool, max: usize) -> Option<String> {
         match self.body.get(key) {
             None | Some(Value::Null) => {
                 if required {
@@ -180,8 +184,8 @@ impl<'a> Fields<'a> {
                 self.err(key, "can't be blank");
                 None
             }
-            Some(Value::String(s)) if s.len() > 255 => {
-                self.err(key, "is too long (maximum is 255 characters)");
+            Some(Value::String(s)) if s.len() > max => {
+                self.err(key, format!("is too long (maximum is {max} characters)"));
                 None
             }
             Some(Value::String(s)) => Some(s.clone()),
@@ -1293,7 +1297,7 @@ fn set_context(
     for (k, v) in entries {
         if k.is_empty() || k.len() > 255 || k.contains('/') {
             d.entry("key".into())
-                .or_insert_with(Vec::new)
+                .or_default()
                 .push(format!("{k:?} is not a valid context key"));
             continue;
         }
@@ -1303,14 +1307,14 @@ fn set_context(
             Value::Bool(b) => b.to_string(),
             _ => {
                 d.entry(k.clone())
-                    .or_insert_with(Vec::new)
+                    .or_default()
                     .push("must be a string".into());
                 continue;
             }
         };
         if v.len() > 65_536 {
             d.entry(k.clone())
-                .or_insert_with(Vec::new)
+                .or_default()
                 .push("is too long (maximum is 65536 characters)".into());
             continue;
         }
@@ -1659,7 +1663,9 @@ fn delete_network(cx: &Ctx<'_>, acc: &mut Account, n: usize) -> Reply {
 fn create_key(cx: &Ctx<'_>, acc: &mut Account, b: &Map<String, Value>) -> Reply {
     let mut f = Fields::new(b);
     let name = f.string("name", true);
-    let key = f.string("key", true).map(|k| k.trim().to_owned());
+    let key = f
+        .string_max("key", true, 16_384)
+        .map(|k| k.trim().to_owned());
     if let Some(k) = &key {
         let mut parts = k.split_whitespace();
         let kind = parts.next().unwrap_or("");

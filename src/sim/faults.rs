@@ -11,7 +11,8 @@ use super::util::status_or_500;
 /// optional scope (`path_prefix`, matched against the raw path and against the
 /// route template such as `/api/v1/instances/{id}/stop`; `method`, case-insensitive).
 ///
-/// JSON form (all members optional):
+/// JSON form (all members optional; `latency` and `slow_body` are accepted for the
+/// `_ms` names):
 /// `{"path_prefix": "/api/v1/instances", "method": "POST", "latency_ms": 300,
 ///   "error_burst": {"status": 503, "count": 2, "html": false}, "reset": 1,
 ///   "reset_mid_body": 1, "slow_body_ms": 50, "hang_transitions": true, "empty_error": 500}`
@@ -21,7 +22,7 @@ pub struct FaultPlan {
     pub path_prefix: Option<String>,
     pub method: Option<String>,
     /// Added before answering.
-    #[serde(rename = "latency_ms", with = "opt_ms")]
+    #[serde(rename = "latency_ms", alias = "latency", with = "opt_ms")]
     pub latency: Option<Duration>,
     /// The next `count` matching requests answer `status`.
     pub error_burst: Option<ErrorBurst>,
@@ -30,7 +31,7 @@ pub struct FaultPlan {
     /// The next N matching requests get their headers and part of the body, then a reset.
     pub reset_mid_body: u32,
     /// The body goes out in small chunks with this delay between them.
-    #[serde(rename = "slow_body_ms", with = "opt_ms")]
+    #[serde(rename = "slow_body_ms", alias = "slow_body", with = "opt_ms")]
     pub slow_body: Option<Duration>,
     /// Moving states (`starting`, `stopping`, ...) never settle while set. With a
     /// scope, only transitions begun by a matching request hang.
@@ -314,6 +315,12 @@ mod tests {
         let d = st.decide("GET", "/api/v1/instances", "/api/v1/instances", None);
         assert_eq!(d.error, None);
         assert!(serde_json::from_str::<FaultPlan>(r#"{"lateny_ms":5}"#).is_err());
+        let p: FaultPlan = serde_json::from_str(r#"{"slow_body":7,"latency":3}"#).unwrap();
+        assert_eq!(p.slow_body, Some(Duration::from_millis(7)));
+        assert_eq!(p.latency, Some(Duration::from_millis(3)));
+        let out = serde_json::to_value(&p).unwrap();
+        assert_eq!(out["slow_body_ms"], 7);
+        assert_eq!(out["latency_ms"], 3);
     }
 
     #[test]

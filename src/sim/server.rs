@@ -205,7 +205,12 @@ impl Shared {
             );
         };
         let token = random_hex(32);
-        self.tokens.lock().insert(
+        let mut tokens = self.tokens.lock();
+        if tokens.len() >= 10_000 {
+            let now = Instant::now();
+            tokens.retain(|_, t| !t.revoked && t.expires > now);
+        }
+        tokens.insert(
             token.clone(),
             IssuedToken {
                 account,
@@ -213,6 +218,7 @@ impl Shared {
                 revoked: false,
             },
         );
+        drop(tokens);
         self.tokens_issued.fetch_add(1, Ordering::Relaxed);
         Reply::ok(json!({
             "access_token": token,
