@@ -545,6 +545,8 @@ class Bench:
         self.systems = {}  # name -> dict(port, proc, pids)
         self.notes = []
         self.features = {}
+        self.sent = {}  # requests answered per process, to compare with its access log
+        self.access_log = {}
 
     # -- systems --
 
@@ -586,7 +588,8 @@ class Bench:
                 f"127.0.0.1:{self.upstream_port}",
                 "--threads",
                 str(self.args.threads),
-            ],
+            ] + (["--l4-read-buffer", str(self.args.bare_l4_read_buffer)]
+                 if self.args.bare_l4_read_buffer is not None else []),
             os.path.join(self.work, "bare.out"),
             cpu=self.cpu_sut,
         )
@@ -868,6 +871,7 @@ class Bench:
         port = self.systems[name]["port"]
         body = open(sc["body_file"], "rb").read() if sc.get("body_file") else None
         st, headers, data = request(port, sc["method"], sc["path"], self.auth_for(sc, system), body)
+        self.sent[name] = self.sent.get(name, 0) + 1
         want = sc.get("expect", 200)
         if st != want:
             raise BenchError(
@@ -901,6 +905,7 @@ class Bench:
                       self.cpu_load)
         t1 = cpu_ticks(s["pids"]())
         self.check_statuses(sc, name, res)
+        self.sent[name] = self.sent.get(name, 0) + res["requests"]
         return {
             "rps": res["requests"] / (res["duration_us"] / 1e6),
             "cpu_us_per_req": (t1 - t0) / CLK * 1e6 / res["requests"],
@@ -922,6 +927,7 @@ class Bench:
             raise BenchError(f"{sc['name']} on {name} at {rate}/s: statuses {codes}, "
                              f"errors {res.get('errorDistribution')}")
         pct = res["latencyPercentiles"]
+        self.sent[name] = self.sent.get(name, 0) + total
         return {
             "rate": rate,
             "achieved_rps": res["summary"]["requestsPerSec"],
@@ -968,6 +974,7 @@ class Bench:
                     rss[system] = measure_idle(
                         s["port"], s["pids"], f"Bearer {self.api_key}", a.idle_connections,
                         get["path"], self.cpu_load)
+                    self.sent[system] = self.sent.get(system, 0) + rss[system]["answered_ok"]
                     log(f"idle {system}: {rss[system]}")
                     if rss[system]["answered_ok"] < a.idle_connections * 0.99:
                         raise BenchError(f"idle connections on {system}: {rss[system]}")
@@ -1028,6 +1035,15 @@ class Bench:
                 time.sleep(0.1)
             else:
                 raise BenchError(f"{name} wrote no access log to {path}")
+            time.sleep(1.5)  # the writer thread flushes when its queue is empty
+            with open(path, "rb") as f:
+                lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+            sent = self.sent.get(name, 0)
+            self.access_log[name] = {"lines": lines, "requests": sent}
+            if lines < sent * 0.99:
+                self.notes.append(f"{name}: the access log has {lines} lines for {sent} requests: "
+                                  "the log queue dropped lines under load (less work than nginx, "
+                                  "which logs every request)")
 
     # -- instruction profile --
 
@@ -1056,7 +1072,7 @@ class Bench:
                     json.dump(self.orion_config(port, None), f, indent=1)
                 argv = [self.orion_bin, "run", "-c", path]
             vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}",
-                  "--collect-atstart=no", "--dump-line=no"]
+                  "--instr-atstart=no", "--dump-line=no"]
             p = PROCS.start(f"callgrind-{system}", vg + argv,
                             os.path.join(self.work, f"callgrind-{system}.log"),
                             cpu=self.cpu_sut, env=dict(os.environ, RUST_LOG="warn"))
@@ -1072,6 +1088,8 @@ class Bench:
             total = 0
             for f in files:
                 total += callgrind_total(os.path.join(self.work, f))
+            if total <= 0:
+                raise BenchError(f"callgrind counted no instructions for {system}")
             top = self.annotate([os.path.join(self.work, f) for f in files])
             out[system] = {"requests": res["requests"], "instructions": total,
                            "instructions_per_req": total / max(1, res["requests"]),
@@ -1099,7 +1117,15 @@ class Bench:
             if m and "PROGRAM TOTALS" not in line:
                 rows.append({"ir": int(m.group(1).replace(",", "")), "pct": float(m.group(2)),
                              "function": m.group(3).strip()})
-        return rows[: self.args.profile_top]
+        groups = {}
+        for row in rows:
+            g = component(row["function"])
+            groups[g] = groups.get(g, 0) + row["ir"]
+        total = sum(groups.values()) or 1
+        by_component = [{"component": k, "ir": v, "pct": round(100 * v / total, 2)}
+                        for k, v in sorted(groups.items(), key=lambda kv: -kv[1])]
+        return {"functions": rows[: self.args.profile_top],
+                "components": by_component[: self.args.profile_top]}
 
     # -- report --
 
@@ -1160,6 +1186,7 @@ class Bench:
             "notes": self.notes,
             "rows": rows,
             "idle_connections": rss,
+            "access_log": self.access_log,
             "profile": profile,
         }
         result["targets"] = targets(result)
@@ -1249,8 +1276,8 @@ def table(res):
         lines.append(f"{'callgrind, get_instance':<28} {'instr/req':>10} {'x bare':>6} "
                      f"{'x nginx':>7}")
         for system, m in prof.items():
-            xb = m["instructions_per_req"] / prof["bare"]["instructions_per_req"]
-            xn = m["instructions_per_req"] / prof["nginx"]["instructions_per_req"]
+            xb = m["instructions_per_req"] / max(1, prof["bare"]["instructions_per_req"])
+            xn = m["instructions_per_req"] / max(1, prof["nginx"]["instructions_per_req"])
             lines.append(f"{system:<28} {m['instructions_per_req']:10.0f} {xb:6.2f} {xn:7.2f}")
     lines.append("")
     for t in res["targets"]:
@@ -1267,12 +1294,39 @@ def table(res):
     return "\n".join(lines)
 
 
+def component(function):
+    """Where a function belongs, for the per-component summary: the crate (orion_proxy down to
+    its module), or the shared object for C code (libc's memcpy, mimalloc, nginx)."""
+    text = function.split(" [", 1)
+    obj = os.path.basename(text[1].rstrip("]")) if len(text) > 1 else "?"
+    sym = text[0].split(":", 1)[1] if ":" in text[0] else text[0]
+    if "memcpy" in sym or "memmove" in sym or "memset" in sym:
+        return "libc mem*"
+    if sym.startswith(("mi_", "_mi_")) or "mimalloc" in text[0]:
+        return "mimalloc"
+    m = re.search(r"([A-Za-z_][A-Za-z0-9_]*)::", sym)
+    if not m or m.group(1) in ("core", "alloc", "std") and "orion_proxy" not in sym:
+        if m and m.group(1) in ("core", "alloc", "std"):
+            return f"rust {m.group(1)}"
+        return obj
+    crate = m.group(1)
+    if crate == "orion_proxy" or "orion_proxy::" in sym:
+        parts = re.search(r"orion_proxy::([A-Za-z0-9_]+)(::([A-Za-z0-9_]+))?", sym)
+        if parts:
+            return "orion_proxy::" + parts.group(1) + (
+                "::" + parts.group(3) if parts.group(3) and parts.group(3)[0].islower() else "")
+    return crate
+
+
 def callgrind_total(path):
+    """The run's instruction count: `totals:` (written at the end), else `summary:`."""
+    found = {}
     with open(path) as f:
         for line in f:
-            if line.startswith("summary:") or line.startswith("totals:"):
-                return int(line.split()[1])
-    return 0
+            if line.startswith(("summary:", "totals:")):
+                key, value = line.split()[:2]
+                found[key] = int(value)
+    return found.get("totals:") or found.get("summary:", 0)
 
 
 def main():
@@ -1303,6 +1357,8 @@ def main():
     ap.add_argument("--no-profile", dest="profile", action="store_false")
     ap.add_argument("--profile-seconds", type=int, default=10)
     ap.add_argument("--profile-top", type=int, default=30)
+    ap.add_argument("--bare-l4-read-buffer", type=int, default=None,
+                    help="experiment: the bare pass-through's downstream read buffer in bytes")
     ap.add_argument("--scenarios", type=lambda s: s.split(","), default=None)
     ap.add_argument("--out", help="result JSON (default bench/results/<time>-<commit>.json)")
     ap.add_argument("--max-seconds", type=int, default=3600,

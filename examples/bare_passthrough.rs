@@ -8,6 +8,7 @@
 
 use async_trait::async_trait;
 use clap::Parser;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
@@ -30,6 +31,10 @@ struct Args {
     /// Worker threads, as `server.threads` in orion-proxy's config.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Read buffer of each downstream connection in bytes (Pingora's default: 64 KiB). Only for
+    /// experiments: the floor in `bench/run` keeps Pingora's default, as orion-proxy does.
+    #[arg(long)]
+    l4_read_buffer: Option<usize>,
 }
 
 struct Bare {
@@ -68,7 +73,15 @@ fn main() {
         },
         "bare-passthrough",
     );
-    proxy.add_tcp(&args.listen);
+    match args.l4_read_buffer {
+        None => proxy.add_tcp(&args.listen),
+        Some(read) => proxy.add_listener(
+            ListenerConfig::tcp(args.listen.as_str()).l4_buffer(L4BufferSettings {
+                read: Some(read),
+                write: None,
+            }),
+        ),
+    }
     server.add_service(proxy);
     server.run(RunArgs::default());
 }
