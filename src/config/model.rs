@@ -29,6 +29,32 @@ pub struct Config {
     /// The route table. Defaults to the shipped OrionVM mirror and facade routes.
     #[serde(default)]
     pub routes: Option<Vec<RouteConfig>>,
+    /// The REST facade (`/v1`): how its tasks wait for OrionVM's state changes.
+    #[serde(default)]
+    pub facade: FacadeConfig,
+}
+
+/// The REST facade's tasks (reboot, snapshot).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct FacadeConfig {
+    /// How long a task waits for one state change (a reboot's stop, a snapshot's clones)
+    /// before it fails.
+    pub transition_timeout_ms: u64,
+    /// How often a task polls OrionVM while it waits.
+    pub poll_interval_ms: u64,
+    /// Tasks kept in memory; the oldest finished ones are forgotten first.
+    pub max_tasks: usize,
+}
+
+impl Default for FacadeConfig {
+    fn default() -> Self {
+        FacadeConfig {
+            transition_timeout_ms: 300_000,
+            poll_interval_ms: 1000,
+            max_tasks: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -212,6 +238,13 @@ pub struct RouteConfig {
     /// Whether the request body is JSON that the proxy reads and checks before forwarding.
     #[serde(default)]
     pub json_body: bool,
+    /// For `kind: facade`: the facade operation that answers (`instances.create`...).
+    #[serde(default)]
+    pub handler: Option<String>,
+    /// A mirror `GET` whose answer is a bare array: with list query parameters (`limit`,
+    /// `sort`, `state`...) the proxy pages, filters and sorts it itself.
+    #[serde(default)]
+    pub list: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
@@ -224,4 +257,8 @@ pub enum RouteKind {
     Health,
     /// Readiness, answered by the proxy.
     Ready,
+    /// The REST facade (`/v1`), answered by the proxy through its own calls to OrionVM.
+    Facade,
+    /// The OpenAPI document, answered by the proxy.
+    Openapi,
 }

@@ -18,6 +18,10 @@ pub struct Route {
     pub kind: RouteKind,
     pub permission: Option<(PermissionId, Arc<str>)>,
     pub json_body: bool,
+    /// For facade routes: the operation that answers.
+    pub handler: Option<crate::facade::Handler>,
+    /// A mirror list that the list query parameters may shape.
+    pub list: bool,
 }
 
 pub enum Match<'a> {
@@ -76,6 +80,13 @@ impl RouteTable {
                 },
                 None => None,
             };
+            let handler = match crate::facade::Handler::for_route(rc) {
+                Ok(h) => h,
+                Err(e) => {
+                    errors.push(format!("{at}.{e}"));
+                    continue;
+                }
+            };
             let route = Arc::new(Route {
                 name: rc.name.as_str().into(),
                 method: method.clone(),
@@ -83,6 +94,8 @@ impl RouteTable {
                 kind: rc.kind,
                 permission,
                 json_body: rc.json_body,
+                handler,
+                list: rc.list,
             });
             let router = table.by_method.entry(method).or_default();
             if let Err(e) = router.insert(rc.path.clone(), route.clone()) {
