@@ -155,6 +155,12 @@ impl From<FacadeError> for ApiError {
     fn from(e: FacadeError) -> ApiError {
         match e {
             FacadeError::Call(c) => c.into(),
+            // The caller authenticated to the proxy; OrionVM refusing the proxy's own
+            // credentials (after the one retry) is the proxy's failure, as on the mirror.
+            FacadeError::Upstream(401, _) => ApiError::bad_gateway(
+                "upstream_auth_failed",
+                "OrionVM refused the proxy's credentials",
+            ),
             FacadeError::Upstream(status, body) => crate::errors::from_upstream(status, &body),
             FacadeError::UpstreamShape(what) => ApiError::bad_gateway(
                 "bad_gateway",
@@ -346,4 +352,81 @@ pub fn list_reply(q: &ListQuery, path: &str, items: Vec<Value>) -> Reply {
     )
     .header("x-total-count", page.total.to_string())
     .header("link", q.link_header(path, page.total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(kind: RouteKind, handler: Option<&str>, list: bool) -> RouteConfig {
+        RouteConfig {
+            name: "r".into(),
+            method: "GET".into(),
+            path: "/v1/x".into(),
+            kind,
+            permission: None,
+            json_body: false,
+            handler: handler.map(str::to_string),
+            list,
+        }
+    }
+
+    #[test]
+    fn routes_name_known_handlers() {
+        let ok = route(RouteKind::Facade, Some("tasks.get"), false);
+        assert_eq!(Handler::for_route(&ok), Ok(Some(Handler::TasksGet)));
+        for (r, needle) in [
+            (
+                route(RouteKind::Facade, Some("instances.explode"), false),
+                "instances.explode",
+            ),
+            (route(RouteKind::Facade, None, false), "needs one"),
+            (
+                route(RouteKind::Mirror, Some("tasks.get"), false),
+                "only facade",
+            ),
+            (route(RouteKind::Facade, Some("tasks.get"), true), "list:"),
+        ] {
+            let e = Handler::for_route(&r).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        }
+        for (name, h) in Handler::ALL {
+            assert_eq!(h.name(), *name);
+        }
+    }
+
+    #[test]
+    fn config_errors_name_their_key() {
+        let bad = FacadeConfig {
+            transition_timeout_ms: 0,
+            poll_interval_ms: 1,
+            max_tasks: 0,
+        };
+        let errs = check_config(&bad).join("\n");
+        for key in [
+            "facade.transition_timeout_ms",
+            "facade.poll_interval_ms",
+            "facade.max_tasks",
+        ] {
+            assert!(errs.contains(key), "{errs}");
+        }
+        assert!(check_config(&FacadeConfig::default()).is_empty());
+    }
+
+    #[test]
+    fn refused_transition_is_a_409_naming_state_and_actions() {
+        let e: ApiError = lifecycle::check(lifecycle::Action::Poweron, "running")
+            .unwrap_err()
+            .into();
+        assert_eq!((e.status, e.code), (409, "invalid_state"));
+        assert_eq!(e.details["state"], json!(["running"]));
+        assert_eq!(
+            e.details["allowed_actions"],
+            json!(["poweroff", "reboot", "snapshot", "patch", "delete"])
+        );
+        assert!(e.detail.contains("poweron") && e.detail.contains("running"));
+        assert_eq!(e.retry_after, None);
+        let e: ApiError = FacadeError::Upstream(401, Bytes::new()).into();
+        assert_eq!((e.status, e.code), (502, "upstream_auth_failed"));
+    }
 }
