@@ -103,6 +103,10 @@ pub struct ConfigBuilder {
     pub extra_top: String,
     pub max_body_bytes: usize,
     pub read_timeout_ms: u64,
+    /// Appended inside each endpoint's flow map (e.g. `, sni: other.example`).
+    pub endpoint_extra: String,
+    /// Extra lines of each account (indented four spaces, e.g. a `ca_file`).
+    pub account_extra: String,
 }
 
 impl ConfigBuilder {
@@ -120,6 +124,8 @@ impl ConfigBuilder {
             extra_top: String::new(),
             max_body_bytes: 65536,
             read_timeout_ms: 5000,
+            endpoint_extra: String::new(),
+            account_extra: String::new(),
         }
     }
 
@@ -150,7 +156,12 @@ impl ConfigBuilder {
             .sim_urls
             .iter()
             .enumerate()
-            .map(|(i, u)| format!("      - {{url: \"{u}\", name: sim{i}}}\n"))
+            .map(|(i, u)| {
+                format!(
+                    "      - {{url: \"{u}\", name: sim{i}{}}}\n",
+                    self.endpoint_extra
+                )
+            })
             .collect();
         let keys: String = self.keys.iter().map(Key::yaml).collect();
         let log = dir.join("access.log");
@@ -164,12 +175,12 @@ impl ConfigBuilder {
         yaml += &self.extra_server;
         yaml += "accounts:\n";
         yaml += &format!(
-            "  acme-orionvm:\n    endpoints:\n{endpoints}    read_timeout_ms: {}\n    credentials:\n{acme_creds}",
-            self.read_timeout_ms
+            "  acme-orionvm:\n    endpoints:\n{endpoints}{}    read_timeout_ms: {}\n    credentials:\n{acme_creds}",
+            self.account_extra, self.read_timeout_ms
         );
         yaml += &format!(
-            "  globex-orionvm:\n    endpoints:\n{endpoints}    read_timeout_ms: {}\n    credentials:\n",
-            self.read_timeout_ms
+            "  globex-orionvm:\n    endpoints:\n{endpoints}{}    read_timeout_ms: {}\n    credentials:\n",
+            self.account_extra, self.read_timeout_ms
         );
         yaml += &format!("      type: static_token\n      token: {{file: \"{globex_token}\"}}\n");
         yaml += "tenants:\n  acme: {account: acme-orionvm}\n  globex: {account: globex-orionvm}\n";
