@@ -103,6 +103,9 @@ pub struct ConfigBuilder {
     pub extra_top: String,
     pub max_body_bytes: usize,
     pub read_timeout_ms: u64,
+    /// YAML for the acme account's `credentials:` (indented six spaces), replacing
+    /// `acme_upstream` (signing tests).
+    pub acme_credentials: Option<String>,
 }
 
 impl ConfigBuilder {
@@ -120,6 +123,7 @@ impl ConfigBuilder {
             extra_top: String::new(),
             max_body_bytes: 65536,
             read_timeout_ms: 5000,
+            acme_credentials: None,
         }
     }
 
@@ -145,6 +149,7 @@ impl ConfigBuilder {
                 secret("acme-token", ACME_STATIC_TOKEN)
             ),
         };
+        let acme_creds = self.acme_credentials.clone().unwrap_or(acme_creds);
         let globex_token = secret("globex-token", GLOBEX_STATIC_TOKEN);
         let endpoints: String = self
             .sim_urls
