@@ -73,10 +73,18 @@ fn cases() -> Vec<Case> {
                 "instance_performance_tier": ITIER, "disk_performance_tier": DTIER, "allocate_public_ip": true,
                 "start_when_ready": false, "public_keys": [KEY]}),
             invalid: vec![
-                (json!({"name": "web-2", "memory": 100, "size": 20, "region": "SY3", "template": "ubuntu-22-04"}), vec!["memory"]),
-                (json!({"memory": 1024, "size": 20, "region": REGION}), vec!["name", "template"]),
-                (json!({"name": "web-2", "memory": 1024, "size": 0, "region": REGION, "template": "ubuntu-22-04", "public_keys": ["not-a-uuid"]}),
-                    vec!["size", "public_keys[0]"]),
+                (
+                    json!({"name": "web-2", "memory": 100, "size": 20, "region": "SY3", "template": "ubuntu-22-04"}),
+                    vec!["memory"],
+                ),
+                (
+                    json!({"memory": 1024, "size": 20, "region": REGION}),
+                    vec!["name", "template"],
+                ),
+                (
+                    json!({"name": "web-2", "memory": 1024, "size": 0, "region": REGION, "template": "ubuntu-22-04", "public_keys": ["not-a-uuid"]}),
+                    vec!["size", "public_keys[0]"],
+                ),
             ],
         },
         Case {
@@ -86,10 +94,18 @@ fn cases() -> Vec<Case> {
             valid: json!({"name": "web-3", "memory": 4096, "performance_tier": ITIER, "region": REGION, "boot_device": "disk",
                 "disks": [DISK], "ip_addresses": [IP], "virtualization": "hvm"}),
             invalid: vec![
-                (json!({"name": "web-3", "memory": 4096, "performance_tier": ITIER, "region": REGION, "disks": [DISK], "virtualization": "kvm"}),
-                    vec!["virtualization"]),
-                (json!({"name": "web-3", "memory": 4096, "performance_tier": ITIER, "region": REGION, "disks": []}), vec!["disks"]),
-                (json!({"name": "", "memory": "lots", "performance_tier": ITIER, "region": REGION, "disks": [DISK]}), vec!["name", "memory"]),
+                (
+                    json!({"name": "web-3", "memory": 4096, "performance_tier": ITIER, "region": REGION, "disks": [DISK], "virtualization": "kvm"}),
+                    vec!["virtualization"],
+                ),
+                (
+                    json!({"name": "web-3", "memory": 4096, "performance_tier": ITIER, "region": REGION, "disks": []}),
+                    vec!["disks"],
+                ),
+                (
+                    json!({"name": "", "memory": "lots", "performance_tier": ITIER, "region": REGION, "disks": [DISK]}),
+                    vec!["name", "memory"],
+                ),
             ],
         },
         Case {
@@ -100,7 +116,10 @@ fn cases() -> Vec<Case> {
             invalid: vec![
                 (json!({"boot_device": "usb"}), vec!["boot_device"]),
                 (json!({"start_on_crash": "maybe"}), vec!["start_on_crash"]),
-                (json!({"performance_tier": "standard", "hostname": "bad_host!"}), vec!["performance_tier", "hostname"]),
+                (
+                    json!({"performance_tier": "standard", "hostname": "bad_host!"}),
+                    vec!["performance_tier", "hostname"],
+                ),
             ],
         },
         Case {
@@ -122,7 +141,10 @@ fn cases() -> Vec<Case> {
             invalid: vec![
                 (json!({}), vec!["public_keys"]),
                 (json!({"public_keys": [KEY, KEY]}), vec!["public_keys"]),
-                (json!({"public_keys": [{"id": "x"}]}), vec!["public_keys[0]"]),
+                (
+                    json!({"public_keys": [{"id": "x"}]}),
+                    vec!["public_keys[0]"],
+                ),
             ],
         },
         Case {
@@ -132,8 +154,14 @@ fn cases() -> Vec<Case> {
             valid: json!({"availability_group": []}),
             invalid: vec![
                 (json!({}), vec!["availability_group"]),
-                (json!({"availability_group": null}), vec!["availability_group"]),
-                (json!({"availability_group": ["x"]}), vec!["availability_group[0]"]),
+                (
+                    json!({"availability_group": null}),
+                    vec!["availability_group"],
+                ),
+                (
+                    json!({"availability_group": ["x"]}),
+                    vec!["availability_group[0]"],
+                ),
             ],
         },
         Case {
@@ -142,8 +170,14 @@ fn cases() -> Vec<Case> {
             path: i("/network_adapters"),
             valid: json!({"network_adapters": [{"network": NETWORK, "ip_addresses": [IP]}]}),
             invalid: vec![
-                (json!({"network_adapters": [{"dhcp": true}]}), vec!["network_adapters[0]"]),
-                (json!({"network_adapters": [{"network": "nope"}]}), vec!["network_adapters[0].network"]),
+                (
+                    json!({"network_adapters": [{"dhcp": true}]}),
+                    vec!["network_adapters[0]"],
+                ),
+                (
+                    json!({"network_adapters": [{"network": "nope"}]}),
+                    vec!["network_adapters[0].network"],
+                ),
                 (json!({}), vec!["network_adapters"]),
             ],
         },
@@ -186,9 +220,15 @@ fn cases() -> Vec<Case> {
             path: "/api/v1/disks".into(),
             valid: json!({"name": "data-1", "performance_tier": DTIER, "region": REGION, "size": 50, "template": null}),
             invalid: vec![
-                (json!({"name": "data-1", "region": REGION, "size": 0}), vec!["size"]),
+                (
+                    json!({"name": "data-1", "region": REGION, "size": 0}),
+                    vec!["size"],
+                ),
                 (json!({"size": 10}), vec!["name", "region"]),
-                (json!({"name": "data-1", "region": REGION, "size": 10, "template": "Not A Slug!"}), vec!["template"]),
+                (
+                    json!({"name": "data-1", "region": REGION, "size": 10, "template": "Not A Slug!"}),
+                    vec!["template"],
+                ),
             ],
         },
         Case {
@@ -233,7 +273,10 @@ fn cases() -> Vec<Case> {
             invalid: vec![
                 (json!({"name": "ip-1"}), vec!["$"]),
                 (json!({"network": "x"}), vec!["network"]),
-                (json!({"network": NETWORK, "shareable": "yes"}), vec!["shareable"]),
+                (
+                    json!({"network": NETWORK, "shareable": "yes"}),
+                    vec!["shareable"],
+                ),
             ],
         },
         Case {
@@ -242,8 +285,14 @@ fn cases() -> Vec<Case> {
             path: "/api/v1/networks".into(),
             valid: json!({"name": "private-1", "region": REGION, "specification": "10.1.0.0/24"}),
             invalid: vec![
-                (json!({"name": "public-2", "region": REGION, "is_public": true}), vec!["is_public"]),
-                (json!({"name": "private-2", "region": REGION, "specification": "10.0.0.0/99"}), vec!["specification"]),
+                (
+                    json!({"name": "public-2", "region": REGION, "is_public": true}),
+                    vec!["is_public"],
+                ),
+                (
+                    json!({"name": "private-2", "region": REGION, "specification": "10.0.0.0/99"}),
+                    vec!["specification"],
+                ),
                 (json!({"name": "private-3"}), vec!["region"]),
             ],
         },
@@ -255,7 +304,10 @@ fn cases() -> Vec<Case> {
             invalid: vec![
                 (json!({"name": "ops3", "key": "not a key"}), vec!["key"]),
                 (json!({}), vec!["name", "key"]),
-                (json!({"name": "bad\nname", "key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIexample"}), vec!["name"]),
+                (
+                    json!({"name": "bad\nname", "key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIexample"}),
+                    vec!["name"],
+                ),
             ],
         },
         Case {
@@ -265,9 +317,18 @@ fn cases() -> Vec<Case> {
             valid: json!({"name": "web-9", "memory": 2048, "region": "SY3", "template": "ubuntu-22-04", "performance_tier": "Standard",
                 "public_keys": [KEY], "allocate_public_ip": true, "start": false}),
             invalid: vec![
-                (json!({"name": "web-9", "memory": 2048, "region": "SY3", "template": "ubuntu-22-04", "colour": "red"}), vec!["colour"]),
-                (json!({"name": "web-9", "memory": "2048", "region": "SY3", "template": "ubuntu-22-04"}), vec!["memory"]),
-                (json!({"name": "web-9", "memory": 2048, "region": "Sydney!"}), vec!["region", "template"]),
+                (
+                    json!({"name": "web-9", "memory": 2048, "region": "SY3", "template": "ubuntu-22-04", "colour": "red"}),
+                    vec!["colour"],
+                ),
+                (
+                    json!({"name": "web-9", "memory": "2048", "region": "SY3", "template": "ubuntu-22-04"}),
+                    vec!["memory"],
+                ),
+                (
+                    json!({"name": "web-9", "memory": 2048, "region": "Sydney!"}),
+                    vec!["region", "template"],
+                ),
             ],
         },
         Case {
@@ -278,7 +339,10 @@ fn cases() -> Vec<Case> {
             invalid: vec![
                 (json!({}), vec!["$"]),
                 (json!({"memory": 100}), vec!["memory"]),
-                (json!({"network_adapters": [{"network": NETWORK, "mtu": 9000}]}), vec!["network_adapters[0].mtu"]),
+                (
+                    json!({"network_adapters": [{"network": NETWORK, "mtu": 9000}]}),
+                    vec!["network_adapters[0].mtu"],
+                ),
                 (json!({"state": "running"}), vec!["state"]),
             ],
         },
@@ -332,7 +396,10 @@ async fn every_schema_passes_a_valid_body_and_lists_every_violation_by_path() {
             for p in paths {
                 let msgs = err["details"][p].as_array().unwrap();
                 assert!(
-                    !msgs.is_empty() && msgs.iter().all(|m| m.as_str().is_some_and(|s| !s.is_empty())),
+                    !msgs.is_empty()
+                        && msgs
+                            .iter()
+                            .all(|m| m.as_str().is_some_and(|s| !s.is_empty())),
                     "{label}: messages for {p}: {err}"
                 );
             }
@@ -428,7 +495,13 @@ async fn size_limit_malformed_json_huge_numbers_and_deep_nesting() {
     assert!(err["detail"].as_str().unwrap().contains("line 1"), "{err}");
 
     // A number beyond f64: 400; a huge integer that parses: 422 on the field.
-    let resp = send(&h, "POST", &format!("/api/v1/disks/{DISK}/resize"), r#"{"size": 1e400}"#).await;
+    let resp = send(
+        &h,
+        "POST",
+        &format!("/api/v1/disks/{DISK}/resize"),
+        r#"{"size": 1e400}"#,
+    )
+    .await;
     expect_error(resp, 400, "invalid_json").await;
     let resp = send(
         &h,
@@ -441,7 +514,11 @@ async fn size_limit_malformed_json_huge_numbers_and_deep_nesting() {
     assert!(err["details"]["size"].is_array(), "{err}");
 
     // Deep nesting: a clear 400, and the proxy keeps serving.
-    let deep = format!(r#"{{"name": {}{}}}"#, "[".repeat(20_000), "]".repeat(20_000));
+    let deep = format!(
+        r#"{{"name": {}{}}}"#,
+        "[".repeat(20_000),
+        "]".repeat(20_000)
+    );
     let resp = send(&h, "POST", "/api/v1/disks", &deep).await;
     let err = expect_error(resp, 400, "invalid_json").await;
     assert!(err["detail"].as_str().unwrap().contains("nesting"), "{err}");
@@ -460,12 +537,23 @@ async fn size_limit_malformed_json_huge_numbers_and_deep_nesting() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let resp = h.delete(h.key("admin"), &format!("/api/v1/instances/{INSTANCE}/context/missing")).await;
+    let resp = h
+        .delete(
+            h.key("admin"),
+            &format!("/api/v1/instances/{INSTANCE}/context/missing"),
+        )
+        .await;
     assert_ne!(resp.status().as_u16(), 400);
     assert_ne!(resp.status().as_u16(), 422);
     // A start with an empty body and a JSON content type (what clients send) is forwarded.
     h.sim.reset_calls();
-    let resp = send(&h, "POST", &format!("/api/v1/instances/{INSTANCE}/stop"), "").await;
+    let resp = send(
+        &h,
+        "POST",
+        &format!("/api/v1/instances/{INSTANCE}/stop"),
+        "",
+    )
+    .await;
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     assert_eq!(h.sim.recent_requests().len(), 1);
 }
@@ -512,7 +600,10 @@ async fn rewritten_body_arrives_upstream_with_its_length() {
     assert!(got.header_values("transfer-encoding").is_empty());
     // OrionVM acted on the rewritten body: the hostname came from the name, no public address.
     assert_eq!(created["hostname"], "rw-1", "{created}");
-    let adapters = created["network_adapters"].as_array().cloned().unwrap_or_default();
+    let adapters = created["network_adapters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     for a in &adapters {
         assert_ne!(a["network"]["is_public"], true, "{created}");
     }
@@ -546,20 +637,49 @@ async fn strictness_switching_off_and_schema_files() {
     })
     .await;
     // A schema file from validation.schema_dir.
-    let resp = send(&h, "POST", &format!("/api/v1/disks/{DISK}/resize"), r#"{"size": 500}"#).await;
+    let resp = send(
+        &h,
+        "POST",
+        &format!("/api/v1/disks/{DISK}/resize"),
+        r#"{"size": 500}"#,
+    )
+    .await;
     let err = expect_error(resp, 422, "validation_failed").await;
-    assert!(err["details"]["size"][0].as_str().unwrap().contains("100"), "{err}");
+    assert!(
+        err["details"]["size"][0].as_str().unwrap().contains("100"),
+        "{err}"
+    );
     // Mirror default: unknown fields pass through; strict route: refused.
-    let resp = send(&h, "PUT", &format!("/api/v1/disks/{DISK}"), r#"{"name": "n1", "future_field": 1}"#).await;
+    let resp = send(
+        &h,
+        "PUT",
+        &format!("/api/v1/disks/{DISK}"),
+        r#"{"name": "n1", "future_field": 1}"#,
+    )
+    .await;
     assert_ne!(resp.status().as_u16(), 422);
-    let resp = send(&h, "POST", &format!("/api/v1/disks/{DISK}/clone"), r#"{"name": "c1", "future_field": 1}"#).await;
+    let resp = send(
+        &h,
+        "POST",
+        &format!("/api/v1/disks/{DISK}/clone"),
+        r#"{"name": "c1", "future_field": 1}"#,
+    )
+    .await;
     let err = expect_error(resp, 422, "validation_failed").await;
-    assert_eq!(err["details"]["future_field"], json!(["is not allowed"]), "{err}");
+    assert_eq!(
+        err["details"]["future_field"],
+        json!(["is not allowed"]),
+        "{err}"
+    );
     // validation.skip: the schema is off; the body is still parsed and forwarded as is.
     h.sim.reset_calls();
     let resp = send(&h, "POST", "/api/v1/instances/assemble", r#"{"memory": 1}"#).await;
     let body: Value = resp.json().await.unwrap();
-    assert_eq!(h.sim.recent_requests().len(), 1, "forwarded unvalidated: {body}");
+    assert_eq!(
+        h.sim.recent_requests().len(),
+        1,
+        "forwarded unvalidated: {body}"
+    );
     let resp = send(&h, "POST", "/api/v1/instances/assemble", r#"{"memory": "#).await;
     expect_error(resp, 400, "invalid_json").await;
 }
@@ -591,8 +711,12 @@ validation: {{skip: [nope]}}
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(text.contains("routes[0] (x).schema: unknown schema 'no.such.schema'"), "{text}");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("routes[0] (x).schema: unknown schema 'no.such.schema'"),
+        "{text}"
+    );
     assert!(text.contains("routes[1] (y).rewrite.drop[0]"), "{text}");
     assert!(text.contains("validation.skip[0]"), "{text}");
 }

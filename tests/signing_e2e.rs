@@ -25,7 +25,10 @@ fn hmac_key(account: Option<&str>) -> SimSignatureKey {
 }
 
 /// A simulator verifying signatures and a proxy whose acme account signs with `credentials`.
-async fn start(key: SimSignatureKey, credentials: impl FnOnce(&std::path::Path) -> String) -> (Harness, tempfile::TempDir) {
+async fn start(
+    key: SimSignatureKey,
+    credentials: impl FnOnce(&std::path::Path) -> String,
+) -> (Harness, tempfile::TempDir) {
     let mut opts = sim_options();
     opts.signature = Some(key);
     let sim = start_sim(opts).await;
@@ -33,7 +36,8 @@ async fn start(key: SimSignatureKey, credentials: impl FnOnce(&std::path::Path) 
     let mut config = ConfigBuilder::new(&sim.url());
     config.acme_credentials = Some(credentials(secrets.path()));
     // A route that rewrites, so that the signature is shown to cover the rewritten body.
-    let defaults: serde_yaml::Value = serde_yaml::from_str(orion_proxy::config::DEFAULTS_YAML).unwrap();
+    let defaults: serde_yaml::Value =
+        serde_yaml::from_str(orion_proxy::config::DEFAULTS_YAML).unwrap();
     let mut routes = String::from("routes:\n");
     for r in defaults["routes"].as_sequence().unwrap() {
         if r["name"] == "disks.create" {
@@ -72,7 +76,11 @@ async fn ok_json(resp: reqwest::Response) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-fn last<'a>(seen: &'a [orion_proxy::sim::RecordedRequest], method: &str, path: &str) -> &'a orion_proxy::sim::RecordedRequest {
+fn last<'a>(
+    seen: &'a [orion_proxy::sim::RecordedRequest],
+    method: &str,
+    path: &str,
+) -> &'a orion_proxy::sim::RecordedRequest {
     seen.iter()
         .rev()
         .find(|r| r.method == method && r.path == path)
@@ -87,12 +95,23 @@ async fn the_simulator_accepts_the_proxys_signed_get_post_and_delete() {
     // GET, with a query.
     let list = ok_json(h.get(&admin, "/api/v1/instances").await).await;
     assert!(list.as_array().is_some_and(|a| !a.is_empty()));
-    let state = ok_json(h.get(&admin, &format!("/api/v1/instances/{INSTANCE}/state?probe=1")).await).await;
+    let state = ok_json(
+        h.get(
+            &admin,
+            &format!("/api/v1/instances/{INSTANCE}/state?probe=1"),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(state["state"], "running");
     // POST with a body, rewritten by the route before signing.
     let disk = ok_json(
-        h.post(&admin, "/api/v1/disks", json!({"name": "signed-1", "region": REGION, "size": 10, "template": null}))
-            .await,
+        h.post(
+            &admin,
+            "/api/v1/disks",
+            json!({"name": "signed-1", "region": REGION, "size": 10, "template": null}),
+        )
+        .await,
     )
     .await;
     assert_eq!(disk["name"], "signed-1");
@@ -108,19 +127,33 @@ async fn the_simulator_accepts_the_proxys_signed_get_post_and_delete() {
     let stopped = ok_json(stop).await;
     assert_eq!(stopped["id"], INSTANCE);
     poll("stopped", Duration::from_secs(10), || async {
-        let s = ok_json(h.get(&admin, &format!("/api/v1/instances/{INSTANCE}/state")).await).await;
+        let s = ok_json(
+            h.get(&admin, &format!("/api/v1/instances/{INSTANCE}/state"))
+                .await,
+        )
+        .await;
         (s["state"] == "stopped").then_some(())
     })
     .await;
     // DELETE.
-    let gone = ok_json(h.delete(&admin, &format!("/api/v1/instances/{INSTANCE}")).await).await;
+    let gone = ok_json(
+        h.delete(&admin, &format!("/api/v1/instances/{INSTANCE}"))
+            .await,
+    )
+    .await;
     assert_eq!(gone["id"], INSTANCE);
 
     let seen = h.sim.recent_requests();
     let post = last(&seen, "POST", "/api/v1/disks");
     let sent: Value = serde_json::from_str(&post.body).unwrap();
-    assert_eq!(sent, json!({"name": "signed-1", "region": REGION, "size": 10, "performance_tier": DTIER}));
-    assert_eq!(post.header_values("content-digest"), vec![orion_proxy::sim::content_digest(post.body.as_bytes())]);
+    assert_eq!(
+        sent,
+        json!({"name": "signed-1", "region": REGION, "size": 10, "performance_tier": DTIER})
+    );
+    assert_eq!(
+        post.header_values("content-digest"),
+        vec![orion_proxy::sim::content_digest(post.body.as_bytes())]
+    );
     let state_get = seen
         .iter()
         .find(|r| r.path.ends_with("/state") && r.query.as_deref() == Some("probe=1"))
@@ -134,7 +167,13 @@ async fn the_simulator_accepts_the_proxys_signed_get_post_and_delete() {
     ] {
         let input = r.header_values("signature-input");
         assert_eq!(input.len(), 1, "{r:?}");
-        for c in ["\"@method\"", "\"@authority\"", "\"@path\"", "\"@query\"", "\"content-digest\""] {
+        for c in [
+            "\"@method\"",
+            "\"@authority\"",
+            "\"@path\"",
+            "\"@query\"",
+            "\"content-digest\"",
+        ] {
             assert!(input[0].contains(c), "{c} not covered: {}", input[0]);
         }
         // content-type is covered whenever the request has one.
@@ -143,7 +182,13 @@ async fn the_simulator_accepts_the_proxys_signed_get_post_and_delete() {
             !r.header_values("content-type").is_empty(),
             "{r:?}"
         );
-        for p in [";created=", ";expires=", ";nonce=", &format!(";keyid=\"{KEYID}\""), ";alg=\"hmac-sha256\""] {
+        for p in [
+            ";created=",
+            ";expires=",
+            ";nonce=",
+            &format!(";keyid=\"{KEYID}\""),
+            ";alg=\"hmac-sha256\"",
+        ] {
             assert!(input[0].contains(p), "{p} missing: {}", input[0]);
         }
         assert_eq!(r.header_values("signature").len(), 1);
@@ -152,7 +197,13 @@ async fn the_simulator_accepts_the_proxys_signed_get_post_and_delete() {
         assert_eq!(r.account.as_deref(), Some("acme"));
     }
     // Nothing was refused along the way.
-    assert!(h.proxy.access_log(4).await.iter().all(|l| l["http.response.status_code"] != 502));
+    assert!(
+        h.proxy
+            .access_log(4)
+            .await
+            .iter()
+            .all(|l| l["http.response.status_code"] != 502)
+    );
 }
 
 /// Sends a request straight to the simulator with the given extra headers.
@@ -165,7 +216,10 @@ async fn to_sim(
 ) -> (u16, Value) {
     let mut req = h
         .http
-        .request(method.parse().unwrap(), format!("{}{path_and_query}", h.sim.url()))
+        .request(
+            method.parse().unwrap(),
+            format!("{}{path_and_query}", h.sim.url()),
+        )
         .body(body.to_vec());
     for (k, v) in headers {
         req = req.header(k.as_str(), v.as_str());
@@ -225,7 +279,12 @@ async fn changes_after_signing_expiry_and_replays_are_refused() {
     ok_json(h.post(&admin, "/api/v1/disks", body.clone()).await).await;
     let seen = h.sim.recent_requests();
     let sent = last(&seen, "POST", "/api/v1/disks").clone();
-    let keep = ["content-type", "content-digest", "signature-input", "signature"];
+    let keep = [
+        "content-type",
+        "content-digest",
+        "signature-input",
+        "signature",
+    ];
     let headers: Vec<(String, String)> = sent
         .headers
         .iter()
@@ -235,11 +294,27 @@ async fn changes_after_signing_expiry_and_replays_are_refused() {
     let (status, err) = to_sim(&h, "POST", "/api/v1/disks", &headers, sent.body.as_bytes()).await;
     assert_eq!(status, 401, "{err}");
     assert_eq!(err["error"], "invalid_signature");
-    assert!(err["error_description"].as_str().unwrap().contains("nonce"), "{err}");
+    assert!(
+        err["error_description"].as_str().unwrap().contains("nonce"),
+        "{err}"
+    );
     // The proxy's request with another body: the digest no longer matches.
-    let (status, err) = to_sim(&h, "POST", "/api/v1/disks", &headers, br#"{"name":"other","region":"SY3","size":10}"#).await;
+    let (status, err) = to_sim(
+        &h,
+        "POST",
+        "/api/v1/disks",
+        &headers,
+        br#"{"name":"other","region":"SY3","size":10}"#,
+    )
+    .await;
     assert_eq!(status, 401, "{err}");
-    assert!(err["error_description"].as_str().unwrap().contains("Content-Digest"), "{err}");
+    assert!(
+        err["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("Content-Digest"),
+        "{err}"
+    );
 
     // Requests signed here with the proxy's signer, then changed.
     let signer = Signer::hmac_sha256(KEYID, SECRET, Duration::from_secs(60)).unwrap();
@@ -250,38 +325,108 @@ async fn changes_after_signing_expiry_and_replays_are_refused() {
     // Body changed after signing, digest recomputed to match it: only the signature catches it.
     let mut hd = signed_headers(&signer, &authority, "POST", path, key_body, now, "n-body");
     let other = br#"{"name":"k-evil","key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIexample k"}"#;
-    set(&mut hd, "content-digest", orion_proxy::sim::content_digest(other));
+    set(
+        &mut hd,
+        "content-digest",
+        orion_proxy::sim::content_digest(other),
+    );
     let (status, err) = to_sim(&h, "POST", path, &hd, other).await;
     assert_eq!(status, 401, "{err}");
-    assert!(err["error_description"].as_str().unwrap().contains("does not match the request"), "{err}");
+    assert!(
+        err["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("does not match the request"),
+        "{err}"
+    );
 
     // Path changed after signing.
-    let hd = signed_headers(&signer, &authority, "GET", "/api/v1/regions", b"", now, "n-path");
+    let hd = signed_headers(
+        &signer,
+        &authority,
+        "GET",
+        "/api/v1/regions",
+        b"",
+        now,
+        "n-path",
+    );
     let (status, err) = to_sim(&h, "GET", "/api/v1/templates", &hd, b"").await;
     assert_eq!(status, 401, "{err}");
 
     // Date changed after signing: `created` moved in Signature-Input.
-    let mut hd = signed_headers(&signer, &authority, "GET", "/api/v1/regions", b"", now, "n-date");
-    let input = hd.iter().find(|(k, _)| k == "signature-input").unwrap().1.clone();
-    let created = now.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    let mut hd = signed_headers(
+        &signer,
+        &authority,
+        "GET",
+        "/api/v1/regions",
+        b"",
+        now,
+        "n-date",
+    );
+    let input = hd
+        .iter()
+        .find(|(k, _)| k == "signature-input")
+        .unwrap()
+        .1
+        .clone();
+    let created = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     set(
         &mut hd,
         "signature-input",
-        input.replace(&format!("created={created}"), &format!("created={}", created - 1)),
+        input.replace(
+            &format!("created={created}"),
+            &format!("created={}", created - 1),
+        ),
     );
     let (status, err) = to_sim(&h, "GET", "/api/v1/regions", &hd, b"").await;
     assert_eq!(status, 401, "{err}");
-    assert!(err["error_description"].as_str().unwrap().contains("does not match"), "{err}");
+    assert!(
+        err["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("does not match"),
+        "{err}"
+    );
 
     // Expired: signed two minutes ago with a one-minute lifetime.
-    let hd = signed_headers(&signer, &authority, "GET", "/api/v1/regions", b"", now - Duration::from_secs(120), "n-old");
+    let hd = signed_headers(
+        &signer,
+        &authority,
+        "GET",
+        "/api/v1/regions",
+        b"",
+        now - Duration::from_secs(120),
+        "n-old",
+    );
     let (status, err) = to_sim(&h, "GET", "/api/v1/regions", &hd, b"").await;
     assert_eq!(status, 401, "{err}");
-    assert!(err["error_description"].as_str().unwrap().contains("expired"), "{err}");
+    assert!(
+        err["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{err}"
+    );
 
     // Wrong key.
-    let stranger = Signer::hmac_sha256(KEYID, "another-secret-0123456789abcdef0123456789", Duration::from_secs(60)).unwrap();
-    let hd = signed_headers(&stranger, &authority, "GET", "/api/v1/regions", b"", now, "n-key");
+    let stranger = Signer::hmac_sha256(
+        KEYID,
+        "another-secret-0123456789abcdef0123456789",
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let hd = signed_headers(
+        &stranger,
+        &authority,
+        "GET",
+        "/api/v1/regions",
+        b"",
+        now,
+        "n-key",
+    );
     let (status, _) = to_sim(&h, "GET", "/api/v1/regions", &hd, b"").await;
     assert_eq!(status, 401);
 
@@ -294,7 +439,15 @@ async fn changes_after_signing_expiry_and_replays_are_refused() {
     let (status, created_key) = to_sim(&h, "POST", path, &hd, key_body).await;
     assert_eq!(status, 200, "{created_key}");
     assert_eq!(created_key["name"], "k-signed");
-    let hd = signed_headers(&signer, &authority, "GET", "/api/v1/regions", b"", now, "n-date");
+    let hd = signed_headers(
+        &signer,
+        &authority,
+        "GET",
+        "/api/v1/regions",
+        b"",
+        now,
+        "n-date",
+    );
     let (status, _) = to_sim(&h, "GET", "/api/v1/regions", &hd, b"").await;
     assert_eq!(status, 200);
     let (status, err) = to_sim(&h, "GET", "/api/v1/regions", &hd, b"").await;
@@ -310,13 +463,19 @@ async fn a_proxy_with_the_wrong_key_is_refused_upstream() {
     let resp = h.get(h.key("admin"), "/api/v1/regions").await;
     expect_error(resp, 502, "upstream_auth_failed").await;
     let seen = h.sim.recent_requests();
-    assert!(!last(&seen, "GET", "/api/v1/regions").header_values("signature").is_empty());
+    assert!(
+        !last(&seen, "GET", "/api/v1/regions")
+            .header_values("signature")
+            .is_empty()
+    );
 }
 
 #[tokio::test]
 async fn ed25519_signatures_with_a_bearer_token_as_well() {
     let seed = [7u8; 32];
-    let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
+    let public = ed25519_dalek::SigningKey::from_bytes(&seed)
+        .verifying_key()
+        .to_bytes();
     let key = SimSignatureKey {
         keyid: KEYID.into(),
         secret: public.to_vec(),
@@ -338,11 +497,22 @@ async fn ed25519_signatures_with_a_bearer_token_as_well() {
     .await;
     let admin = h.key("admin").to_string();
     ok_json(h.get(&admin, "/api/v1/regions").await).await;
-    let disk = ok_json(h.post(&admin, "/api/v1/disks", json!({"name": "ed-1", "region": REGION, "size": 10})).await).await;
+    let disk = ok_json(
+        h.post(
+            &admin,
+            "/api/v1/disks",
+            json!({"name": "ed-1", "region": REGION, "size": 10}),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(disk["name"], "ed-1");
     let seen = h.sim.recent_requests();
     let post = last(&seen, "POST", "/api/v1/disks");
-    assert_eq!(post.header_values("authorization"), vec!["Bearer <redacted>"]);
+    assert_eq!(
+        post.header_values("authorization"),
+        vec!["Bearer <redacted>"]
+    );
     assert!(post.header_values("signature-input")[0].contains("alg=\"ed25519\""));
     assert_eq!(post.account.as_deref(), Some("acme"));
 }

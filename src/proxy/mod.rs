@@ -110,9 +110,9 @@ impl OrionProxy {
         ctx.tenant = Some(tenant.clone());
         // Bodies of routes with a schema or rules are JSON, read whole, validated and rewritten;
         // a signing account reads every body, since its digest is signed.
-        let rules = rt.body_rules.get(&route.name);
-        let json = (route.json_body || rules.is_some())
-            && method_has_body(&session.req_header().method);
+        let has_body = method_has_body(&session.req_header().method);
+        let rules = has_body.then(|| rt.body_rules.get(&route.name)).flatten();
+        let json = has_body && (route.json_body || rules.is_some());
         if json || tenant.account.credentials.signer().is_some() {
             let bytes = match body::read_whole(session, rt.max_body_bytes).await {
                 Ok(b) => b,
@@ -125,7 +125,7 @@ impl OrionProxy {
                         ctx.body = a.body;
                         ctx.validated = Some(a.validated);
                     }
-                    Err(e) => return Ok(Some(e)),
+                    Err(e) => return Ok(Some(e.into())),
                 }
             }
             if ctx.body.is_none() && !bytes.is_empty() {

@@ -185,8 +185,10 @@ impl Shared {
             body,
         };
         if let Err(why) = v.verify(&received) {
-            return Err(error_plain(StatusCode::UNAUTHORIZED, "invalid_signature", &why)
-                .with_header("www-authenticate", "Signature realm=\"OrionVM\""));
+            return Err(
+                error_plain(StatusCode::UNAUTHORIZED, "invalid_signature", &why)
+                    .with_header("www-authenticate", "Signature realm=\"OrionVM\""),
+            );
         }
         match v.account() {
             Some(name) if !parts.headers.contains_key(AUTHORIZATION) => self
@@ -194,7 +196,11 @@ impl Shared {
                 .iter()
                 .position(|a| a == name)
                 .ok_or_else(|| {
-                    error_plain(StatusCode::UNAUTHORIZED, "invalid_signature", "unknown account")
+                    error_plain(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_signature",
+                        "unknown account",
+                    )
                 }),
             _ => self.authenticate(&parts.headers),
         }

@@ -78,10 +78,7 @@ impl Verifier {
         let sig_header = header(req.headers, "signature")?;
         let inputs = Parser::parse_dictionary(input.as_bytes())
             .map_err(|e| format!("Signature-Input is not a structured dictionary: {e}"))?;
-        let (label, entry) = inputs
-            .iter()
-            .next()
-            .ok_or("Signature-Input is empty")?;
+        let (label, entry) = inputs.iter().next().ok_or("Signature-Input is empty")?;
         let ListEntry::InnerList(inner) = entry else {
             return Err("Signature-Input member is not an inner list".into());
         };

@@ -134,7 +134,10 @@ impl Credentials {
         }
     }
 
-    pub fn signed(signer: super::signing::Signer, token: Option<&Secret>) -> Result<Credentials, String> {
+    pub fn signed(
+        signer: super::signing::Signer,
+        token: Option<&Secret>,
+    ) -> Result<Credentials, String> {
         let bearer = token.map(|t| bearer(t.expose())).transpose()?;
         Ok(Credentials::Signed { signer, bearer })
     }

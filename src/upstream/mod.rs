@@ -221,7 +221,8 @@ fn build_credentials(
                 .as_ref()
                 .map(|t| t.resolve().map_err(|e| format!("credentials.token: {e}")))
                 .transpose()?;
-            Credentials::signed(signer, token.as_ref()).map_err(|e| format!("credentials.token: {e}"))
+            Credentials::signed(signer, token.as_ref())
+                .map_err(|e| format!("credentials.token: {e}"))
         }
         CredentialsConfig::Oauth2 {
             client_id,

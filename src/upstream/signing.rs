@@ -201,10 +201,7 @@ impl Signer {
             }
         };
         let mut sig_dict = Dictionary::new();
-        sig_dict.insert(
-            LABEL.into(),
-            Item::new(BareItem::ByteSeq(signature)).into(),
-        );
+        sig_dict.insert(LABEL.into(), Item::new(BareItem::ByteSeq(signature)).into());
         Ok(SignatureHeaders {
             content_digest,
             signature_input: format!("{LABEL}={sig_params}"),
@@ -241,9 +238,7 @@ pub fn sign_request_header(
             content_type: content_type.as_deref(),
             body,
         })
-        .map_err(|e| {
-            pingora::Error::explain(pingora::ErrorType::InternalError, e.to_string())
-        })?;
+        .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e.to_string()))?;
     req.insert_header("content-digest", headers.content_digest)?;
     req.insert_header("signature-input", headers.signature_input)?;
     req.insert_header("signature", headers.signature)?;
@@ -367,7 +362,14 @@ mod tests {
         // Same inputs, same signature; another body, another digest and signature.
         assert_eq!(s.sign_at(&req, at, "n1").unwrap().signature, h.signature);
         let other = s
-            .sign_at(&RequestParts { body: b"{ }", ..req }, at, "n1")
+            .sign_at(
+                &RequestParts {
+                    body: b"{ }",
+                    ..req
+                },
+                at,
+                "n1",
+            )
             .unwrap();
         assert_ne!(other.signature, h.signature);
         assert_ne!(other.content_digest, h.content_digest);

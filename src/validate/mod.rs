@@ -138,17 +138,33 @@ impl From<ValidationError> for ApiError {
     }
 }
 
+/// Why a body was refused: not JSON (400) or not valid (422).
+#[derive(Debug)]
+pub enum AdmitError {
+    Json(body::BodyError),
+    Invalid(ValidationError),
+}
+
+impl From<AdmitError> for ApiError {
+    fn from(e: AdmitError) -> ApiError {
+        match e {
+            AdmitError::Json(e) => e.into(),
+            AdmitError::Invalid(e) => e.into(),
+        }
+    }
+}
+
 /// Parses (unless empty), validates and rewrites a body read whole.
-pub fn admit(rules: Option<&RouteBody>, bytes: &Bytes) -> Result<Admitted, ApiError> {
+pub fn admit(rules: Option<&RouteBody>, bytes: &Bytes) -> Result<Admitted, AdmitError> {
     let blank = bytes.iter().all(u8::is_ascii_whitespace);
     let mut value = if blank {
         Value::Object(Map::new())
     } else {
-        body::parse_json(bytes)?
+        body::parse_json(bytes).map_err(AdmitError::Json)?
     };
     let schema = rules.and_then(|r| r.schema.as_ref());
     if let Some(s) = schema {
-        check(s, &value)?;
+        check(s, &value).map_err(AdmitError::Invalid)?;
     }
     let rewritten = rules
         .and_then(|r| r.rewrite.as_ref())
@@ -259,18 +275,33 @@ mod tests {
         assert_eq!(json_path(""), "$");
         assert_eq!(json_path("/memory"), "memory");
         assert_eq!(json_path("/disks/0"), "disks[0]");
-        assert_eq!(json_path("/network_adapters/1/network"), "network_adapters[1].network");
-        assert_eq!(join("/network_adapters/0", "network"), "network_adapters[0].network");
+        assert_eq!(
+            json_path("/network_adapters/1/network"),
+            "network_adapters[1].network"
+        );
+        assert_eq!(
+            join("/network_adapters/0", "network"),
+            "network_adapters[0].network"
+        );
     }
 
     #[test]
     fn every_violation_is_listed() {
         let mut c = Compiler::new(None);
         let s = c.get("instances.assemble", false).unwrap();
-        let err = check(&s, &json!({"name": "ok", "memory": 100, "disks": ["nope"], "boot_device": "floppy"}))
-            .unwrap_err();
+        let err = check(
+            &s,
+            &json!({"name": "ok", "memory": 100, "disks": ["nope"], "boot_device": "floppy"}),
+        )
+        .unwrap_err();
         let d = &err.details;
-        for k in ["memory", "disks[0]", "boot_device", "performance_tier", "region"] {
+        for k in [
+            "memory",
+            "disks[0]",
+            "boot_device",
+            "performance_tier",
+            "region",
+        ] {
             assert!(d.contains_key(k), "{k} missing in {d:?}");
         }
         assert_eq!(d["memory"][0], "100 is less than the minimum of 512");
@@ -309,7 +340,10 @@ mod tests {
             ..Default::default()
         };
         let errs = BodyRules::build(&routes, &v).unwrap_err().join("\n");
-        assert!(errs.contains("routes[0] (a).schema: unknown schema 'no.such'"), "{errs}");
+        assert!(
+            errs.contains("routes[0] (a).schema: unknown schema 'no.such'"),
+            "{errs}"
+        );
         assert!(errs.contains("routes[1] (b).strict"), "{errs}");
         assert!(errs.contains("validation.skip[0]"), "{errs}");
     }

@@ -55,7 +55,8 @@ impl Rewrite {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let empty = r.drop.is_empty() && r.rename.is_empty() && r.set.is_empty() && r.defaults.is_empty();
+        let empty =
+            r.drop.is_empty() && r.rename.is_empty() && r.set.is_empty() && r.defaults.is_empty();
         Ok((!empty).then_some(r))
     }
 
@@ -89,7 +90,11 @@ impl Rewrite {
     }
 }
 
-fn parent_mut<'a>(root: &'a mut Map<String, Value>, path: &[String], create: bool) -> Option<&'a mut Map<String, Value>> {
+fn parent_mut<'a>(
+    root: &'a mut Map<String, Value>,
+    path: &[String],
+    create: bool,
+) -> Option<&'a mut Map<String, Value>> {
     let mut cur = root;
     for seg in path {
         if create && !cur.contains_key(seg) {

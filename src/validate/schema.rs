@@ -16,24 +16,78 @@ use std::sync::Arc;
 
 /// The schemas shipped in `schemas/`.
 pub const BUILTIN: &[(&str, &str)] = &[
-    ("disks.clone", include_str!("../../schemas/disks.clone.json")),
-    ("disks.create", include_str!("../../schemas/disks.create.json")),
-    ("disks.resize", include_str!("../../schemas/disks.resize.json")),
-    ("disks.update", include_str!("../../schemas/disks.update.json")),
-    ("facade.instance.create", include_str!("../../schemas/facade.instance.create.json")),
-    ("facade.instance.patch", include_str!("../../schemas/facade.instance.patch.json")),
-    ("instances.assemble", include_str!("../../schemas/instances.assemble.json")),
-    ("instances.context", include_str!("../../schemas/instances.context.json")),
-    ("instances.create", include_str!("../../schemas/instances.create.json")),
-    ("instances.remote_access", include_str!("../../schemas/instances.remote_access.json")),
-    ("instances.set_availability_group", include_str!("../../schemas/instances.set_availability_group.json")),
-    ("instances.set_disks", include_str!("../../schemas/instances.set_disks.json")),
-    ("instances.set_network_adapters", include_str!("../../schemas/instances.set_network_adapters.json")),
-    ("instances.set_public_keys", include_str!("../../schemas/instances.set_public_keys.json")),
-    ("instances.update", include_str!("../../schemas/instances.update.json")),
-    ("ip_addresses.create", include_str!("../../schemas/ip_addresses.create.json")),
-    ("networks.create", include_str!("../../schemas/networks.create.json")),
-    ("public_keys.create", include_str!("../../schemas/public_keys.create.json")),
+    (
+        "disks.clone",
+        include_str!("../../schemas/disks.clone.json"),
+    ),
+    (
+        "disks.create",
+        include_str!("../../schemas/disks.create.json"),
+    ),
+    (
+        "disks.resize",
+        include_str!("../../schemas/disks.resize.json"),
+    ),
+    (
+        "disks.update",
+        include_str!("../../schemas/disks.update.json"),
+    ),
+    (
+        "facade.instance.create",
+        include_str!("../../schemas/facade.instance.create.json"),
+    ),
+    (
+        "facade.instance.patch",
+        include_str!("../../schemas/facade.instance.patch.json"),
+    ),
+    (
+        "instances.assemble",
+        include_str!("../../schemas/instances.assemble.json"),
+    ),
+    (
+        "instances.context",
+        include_str!("../../schemas/instances.context.json"),
+    ),
+    (
+        "instances.create",
+        include_str!("../../schemas/instances.create.json"),
+    ),
+    (
+        "instances.remote_access",
+        include_str!("../../schemas/instances.remote_access.json"),
+    ),
+    (
+        "instances.set_availability_group",
+        include_str!("../../schemas/instances.set_availability_group.json"),
+    ),
+    (
+        "instances.set_disks",
+        include_str!("../../schemas/instances.set_disks.json"),
+    ),
+    (
+        "instances.set_network_adapters",
+        include_str!("../../schemas/instances.set_network_adapters.json"),
+    ),
+    (
+        "instances.set_public_keys",
+        include_str!("../../schemas/instances.set_public_keys.json"),
+    ),
+    (
+        "instances.update",
+        include_str!("../../schemas/instances.update.json"),
+    ),
+    (
+        "ip_addresses.create",
+        include_str!("../../schemas/ip_addresses.create.json"),
+    ),
+    (
+        "networks.create",
+        include_str!("../../schemas/networks.create.json"),
+    ),
+    (
+        "public_keys.create",
+        include_str!("../../schemas/public_keys.create.json"),
+    ),
 ];
 
 /// A compiled schema.
@@ -174,7 +228,17 @@ mod tests {
     fn strict_refuses_unknown_fields() {
         let mut c = Compiler::new(None);
         let body = serde_json::json!({"size": 20, "colour": "blue"});
-        assert!(c.get("disks.resize", false).unwrap().validator.is_valid(&body));
-        assert!(!c.get("disks.resize", true).unwrap().validator.is_valid(&body));
+        assert!(
+            c.get("disks.resize", false)
+                .unwrap()
+                .validator
+                .is_valid(&body)
+        );
+        assert!(
+            !c.get("disks.resize", true)
+                .unwrap()
+                .validator
+                .is_valid(&body)
+        );
     }
 }
