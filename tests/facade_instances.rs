@@ -21,12 +21,13 @@ async fn every_operation_end_to_end() {
     // Create with names: region code, template slug, tier name, key name.
     let keys = ok_json(h.get(&admin, "/api/v1/public_keys").await).await;
     let key_name = keys[0]["name"].as_str().unwrap().to_string();
+    let key_id = keys[0]["id"].as_str().unwrap().to_string();
     let resp = h
         .post(
             &admin,
             "/v1/instances",
             json!({"name": "fac-1", "memory": 1024, "region": "sy3", "template": "ubuntu-22-04",
-                   "performance_tier": "high performance", "public_keys": [key_name], "start": true}),
+                   "performance_tier": "high performance", "public_keys": [key_id], "start": true}),
         )
         .await;
     assert_eq!(resp.status(), 201);

@@ -68,12 +68,47 @@ async fn the_served_document_is_the_shipped_one_and_covers_every_route() {
     );
     let create = &doc["paths"]["/v1/instances"]["post"]["requestBody"]["content"]["application/json"]
         ["schema"]["$ref"];
-    assert_eq!(create, "#/components/schemas/CreateInstance");
+    assert_eq!(create, "#/components/schemas/facade.instance.create");
+    let schemas = &doc["components"]["schemas"];
     assert_eq!(
-        doc["components"]["schemas"]["CreateInstance"]["additionalProperties"],
+        schemas["facade.instance.create"]["additionalProperties"],
         false
     );
-    assert!(doc["components"]["schemas"]["InstancePatch"]["properties"]["memory"].is_object());
+    assert!(schemas["facade.instance.patch"]["properties"]["memory"].is_object());
+    // Every route's shipped schema is the file in schemas/, and each is referenced.
+    for r in routes {
+        if let Some(name) = r["schema"].as_str() {
+            let file: Value = serde_json::from_str(
+                &std::fs::read_to_string(repo(&format!("schemas/{name}.json"))).unwrap(),
+            )
+            .unwrap();
+            let keys = |v: &Value| {
+                v["properties"]
+                    .as_object()
+                    .map(|m| m.keys().cloned().collect::<Vec<_>>())
+            };
+            assert_eq!(keys(&schemas[name]), keys(&file), "{name}");
+            assert_eq!(schemas[name]["required"], file["required"], "{name}");
+            // Its $defs came along.
+            if let Some(defs) = file["$defs"].as_object() {
+                for d in defs.keys() {
+                    assert!(schemas[format!("{name}.{d}")].is_object(), "{name}.{d}");
+                }
+            }
+            let path = r["path"].as_str().unwrap();
+            let method = r["method"].as_str().unwrap().to_ascii_lowercase();
+            let body = doc["paths"][path][&method]["requestBody"]["content"].to_string();
+            assert!(
+                body.contains(&format!("#/components/schemas/{name}")),
+                "{method} {path}: {body}"
+            );
+        }
+    }
+    assert!(schemas["SnapshotRequest"].is_object());
+    assert!(
+        !doc.to_string().contains("\"#/$defs/"),
+        "a $defs reference was left"
+    );
 
     // A config with its own route table gets a document of exactly those routes.
     let h2 = Harness::start_with(|c| {

@@ -12,10 +12,6 @@ pub struct CreateInstance {
     /// The instance's name.
     #[schemars(length(min = 1, max = 255))]
     pub name: String,
-    /// Hostname; derived from the name when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 255))]
-    pub hostname: Option<String>,
     /// Memory in MB.
     #[schemars(range(min = 512))]
     pub memory: u64,
@@ -30,7 +26,7 @@ pub struct CreateInstance {
     /// Size of the boot disk in GB.
     #[serde(default = "default_disk_size")]
     #[schemars(range(min = 1))]
-    pub disk_size: u64,
+    pub size: u64,
     /// Public keys by id or name.
     #[serde(default)]
     pub public_keys: Vec<String>,
@@ -140,6 +136,35 @@ pub struct SnapshotRequest {
     pub name: Option<String>,
 }
 
+/// The request's body as `T`: the value the route's schema already checked (`validate`), else
+/// the bytes read in `request_filter`. Every problem is a 422 naming the member's path.
+pub fn from_request<T: for<'de> Deserialize<'de>>(
+    ctx: &crate::proxy::ctx::Ctx,
+    empty_ok: bool,
+) -> Result<T, FacadeError> {
+    let blank = ctx
+        .body
+        .as_ref()
+        .is_none_or(|b| b.iter().all(u8::is_ascii_whitespace));
+    match &ctx.validated {
+        _ if blank && !empty_ok => Err(FacadeError::invalid("(body)", "a JSON object is required")),
+        Some(v) => from_value(v.value.clone()),
+        None => parse(ctx.body.as_deref(), empty_ok),
+    }
+}
+
+fn from_value<T: for<'de> Deserialize<'de>>(value: serde_json::Value) -> Result<T, FacadeError> {
+    serde_path_to_error::deserialize(value).map_err(path_error)
+}
+
+fn path_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> FacadeError {
+    let path = e.path().to_string();
+    let path = if path == "." { "(body)".into() } else { path };
+    let msg = e.inner().to_string();
+    let msg = msg.split(" at line").next().unwrap_or(&msg).to_string();
+    FacadeError::invalid(&path, &msg)
+}
+
 /// Parses a body into `T`; every problem is a 422 naming the member's path.
 pub fn parse<T: for<'de> Deserialize<'de>>(
     body: Option<&[u8]>,
@@ -153,13 +178,7 @@ pub fn parse<T: for<'de> Deserialize<'de>>(
         }
     };
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { "(body)".into() } else { path };
-        let msg = e.inner().to_string();
-        let msg = msg.split(" at line").next().unwrap_or(&msg).to_string();
-        FacadeError::invalid(&path, &msg)
-    })
+    serde_path_to_error::deserialize(&mut de).map_err(path_error)
 }
 
 /// Checks the values serde cannot: lengths and ranges.
@@ -168,20 +187,14 @@ pub fn check_create(c: &CreateInstance) -> Result<(), FacadeError> {
     if c.name.trim().is_empty() || c.name.len() > 255 {
         errs.push(("name", "must be 1 to 255 characters".to_string()));
     }
-    if c.hostname
-        .as_ref()
-        .is_some_and(|h| h.trim().is_empty() || h.len() > 255)
-    {
-        errs.push(("hostname", "must be 1 to 255 characters".to_string()));
-    }
     if c.memory < 512 {
         errs.push((
             "memory",
             format!("{} is less than the minimum of 512", c.memory),
         ));
     }
-    if c.disk_size == 0 {
-        errs.push(("disk_size", "must be at least 1".to_string()));
+    if c.size == 0 {
+        errs.push(("size", "must be at least 1".to_string()));
     }
     FacadeError::invalid_all(errs)
 }

@@ -39,7 +39,7 @@ pub async fn handle(h: Handler, ctx: &Ctx, query: Option<&str>) -> Result<Reply,
             Ok(task_reply(&task))
         }
         Handler::InstancesSnapshot => {
-            let req: SnapshotRequest = body::parse(ctx.body.as_deref(), true)?;
+            let req: SnapshotRequest = body::from_request(ctx, true)?;
             let (id, inst) = instance(&orion, ctx).await?;
             lifecycle::check(Action::Snapshot, state_of(&inst))?;
             let disks: Vec<(String, String)> = inst["disks"]
@@ -203,7 +203,7 @@ async fn key_ids(
 }
 
 async fn create(ctx: &Ctx, orion: &Orion) -> Result<Reply, FacadeError> {
-    let req: CreateInstance = body::parse(ctx.body.as_deref(), false)?;
+    let req: CreateInstance = body::from_request(ctx, false)?;
     body::check_create(&req)?;
     let mut errs: Vec<(String, String)> = Vec::new();
     let regions = orion.list("/api/v1/regions").await?;
@@ -259,16 +259,13 @@ async fn create(ctx: &Ctx, orion: &Orion) -> Result<Reply, FacadeError> {
     let mut out = json!({
         "name": req.name,
         "memory": req.memory,
-        "size": req.disk_size,
+        "size": req.size,
         "region": region,
         "template": template,
         "public_keys": keys,
         "allocate_public_ip": req.allocate_public_ip,
         "start_when_ready": req.start,
     });
-    if let Some(h) = &req.hostname {
-        out["hostname"] = json!(h);
-    }
     if let Some(t) = tier {
         out["instance_performance_tier"] = json!(t);
     }
@@ -328,7 +325,7 @@ fn scalar<T: serde::Serialize>(
 }
 
 async fn patch(ctx: &Ctx, orion: &Orion) -> Result<Reply, FacadeError> {
-    let p: InstancePatch = body::parse(ctx.body.as_deref(), false)?;
+    let p: InstancePatch = body::from_request(ctx, false)?;
     let (id, inst) = instance(orion, ctx).await?;
     let mut errs = Vec::new();
     let mut put = Map::new();

@@ -368,6 +368,9 @@ mod tests {
             json_body: false,
             handler: handler.map(str::to_string),
             list,
+            schema: None,
+            strict: None,
+            rewrite: None,
         }
     }
 

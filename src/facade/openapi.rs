@@ -1,6 +1,7 @@
 //! The OpenAPI 3.1 document: built from the route table (so every route the proxy serves is in
 //! it), with the facade's operations described in full, the token endpoint, the error body as a
-//! component, and the facade's request schemas derived from the structs that parse them.
+//! component, and the request schemas of `schemas/` that the routes name (the facade's structs'
+//! own schemas where a route names none).
 //! Served at `/openapi.json`; `openapi.json` at the top of the repository is this document for
 //! the shipped routes (`orion-proxy openapi` prints it).
 
@@ -386,7 +387,58 @@ fn operation(r: &Route) -> Map<String, Value> {
     if let Some((_, p)) = &r.permission {
         m.insert("x-permission".into(), json!(&**p));
     }
+    // The body's schema from `schemas/` where the route names a shipped one.
+    if let Some(name) = r.schema.as_deref().filter(|n| shipped_schema(n).is_some())
+        && let Some(Value::Object(content)) =
+            m.get_mut("requestBody").and_then(|b| b.get_mut("content"))
+    {
+        for media in content.values_mut() {
+            media["schema"] = sref(name);
+        }
+    }
     m
+}
+
+/// A schema shipped in `schemas/` as components: the schema under its name (its `$schema` and
+/// `$id` dropped) and each of its `$defs` as `NAME.DEF`, with the references rewritten.
+fn shipped_schema(name: &str) -> Option<Map<String, Value>> {
+    let (_, text) = crate::validate::schema::BUILTIN
+        .iter()
+        .find(|(n, _)| *n == name)?;
+    let mut v: Value = serde_json::from_str(text).ok()?;
+    rewrite_refs(&mut v, name);
+    let mut out = Map::new();
+    if let Value::Object(m) = &mut v {
+        m.remove("$schema");
+        m.remove("$id");
+        if let Some(Value::Object(defs)) = m.remove("$defs") {
+            for (k, d) in defs {
+                out.insert(format!("{name}.{k}"), d);
+            }
+        }
+    }
+    out.insert(name.to_string(), v);
+    Some(out)
+}
+
+fn rewrite_refs(v: &mut Value, name: &str) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                match (k.as_str(), &*x) {
+                    ("$ref", Value::String(r)) if r.starts_with("#/$defs/") => {
+                        *x = json!(format!(
+                            "#/components/schemas/{name}.{}",
+                            &r["#/$defs/".len()..]
+                        ));
+                    }
+                    _ => rewrite_refs(x, name),
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| rewrite_refs(x, name)),
+        _ => {}
+    }
 }
 
 fn query_param(wire: &str, description: &str, schema: Value) -> Value {
@@ -585,12 +637,35 @@ pub fn document(routes: &[Arc<Route>]) -> Value {
         }
     };
     let mut has_token = false;
+    let mut body_schemas = Map::new();
     for r in routes {
         has_token |= r.method == http::Method::POST && &*r.template == "/oauth/token";
         add(&r.template, r.method.as_str(), operation(r));
+        if let Some(parts) = r.schema.as_deref().and_then(shipped_schema) {
+            body_schemas.extend(parts);
+        }
     }
     if !has_token {
         add("/oauth/token", "POST", token_op("oauth.token"));
+    }
+    let mut components = components();
+    if let Some(Value::Object(schemas)) = components.get_mut("schemas") {
+        // The structs' own schemas only where no route names a shipped one instead.
+        let used = Value::Object(paths.clone()).to_string();
+        if !used.contains("/schemas/CreateInstance\"") {
+            schemas.remove("CreateInstance");
+        }
+        if !used.contains("/schemas/InstancePatch\"") {
+            for n in [
+                "InstancePatch",
+                "AdapterPatch",
+                "Virtualization",
+                "BootDevice",
+            ] {
+                schemas.remove(n);
+            }
+        }
+        schemas.extend(body_schemas);
     }
     json!({
         "openapi": "3.1.0",
@@ -611,7 +686,7 @@ pub fn document(routes: &[Arc<Route>]) -> Value {
             {"name": "operations", "description": "Health, readiness, this document"}
         ],
         "paths": paths,
-        "components": components(),
+        "components": components,
     })
 }
 

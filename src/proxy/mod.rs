@@ -10,7 +10,7 @@ use crate::config::model::RouteKind;
 use crate::errors::{self, ApiError};
 use crate::observe::{self, metrics, request_id};
 use crate::routes::{Match, path};
-use crate::validate::body;
+use crate::validate::{self, body};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use ctx::Ctx;
@@ -108,16 +108,27 @@ impl OrionProxy {
             )));
         };
         ctx.tenant = Some(tenant.clone());
-        if route.json_body && method_has_body(&session.req_header().method) {
+        // Bodies of routes with a schema or rules are JSON, read whole, validated and rewritten;
+        // a signing account reads every body, since its digest is signed.
+        let has_body = method_has_body(&session.req_header().method);
+        let rules = has_body.then(|| rt.body_rules.get(&route.name)).flatten();
+        let json = has_body && (route.json_body || rules.is_some());
+        if json || tenant.account.credentials.signer().is_some() {
             let bytes = match body::read_whole(session, rt.max_body_bytes).await {
                 Ok(b) => b,
                 Err(e) => return Ok(Some(e.into())),
             };
             ctx.request_bytes = bytes.len();
-            if !bytes.iter().all(u8::is_ascii_whitespace) {
-                if let Err(e) = body::parse_json(&bytes) {
-                    return Ok(Some(e.into()));
+            if json {
+                match validate::admit(rules.map(|r| &**r), &bytes) {
+                    Ok(a) => {
+                        ctx.body = a.body;
+                        ctx.validated = Some(a.validated);
+                    }
+                    Err(e) => return Ok(Some(e.into())),
                 }
+            }
+            if ctx.body.is_none() && !bytes.is_empty() {
                 ctx.body = Some(bytes);
             }
         }
@@ -251,7 +262,7 @@ impl ProxyHttp for OrionProxy {
         upstream.remove_header("x-api-key");
         upstream.remove_header("cookie");
         upstream.remove_header("proxy-authorization");
-        let auth = match account.credentials.authorization().await {
+        let auth = match account.credentials.authorization_header().await {
             Ok(v) => v,
             Err(e) => {
                 log::warn!("request {}: {e}", ctx.request_id);
@@ -266,8 +277,10 @@ impl ProxyHttp for OrionProxy {
                 ));
             }
         };
-        upstream.insert_header("authorization", auth.clone())?;
-        ctx.upstream_auth = Some(auth);
+        if let Some(auth) = auth {
+            upstream.insert_header("authorization", auth.clone())?;
+            ctx.upstream_auth = Some(auth);
+        }
         let query = session.req_header().uri.query();
         let target = match query {
             Some(q) => format!("{}{}?{q}", endpoint.base_path, ctx.path),
@@ -286,6 +299,16 @@ impl ProxyHttp for OrionProxy {
         if let Some(b) = &ctx.body {
             upstream.remove_header("transfer-encoding");
             upstream.insert_header("content-length", b.len().to_string())?;
+        }
+        if let Some(signer) = account.credentials.signer() {
+            // Last, on the request exactly as it leaves: path, Host and body are final.
+            let body = ctx.body.as_deref().unwrap_or_default();
+            crate::upstream::signing::sign_request_header(
+                signer,
+                upstream,
+                &endpoint.authority,
+                body,
+            )?;
         }
         Ok(())
     }

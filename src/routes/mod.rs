@@ -22,6 +22,8 @@ pub struct Route {
     pub handler: Option<crate::facade::Handler>,
     /// A mirror list that the list query parameters may shape.
     pub list: bool,
+    /// The JSON Schema its body must match (`validate`), by the name the config gives.
+    pub schema: Option<Arc<str>>,
 }
 
 pub enum Match<'a> {
@@ -96,6 +98,7 @@ impl RouteTable {
                 json_body: rc.json_body,
                 handler,
                 list: rc.list,
+                schema: rc.schema.as_deref().map(Arc::from),
             });
             let router = table.by_method.entry(method).or_default();
             if let Err(e) = router.insert(rc.path.clone(), route.clone()) {

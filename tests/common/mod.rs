@@ -107,6 +107,9 @@ pub struct ConfigBuilder {
     pub endpoint_extra: String,
     /// Extra lines of each account (indented four spaces, e.g. a `ca_file`).
     pub account_extra: String,
+    /// YAML for the acme account's `credentials:` (indented six spaces), replacing
+    /// `acme_upstream` (signing tests).
+    pub acme_credentials: Option<String>,
 }
 
 impl ConfigBuilder {
@@ -126,6 +129,7 @@ impl ConfigBuilder {
             read_timeout_ms: 5000,
             endpoint_extra: String::new(),
             account_extra: String::new(),
+            acme_credentials: None,
         }
     }
 
@@ -151,6 +155,7 @@ impl ConfigBuilder {
                 secret("acme-token", ACME_STATIC_TOKEN)
             ),
         };
+        let acme_creds = self.acme_credentials.clone().unwrap_or(acme_creds);
         let globex_token = secret("globex-token", GLOBEX_STATIC_TOKEN);
         let endpoints: String = self
             .sim_urls
