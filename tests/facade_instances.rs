@@ -417,3 +417,122 @@ async fn a_reboot_whose_stop_hangs_fails_after_the_timeout_and_tasks_survive_a_r
     assert_eq!(after["status"], "failed");
     assert_eq!(after["id"], task.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patch_sends_the_attachment_puts_that_changed() {
+    let h = Harness::start_with(|c| c.extra_top = facade_config(10_000)).await;
+    let admin = h.key("admin").to_string();
+    let id = create_basic(&h, &admin, "att-1", 1024, "SY3", false).await;
+    let other = create_basic(&h, &admin, "att-2", 1024, "SY3", false).await;
+    wait_state(&h, &admin, &id, "stopped").await;
+    let inst = ok_json(h.get(&admin, &format!("/v1/instances/{id}")).await).await;
+    let boot = inst["disks"][0]["id"].as_str().unwrap().to_string();
+    let disk = ok_json(
+        h.post(
+            &admin,
+            "/api/v1/disks",
+            json!({"name": "att-extra", "size": 10, "region": "SY3"}),
+        )
+        .await,
+    )
+    .await;
+    let extra = disk["id"].as_str().unwrap().to_string();
+    poll(
+        "disk detached",
+        std::time::Duration::from_secs(10),
+        || async {
+            let d = ok_json(h.get(&admin, &format!("/api/v1/disks/{extra}")).await).await;
+            (d["state"] == "detached").then_some(())
+        },
+    )
+    .await;
+    let path = format!("/v1/instances/{id}");
+
+    let after = ok_json(
+        patch(
+            &h,
+            &admin,
+            &path,
+            json!({"disks": [boot, extra], "availability_group": [other]}),
+        )
+        .await,
+    )
+    .await;
+    let disks: Vec<&str> = after["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(disks, vec![boot.as_str(), extra.as_str()]);
+    assert_eq!(after["availability_group"], json!([other]));
+    let calls = h.sim.calls();
+    assert_eq!(calls.count("PUT", "/api/v1/instances/{id}/disks"), 1);
+    assert_eq!(
+        calls.count("PUT", "/api/v1/instances/{id}/availability_group"),
+        1
+    );
+    assert_eq!(
+        calls.count("PUT", "/api/v1/instances/{id}"),
+        0,
+        "no scalar changed"
+    );
+
+    // The adapters as they are: no call; with dhcp off: OrionVM's adapters PUT.
+    let adapters: Vec<Value> = inst["network_adapters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| json!({"network": a["network"]["id"], "dhcp": a["dhcp"],
+                        "ip_addresses": a["ip_addresses"].as_array().unwrap().iter().map(|i| i["id"].clone()).collect::<Vec<_>>()}))
+        .collect();
+    ok_json(patch(&h, &admin, &path, json!({"network_adapters": adapters})).await).await;
+    assert_eq!(
+        h.sim
+            .calls()
+            .count("PUT", "/api/v1/instances/{id}/network_adapters"),
+        0
+    );
+    let mut changed = adapters.clone();
+    changed[0]["dhcp"] = json!(false);
+    // OrionVM's network update holds still until the fault is cleared.
+    h.sim.set_faults(FaultPlan {
+        hang_transitions: true,
+        path_prefix: Some("/api/v1/instances/{id}/network_adapters".into()),
+        ..Default::default()
+    });
+    let after = ok_json(patch(&h, &admin, &path, json!({"network_adapters": changed})).await).await;
+    assert_eq!(after["network_adapters"][0]["dhcp"], false);
+    assert_eq!(
+        h.sim
+            .calls()
+            .count("PUT", "/api/v1/instances/{id}/network_adapters"),
+        1
+    );
+
+    // While OrionVM applies the adapters the instance is moving: 409 with Retry-After.
+    assert_eq!(state_of(&h, &admin, &id).await, "updating_network");
+    let resp = patch(&h, &admin, &path, json!({"name": "att-1b"})).await;
+    assert_eq!(resp.headers()["retry-after"], "2");
+    let err = expect_error(resp, 409, "invalid_state").await;
+    assert_eq!(err["details"]["state"], json!(["updating_network"]));
+    assert_eq!(err["details"]["allowed_actions"], json!([]));
+    assert_eq!(h.sim.calls().count("PUT", "/api/v1/instances/{id}"), 0);
+    h.sim.clear_faults();
+    wait_state(&h, &admin, &id, "stopped").await;
+
+    // Disks change only while stopped.
+    ok_json(h.post(&admin, &format!("{path}/poweron"), json!({})).await).await;
+    wait_state(&h, &admin, &id, "running").await;
+    let err = expect_error(
+        patch(&h, &admin, &path, json!({"disks": [boot]})).await,
+        409,
+        "invalid_state",
+    )
+    .await;
+    assert_eq!(err["details"]["state"], json!(["running"]));
+    assert_eq!(
+        h.sim.calls().count("PUT", "/api/v1/instances/{id}/disks"),
+        1
+    );
+}
