@@ -209,13 +209,35 @@ pub fn init(config_version: &str) {
 }
 
 /// Starts reporting endpoint health (`orion_proxy_upstream_up`) from the live config, and
-/// declares every configured endpoint's breaker closed until the breaker says otherwise.
+/// declares the series of configured endpoints (breaker closed until the breaker says
+/// otherwise) and GET routes (coalesced and cached answers) at zero.
 pub fn watch_endpoints(state: std::sync::Arc<crate::config::SharedState>) {
     let rt = state.current();
     for account in rt.upstreams.accounts.values() {
         for e in &account.endpoints {
             if let Some(g) = BREAKER_STATE.as_ref() {
                 g.with_label_values(&[&*e.name]);
+            }
+            if let Some(c) = BREAKER_TRANSITIONS.as_ref() {
+                for to in ["open", "half_open", "closed"] {
+                    c.with_label_values(&[&*e.name, to]);
+                }
+            }
+        }
+    }
+    // Coalescing and the cache serve GET routes: their series start at zero.
+    for r in rt
+        .routes
+        .routes()
+        .iter()
+        .filter(|r| r.method == http::Method::GET)
+    {
+        if let Some(c) = COALESCED.as_ref() {
+            c.with_label_values(&[&*r.name]);
+        }
+        if let Some(c) = CACHE.as_ref() {
+            for result in ["hit", "miss"] {
+                c.with_label_values(&[&*r.name, result]);
             }
         }
     }

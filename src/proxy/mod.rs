@@ -455,6 +455,9 @@ impl ProxyHttp for OrionProxy {
                 ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
             );
         if writable && !downstream_dead {
+            // The connection is not reused after a failure: say so, so that the client does
+            // not send its next request on a connection about to close.
+            session.set_keepalive(None);
             if let Err(we) = respond::error(session, ctx, err).await {
                 log::debug!(
                     "request {}: could not write the error: {we}",
