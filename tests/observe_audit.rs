@@ -451,14 +451,14 @@ fn record_line(i: usize) -> String {
     json!({
         "@timestamp": ts,
         "event.dataset": "orion_proxy.audit",
-        "event.action": if i % 2 == 0 { "instances.stop" } else { "instances.start" },
+        "event.action": if i.is_multiple_of(2) { "instances.stop" } else { "instances.start" },
         "event.outcome": "success",
         "audit.result": "success",
         "http.request.id": format!("req-{i:08}"),
         "trace.id": "4bf92f3577b34da6a3ce929d0e0e4736",
         "user.id": format!("key:user{}", i % 10),
         "user.roles": ["operator"],
-        "organization.id": if i % 4 == 0 { "globex" } else { "acme" },
+        "organization.id": if i.is_multiple_of(4) { "globex" } else { "acme" },
         "auth.kind": "api_key",
         "client.ip": "127.0.0.1",
         "http.request.method": "POST",
@@ -568,7 +568,7 @@ async fn export_streams_a_large_rotated_trail() {
         .skip(1)
         .collect();
     let want: Vec<String> = (0..total)
-        .filter(|i| i % 10 == 3 && i % 4 != 0)
+        .filter(|i| i % 10 == 3 && !i.is_multiple_of(4))
         .skip(100)
         .take(50)
         .map(|i| format!("req-{i:08}"))

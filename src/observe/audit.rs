@@ -3,10 +3,10 @@
 //! caller has the end of the answer. `GET /admin/audit` streams it back, filtered, as JSON
 //! lines or CSV, reading the rotated files oldest first one line at a time.
 
+use super::ObserveError;
 use super::rotate::{self, RotatePolicy, RotatingFile};
 use crate::admin::Streamed;
 use crate::config::Runtime;
-use crate::errors::ApiError;
 use crate::proxy::ctx::Ctx;
 use bytes::Bytes;
 use once_cell::sync::Lazy;
@@ -228,19 +228,16 @@ pub struct ExportQuery {
 pub const DEFAULT_LIMIT: usize = 1000;
 pub const MAX_LIMIT: usize = 1_000_000;
 
-fn bad_query(field: &str, message: String) -> ApiError {
-    ApiError::new(
-        400,
-        "invalid_request",
-        "The request is invalid",
-        format!("{field}: {message}"),
-    )
-    .with_detail_entry(field.to_string(), message)
+fn bad_query(field: &str, message: String) -> ObserveError {
+    ObserveError::BadQuery {
+        field: field.to_string(),
+        message,
+    }
 }
 
 /// `2026-11-23T04:05:06Z`, any RFC 3339 offset, or a date (`2026-11-23`, midnight UTC), as
 /// the records' timestamp text.
-fn parse_time(field: &str, v: &str) -> Result<String, ApiError> {
+fn parse_time(field: &str, v: &str) -> Result<String, ObserveError> {
     use time::format_description::well_known::Rfc3339;
     let t = time::OffsetDateTime::parse(v, &Rfc3339)
         .or_else(|_| {
@@ -256,7 +253,7 @@ fn parse_time(field: &str, v: &str) -> Result<String, ApiError> {
     Ok(super::access::timestamp(t.into()))
 }
 
-pub fn parse_query(query: Option<&str>) -> Result<ExportQuery, ApiError> {
+pub fn parse_query(query: Option<&str>) -> Result<ExportQuery, ObserveError> {
     let mut q = ExportQuery {
         user: None,
         tenant: None,
@@ -268,7 +265,7 @@ pub fn parse_query(query: Option<&str>) -> Result<ExportQuery, ApiError> {
         offset: 0,
         format: Format::Jsonl,
     };
-    let number = |k: &str, v: &str, max: usize| -> Result<usize, ApiError> {
+    let number = |k: &str, v: &str, max: usize| -> Result<usize, ObserveError> {
         v.parse::<usize>()
             .ok()
             .filter(|n| *n <= max)
@@ -487,19 +484,14 @@ pub fn stream_records(
 }
 
 /// `GET /admin/audit`: checks the query, then streams the trail from a blocking task.
-pub fn export(rt: &Runtime, query: Option<&str>) -> Result<Streamed, ApiError> {
+pub fn export(rt: &Runtime, query: Option<&str>) -> Result<Streamed, ObserveError> {
     let q = parse_query(query)?;
     let Some(log) = rt.log.audit.clone() else {
-        return Err(ApiError::new(
-            404,
-            "not_found",
-            "No audit trail",
-            "the audit trail is off (logging.audit.path)",
-        ));
+        return Err(ObserveError::AuditOff);
     };
     let files = log.open_all().map_err(|e| {
         log::error!("audit trail {}: {e}", log.path().display());
-        ApiError::internal("the audit trail cannot be read")
+        ObserveError::AuditUnreadable
     })?;
     let content_type = match q.format {
         Format::Jsonl => "application/x-ndjson",
@@ -622,7 +614,7 @@ mod tests {
             "bogus=1",
         ] {
             let e = parse_query(Some(q)).unwrap_err();
-            assert_eq!(e.status, 400, "{q}");
+            assert!(matches!(e, ObserveError::BadQuery { .. }), "{q}");
         }
     }
 

@@ -24,6 +24,39 @@ use pingora_proxy::Session;
 pub use redact::{ALWAYS_REDACTED_FIELDS, ALWAYS_REDACTED_HEADERS, Redactor};
 use std::sync::Arc;
 
+/// What can go wrong in an observability answer (`/admin/audit`, `/admin/usage`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObserveError {
+    /// A query parameter is unknown or has a bad value.
+    BadQuery { field: String, message: String },
+    /// The audit trail is off (`logging.audit.path: off`).
+    AuditOff,
+    /// The audit files cannot be opened.
+    AuditUnreadable,
+}
+
+impl From<ObserveError> for crate::errors::ApiError {
+    fn from(e: ObserveError) -> Self {
+        use crate::errors::ApiError;
+        match e {
+            ObserveError::BadQuery { field, message } => ApiError::new(
+                400,
+                "invalid_request",
+                "The request is invalid",
+                format!("{field}: {message}"),
+            )
+            .with_detail_entry(field, message),
+            ObserveError::AuditOff => ApiError::new(
+                404,
+                "not_found",
+                "No audit trail",
+                "the audit trail is off (logging.audit.path)",
+            ),
+            ObserveError::AuditUnreadable => ApiError::internal("the audit trail cannot be read"),
+        }
+    }
+}
+
 /// Most bytes of a body kept for logging or the audit; a body past this is not logged (it could
 /// not be parsed, so it could not be redacted).
 pub const CAPTURE_MAX: usize = 64 * 1024;

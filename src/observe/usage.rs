@@ -6,7 +6,7 @@
 //! clients are tracked (the one seen longest ago makes room). The table lives outside the
 //! config runtime, so a reload keeps it.
 
-use crate::errors::ApiError;
+use super::ObserveError;
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
@@ -173,7 +173,7 @@ pub fn record(principal: &Arc<str>, tenant: &Arc<str>, status: u16) {
 }
 
 /// `GET /admin/usage[?principal=...&tenant=...]`.
-pub fn report(query: Option<&str>) -> Result<Value, ApiError> {
+pub fn report(query: Option<&str>) -> Result<Value, ObserveError> {
     let mut principal = None;
     let mut tenant = None;
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
@@ -181,13 +181,10 @@ pub fn report(query: Option<&str>) -> Result<Value, ApiError> {
             "principal" | "user" => principal = Some(v.into_owned()),
             "tenant" => tenant = Some(v.into_owned()),
             other => {
-                return Err(ApiError::new(
-                    400,
-                    "invalid_request",
-                    "The request is invalid",
-                    format!("{other}: unknown parameter (principal, tenant)"),
-                )
-                .with_detail_entry(other.to_string(), "unknown parameter"));
+                return Err(ObserveError::BadQuery {
+                    field: other.to_string(),
+                    message: "unknown parameter (principal, tenant)".into(),
+                });
             }
         }
     }
