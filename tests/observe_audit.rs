@@ -290,13 +290,42 @@ async fn one_record_per_mutating_call_with_the_right_fields() {
         time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
             .unwrap_or_else(|_| panic!("timestamp {ts}"));
     }
+    // Admin calls that change things are audited too, allowed or not.
+    for (key, status, user, result) in [
+        (&admin, 200, "key:admin", "success"),
+        (&viewer, 403, "key:viewer", "denied"),
+    ] {
+        let r = h
+            .http
+            .post(format!("{}/admin/reload", h.proxy.admin_url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status);
+        let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        let recs = records_for(&h, &rid);
+        assert_eq!(recs.len(), 1, "{rid}");
+        assert_eq!(recs[0]["event.action"], "admin.reload");
+        assert_eq!(recs[0]["user.id"], user);
+        assert_eq!(recs[0]["audit.result"], result);
+        assert_eq!(recs[0]["http.response.status_code"], status);
+    }
     // Reads leave no record; every mutating call left exactly one.
     for _ in 0..3 {
         let r = h.get(&admin, "/api/v1/regions").await;
         assert_eq!(r.status(), 200);
     }
+    let r = h
+        .http
+        .get(format!("{}/admin/config", h.proxy.admin_url))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let all = h.proxy.audit_log();
-    assert_eq!(all.len(), wants.len(), "{all:#?}");
+    assert_eq!(all.len(), wants.len() + 2, "{all:#?}");
     // Never mixed with the access log.
     let access = h.proxy.access_log(12).await;
     assert!(

@@ -187,8 +187,15 @@ impl HttpServerApp for AdminApp {
         }
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
         let rid = request_id::new_id();
+        let started = (std::time::SystemTime::now(), std::time::Instant::now());
         let mut stream = None;
         let outcome = self.handle(&mut session, &mut stream).await;
+        let (status, code) = match &outcome {
+            Ok((status, _)) => (*status, None),
+            Err(e) => (e.status, Some(e.code)),
+        };
+        let rt = self.state.current();
+        crate::observe::audit::record_admin(&rt, &session, &rid, started, status, code);
         let written = match (outcome, stream) {
             (Ok(_), Some(stream)) => write_stream(&mut session, stream, &rid).await,
             (Ok((status, value)), None) => {

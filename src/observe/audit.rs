@@ -95,6 +95,94 @@ pub fn body_digest(rt: &Runtime, body: Option<&Bytes>) -> Option<String> {
     ))
 }
 
+/// One audit record, whatever listener the call came to.
+pub struct Entry<'a> {
+    pub started_at: std::time::SystemTime,
+    pub started: std::time::Instant,
+    pub action: &'a str,
+    pub request_id: &'a str,
+    pub trace_id: Option<&'a str>,
+    pub principal: Option<&'a crate::auth::principal::Principal>,
+    pub client_ip: Option<std::net::IpAddr>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub resource: Option<String>,
+    pub body_digest: Option<String>,
+    pub status: u16,
+    pub failed: bool,
+    pub error_code: Option<&'a str>,
+}
+
+impl Entry<'_> {
+    fn to_line(&self) -> Option<Vec<u8>> {
+        let result = result_of(self.status, self.failed);
+        let mut rec = Map::with_capacity(20);
+        rec.insert(
+            "@timestamp".into(),
+            json!(super::access::timestamp(self.started_at)),
+        );
+        rec.insert("event.dataset".into(), json!("orion_proxy.audit"));
+        rec.insert("event.action".into(), json!(self.action));
+        rec.insert(
+            "event.outcome".into(),
+            json!(if result == "success" {
+                "success"
+            } else {
+                "failure"
+            }),
+        );
+        rec.insert("audit.result".into(), json!(result));
+        rec.insert("http.request.id".into(), json!(self.request_id));
+        if let Some(t) = self.trace_id {
+            rec.insert("trace.id".into(), json!(t));
+        }
+        if let Some(p) = self.principal {
+            rec.insert("user.id".into(), json!(&*p.id));
+            rec.insert(
+                "user.roles".into(),
+                json!(p.roles.iter().map(|r| &**r).collect::<Vec<_>>()),
+            );
+            rec.insert("organization.id".into(), json!(&*p.tenant));
+            rec.insert("auth.kind".into(), json!(p.kind.as_str()));
+        }
+        if let Some(ip) = self.client_ip {
+            rec.insert("client.ip".into(), json!(ip.to_string()));
+        }
+        rec.insert("http.request.method".into(), json!(self.method));
+        let path: String = self.path.chars().take(256).collect();
+        rec.insert("url.path".into(), json!(path));
+        rec.insert("resource.id".into(), json!(self.resource));
+        rec.insert("http.request.body.digest".into(), json!(self.body_digest));
+        rec.insert("http.response.status_code".into(), json!(self.status));
+        if let Some(code) = self.error_code {
+            rec.insert("error.code".into(), json!(code));
+        }
+        rec.insert(
+            "event.duration".into(),
+            json!(self.started.elapsed().as_nanos() as u64),
+        );
+        serde_json::to_vec(&Value::Object(rec)).ok()
+    }
+
+    /// Appends the record to the trail and counts the result.
+    pub fn write(&self, log: &AuditLog) {
+        let Some(line) = self.to_line() else {
+            return;
+        };
+        match log.append(line) {
+            Ok(()) => super::metrics::audit_written(true),
+            Err(err) => {
+                super::metrics::audit_written(false);
+                log::error!(
+                    "audit trail {}: cannot write the record of request {}: {err}",
+                    log.path().display(),
+                    self.request_id
+                );
+            }
+        }
+    }
+}
+
 /// Writes the audit record of this request, once, if the call mutates and the trail is on.
 /// `e` is the error that ended the request early, from the `logging` phase.
 pub fn record(session: &Session, ctx: &mut Ctx, e: Option<&pingora::Error>) {
@@ -117,78 +205,86 @@ pub fn record(session: &Session, ctx: &mut Ctx, e: Option<&pingora::Error>) {
         .status
         .or_else(|| session.response_written().map(|r| r.status.as_u16()))
         .unwrap_or(0);
-    let result = result_of(status, e.is_some());
     let resource = ctx
         .params
         .iter()
         .find(|(k, _)| k == "id")
         .map(|(_, v)| v.clone())
         .or_else(|| created_id(ctx, status));
-    let mut rec = Map::with_capacity(20);
-    rec.insert(
-        "@timestamp".into(),
-        json!(super::access::timestamp(ctx.started_at)),
-    );
-    rec.insert("event.dataset".into(), json!("orion_proxy.audit"));
-    rec.insert("event.action".into(), json!(ctx.route_name()));
-    rec.insert(
-        "event.outcome".into(),
-        json!(if result == "success" {
-            "success"
+    Entry {
+        started_at: ctx.started_at,
+        started: ctx.started,
+        action: ctx.route_name(),
+        request_id: &ctx.request_id,
+        trace_id: Some(&ctx.trace_id),
+        principal: ctx.principal.as_deref(),
+        client_ip: session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip()),
+        method: req.method.as_str(),
+        path: if ctx.path.is_empty() {
+            req.uri.path()
         } else {
-            "failure"
-        }),
-    );
-    rec.insert("audit.result".into(), json!(result));
-    rec.insert("http.request.id".into(), json!(ctx.request_id));
-    rec.insert("trace.id".into(), json!(ctx.trace_id));
-    if let Some(p) = &ctx.principal {
-        rec.insert("user.id".into(), json!(&*p.id));
-        rec.insert(
-            "user.roles".into(),
-            json!(p.roles.iter().map(|r| &**r).collect::<Vec<_>>()),
-        );
-        rec.insert("organization.id".into(), json!(&*p.tenant));
-        rec.insert("auth.kind".into(), json!(p.kind.as_str()));
+            &ctx.path
+        },
+        resource,
+        body_digest: body_digest(&rt, ctx.body.as_ref()),
+        status,
+        failed: e.is_some(),
+        error_code: ctx.error.as_ref().map(|err| err.code),
     }
-    if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()) {
-        rec.insert("client.ip".into(), json!(ip.ip().to_string()));
+    .write(log);
+}
+
+/// The audit record of a mutating call to the admin listener (`POST /admin/reload`), written
+/// before its answer. The caller is authenticated again here, so that refused calls are
+/// recorded as well, with whoever they claimed to be when the credential was valid.
+pub fn record_admin(
+    rt: &Runtime,
+    session: &pingora::protocols::http::ServerSession,
+    request_id: &str,
+    started: (std::time::SystemTime, std::time::Instant),
+    status: u16,
+    error_code: Option<&str>,
+) {
+    let req = session.req_header();
+    if !super::is_mutating(&req.method) {
+        return;
     }
-    rec.insert("http.request.method".into(), json!(req.method.as_str()));
-    let path = if ctx.path.is_empty() {
-        req.uri.path().chars().take(256).collect()
-    } else {
-        ctx.path.clone()
+    let Some(log) = rt.log.audit.as_ref() else {
+        return;
     };
-    rec.insert("url.path".into(), json!(path));
-    rec.insert("resource.id".into(), json!(resource));
-    rec.insert(
-        "http.request.body.digest".into(),
-        json!(body_digest(&rt, ctx.body.as_ref())),
-    );
-    rec.insert("http.response.status_code".into(), json!(status));
-    if let Some(err) = &ctx.error {
-        rec.insert("error.code".into(), json!(err.code));
-    }
-    rec.insert(
-        "event.duration".into(),
-        json!(ctx.started.elapsed().as_nanos() as u64),
-    );
-    let line = match serde_json::to_vec(&Value::Object(rec)) {
-        Ok(l) => l,
-        Err(_) => return,
+    let principal = rt.auth.authenticate(&req.headers).ok();
+    let path = crate::routes::path::normalize(req.uri.path()).unwrap_or_default();
+    let action = match path.as_str() {
+        "/admin/reload" => "admin.reload",
+        _ => "admin.unmatched",
     };
-    match log.append(line) {
-        Ok(()) => super::metrics::audit_written(true),
-        Err(err) => {
-            super::metrics::audit_written(false);
-            log::error!(
-                "audit trail {}: cannot write the record of request {}: {err}",
-                log.path().display(),
-                ctx.request_id
-            );
-        }
+    Entry {
+        started_at: started.0,
+        started: started.1,
+        action,
+        request_id,
+        trace_id: None,
+        principal: principal.as_deref(),
+        client_ip: session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip()),
+        method: req.method.as_str(),
+        path: if path.is_empty() {
+            req.uri.path()
+        } else {
+            &path
+        },
+        resource: None,
+        body_digest: None,
+        status,
+        failed: false,
+        error_code,
     }
+    .write(log);
 }
 
 /// The id of the resource a successful create answered with.
