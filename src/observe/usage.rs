@@ -2,8 +2,9 @@
 //! refusals (429) per principal and tenant, over the last minute, hour and day.
 //!
 //! Memory is bounded: each client has three rings of counters (60 one-second buckets, 60
-//! one-minute buckets, 96 fifteen-minute buckets, about 2.6 KB), and at most [`MAX_CLIENTS`]
-//! clients are tracked (the one seen longest ago makes room). The table lives outside the
+//! one-minute buckets, 96 fifteen-minute buckets, 16 bytes each: about 3.5 KB), and at most
+//! [`MAX_CLIENTS`] clients are tracked (the one seen longest ago makes room), so at most about
+//! 35 MB. The table lives outside the
 //! config runtime, so a reload keeps it.
 
 use super::ObserveError;
@@ -39,7 +40,8 @@ impl Counts {
 
 #[derive(Clone, Copy, Default)]
 struct Bucket {
-    epoch: u64,
+    /// `now / width`; fits in 32 bits until 2106.
+    epoch: u32,
     requests: u32,
     errors: u32,
     limited: u32,
@@ -59,8 +61,8 @@ impl Ring {
     }
 
     fn add(&mut self, now: u64, errors: u32, limited: u32) {
-        let epoch = now / self.width;
-        let len = self.buckets.len() as u64;
+        let epoch = (now / self.width) as u32;
+        let len = self.buckets.len() as u32;
         let b = &mut self.buckets[(epoch % len) as usize];
         if b.epoch != epoch {
             *b = Bucket {
@@ -75,8 +77,8 @@ impl Ring {
 
     /// Sum of the buckets within the ring's span ending now.
     fn sum(&self, now: u64) -> Counts {
-        let epoch = now / self.width;
-        let oldest = epoch.saturating_sub(self.buckets.len() as u64 - 1);
+        let epoch = (now / self.width) as u32;
+        let oldest = epoch.saturating_sub(self.buckets.len() as u32 - 1);
         let mut c = Counts::default();
         for b in self.buckets.iter() {
             if b.requests > 0 && b.epoch >= oldest && b.epoch <= epoch {
