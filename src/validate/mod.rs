@@ -84,6 +84,14 @@ impl BodyRules {
             if rc.strict.is_some() && rc.schema.is_none() {
                 errors.push(format!("{at}.strict: the route has no schema"));
             }
+            if (rc.schema.is_some() || rc.rewrite.is_some())
+                && !matches!(rc.method.as_str(), "POST" | "PUT" | "PATCH")
+            {
+                errors.push(format!(
+                    "{at}.method: bodies are read only for POST, PUT and PATCH, so {} cannot have a schema or rewrite",
+                    rc.method
+                ));
+            }
             if schema.is_some() || rewrite.is_some() {
                 by_route.insert(rc.name.clone(), Arc::new(RouteBody { schema, rewrite }));
             }
@@ -332,7 +340,7 @@ mod tests {
     #[test]
     fn config_errors_name_the_route() {
         let routes: Vec<RouteConfig> = serde_yaml::from_str(
-            "[{name: a, method: POST, path: /a, schema: no.such}, {name: b, method: POST, path: /b, strict: true}]",
+            "[{name: a, method: POST, path: /a, schema: no.such}, {name: b, method: POST, path: /b, strict: true}, {name: c, method: GET, path: /c, schema: disks.resize}]",
         )
         .unwrap();
         let v = ValidationConfig {
@@ -346,5 +354,6 @@ mod tests {
         );
         assert!(errs.contains("routes[1] (b).strict"), "{errs}");
         assert!(errs.contains("validation.skip[0]"), "{errs}");
+        assert!(errs.contains("routes[2] (c).method"), "{errs}");
     }
 }
