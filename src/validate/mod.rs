@@ -230,7 +230,17 @@ pub fn check(schema: &Schema, value: &Value) -> Result<(), ValidationError> {
                     add(join(&at, name), "is not allowed".into());
                 }
             }
-            _ => add(json_path(&at), e.to_string()),
+            kind => {
+                let path = json_path(&at);
+                // Messages quote the value; not for fields that look like they hold secrets
+                // (the first message is also the logged `detail`).
+                let msg = if secret_like(&path) {
+                    format!("does not satisfy '{}' (value not shown)", kind.keyword())
+                } else {
+                    e.to_string()
+                };
+                add(path, msg)
+            }
         }
     }
     Err(ValidationError {
@@ -238,6 +248,25 @@ pub fn check(schema: &Schema, value: &Value) -> Result<(), ValidationError> {
         first: first.unwrap_or_else(|| "the body does not match the schema".into()),
         count,
     })
+}
+
+/// Field names whose values are never quoted back (`db_password`, `api_token`...).
+fn secret_like(path: &str) -> bool {
+    let last = path
+        .rsplit(['.', '['])
+        .next()
+        .unwrap_or(path)
+        .to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "token",
+        "credential",
+        "private",
+        "passphrase",
+    ]
+    .iter()
+    .any(|w| last.contains(w))
 }
 
 fn cut(mut s: String) -> String {
@@ -316,6 +345,26 @@ mod tests {
         let api: ApiError = err.into();
         assert_eq!(api.status, 422);
         assert_eq!(api.code, "validation_failed");
+    }
+
+    #[test]
+    fn values_of_secret_looking_fields_are_not_quoted() {
+        let mut c = Compiler::new(None);
+        let s = c.get("instances.context", false).unwrap();
+        let err = check(
+            &s,
+            &json!({"db_password": {"v": "hunter2"}, "colour": {"v": "blue"}}),
+        )
+        .unwrap_err();
+        let text = serde_json::to_string(&err.details).unwrap();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("blue"), "{text}");
+        assert!(
+            err.details["db_password"][0]
+                .as_str()
+                .unwrap()
+                .contains("'type'")
+        );
     }
 
     #[test]
