@@ -146,20 +146,69 @@ impl From<ValidationError> for ApiError {
     }
 }
 
-/// Why a body was refused: not JSON (400) or not valid (422).
+/// Why a body was refused: too large, unreadable or not JSON (413/400), or not valid (422).
 #[derive(Debug)]
 pub enum AdmitError {
-    Json(body::BodyError),
+    Body(body::BodyError),
     Invalid(ValidationError),
 }
 
 impl From<AdmitError> for ApiError {
     fn from(e: AdmitError) -> ApiError {
         match e {
-            AdmitError::Json(e) => e.into(),
+            AdmitError::Body(e) => e.into(),
             AdmitError::Invalid(e) => e.into(),
         }
     }
+}
+
+/// A request body as `request_filter` leaves it.
+#[derive(Debug, Default)]
+pub struct ReadBody {
+    /// Bytes received from the caller.
+    pub received: usize,
+    /// The bytes to send upstream (`None`: no body was read, or it was empty).
+    pub body: Option<Bytes>,
+    /// The checked value, for routes whose body is JSON.
+    pub validated: Option<Validated>,
+}
+
+/// The body step of `request_filter`. Methods with a body (POST, PUT, PATCH) on routes with
+/// JSON bodies (`json_body`, a schema or rewrite rules) are read whole within
+/// `server.max_body_bytes`, parsed, validated and rewritten; when the account signs its
+/// requests (`signs`), every body is read whole so that its digest can be signed. Anything
+/// else is left to stream through untouched.
+pub async fn read_request(
+    session: &mut pingora_proxy::Session,
+    rt: &crate::config::Runtime,
+    route: &crate::routes::Route,
+    signs: bool,
+) -> Result<ReadBody, AdmitError> {
+    let has_body = matches!(
+        session.req_header().method,
+        http::Method::POST | http::Method::PUT | http::Method::PATCH
+    );
+    let rules = has_body.then(|| rt.body_rules.get(&route.name)).flatten();
+    let json = has_body && (route.json_body || rules.is_some());
+    if !json && !signs {
+        return Ok(ReadBody::default());
+    }
+    let bytes = body::read_whole(session, rt.max_body_bytes)
+        .await
+        .map_err(AdmitError::Body)?;
+    let mut out = ReadBody {
+        received: bytes.len(),
+        ..Default::default()
+    };
+    if json {
+        let a = admit(rules.map(|r| &**r), &bytes)?;
+        out.body = a.body;
+        out.validated = Some(a.validated);
+    }
+    if out.body.is_none() && !bytes.is_empty() {
+        out.body = Some(bytes);
+    }
+    Ok(out)
 }
 
 /// Parses (unless empty), validates and rewrites a body read whole.
@@ -168,7 +217,7 @@ pub fn admit(rules: Option<&RouteBody>, bytes: &Bytes) -> Result<Admitted, Admit
     let mut value = if blank {
         Value::Object(Map::new())
     } else {
-        body::parse_json(bytes).map_err(AdmitError::Json)?
+        body::parse_json(bytes).map_err(AdmitError::Body)?
     };
     let schema = rules.and_then(|r| r.schema.as_ref());
     if let Some(s) = schema {
