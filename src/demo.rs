@@ -224,6 +224,12 @@ fn patch_secret_refs(
             patch(client_secret)?;
         }
         C::StaticToken { token } => patch(token)?,
+        C::Signature { key, token, .. } => {
+            patch(key)?;
+            if let Some(t) = token {
+                patch(t)?;
+            }
+        }
     }
     Ok(())
 }

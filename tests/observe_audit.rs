@@ -241,6 +241,7 @@ async fn one_record_per_mutating_call_with_the_right_fields() {
         tenant: Some("acme"),
         roles: Some(json!(["admin"])),
         resource: None,
+        // Refused by the proxy's schema check: the digest of what was received.
         digest: Some(digest(&json!({"name": 1}))),
         result: "rejected",
         error: Some("validation_failed"),

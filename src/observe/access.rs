@@ -224,9 +224,9 @@ pub fn log_request(
         put("http.response.headers", h);
     }
     if policy.request_body
-        && let Some(b) = &ctx.body
+        && let Some(b) = super::request_body(session, ctx)
     {
-        let (text, cut) = policy.body_for_log(b, false);
+        let (text, cut) = policy.body_for_log(&b, false);
         put("http.request.body.content", V::String(text));
         if cut {
             put("http.request.body.truncated", V::Bool(true));

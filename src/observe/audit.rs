@@ -229,7 +229,7 @@ pub fn record(session: &Session, ctx: &mut Ctx, e: Option<&pingora::Error>) {
             &ctx.path
         },
         resource,
-        body_digest: body_digest(&rt, ctx.body.as_ref()),
+        body_digest: body_digest(&rt, super::request_body(session, ctx).as_ref()),
         status,
         failed: e.is_some(),
         error_code: ctx.error.as_ref().map(|err| err.code),

@@ -220,6 +220,22 @@ fn is_json(content_type: Option<&http::HeaderValue>) -> bool {
         .unwrap_or(false)
 }
 
+/// The request body for the log and the audit digest: what went upstream (after any rewrite),
+/// or else, for a body the proxy read and refused, the JSON bytes it received (Pingora keeps
+/// them in its retry buffer). `None` when there is no complete body.
+pub fn request_body(session: &Session, ctx: &Ctx) -> Option<Bytes> {
+    if let Some(b) = &ctx.body {
+        return Some(b.clone());
+    }
+    let downstream = session.as_ref();
+    if downstream.retry_buffer_truncated()
+        || !is_json(session.req_header().headers.get("content-type"))
+    {
+        return None;
+    }
+    downstream.get_retry_buffer().filter(|b| !b.is_empty())
+}
+
 fn is_mutating(method: &http::Method) -> bool {
     !matches!(
         *method,

@@ -105,6 +105,9 @@ pub struct ConfigBuilder {
     pub extra_logging: String,
     pub max_body_bytes: usize,
     pub read_timeout_ms: u64,
+    /// YAML for the acme account's `credentials:` (indented six spaces), replacing
+    /// `acme_upstream` (signing tests).
+    pub acme_credentials: Option<String>,
     /// Appended inside each endpoint's flow map (e.g. `, sni: other.example`).
     pub endpoint_extra: String,
     /// Extra lines of each account (indented four spaces, e.g. a `ca_file`).
@@ -127,6 +130,7 @@ impl ConfigBuilder {
             extra_logging: String::new(),
             max_body_bytes: 65536,
             read_timeout_ms: 5000,
+            acme_credentials: None,
             endpoint_extra: String::new(),
             account_extra: String::new(),
         }
@@ -154,6 +158,7 @@ impl ConfigBuilder {
                 secret("acme-token", ACME_STATIC_TOKEN)
             ),
         };
+        let acme_creds = self.acme_credentials.clone().unwrap_or(acme_creds);
         let globex_token = secret("globex-token", GLOBEX_STATIC_TOKEN);
         let endpoints: String = self
             .sim_urls
