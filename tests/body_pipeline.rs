@@ -684,6 +684,69 @@ async fn strictness_switching_off_and_schema_files() {
     expect_error(resp, 400, "invalid_json").await;
 }
 
+#[tokio::test]
+async fn schemas_are_compiled_at_load_and_reload_not_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("instances.create.json");
+    let limit = |max: u32| {
+        format!(
+            r#"{{"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
+                "properties": {{"memory": {{"type": "integer", "maximum": {max}}}}}}}"#
+        )
+    };
+    std::fs::write(&file, limit(1024)).unwrap();
+    let schema_dir = dir.path().display().to_string();
+    let h = start(|c| c.extra_top = format!("validation:\n  schema_dir: \"{schema_dir}\"\n")).await;
+    let body = r#"{"name": "r-1", "memory": 2048}"#;
+    // The shipped instances.create is replaced by the file in schema_dir.
+    let resp = send(&h, "POST", "/api/v1/instances", body).await;
+    expect_error(resp, 422, "validation_failed").await;
+    // Changing the file changes nothing until a reload...
+    std::fs::write(&file, limit(4096)).unwrap();
+    let resp = send(&h, "POST", "/api/v1/instances", body).await;
+    expect_error(resp, 422, "validation_failed").await;
+    // ...which compiles it again.
+    let r = h
+        .http
+        .post(format!("{}/admin/reload", h.proxy.admin_url))
+        .bearer_auth(h.key("admin"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    h.sim.reset_calls();
+    let resp = send(&h, "POST", "/api/v1/instances", body).await;
+    let answer: Value = resp.json().await.unwrap();
+    // Past the proxy: OrionVM (the simulator) is the one judging it now.
+    assert_eq!(h.sim.recent_requests().len(), 1, "{answer}");
+    // A broken schema at reload: refused, the old one stays.
+    std::fs::write(&file, r#"{"type": "no-such-type"}"#).unwrap();
+    let r = h
+        .http
+        .post(format!("{}/admin/reload", h.proxy.admin_url))
+        .bearer_auth(h.key("admin"))
+        .send()
+        .await
+        .unwrap();
+    let err = expect_error(r, 422, "invalid_config").await;
+    assert!(err.to_string().contains("instances.create"), "{err}");
+    let resp = send(
+        &h,
+        "POST",
+        "/api/v1/instances",
+        r#"{"name": "r-2", "memory": 8192}"#,
+    )
+    .await;
+    let err = expect_error(resp, 422, "validation_failed").await;
+    assert!(
+        err["details"]["memory"][0]
+            .as_str()
+            .unwrap()
+            .contains("4096"),
+        "{err}"
+    );
+}
+
 #[test]
 fn check_reports_bad_schema_config_with_paths() {
     let dir = tempfile::tempdir().unwrap();

@@ -516,3 +516,60 @@ async fn ed25519_signatures_with_a_bearer_token_as_well() {
     assert!(post.header_values("signature-input")[0].contains("alg=\"ed25519\""));
     assert_eq!(post.account.as_deref(), Some("acme"));
 }
+
+/// The proxy's own calls to OrionVM (what the facade's composites use) are signed too.
+#[tokio::test]
+async fn the_proxys_own_calls_are_signed() {
+    let mut opts = sim_options();
+    opts.signature = Some(hmac_key(Some("acme")));
+    let sim = start_sim(opts).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    std::fs::write(&key, SECRET).unwrap();
+    let text = format!(
+        "accounts:\n  a:\n    endpoints: [{{url: \"{}\"}}]\n    credentials: {{type: signature, keyid: {KEYID}, key: {{file: \"{}\"}}}}\ntenants: {{t: {{account: a}}}}\n",
+        sim.url(),
+        key.display()
+    );
+    let config = orion_proxy::config::parse(&text).unwrap();
+    let rt = orion_proxy::config::build(config, &text, None).unwrap();
+    let account = rt.upstreams.accounts["a"].clone();
+    let list = orion_proxy::upstream::client::call(
+        &account,
+        http::Method::GET,
+        "/api/v1/regions?x=1",
+        None,
+        "req-1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(list.status, 200, "{:?}", list.json());
+    let made = orion_proxy::upstream::client::call(
+        &account,
+        http::Method::POST,
+        "/api/v1/disks",
+        Some(&json!({"name": "own-1", "region": REGION, "size": 10})),
+        "req-2",
+    )
+    .await
+    .unwrap();
+    assert_eq!(made.status, 200, "{:?}", made.json());
+    let seen = sim.recent_requests();
+    let post = last(&seen, "POST", "/api/v1/disks");
+    assert!(post.header_values("authorization").is_empty());
+    assert_eq!(post.header_values("signature").len(), 1);
+    // And a wrong key is refused there as well.
+    std::fs::write(&key, "a-different-secret-0123456789abcdef0123456789").unwrap();
+    let config = orion_proxy::config::parse(&text).unwrap();
+    let rt = orion_proxy::config::build(config, &text, None).unwrap();
+    let wrong = orion_proxy::upstream::client::call(
+        &rt.upstreams.accounts["a"],
+        http::Method::GET,
+        "/api/v1/regions",
+        None,
+        "req-3",
+    )
+    .await
+    .unwrap();
+    assert_eq!(wrong.status, 401);
+}

@@ -10,7 +10,7 @@ use crate::config::model::RouteKind;
 use crate::errors::{self, ApiError};
 use crate::observe::{self, metrics, request_id};
 use crate::routes::{Match, path};
-use crate::validate::{self, body};
+use crate::validate;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use ctx::Ctx;
@@ -108,29 +108,14 @@ impl OrionProxy {
             )));
         };
         ctx.tenant = Some(tenant.clone());
-        // Bodies of routes with a schema or rules are JSON, read whole, validated and rewritten;
-        // a signing account reads every body, since its digest is signed.
-        let has_body = method_has_body(&session.req_header().method);
-        let rules = has_body.then(|| rt.body_rules.get(&route.name)).flatten();
-        let json = has_body && (route.json_body || rules.is_some());
-        if json || tenant.account.credentials.signer().is_some() {
-            let bytes = match body::read_whole(session, rt.max_body_bytes).await {
-                Ok(b) => b,
-                Err(e) => return Ok(Some(e.into())),
-            };
-            ctx.request_bytes = bytes.len();
-            if json {
-                match validate::admit(rules.map(|r| &**r), &bytes) {
-                    Ok(a) => {
-                        ctx.body = a.body;
-                        ctx.validated = Some(a.validated);
-                    }
-                    Err(e) => return Ok(Some(e.into())),
-                }
+        let signs = tenant.account.credentials.signer().is_some();
+        match validate::read_request(session, &rt, &route, signs).await {
+            Ok(r) => {
+                ctx.request_bytes = r.received;
+                ctx.body = r.body;
+                ctx.validated = r.validated;
             }
-            if ctx.body.is_none() && !bytes.is_empty() {
-                ctx.body = Some(bytes);
-            }
+            Err(e) => return Ok(Some(e.into())),
         }
         Ok(None)
     }
@@ -141,13 +126,6 @@ fn declares_empty_body(resp: &ResponseHeader) -> bool {
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim() == "0")
-}
-
-fn method_has_body(m: &http::Method) -> bool {
-    matches!(
-        *m,
-        http::Method::POST | http::Method::PUT | http::Method::PATCH
-    )
 }
 
 #[async_trait]
@@ -379,7 +357,7 @@ impl ProxyHttp for OrionProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -398,12 +376,13 @@ impl ProxyHttp for OrionProxy {
             }
             ctx.rewrite = Some(BytesMut::new());
         }
+        observe::on_response_header(session, ctx, upstream);
         Ok(())
     }
 
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
@@ -431,6 +410,7 @@ impl ProxyHttp for OrionProxy {
         } else if let Some(b) = body {
             ctx.response_bytes += b.len();
         }
+        observe::on_response_body(session, ctx, body.as_ref(), end_of_stream);
         Ok(None)
     }
 
@@ -523,22 +503,7 @@ impl ProxyHttp for OrionProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         metrics::in_flight(-1);
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(0);
-        let elapsed = ctx.started.elapsed();
-        metrics::request_done(
-            ctx.route_name(),
-            session.req_header().method.as_str(),
-            status,
-            ctx.tenant_name(),
-            elapsed.as_secs_f64(),
-            ctx.upstream_elapsed.map(|d| d.as_secs_f64()),
-        );
-        if let Some(rt) = ctx.runtime.clone() {
-            observe::access::log_request(&rt.log, session, ctx, status, e);
-        }
+        observe::finish(session, ctx, e);
     }
 }
 

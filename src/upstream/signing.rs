@@ -172,10 +172,12 @@ impl Signer {
             .unwrap_or(0) as i64;
         let expires = created + self.lifetime.as_secs() as i64;
         let content_digest = content_digest(req.body)?;
+        // RFC 9421 2.2.3: the authority is normalised to lower case.
+        let authority = req.authority.to_ascii_lowercase();
         let query = format!("?{}", req.query.unwrap_or(""));
         let mut components: Vec<(&str, &str)> = vec![
             ("@method", req.method),
-            ("@authority", req.authority),
+            ("@authority", &authority),
             ("@path", req.path),
             ("@query", &query),
         ];

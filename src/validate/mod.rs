@@ -84,6 +84,14 @@ impl BodyRules {
             if rc.strict.is_some() && rc.schema.is_none() {
                 errors.push(format!("{at}.strict: the route has no schema"));
             }
+            if (rc.schema.is_some() || rc.rewrite.is_some())
+                && !matches!(rc.method.as_str(), "POST" | "PUT" | "PATCH")
+            {
+                errors.push(format!(
+                    "{at}.method: bodies are read only for POST, PUT and PATCH, so {} cannot have a schema or rewrite",
+                    rc.method
+                ));
+            }
             if schema.is_some() || rewrite.is_some() {
                 by_route.insert(rc.name.clone(), Arc::new(RouteBody { schema, rewrite }));
             }
@@ -138,20 +146,69 @@ impl From<ValidationError> for ApiError {
     }
 }
 
-/// Why a body was refused: not JSON (400) or not valid (422).
+/// Why a body was refused: too large, unreadable or not JSON (413/400), or not valid (422).
 #[derive(Debug)]
 pub enum AdmitError {
-    Json(body::BodyError),
+    Body(body::BodyError),
     Invalid(ValidationError),
 }
 
 impl From<AdmitError> for ApiError {
     fn from(e: AdmitError) -> ApiError {
         match e {
-            AdmitError::Json(e) => e.into(),
+            AdmitError::Body(e) => e.into(),
             AdmitError::Invalid(e) => e.into(),
         }
     }
+}
+
+/// A request body as `request_filter` leaves it.
+#[derive(Debug, Default)]
+pub struct ReadBody {
+    /// Bytes received from the caller.
+    pub received: usize,
+    /// The bytes to send upstream (`None`: no body was read, or it was empty).
+    pub body: Option<Bytes>,
+    /// The checked value, for routes whose body is JSON.
+    pub validated: Option<Validated>,
+}
+
+/// The body step of `request_filter`. Methods with a body (POST, PUT, PATCH) on routes with
+/// JSON bodies (`json_body`, a schema or rewrite rules) are read whole within
+/// `server.max_body_bytes`, parsed, validated and rewritten; when the account signs its
+/// requests (`signs`), every body is read whole so that its digest can be signed. Anything
+/// else is left to stream through untouched.
+pub async fn read_request(
+    session: &mut pingora_proxy::Session,
+    rt: &crate::config::Runtime,
+    route: &crate::routes::Route,
+    signs: bool,
+) -> Result<ReadBody, AdmitError> {
+    let has_body = matches!(
+        session.req_header().method,
+        http::Method::POST | http::Method::PUT | http::Method::PATCH
+    );
+    let rules = has_body.then(|| rt.body_rules.get(&route.name)).flatten();
+    let json = has_body && (route.json_body || rules.is_some());
+    if !json && !signs {
+        return Ok(ReadBody::default());
+    }
+    let bytes = body::read_whole(session, rt.max_body_bytes)
+        .await
+        .map_err(AdmitError::Body)?;
+    let mut out = ReadBody {
+        received: bytes.len(),
+        ..Default::default()
+    };
+    if json {
+        let a = admit(rules.map(|r| &**r), &bytes)?;
+        out.body = a.body;
+        out.validated = Some(a.validated);
+    }
+    if out.body.is_none() && !bytes.is_empty() {
+        out.body = Some(bytes);
+    }
+    Ok(out)
 }
 
 /// Parses (unless empty), validates and rewrites a body read whole.
@@ -160,7 +217,7 @@ pub fn admit(rules: Option<&RouteBody>, bytes: &Bytes) -> Result<Admitted, Admit
     let mut value = if blank {
         Value::Object(Map::new())
     } else {
-        body::parse_json(bytes).map_err(AdmitError::Json)?
+        body::parse_json(bytes).map_err(AdmitError::Body)?
     };
     let schema = rules.and_then(|r| r.schema.as_ref());
     if let Some(s) = schema {
@@ -222,7 +279,17 @@ pub fn check(schema: &Schema, value: &Value) -> Result<(), ValidationError> {
                     add(join(&at, name), "is not allowed".into());
                 }
             }
-            _ => add(json_path(&at), e.to_string()),
+            kind => {
+                let path = json_path(&at);
+                // Messages quote the value; not for fields that look like they hold secrets
+                // (the first message is also the logged `detail`).
+                let msg = if secret_like(&path) {
+                    format!("does not satisfy '{}' (value not shown)", kind.keyword())
+                } else {
+                    e.to_string()
+                };
+                add(path, msg)
+            }
         }
     }
     Err(ValidationError {
@@ -230,6 +297,25 @@ pub fn check(schema: &Schema, value: &Value) -> Result<(), ValidationError> {
         first: first.unwrap_or_else(|| "the body does not match the schema".into()),
         count,
     })
+}
+
+/// Field names whose values are never quoted back (`db_password`, `api_token`...).
+fn secret_like(path: &str) -> bool {
+    let last = path
+        .rsplit(['.', '['])
+        .next()
+        .unwrap_or(path)
+        .to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "token",
+        "credential",
+        "private",
+        "passphrase",
+    ]
+    .iter()
+    .any(|w| last.contains(w))
 }
 
 fn cut(mut s: String) -> String {
@@ -311,6 +397,26 @@ mod tests {
     }
 
     #[test]
+    fn values_of_secret_looking_fields_are_not_quoted() {
+        let mut c = Compiler::new(None);
+        let s = c.get("instances.context", false).unwrap();
+        let err = check(
+            &s,
+            &json!({"db_password": {"v": "hunter2"}, "colour": {"v": "blue"}}),
+        )
+        .unwrap_err();
+        let text = serde_json::to_string(&err.details).unwrap();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("blue"), "{text}");
+        assert!(
+            err.details["db_password"][0]
+                .as_str()
+                .unwrap()
+                .contains("'type'")
+        );
+    }
+
+    #[test]
     fn admit_rewrites_only_when_needed() {
         let rules = BodyRules::build(
             &serde_yaml::from_str::<Vec<RouteConfig>>(
@@ -332,7 +438,7 @@ mod tests {
     #[test]
     fn config_errors_name_the_route() {
         let routes: Vec<RouteConfig> = serde_yaml::from_str(
-            "[{name: a, method: POST, path: /a, schema: no.such}, {name: b, method: POST, path: /b, strict: true}]",
+            "[{name: a, method: POST, path: /a, schema: no.such}, {name: b, method: POST, path: /b, strict: true}, {name: c, method: GET, path: /c, schema: disks.resize}]",
         )
         .unwrap();
         let v = ValidationConfig {
@@ -346,5 +452,6 @@ mod tests {
         );
         assert!(errs.contains("routes[1] (b).strict"), "{errs}");
         assert!(errs.contains("validation.skip[0]"), "{errs}");
+        assert!(errs.contains("routes[2] (c).method"), "{errs}");
     }
 }
