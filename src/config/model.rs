@@ -29,6 +29,35 @@ pub struct Config {
     /// The route table. Defaults to the shipped OrionVM mirror and facade routes.
     #[serde(default)]
     pub routes: Option<Vec<RouteConfig>>,
+    /// Request body validation: schemas, strictness, switches.
+    #[serde(default)]
+    pub validation: ValidationConfig,
+    /// The REST facade (`/v1`): how its tasks wait for OrionVM's state changes.
+    #[serde(default)]
+    pub facade: FacadeConfig,
+}
+
+/// The REST facade's tasks (reboot, snapshot).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct FacadeConfig {
+    /// How long a task waits for one state change (a reboot's stop, a snapshot's clones)
+    /// before it fails.
+    pub transition_timeout_ms: u64,
+    /// How often a task polls OrionVM while it waits.
+    pub poll_interval_ms: u64,
+    /// Tasks kept in memory; the oldest finished ones are forgotten first.
+    pub max_tasks: usize,
+}
+
+impl Default for FacadeConfig {
+    fn default() -> Self {
+        FacadeConfig {
+            transition_timeout_ms: 300_000,
+            poll_interval_ms: 1000,
+            max_tasks: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -129,6 +158,36 @@ pub enum CredentialsConfig {
     },
     /// A long-lived OrionVM token, sent as `Authorization: Bearer`.
     StaticToken { token: SecretRef },
+    /// RFC 9421 HTTP Message Signatures on every request (`src/upstream/signing.rs`),
+    /// optionally with a static bearer token as well.
+    Signature {
+        /// The `keyid` the upstream knows the key by.
+        keyid: String,
+        /// HMAC: the shared secret (raw bytes, or `base64:...`); ed25519: the 32-byte private
+        /// key seed as `base64:...` or 64 hex digits.
+        key: SecretRef,
+        #[serde(default)]
+        algorithm: SignatureAlgorithm,
+        /// Lifetime of a signature (`expires` - `created`), seconds.
+        #[serde(default = "default_signature_expires")]
+        expires_seconds: u64,
+        /// A static token also sent as `Authorization: Bearer`, for upstreams that want both.
+        #[serde(default)]
+        token: Option<SecretRef>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+pub enum SignatureAlgorithm {
+    #[default]
+    #[serde(rename = "hmac-sha256")]
+    HmacSha256,
+    #[serde(rename = "ed25519")]
+    Ed25519,
+}
+
+fn default_signature_expires() -> u64 {
+    60
 }
 
 fn default_token_path() -> String {
@@ -177,18 +236,75 @@ fn default_true() -> bool {
 pub struct LoggingConfig {
     /// `stdout`, `off`, or a file path for the JSON access log.
     pub access_log: String,
+    /// Size-based rotation of a file access log.
+    pub rotate: RotateConfig,
+    /// Log the request headers (secrets redacted).
+    pub request_headers: bool,
+    /// Log the response headers (secrets redacted).
+    pub response_headers: bool,
+    /// Log JSON request bodies (secret fields redacted), up to `body_max_bytes`.
+    pub request_body: bool,
+    /// Log JSON response bodies (secret fields redacted), up to `body_max_bytes`.
+    pub response_body: bool,
+    /// Largest logged body, in bytes of redacted JSON; longer bodies are cut.
+    pub body_max_bytes: usize,
     /// Extra header names to redact (Authorization, X-API-Key, Cookie, Set-Cookie always are).
     pub redact_headers: Vec<String>,
     /// Extra body field names to redact (client_secret, access_token, password... always are).
     pub redact_fields: Vec<String>,
+    /// The audit trail: one record per mutating call, in its own file.
+    pub audit: AuditConfig,
 }
 
 impl Default for LoggingConfig {
     fn default() -> Self {
         LoggingConfig {
             access_log: "stdout".into(),
+            rotate: RotateConfig::default(),
+            request_headers: false,
+            response_headers: false,
+            request_body: false,
+            response_body: false,
+            body_max_bytes: 4096,
             redact_headers: Vec::new(),
             redact_fields: Vec::new(),
+            audit: AuditConfig::default(),
+        }
+    }
+}
+
+/// Size-based rotation: `FILE` is renamed `FILE.1` (older ones shift to `.2`...) once it would
+/// pass `max_bytes`; at most `max_files` rotated files are kept.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RotateConfig {
+    pub max_bytes: u64,
+    pub max_files: u32,
+}
+
+impl Default for RotateConfig {
+    fn default() -> Self {
+        RotateConfig {
+            max_bytes: 100 * 1024 * 1024,
+            max_files: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// File path of the audit trail, or `off`. Never the access log's file.
+    pub path: String,
+    /// Size-based rotation of the audit file.
+    pub rotate: RotateConfig,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            path: "off".into(),
+            rotate: RotateConfig::default(),
         }
     }
 }
@@ -212,6 +328,51 @@ pub struct RouteConfig {
     /// Whether the request body is JSON that the proxy reads and checks before forwarding.
     #[serde(default)]
     pub json_body: bool,
+    /// For `kind: facade`: the facade operation that answers (`instances.create`...).
+    #[serde(default)]
+    pub handler: Option<String>,
+    /// A mirror `GET` whose answer is a bare array: with list query parameters (`limit`,
+    /// `sort`, `state`...) the proxy pages, filters and sorts it itself.
+    #[serde(default)]
+    pub list: bool,
+    /// JSON Schema the body must match: a shipped schema's name (`instances.assemble`, see
+    /// `schemas/`) or a `.json` file. Implies `json_body`.
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// Refuse fields the schema does not name (default: `validation.strict_mirror`).
+    #[serde(default)]
+    pub strict: Option<bool>,
+    /// Rewrites applied to the validated body before it goes upstream.
+    #[serde(default)]
+    pub rewrite: Option<RewriteConfig>,
+}
+
+/// Request body validation settings.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    /// Refuse unknown fields in mirror bodies too (facade schemas always refuse them).
+    pub strict_mirror: bool,
+    /// Directory searched first for `NAME.json` when a route names a schema, and against
+    /// which relative schema file paths are resolved.
+    pub schema_dir: Option<String>,
+    /// Route names whose schema is switched off (the body is still size-checked and parsed).
+    pub skip: Vec<String>,
+}
+
+/// Body rewriting rules of a route, applied in this order: drop, rename, set, defaults.
+/// Field names are top-level keys or dotted paths into objects (`network.id`).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewriteConfig {
+    /// Fields removed whatever the caller sent (fields the caller may not set).
+    pub drop: Vec<String>,
+    /// Fields renamed, `from: to` (facade names to OrionVM names).
+    pub rename: BTreeMap<String, String>,
+    /// Fields set whatever the caller sent.
+    pub set: BTreeMap<String, serde_json::Value>,
+    /// Fields set only when the caller did not send them (or sent null).
+    pub defaults: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
@@ -224,4 +385,8 @@ pub enum RouteKind {
     Health,
     /// Readiness, answered by the proxy.
     Ready,
+    /// The REST facade (`/v1`), answered by the proxy through its own calls to OrionVM.
+    Facade,
+    /// The OpenAPI document, answered by the proxy.
+    Openapi,
 }

@@ -10,7 +10,7 @@ use crate::config::model::RouteKind;
 use crate::errors::{self, ApiError};
 use crate::observe::{self, metrics, request_id};
 use crate::routes::{Match, path};
-use crate::validate::body;
+use crate::validate;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use ctx::Ctx;
@@ -85,8 +85,8 @@ impl OrionProxy {
         ctx.route = Some(route.clone());
         ctx.params = params;
         match route.kind {
-            RouteKind::Health | RouteKind::Ready => return Ok(None),
-            RouteKind::Mirror => {}
+            RouteKind::Health | RouteKind::Ready | RouteKind::Openapi => return Ok(None),
+            RouteKind::Mirror | RouteKind::Facade => {}
         }
         let principal = match rt.auth.authenticate(&session.req_header().headers) {
             Ok(p) => p,
@@ -108,28 +108,24 @@ impl OrionProxy {
             )));
         };
         ctx.tenant = Some(tenant.clone());
-        if route.json_body && method_has_body(&session.req_header().method) {
-            let bytes = match body::read_whole(session, rt.max_body_bytes).await {
-                Ok(b) => b,
-                Err(e) => return Ok(Some(e.into())),
-            };
-            ctx.request_bytes = bytes.len();
-            if !bytes.iter().all(u8::is_ascii_whitespace) {
-                if let Err(e) = body::parse_json(&bytes) {
-                    return Ok(Some(e.into()));
-                }
-                ctx.body = Some(bytes);
+        let signs = tenant.account.credentials.signer().is_some();
+        match validate::read_request(session, &rt, &route, signs).await {
+            Ok(r) => {
+                ctx.request_bytes = r.received;
+                ctx.body = r.body;
+                ctx.validated = r.validated;
             }
+            Err(e) => return Ok(Some(e.into())),
         }
         Ok(None)
     }
 }
 
-fn method_has_body(m: &http::Method) -> bool {
-    matches!(
-        *m,
-        http::Method::POST | http::Method::PUT | http::Method::PATCH
-    )
+fn declares_empty_body(resp: &ResponseHeader) -> bool {
+    resp.headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() == "0")
 }
 
 #[async_trait]
@@ -187,7 +183,11 @@ impl ProxyHttp for OrionProxy {
                 }
                 Ok(true)
             }
-            _ => Ok(false),
+            // The facade, the API document, and mirror lists asked to page, filter or sort.
+            Some(RouteKind::Facade | RouteKind::Openapi | RouteKind::Mirror) => {
+                crate::facade::answer(session, ctx).await
+            }
+            None => Ok(false),
         }
     }
 
@@ -240,7 +240,7 @@ impl ProxyHttp for OrionProxy {
         upstream.remove_header("x-api-key");
         upstream.remove_header("cookie");
         upstream.remove_header("proxy-authorization");
-        let auth = match account.credentials.authorization().await {
+        let auth = match account.credentials.authorization_header().await {
             Ok(v) => v,
             Err(e) => {
                 log::warn!("request {}: {e}", ctx.request_id);
@@ -255,8 +255,10 @@ impl ProxyHttp for OrionProxy {
                 ));
             }
         };
-        upstream.insert_header("authorization", auth.clone())?;
-        ctx.upstream_auth = Some(auth);
+        if let Some(auth) = auth {
+            upstream.insert_header("authorization", auth.clone())?;
+            ctx.upstream_auth = Some(auth);
+        }
         let query = session.req_header().uri.query();
         let target = match query {
             Some(q) => format!("{}{}?{q}", endpoint.base_path, ctx.path),
@@ -275,6 +277,16 @@ impl ProxyHttp for OrionProxy {
         if let Some(b) = &ctx.body {
             upstream.remove_header("transfer-encoding");
             upstream.insert_header("content-length", b.len().to_string())?;
+        }
+        if let Some(signer) = account.credentials.signer() {
+            // Last, on the request exactly as it leaves: path, Host and body are final.
+            let body = ctx.body.as_deref().unwrap_or_default();
+            crate::upstream::signing::sign_request_header(
+                signer,
+                upstream,
+                &endpoint.authority,
+                body,
+            )?;
         }
         Ok(())
     }
@@ -310,6 +322,23 @@ impl ProxyHttp for OrionProxy {
         if let Some(t) = ctx.upstream_started {
             ctx.upstream_elapsed = Some(t.elapsed());
         }
+        if status >= 400 && declares_empty_body(upstream) {
+            // No body task will follow, so the body filter could not replace it: answer the
+            // error body from fail_to_proxy instead.
+            ctx.error = Some(if status == 401 {
+                ApiError::bad_gateway(
+                    "upstream_auth_failed",
+                    "OrionVM refused the proxy's credentials",
+                )
+            } else {
+                errors::from_upstream(status, b"")
+            });
+            let code = if status == 401 { 502 } else { status };
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(code),
+                "OrionVM answered an empty error",
+            ));
+        }
         if status == 401
             && !ctx.token_retry_used
             && let (Some(tenant), Some(used)) = (&ctx.tenant, &ctx.upstream_auth)
@@ -328,7 +357,7 @@ impl ProxyHttp for OrionProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -347,12 +376,13 @@ impl ProxyHttp for OrionProxy {
             }
             ctx.rewrite = Some(BytesMut::new());
         }
+        observe::on_response_header(session, ctx, upstream);
         Ok(())
     }
 
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
@@ -380,6 +410,7 @@ impl ProxyHttp for OrionProxy {
         } else if let Some(b) = body {
             ctx.response_bytes += b.len();
         }
+        observe::on_response_body(session, ctx, body.as_ref(), end_of_stream);
         Ok(None)
     }
 
@@ -453,6 +484,8 @@ impl ProxyHttp for OrionProxy {
                 ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
             );
         if writable && !downstream_dead {
+            // Pingora closes the connection after a failed proxy attempt: say so.
+            session.as_downstream_mut().set_keepalive(None);
             if let Err(we) = respond::error(session, ctx, err).await {
                 log::debug!(
                     "request {}: could not write the error: {we}",
@@ -470,22 +503,7 @@ impl ProxyHttp for OrionProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         metrics::in_flight(-1);
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(0);
-        let elapsed = ctx.started.elapsed();
-        metrics::request_done(
-            ctx.route_name(),
-            session.req_header().method.as_str(),
-            status,
-            ctx.tenant_name(),
-            elapsed.as_secs_f64(),
-            ctx.upstream_elapsed.map(|d| d.as_secs_f64()),
-        );
-        if let Some(rt) = ctx.runtime.clone() {
-            observe::access::log_request(&rt.log, session, ctx, status, e);
-        }
+        observe::finish(session, ctx, e);
     }
 }
 

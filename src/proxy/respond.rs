@@ -24,6 +24,7 @@ pub async fn json(
         header.append_header(*name, value.as_str())?;
     }
     ctx.response_bytes = body.len();
+    crate::observe::on_local_answer(session, ctx, &header, &body);
     session
         .write_response_header(Box::new(header), false)
         .await?;
@@ -40,5 +41,9 @@ pub async fn error(session: &mut Session, ctx: &mut Ctx, err: ApiError) -> Resul
     }
     let status = err.status;
     ctx.error = Some(err);
+    // A request body left unread (a refused upload) would be taken for the next request.
+    if !session.as_downstream_mut().is_body_done() {
+        session.as_downstream_mut().set_keepalive(None);
+    }
     json(session, ctx, status, body, &extra).await
 }

@@ -101,8 +101,17 @@ pub struct ConfigBuilder {
     pub keys: Vec<Key>,
     pub extra_server: String,
     pub extra_top: String,
+    /// Lines added under `logging:` (indented by two spaces).
+    pub extra_logging: String,
     pub max_body_bytes: usize,
     pub read_timeout_ms: u64,
+    /// YAML for the acme account's `credentials:` (indented six spaces), replacing
+    /// `acme_upstream` (signing tests).
+    pub acme_credentials: Option<String>,
+    /// Appended inside each endpoint's flow map (e.g. `, sni: other.example`).
+    pub endpoint_extra: String,
+    /// Extra lines of each account (indented four spaces, e.g. a `ca_file`).
+    pub account_extra: String,
 }
 
 impl ConfigBuilder {
@@ -118,8 +127,12 @@ impl ConfigBuilder {
             ],
             extra_server: String::new(),
             extra_top: String::new(),
+            extra_logging: String::new(),
             max_body_bytes: 65536,
             read_timeout_ms: 5000,
+            acme_credentials: None,
+            endpoint_extra: String::new(),
+            account_extra: String::new(),
         }
     }
 
@@ -145,12 +158,18 @@ impl ConfigBuilder {
                 secret("acme-token", ACME_STATIC_TOKEN)
             ),
         };
+        let acme_creds = self.acme_credentials.clone().unwrap_or(acme_creds);
         let globex_token = secret("globex-token", GLOBEX_STATIC_TOKEN);
         let endpoints: String = self
             .sim_urls
             .iter()
             .enumerate()
-            .map(|(i, u)| format!("      - {{url: \"{u}\", name: sim{i}}}\n"))
+            .map(|(i, u)| {
+                format!(
+                    "      - {{url: \"{u}\", name: sim{i}{}}}\n",
+                    self.endpoint_extra
+                )
+            })
             .collect();
         let keys: String = self.keys.iter().map(Key::yaml).collect();
         let log = dir.join("access.log");
@@ -164,17 +183,22 @@ impl ConfigBuilder {
         yaml += &self.extra_server;
         yaml += "accounts:\n";
         yaml += &format!(
-            "  acme-orionvm:\n    endpoints:\n{endpoints}    read_timeout_ms: {}\n    credentials:\n{acme_creds}",
-            self.read_timeout_ms
+            "  acme-orionvm:\n    endpoints:\n{endpoints}{}    read_timeout_ms: {}\n    credentials:\n{acme_creds}",
+            self.account_extra, self.read_timeout_ms
         );
         yaml += &format!(
-            "  globex-orionvm:\n    endpoints:\n{endpoints}    read_timeout_ms: {}\n    credentials:\n",
-            self.read_timeout_ms
+            "  globex-orionvm:\n    endpoints:\n{endpoints}{}    read_timeout_ms: {}\n    credentials:\n",
+            self.account_extra, self.read_timeout_ms
         );
         yaml += &format!("      type: static_token\n      token: {{file: \"{globex_token}\"}}\n");
         yaml += "tenants:\n  acme: {account: acme-orionvm}\n  globex: {account: globex-orionvm}\n";
         yaml += &format!("api_keys:\n{keys}");
         yaml += &format!("logging:\n  access_log: \"{}\"\n", log.display());
+        yaml += &format!(
+            "  audit: {{path: \"{}\"}}\n",
+            dir.join("audit.log").display()
+        );
+        yaml += &self.extra_logging;
         yaml += &self.extra_top;
         let path = dir.join("orion-proxy.yaml");
         std::fs::write(&path, yaml).unwrap();
@@ -308,6 +332,23 @@ impl ProxyProcess {
         }
     }
 
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.dir.path().join("audit.log")
+    }
+
+    /// The audit trail's records, parsed (the current file only).
+    pub fn audit_log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.audit_log_path())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+
     pub fn access_log_text(&self) -> String {
         std::fs::read_to_string(self.access_log_path()).unwrap_or_default()
     }
@@ -316,6 +357,10 @@ impl ProxyProcess {
         unsafe {
             libc::kill(self.child.id() as i32, sig);
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -456,4 +501,49 @@ where
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Sends raw bytes to `url`'s host and port and reads the answer until the connection closes
+/// (send `Connection: close`). For requests that HTTP clients would normalise or refuse.
+pub async fn raw_request(url: &str, request: &[u8]) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .unwrap_or(buf.len());
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[split..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, head, body)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..line_end]).trim(), 16)
+            .unwrap_or(0);
+        data = &data[line_end + 2..];
+        if size == 0 || data.len() < size {
+            break;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[(size + 2).min(data.len())..];
+    }
+    out
 }
