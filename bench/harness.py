@@ -1425,7 +1425,7 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         f.write(encoded + "\n")
-    if not args.smoke:
+    if not args.smoke and not args.out:
         with open(os.path.join(BENCH, "results", "latest.txt"), "w") as f:
             f.write(f"# {res['started']} commit {res['commit']} ({res['build_profile']} build)\n")
             f.write(text + "\n")
