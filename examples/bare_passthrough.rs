@@ -75,12 +75,12 @@ fn main() {
     );
     match args.l4_read_buffer {
         None => proxy.add_tcp(&args.listen),
-        Some(read) => proxy.add_listener(
-            ListenerConfig::tcp(args.listen.as_str()).l4_buffer(L4BufferSettings {
+        Some(read) => proxy.add_listener(ListenerConfig::tcp(args.listen.as_str()).l4_buffer(
+            L4BufferSettings {
                 read: Some(read),
                 write: None,
-            }),
-        ),
+            },
+        )),
     }
     server.add_service(proxy);
     server.run(RunArgs::default());
