@@ -47,6 +47,7 @@ impl AdminApp {
         let method = req.method.clone();
         match (method.as_str(), path.as_str()) {
             ("GET", "/admin/config") => Ok((200, config_summary(&rt))),
+            ("GET", "/admin/endpoints/stats") => Ok((200, crate::upstream::stats::report(&rt))),
             ("POST", "/admin/reload") => {
                 let state = self.state.clone();
                 let result = tokio::task::spawn_blocking(move || state.reload())

@@ -41,6 +41,7 @@ pub struct Runtime {
     pub log: LogPolicy,
     pub trusted_networks: Vec<ipnet::IpNet>,
     pub max_body_bytes: usize,
+    pub limits: crate::limits::Limits,
 }
 
 /// Parses YAML text into the model, reporting every problem with its path.
@@ -160,10 +161,17 @@ pub fn build(
     let log = LogPolicy::build(&config.logging)
         .map_err(|e| errors.extend(e))
         .ok();
+    let role_names: Vec<&str> = role_map.keys().map(String::as_str).collect();
+    let limits = crate::limits::Limits::build(&config, routes.as_ref(), &role_names)
+        .map_err(|e| errors.extend(e))
+        .ok();
 
-    match (routes, auth, upstreams, log) {
-        (Some(routes), Some(auth), Some(upstreams), Some(log)) if errors.is_empty() => {
+    match (routes, auth, upstreams, log, limits) {
+        (Some(routes), Some(auth), Some(upstreams), Some(log), Some(limits))
+            if errors.is_empty() =>
+        {
             Ok(Runtime {
+                limits,
                 version: version_of(text),
                 max_body_bytes: config.server.max_body_bytes,
                 config,

@@ -29,6 +29,9 @@ pub struct Config {
     /// The route table. Defaults to the shipped OrionVM mirror and facade routes.
     #[serde(default)]
     pub routes: Option<Vec<RouteConfig>>,
+    /// Rate limits, the polling cache, the budget toward OrionVM and the circuit breaker.
+    #[serde(default)]
+    pub limits: crate::limits::config::LimitsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -91,6 +94,9 @@ pub struct AccountConfig {
     pub connect_timeout_ms: u64,
     #[serde(default = "default_read_timeout_ms")]
     pub read_timeout_ms: u64,
+    /// Active health check of the endpoints.
+    #[serde(default)]
+    pub health_check: crate::upstream::balance::HealthCheckConfig,
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -111,6 +117,9 @@ pub struct EndpointConfig {
     /// SNI and certificate name, when it differs from the URL's host.
     #[serde(default)]
     pub sni: Option<String>,
+    /// A disabled endpoint gets no traffic (and is still listed in the stats).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
 }
 
 /// The proxy's credentials toward OrionVM. Secrets are references, never values.

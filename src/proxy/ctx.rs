@@ -43,6 +43,8 @@ pub struct Ctx {
     pub auth_failure: Option<&'static str>,
     /// Kind of upstream failure (connect, timeout, reset), for logs and metrics.
     pub upstream_failure: Option<&'static str>,
+    /// Rate-limit verdicts, the endpoint claim of the current attempt (`crate::limits`).
+    pub limits: crate::limits::RequestLimits,
 }
 
 impl Ctx {
@@ -72,6 +74,7 @@ impl Ctx {
             response_bytes: 0,
             auth_failure: None,
             upstream_failure: None,
+            limits: Default::default(),
         }
     }
 

@@ -20,7 +20,6 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Raised from `upstream_response_filter` when OrionVM refuses the proxy's own token, so that
 /// Pingora retries the request once with a fresh one.
@@ -108,6 +107,13 @@ impl OrionProxy {
             )));
         };
         ctx.tenant = Some(tenant.clone());
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if let Some(err) = crate::limits::admit(ctx, &session.req_header().method, client_ip) {
+            return Ok(Some(err));
+        }
         if route.json_body && method_has_body(&session.req_header().method) {
             let bytes = match body::read_whole(session, rt.max_body_bytes).await {
                 Ok(b) => b,
@@ -171,6 +177,9 @@ impl ProxyHttp for OrionProxy {
             respond::error(session, ctx, err).await?;
             return Ok(true);
         }
+        if crate::limits::before_upstream(session, ctx).await? {
+            return Ok(true);
+        }
         match ctx.route.as_ref().map(|r| r.kind) {
             Some(RouteKind::Health) => {
                 local::health(session, ctx).await?;
@@ -192,28 +201,8 @@ impl ProxyHttp for OrionProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(tenant) = ctx.tenant.clone() else {
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "no tenant for an upstream call",
-            ));
-        };
-        let avoid = if ctx.attempts > 0 && ctx.upstream_failure.is_some() {
-            ctx.endpoint
-        } else {
-            None
-        };
-        let Some((idx, endpoint)) = tenant.account.pick(avoid) else {
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(502),
-                "the account has no endpoint",
-            ));
-        };
-        ctx.endpoint = Some(idx);
-        ctx.attempts = ctx.attempts.saturating_add(1);
-        ctx.upstream_failure = None;
-        ctx.upstream_started = Some(Instant::now());
-        Ok(Box::new(endpoint.peer()))
+        // Load balancer, health, breaker and budget: `crate::upstream::peer`.
+        crate::upstream::peer::peer_for(ctx).await
     }
 
     async fn upstream_request_filter(
@@ -323,6 +312,12 @@ impl ProxyHttp for OrionProxy {
                 return Err(e);
             }
         }
+        let method = &session.req_header().method;
+        if !session.as_ref().retry_buffer_truncated()
+            && let Some(e) = crate::upstream::peer::retry_on_5xx(ctx, method, status)
+        {
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -333,6 +328,7 @@ impl ProxyHttp for OrionProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        crate::limits::response_headers(ctx, upstream)?;
         let status = upstream.status.as_u16();
         if status >= 400 {
             // Every error reaches the caller in the one error body, whatever OrionVM sent.
@@ -357,6 +353,9 @@ impl ProxyHttp for OrionProxy {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
+        if end_of_stream {
+            crate::limits::upstream_done(ctx);
+        }
         if let Some(buf) = ctx.rewrite.as_mut() {
             if let Some(chunk) = body.take() {
                 let room = MAX_ERROR_BODY.saturating_sub(buf.len());
@@ -415,7 +414,7 @@ impl ProxyHttp for OrionProxy {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
-        if *e.etype() == TOKEN_REJECTED {
+        if *e.etype() == TOKEN_REJECTED || *e.etype() == crate::upstream::peer::UPSTREAM_5XX {
             return e;
         }
         if e.esource() == &ErrorSource::Upstream {
@@ -470,6 +469,7 @@ impl ProxyHttp for OrionProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         metrics::in_flight(-1);
+        crate::limits::finish(ctx, &session.req_header().method);
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())

@@ -103,6 +103,8 @@ pub struct ConfigBuilder {
     pub extra_top: String,
     pub max_body_bytes: usize,
     pub read_timeout_ms: u64,
+    /// Extra YAML lines for every account (indented 4 spaces), e.g. `health_check`.
+    pub extra_account: String,
 }
 
 impl ConfigBuilder {
@@ -120,6 +122,7 @@ impl ConfigBuilder {
             extra_top: String::new(),
             max_body_bytes: 65536,
             read_timeout_ms: 5000,
+            extra_account: String::new(),
         }
     }
 
@@ -164,12 +167,12 @@ impl ConfigBuilder {
         yaml += &self.extra_server;
         yaml += "accounts:\n";
         yaml += &format!(
-            "  acme-orionvm:\n    endpoints:\n{endpoints}    read_timeout_ms: {}\n    credentials:\n{acme_creds}",
-            self.read_timeout_ms
+            "  acme-orionvm:\n    endpoints:\n{endpoints}    read_timeout_ms: {}\n{}    credentials:\n{acme_creds}",
+            self.read_timeout_ms, self.extra_account
         );
         yaml += &format!(
-            "  globex-orionvm:\n    endpoints:\n{endpoints}    read_timeout_ms: {}\n    credentials:\n",
-            self.read_timeout_ms
+            "  globex-orionvm:\n    endpoints:\n{endpoints}    read_timeout_ms: {}\n{}    credentials:\n",
+            self.read_timeout_ms, self.extra_account
         );
         yaml += &format!("      type: static_token\n      token: {{file: \"{globex_token}\"}}\n");
         yaml += "tenants:\n  acme: {account: acme-orionvm}\n  globex: {account: globex-orionvm}\n";
