@@ -129,6 +129,15 @@ impl Breaker {
         }
     }
 
+    /// The state as a report shows it: an open breaker past its reset timeout is half-open
+    /// (it turns so for real at the next call).
+    pub fn reported(&self, s: &Settings) -> State {
+        match self.state() {
+            State::Open if self.available(s) => State::HalfOpen,
+            other => other,
+        }
+    }
+
     pub fn changed_at_ms(&self) -> u64 {
         self.changed_at_ms.load(Ordering::Relaxed)
     }

@@ -401,15 +401,18 @@ pub async fn before_upstream(session: &mut Session, ctx: &mut Ctx) -> pingora::R
         cache::invalidate(&tenant.name, object_of(ctx));
     }
     let cached = ctx.limits.cached.then_some(limits.cache.as_ref()).flatten();
-    let mut path = ctx.path.clone();
-    if let Some(q) = session.req_header().uri.query() {
-        path.push('?');
-        path.push_str(q);
-    }
+    let cache_path = |session: &Session, ctx: &Ctx| {
+        let mut path = ctx.path.clone();
+        if let Some(q) = session.req_header().uri.query() {
+            path.push('?');
+            path.push_str(q);
+        }
+        path
+    };
     if !tenant.account.available() {
         if let (Some(settings), Fallback::Stale) = (cached, limits.fallback) {
             let group = cache::group_key(&tenant.name, object_of(ctx));
-            if let Some(f) = cache::stale(settings, &group, &path)
+            if let Some(f) = cache::stale(settings, &group, &cache_path(session, ctx))
                 && let Some((status, body)) = cache::body(&f)
             {
                 let extra = [
@@ -435,6 +438,7 @@ pub async fn before_upstream(session: &mut Session, ctx: &mut Ctx) -> pingora::R
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
     let group = cache::group_key(&tenant.name, object_of(ctx));
+    let path = cache_path(session, ctx);
     let wait = tenant
         .account
         .endpoints

@@ -119,6 +119,13 @@ impl Account {
         }
     }
 
+    /// Whether an endpoint other than `i` would take a call now.
+    pub fn available_besides(&self, i: usize) -> bool {
+        self.endpoints.iter().enumerate().any(|(j, e)| {
+            j != i && e.enabled && self.breaker.as_ref().is_none_or(|s| e.breaker.available(s))
+        })
+    }
+
     /// Seconds until the first open breaker lets a probe through.
     pub fn retry_after(&self) -> u64 {
         match &self.breaker {

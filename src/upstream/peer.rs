@@ -47,6 +47,17 @@ pub async fn peer_for(ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
     finish_attempt(ctx);
     let attempt = match tenant.account.acquire(avoid).await {
         Ok(a) => a,
+        Err(crate::limits::LimitsError::Open { .. }) if avoid.is_some() => {
+            // A retry after a failed attempt found no other endpoint: report that failure.
+            ctx.error = Some(ApiError::bad_gateway(
+                "upstream_unreachable",
+                "the proxy could not connect to OrionVM",
+            ));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(502),
+                "no other OrionVM endpoint can take the call",
+            ));
+        }
         Err(e) => {
             let err = ApiError::from(e);
             let status = err.status;
@@ -80,8 +91,12 @@ pub fn retry_on_5xx(ctx: &mut Ctx, method: &http::Method, status: u16) -> Option
     if status < 500 || *method != http::Method::GET {
         return None;
     }
-    let endpoints = ctx.tenant.as_ref()?.account.endpoints.len();
-    if endpoints < 2 || ctx.attempts as usize >= endpoints {
+    let account = &ctx.tenant.as_ref()?.account;
+    let endpoints = account.endpoints.len();
+    if endpoints < 2
+        || ctx.attempts as usize >= endpoints
+        || !account.available_besides(ctx.endpoint?)
+    {
         return None;
     }
     finish_attempt(ctx);

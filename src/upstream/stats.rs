@@ -156,7 +156,7 @@ pub fn report(rt: &crate::config::Runtime) -> serde_json::Value {
                 "down"
             };
             let breaker = match &account.breaker {
-                Some(_) => e.breaker.state().as_str(),
+                Some(s) => e.breaker.reported(s).as_str(),
                 None => "disabled",
             };
             let changed = e.health.changed_at_ms().max(e.breaker.changed_at_ms());
