@@ -107,6 +107,6 @@ async fn a_global_rate_toward_orionvm_queues_briefly_then_refuses() {
         statuses.iter().all(|s| *s == 200 || *s == 503),
         "{statuses:?}"
     );
-    assert!(ok >= 3 && ok <= 6, "{statuses:?}");
+    assert!((3..=6).contains(&ok), "{statuses:?}");
     assert_eq!(h.sim.calls().count("GET", "/api/v1/regions"), ok);
 }

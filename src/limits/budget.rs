@@ -19,8 +19,8 @@ static WAITING: AtomicUsize = AtomicUsize::new(0);
 /// One global rate counter, kept across reloads.
 static GLOBAL_RATE: Lazy<Arc<Rate>> = Lazy::new(|| Arc::new(Rate::new(Duration::from_secs(1))));
 /// Per-endpoint semaphores by URL, kept across reloads while the cap stays the same.
-static SEMAPHORES: Lazy<Mutex<HashMap<String, (usize, Arc<Semaphore>)>>> =
-    Lazy::new(Default::default);
+type Semaphores = Mutex<HashMap<String, (usize, Arc<Semaphore>)>>;
+static SEMAPHORES: Lazy<Semaphores> = Lazy::new(Default::default);
 
 #[derive(Debug)]
 pub struct Budget {

@@ -109,7 +109,7 @@ pub async fn serve(
     path: String,
     request_id: &str,
     wait_limit: Duration,
-    charge: impl FnOnce() -> Result<(), ApiError>,
+    charge: impl FnOnce() -> Result<(), Box<ApiError>>,
 ) -> Result<Served, ApiError> {
     let step = {
         let mut store = STORE.lock();
@@ -133,7 +133,7 @@ pub async fn serve(
         match step {
             Some(s) => s,
             None => {
-                charge()?;
+                charge().map_err(|e| *e)?;
                 if store.entries >= settings.max_entries {
                     sweep(&mut store, settings);
                 }

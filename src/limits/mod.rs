@@ -175,6 +175,9 @@ impl Limits {
             ));
         }
         let resolve = |at: &str, names: Vec<&str>, errors: &mut Vec<String>| -> Vec<u16> {
+            if names.len() > 4 {
+                errors.push(format!("{at}: at most 4 policies"));
+            }
             names
                 .into_iter()
                 .filter_map(|n| match index.get(n) {
@@ -467,7 +470,7 @@ pub async fn before_upstream(session: &mut Session, ctx: &mut Ctx) -> pingora::R
                 let refused = limits.refusal(&v);
                 charged = Some(v);
                 match refused {
-                    Some(e) => Err(e.into()),
+                    Some(e) => Err(Box::new(e.into())),
                     None => Ok(()),
                 }
             },

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 /// Counters by policy name and window, kept across reloads (a reload does not hand out a
 /// fresh quota).
-static COUNTERS: Lazy<Mutex<HashMap<(String, u64), Arc<Rate>>>> = Lazy::new(Default::default);
+type Counters = Mutex<HashMap<(String, u64), Arc<Rate>>>;
+static COUNTERS: Lazy<Counters> = Lazy::new(Default::default);
 
 pub struct Policy {
     pub name: Arc<str>,
@@ -93,7 +94,7 @@ impl Policy {
 /// The verdicts of one request (at most a few policies apply: the caller's and the route's).
 #[derive(Debug, Default, Clone)]
 pub struct Verdicts {
-    items: [Option<Verdict>; 4],
+    items: [Option<Verdict>; 8],
 }
 
 impl Verdicts {

@@ -319,9 +319,8 @@ fn build_account(
 
 /// Pools by account name, kept across reloads while the endpoints and the health-check
 /// settings stay the same (so active health survives a reload).
-static POOLS: once_cell::sync::Lazy<
-    parking_lot::Mutex<HashMap<String, (AccountConfig, Arc<balance::Pool>)>>,
-> = once_cell::sync::Lazy::new(Default::default);
+type Pools = parking_lot::Mutex<HashMap<String, (AccountConfig, Arc<balance::Pool>)>>;
+static POOLS: once_cell::sync::Lazy<Pools> = once_cell::sync::Lazy::new(Default::default);
 
 fn pool_for(
     name: &str,

@@ -97,30 +97,6 @@ impl EndpointStats {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_and_percentiles() {
-        let s = EndpointStats::default();
-        for ms in 1..=100u64 {
-            s.record(Outcome::Status(200), Some(Duration::from_millis(ms)));
-        }
-        s.record(Outcome::Status(503), None);
-        s.record(Outcome::Timeout, None);
-        let v = s.snapshot();
-        assert_eq!(v["requests"], 102);
-        assert_eq!(v["errors"], 2);
-        assert_eq!(v["timeouts"], 1);
-        assert_eq!(v["latency_ms"]["samples"], 100);
-        assert_eq!(v["latency_ms"]["p50"], 51.0);
-        assert_eq!(v["latency_ms"]["p99"], 99.0);
-        assert!(Outcome::Status(502).is_failure());
-        assert!(!Outcome::Status(404).is_failure());
-    }
-}
-
 fn at(ms: u64) -> serde_json::Value {
     if ms == 0 {
         return serde_json::Value::Null;
@@ -188,4 +164,28 @@ pub fn report(rt: &crate::config::Runtime) -> serde_json::Value {
         }
     }
     serde_json::json!({"config_version": rt.version, "endpoints": endpoints})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_percentiles() {
+        let s = EndpointStats::default();
+        for ms in 1..=100u64 {
+            s.record(Outcome::Status(200), Some(Duration::from_millis(ms)));
+        }
+        s.record(Outcome::Status(503), None);
+        s.record(Outcome::Timeout, None);
+        let v = s.snapshot();
+        assert_eq!(v["requests"], 102);
+        assert_eq!(v["errors"], 2);
+        assert_eq!(v["timeouts"], 1);
+        assert_eq!(v["latency_ms"]["samples"], 100);
+        assert_eq!(v["latency_ms"]["p50"], 51.0);
+        assert_eq!(v["latency_ms"]["p99"], 99.0);
+        assert!(Outcome::Status(502).is_failure());
+        assert!(!Outcome::Status(404).is_failure());
+    }
 }
