@@ -64,7 +64,7 @@ async fn traffic_moves_to_the_healthy_endpoint_and_the_breaker_cycles() {
     let mut config = ConfigBuilder::new(&a.url());
     config.sim_urls.push(b.url());
     config.acme_upstream = Upstream::Static;
-    config.extra_account = "    health_check: {interval_ms: 150, timeout_ms: 500, healthy_threshold: 1, unhealthy_threshold: 1}\n".into();
+    config.account_extra = "    health_check: {interval_ms: 150, timeout_ms: 500, healthy_threshold: 1, unhealthy_threshold: 1}\n".into();
     config.extra_top = concat!(
         "limits:\n",
         "  breaker: {failure_threshold: 3, reset_timeout_seconds: 1.5, half_open_probes: 2, fallback: error}\n",
@@ -207,7 +207,7 @@ async fn stale_fallback_serves_the_last_good_read() {
     let sim = start_sim(sim_options()).await;
     let mut config = ConfigBuilder::new(&sim.url());
     config.acme_upstream = Upstream::Static;
-    config.extra_account = "    health_check: {enabled: false}\n".into();
+    config.account_extra = "    health_check: {enabled: false}\n".into();
     config.extra_top = concat!(
         "limits:\n",
         "  breaker: {failure_threshold: 2, reset_timeout_seconds: 30, fallback: stale}\n",
