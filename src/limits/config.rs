@@ -164,7 +164,7 @@ pub struct BreakerConfig {
 impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig {
-            failure_threshold: 5,
+            failure_threshold: 10,
             reset_timeout_seconds: 10.0,
             half_open_probes: 1,
             fallback: Fallback::Error,
