@@ -27,6 +27,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+static KEY_HASHER: once_cell::sync::Lazy<std::collections::hash_map::RandomState> =
+    once_cell::sync::Lazy::new(Default::default);
+
 /// Why the limits refused a request.
 #[derive(Debug, Clone)]
 pub enum LimitsError {
@@ -309,7 +312,12 @@ impl Limits {
             Principal(&'a str),
             Addr(Option<IpAddr>),
         }
-        let (base, key): (&[u16], Key) = match &ctx.principal {
+        // Hashed once here; the sketch then hashes a u64 instead of the id, four times.
+        let hashed = |k: Key| -> u64 {
+            use std::hash::BuildHasher;
+            KEY_HASHER.hash_one(k)
+        };
+        let (base, key): (&[u16], u64) = match &ctx.principal {
             Some(p) => {
                 let by_role = p
                     .roles
@@ -318,10 +326,10 @@ impl Limits {
                     .map(Vec::as_slice);
                 (
                     by_role.unwrap_or(&self.default_policy),
-                    Key::Principal(&p.id),
+                    hashed(Key::Principal(&p.id)),
                 )
             }
-            None => (&self.anonymous_policy, Key::Addr(client_ip)),
+            None => (&self.anonymous_policy, hashed(Key::Addr(client_ip))),
         };
         for &i in base.iter().chain(route_policies.iter()) {
             if let Some(p) = self.policies.get(i as usize) {
@@ -348,23 +356,20 @@ impl Limits {
 /// Rate limits, before the body is read. Cached reads are charged later, only when they call
 /// OrionVM. Returns the 429 to answer with, if any.
 pub fn admit(ctx: &mut Ctx, method: &http::Method, client_ip: Option<IpAddr>) -> Option<ApiError> {
-    let rt = ctx.runtime.clone()?;
-    let limits = &rt.limits;
-    if !limits.enabled {
-        return None;
-    }
-    let cached = *method == http::Method::GET
-        && ctx
-            .route
-            .as_ref()
-            .and_then(|r| limits.routes.get(&*r.name))
-            .is_some_and(|p| p.cached);
-    if cached {
-        ctx.limits.cached = true;
-        return None;
-    }
-    let verdicts = limits.judge(ctx, client_ip, true);
-    let refused = limits.refusal(&verdicts);
+    let (verdicts, refused) = {
+        let limits = &ctx.runtime.as_ref()?.limits;
+        if !limits.enabled {
+            return None;
+        }
+        let plan = ctx.route.as_ref().and_then(|r| limits.routes.get(&*r.name));
+        if *method == http::Method::GET && plan.is_some_and(|p| p.cached) {
+            ctx.limits.cached = true;
+            return None;
+        }
+        let verdicts = limits.judge(ctx, client_ip, true);
+        let refused = limits.refusal(&verdicts);
+        (verdicts, refused)
+    };
     ctx.limits.verdicts = verdicts;
     refused.map(ApiError::from)
 }
@@ -387,22 +392,31 @@ fn is_mutation(m: &http::Method) -> bool {
 /// Before any upstream work: drop cached reads of an object being changed, answer fast when
 /// every endpoint's breaker is open, and answer cached reads. `Ok(true)`: answered.
 pub async fn before_upstream(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-    let Some(rt) = ctx.runtime.clone() else {
+    // The common case (limits on, breaker closed, not a cached read) without a clone.
+    {
+        let Some(rt) = ctx.runtime.as_ref() else {
+            return Ok(false);
+        };
+        if !rt.limits.enabled {
+            return Ok(false);
+        }
+        let (Some(route), Some(tenant)) = (ctx.route.as_ref(), ctx.tenant.as_ref()) else {
+            return Ok(false);
+        };
+        if route.kind != RouteKind::Mirror {
+            return Ok(false);
+        }
+        if is_mutation(&session.req_header().method) {
+            cache::invalidate(&tenant.name, object_of(ctx));
+        }
+        if !ctx.limits.cached && tenant.account.available() {
+            return Ok(false);
+        }
+    }
+    let (Some(rt), Some(tenant)) = (ctx.runtime.clone(), ctx.tenant.clone()) else {
         return Ok(false);
     };
     let limits = &rt.limits;
-    if !limits.enabled {
-        return Ok(false);
-    }
-    let (Some(route), Some(tenant)) = (ctx.route.clone(), ctx.tenant.clone()) else {
-        return Ok(false);
-    };
-    if route.kind != RouteKind::Mirror {
-        return Ok(false);
-    }
-    if is_mutation(&session.req_header().method) {
-        cache::invalidate(&tenant.name, object_of(ctx));
-    }
     let cached = ctx.limits.cached.then_some(limits.cache.as_ref()).flatten();
     let cache_path = |session: &Session, ctx: &Ctx| {
         let mut path = ctx.path.clone();
@@ -540,10 +554,9 @@ pub fn response_headers(ctx: &Ctx, resp: &mut ResponseHeader) -> pingora::Result
     let Some(rt) = ctx.runtime.as_ref() else {
         return Ok(());
     };
-    for (name, value) in rt.limits.response_fields(&ctx.limits.verdicts) {
-        resp.insert_header(name, value)?;
-    }
-    Ok(())
+    ctx.limits
+        .verdicts
+        .apply(&rt.limits.policies, rt.limits.legacy, resp)
 }
 
 /// The upstream answer is complete: its concurrency slot is free for the next call.
