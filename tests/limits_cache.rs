@@ -155,6 +155,19 @@ async fn the_cache_is_per_tenant_and_a_mutation_drops_it() {
     let before: serde_json::Value = r.json().await.unwrap();
     let r = h.get(&acme, &path).await;
     assert_eq!(r.headers()["x-cache"], "hit");
+    let metrics = h
+        .http
+        .get(format!("{}/metrics", h.proxy.metrics_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("orion_proxy_read_cache_total{result=\"hit\"} 1"),
+        "{metrics}"
+    );
 
     // Another tenant asking for the same path never gets acme's answer.
     let r = h.get(h.key("other_tenant_admin"), &path).await;

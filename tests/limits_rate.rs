@@ -80,6 +80,20 @@ async fn fields_count_down_then_429_with_retry_after() {
         "a refused request never reaches OrionVM"
     );
 
+    let metrics = h
+        .http
+        .get(format!("{}/metrics", h.proxy.metrics_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("orion_proxy_rate_limited_total{policy=\"default\"} 1"),
+        "{metrics}"
+    );
+
     // Another principal has its own bucket.
     let r = h.get(h.key("operator"), "/api/v1/regions").await;
     assert_eq!(r.status(), 200);

@@ -66,6 +66,8 @@ pub struct Breaker {
     changed_at_ms: AtomicU64,
     opened_total: AtomicU64,
     inner: Mutex<Inner>,
+    /// The endpoint, for logs and metrics.
+    label: String,
 }
 
 impl Default for Breaker {
@@ -80,6 +82,7 @@ impl Default for Breaker {
                 probes_in_flight: 0,
                 probe_successes: 0,
             }),
+            label: String::new(),
         }
     }
 }
@@ -121,6 +124,14 @@ pub fn now_ms() -> u64 {
 }
 
 impl Breaker {
+    /// A closed breaker for the endpoint named `label` in logs and metrics.
+    pub fn new(label: &str) -> Breaker {
+        Breaker {
+            label: label.to_string(),
+            ..Default::default()
+        }
+    }
+
     pub fn state(&self) -> State {
         match self.state.load(Ordering::Acquire) {
             CLOSED => State::Closed,
@@ -205,7 +216,7 @@ impl Breaker {
                 inner.probes_in_flight = 0;
                 inner.probe_successes = 0;
                 self.set_state(HALF_OPEN);
-                log::info!("circuit breaker half-open: probing");
+                log::info!("circuit breaker of {} half-open: probing", self.label);
             }
             _ => {}
         }
@@ -262,7 +273,7 @@ impl Breaker {
                 self.failures.store(0, Ordering::Relaxed);
                 inner.opened_at = None;
                 self.set_state(CLOSED);
-                log::info!("circuit breaker closed");
+                log::info!("circuit breaker of {} closed", self.label);
             }
         } else {
             self.open(&mut inner);
@@ -275,7 +286,8 @@ impl Breaker {
         inner.probe_successes = 0;
         self.opened_total.fetch_add(1, Ordering::Relaxed);
         self.set_state(OPEN);
-        log::warn!("circuit breaker open");
+        super::metrics::breaker_opened(&self.label);
+        log::warn!("circuit breaker of {} open", self.label);
     }
 }
 

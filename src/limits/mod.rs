@@ -11,6 +11,7 @@ pub mod breaker;
 pub mod budget;
 pub mod cache;
 pub mod config;
+pub mod metrics;
 pub mod rate;
 
 use crate::config::model::{Config, RouteKind};
@@ -53,6 +54,7 @@ impl From<LimitsError> for ApiError {
                 retry_after,
                 headers,
             } => {
+                metrics::rate_limited(&policy);
                 let mut err = ApiError::new(
                     429,
                     "rate_limited",
@@ -65,15 +67,19 @@ impl From<LimitsError> for ApiError {
                 err
             }
             LimitsError::Busy { reason } => {
+                metrics::refused("busy");
                 ApiError::new(503, "upstream_busy", "OrionVM is busy", reason).with_retry_after(1)
             }
-            LimitsError::Open { retry_after } => ApiError::new(
-                503,
-                "circuit_open",
-                "OrionVM is unavailable",
-                "OrionVM is failing; the proxy is not calling it for now",
-            )
-            .with_retry_after(retry_after),
+            LimitsError::Open { retry_after } => {
+                metrics::refused("open");
+                ApiError::new(
+                    503,
+                    "circuit_open",
+                    "OrionVM is unavailable",
+                    "OrionVM is failing; the proxy is not calling it for now",
+                )
+                .with_retry_after(retry_after)
+            }
         }
     }
 }
@@ -436,6 +442,7 @@ pub async fn before_upstream(session: &mut Session, ctx: &mut Ctx) -> pingora::R
                     ("x-cache", "stale".to_string()),
                     ("warning", "110 - \"Response is Stale\"".to_string()),
                 ];
+                metrics::cache("stale");
                 respond::json(session, ctx, status, body, &extra).await?;
                 return Ok(true);
             }
@@ -513,6 +520,7 @@ pub async fn before_upstream(session: &mut Session, ctx: &mut Ctx) -> pingora::R
             ("miss", f)
         }
     };
+    metrics::cache(label);
     let mut extra = limits.response_fields(&ctx.limits.verdicts);
     extra.push(("x-cache", label.to_string()));
     match &filled.outcome {

@@ -56,7 +56,10 @@ static KEPT: Lazy<Mutex<HashMap<String, Kept>>> = Lazy::new(Default::default);
 
 fn kept_for(url: &str) -> (Arc<EndpointHealth>, Arc<Breaker>, Arc<EndpointStats>) {
     let mut map = KEPT.lock();
-    let k = map.entry(url.to_string()).or_default();
+    let k = map.entry(url.to_string()).or_insert_with(|| Kept {
+        breaker: Arc::new(Breaker::new(url)),
+        ..Default::default()
+    });
     (k.health.clone(), k.breaker.clone(), k.stats.clone())
 }
 
