@@ -41,6 +41,8 @@ pub struct Runtime {
     pub log: LogPolicy,
     pub trusted_networks: Vec<ipnet::IpNet>,
     pub max_body_bytes: usize,
+    /// Per-route body schemas and rewrite rules, compiled once per build.
+    pub body_rules: crate::validate::BodyRules,
     pub limits: crate::limits::Limits,
 }
 
@@ -177,16 +179,20 @@ pub fn build(
     let log = LogPolicy::build(&config.logging)
         .map_err(|e| errors.extend(e))
         .ok();
+    let body_rules = crate::validate::BodyRules::build(route_list, &config.validation)
+        .map_err(|e| errors.extend(e))
+        .ok();
     let role_names: Vec<&str> = role_map.keys().map(String::as_str).collect();
     let limits = crate::limits::Limits::build(&config, routes.as_ref(), &role_names)
         .map_err(|e| errors.extend(e))
         .ok();
 
-    match (routes, auth, upstreams, log, limits) {
-        (Some(routes), Some(auth), Some(upstreams), Some(log), Some(limits))
+    match (routes, auth, upstreams, log, body_rules, limits) {
+        (Some(routes), Some(auth), Some(upstreams), Some(log), Some(body_rules), Some(limits))
             if errors.is_empty() =>
         {
             Ok(Runtime {
+                body_rules,
                 limits,
                 version: version_of(text),
                 max_body_bytes: config.server.max_body_bytes,
