@@ -245,3 +245,65 @@ async fn limits_can_be_switched_off_and_bad_policies_are_refused() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_without_a_principal_are_limited_per_address() {
+    let h = Harness::start_with(|c| {
+        c.extra_top = concat!(
+            "limits:\n",
+            "  policies:\n",
+            "    default: {quota: 100, window_seconds: 60}\n",
+            "    public: {quota: 3, window_seconds: 60}\n",
+            "  anonymous_policy: public\n",
+        )
+        .into();
+    })
+    .await;
+    // The harness polled /health while the proxy started: the address may have used some.
+    let r = poll("a 429 on /health", Duration::from_secs(5), || async {
+        let r = h.http.get(h.url("/ready")).send().await.unwrap();
+        (r.status() == 429).then_some(r)
+    })
+    .await;
+    let limit = parse_limit(&header(&r, "ratelimit").unwrap());
+    assert_eq!(limit[0].0, "public");
+    assert!(header(&r, "retry-after").is_some());
+    expect_error(r, 429, "rate_limited").await;
+    // Authenticated callers are counted per principal, not per address.
+    let r = h.get(h.key("viewer"), "/api/v1/regions").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        parse_limit(&header(&r, "ratelimit").unwrap())[0].0,
+        "default"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_survive_a_reload() {
+    let h = Harness::start_with(|c| {
+        c.extra_top = "limits:\n  policies:\n    default: {quota: 2, window_seconds: 60}\n".into();
+    })
+    .await;
+    let key = h.key("viewer");
+    for _ in 0..2 {
+        assert_eq!(h.get(key, "/api/v1/regions").await.status(), 200);
+    }
+    assert_eq!(h.get(key, "/api/v1/regions").await.status(), 429);
+    // Reload a changed file (another policy added): the used quota stays used.
+    let text = std::fs::read_to_string(&h.proxy.config_path).unwrap();
+    std::fs::write(
+        &h.proxy.config_path,
+        text + "    other: {quota: 5, window_seconds: 60}\n",
+    )
+    .unwrap();
+    let r = h
+        .http
+        .post(format!("{}/admin/reload", h.proxy.admin_url))
+        .bearer_auth(h.key("admin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = h.get(key, "/api/v1/regions").await;
+    assert_eq!(r.status(), 429, "a reload does not hand out a fresh quota");
+}

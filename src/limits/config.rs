@@ -17,7 +17,8 @@ pub struct LimitsConfig {
     pub policies: BTreeMap<String, PolicyConfig>,
     /// Policy for every authenticated caller whose roles name none (null: none).
     pub default_policy: Option<String>,
-    /// Policy for requests without a principal, counted per source address (null: none).
+    /// Policy for routes answered without a principal (`/health`, `/ready`, the token
+    /// endpoint), counted per source address (null: none).
     pub anonymous_policy: Option<String>,
     /// Role name -> policy (or list of policies) that replaces the default policy for callers
     /// with that role.

@@ -84,7 +84,14 @@ impl OrionProxy {
         ctx.route = Some(route.clone());
         ctx.params = params;
         match route.kind {
-            RouteKind::Health | RouteKind::Ready => return Ok(None),
+            RouteKind::Health | RouteKind::Ready => {
+                // Routes without a principal: `limits.anonymous_policy`, per source address.
+                let ip = session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip());
+                return Ok(crate::limits::admit(ctx, &session.req_header().method, ip));
+            }
             RouteKind::Mirror => {}
         }
         let principal = match rt.auth.authenticate(&session.req_header().headers) {
