@@ -32,9 +32,35 @@ pub struct Config {
     /// Request body validation: schemas, strictness, switches.
     #[serde(default)]
     pub validation: ValidationConfig,
+    /// The REST facade (`/v1`): how its tasks wait for OrionVM's state changes.
+    #[serde(default)]
+    pub facade: FacadeConfig,
     /// Rate limits, the polling cache, the budget toward OrionVM and the circuit breaker.
     #[serde(default)]
     pub limits: crate::limits::config::LimitsConfig,
+}
+
+/// The REST facade's tasks (reboot, snapshot).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct FacadeConfig {
+    /// How long a task waits for one state change (a reboot's stop, a snapshot's clones)
+    /// before it fails.
+    pub transition_timeout_ms: u64,
+    /// How often a task polls OrionVM while it waits.
+    pub poll_interval_ms: u64,
+    /// Tasks kept in memory; the oldest finished ones are forgotten first.
+    pub max_tasks: usize,
+}
+
+impl Default for FacadeConfig {
+    fn default() -> Self {
+        FacadeConfig {
+            transition_timeout_ms: 300_000,
+            poll_interval_ms: 1000,
+            max_tasks: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -219,18 +245,75 @@ fn default_true() -> bool {
 pub struct LoggingConfig {
     /// `stdout`, `off`, or a file path for the JSON access log.
     pub access_log: String,
+    /// Size-based rotation of a file access log.
+    pub rotate: RotateConfig,
+    /// Log the request headers (secrets redacted).
+    pub request_headers: bool,
+    /// Log the response headers (secrets redacted).
+    pub response_headers: bool,
+    /// Log JSON request bodies (secret fields redacted), up to `body_max_bytes`.
+    pub request_body: bool,
+    /// Log JSON response bodies (secret fields redacted), up to `body_max_bytes`.
+    pub response_body: bool,
+    /// Largest logged body, in bytes of redacted JSON; longer bodies are cut.
+    pub body_max_bytes: usize,
     /// Extra header names to redact (Authorization, X-API-Key, Cookie, Set-Cookie always are).
     pub redact_headers: Vec<String>,
     /// Extra body field names to redact (client_secret, access_token, password... always are).
     pub redact_fields: Vec<String>,
+    /// The audit trail: one record per mutating call, in its own file.
+    pub audit: AuditConfig,
 }
 
 impl Default for LoggingConfig {
     fn default() -> Self {
         LoggingConfig {
             access_log: "stdout".into(),
+            rotate: RotateConfig::default(),
+            request_headers: false,
+            response_headers: false,
+            request_body: false,
+            response_body: false,
+            body_max_bytes: 4096,
             redact_headers: Vec::new(),
             redact_fields: Vec::new(),
+            audit: AuditConfig::default(),
+        }
+    }
+}
+
+/// Size-based rotation: `FILE` is renamed `FILE.1` (older ones shift to `.2`...) once it would
+/// pass `max_bytes`; at most `max_files` rotated files are kept.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RotateConfig {
+    pub max_bytes: u64,
+    pub max_files: u32,
+}
+
+impl Default for RotateConfig {
+    fn default() -> Self {
+        RotateConfig {
+            max_bytes: 100 * 1024 * 1024,
+            max_files: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// File path of the audit trail, or `off`. Never the access log's file.
+    pub path: String,
+    /// Size-based rotation of the audit file.
+    pub rotate: RotateConfig,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            path: "off".into(),
+            rotate: RotateConfig::default(),
         }
     }
 }
@@ -254,6 +337,13 @@ pub struct RouteConfig {
     /// Whether the request body is JSON that the proxy reads and checks before forwarding.
     #[serde(default)]
     pub json_body: bool,
+    /// For `kind: facade`: the facade operation that answers (`instances.create`...).
+    #[serde(default)]
+    pub handler: Option<String>,
+    /// A mirror `GET` whose answer is a bare array: with list query parameters (`limit`,
+    /// `sort`, `state`...) the proxy pages, filters and sorts it itself.
+    #[serde(default)]
+    pub list: bool,
     /// JSON Schema the body must match: a shipped schema's name (`instances.assemble`, see
     /// `schemas/`) or a `.json` file. Implies `json_body`.
     #[serde(default)]
@@ -304,4 +394,8 @@ pub enum RouteKind {
     Health,
     /// Readiness, answered by the proxy.
     Ready,
+    /// The REST facade (`/v1`), answered by the proxy through its own calls to OrionVM.
+    Facade,
+    /// The OpenAPI document, answered by the proxy.
+    Openapi,
 }

@@ -409,11 +409,12 @@ pub async fn before_upstream(session: &mut Session, ctx: &mut Ctx) -> pingora::R
         let (Some(route), Some(tenant)) = (ctx.route.as_ref(), ctx.tenant.as_ref()) else {
             return Ok(false);
         };
-        if route.kind != RouteKind::Mirror {
-            return Ok(false);
-        }
+        // Mirror and facade mutations alike drop the object's cached reads.
         if is_mutation(&session.req_header().method) {
             cache::invalidate(&tenant.name, object_of(ctx));
+        }
+        if route.kind != RouteKind::Mirror {
+            return Ok(false);
         }
         if !ctx.limits.cached && tenant.account.available() {
             return Ok(false);

@@ -84,7 +84,7 @@ impl OrionProxy {
         ctx.route = Some(route.clone());
         ctx.params = params;
         match route.kind {
-            RouteKind::Health | RouteKind::Ready => {
+            RouteKind::Health | RouteKind::Ready | RouteKind::Openapi => {
                 // Routes without a principal: `limits.anonymous_policy`, per source address.
                 let ip = session
                     .client_addr()
@@ -92,7 +92,7 @@ impl OrionProxy {
                     .map(|a| a.ip());
                 return Ok(crate::limits::admit(ctx, &session.req_header().method, ip));
             }
-            RouteKind::Mirror => {}
+            RouteKind::Mirror | RouteKind::Facade => {}
         }
         let principal = match rt.auth.authenticate(&session.req_header().headers) {
             Ok(p) => p,
@@ -199,7 +199,11 @@ impl ProxyHttp for OrionProxy {
                 }
                 Ok(true)
             }
-            _ => Ok(false),
+            // The facade, the API document, and mirror lists asked to page, filter or sort.
+            Some(RouteKind::Facade | RouteKind::Openapi | RouteKind::Mirror) => {
+                crate::facade::answer(session, ctx).await
+            }
+            None => Ok(false),
         }
     }
 
@@ -355,7 +359,7 @@ impl ProxyHttp for OrionProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -375,12 +379,13 @@ impl ProxyHttp for OrionProxy {
             }
             ctx.rewrite = Some(BytesMut::new());
         }
+        observe::on_response_header(session, ctx, upstream);
         Ok(())
     }
 
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
@@ -411,6 +416,7 @@ impl ProxyHttp for OrionProxy {
         } else if let Some(b) = body {
             ctx.response_bytes += b.len();
         }
+        observe::on_response_body(session, ctx, body.as_ref(), end_of_stream);
         Ok(None)
     }
 
@@ -504,22 +510,7 @@ impl ProxyHttp for OrionProxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         metrics::in_flight(-1);
         crate::limits::finish(ctx, &session.req_header().method);
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(0);
-        let elapsed = ctx.started.elapsed();
-        metrics::request_done(
-            ctx.route_name(),
-            session.req_header().method.as_str(),
-            status,
-            ctx.tenant_name(),
-            elapsed.as_secs_f64(),
-            ctx.upstream_elapsed.map(|d| d.as_secs_f64()),
-        );
-        if let Some(rt) = ctx.runtime.clone() {
-            observe::access::log_request(&rt.log, session, ctx, status, e);
-        }
+        observe::finish(session, ctx, e);
     }
 }
 
