@@ -165,7 +165,12 @@ async fn the_cache_is_per_tenant_and_a_mutation_drops_it() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("orion_proxy_read_cache_total{result=\"hit\"} 1"),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("orion_proxy_cache_requests_total{")
+                && l.contains("result=\"hit\"")
+                && l.contains("route=\"instances.state\"")
+                && l.ends_with(" 1")),
         "{metrics}"
     );
 

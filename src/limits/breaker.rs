@@ -66,7 +66,7 @@ pub struct Breaker {
     changed_at_ms: AtomicU64,
     opened_total: AtomicU64,
     inner: Mutex<Inner>,
-    /// The endpoint, for logs and metrics.
+    /// The endpoint's name, for logs and metrics.
     label: String,
 }
 
@@ -164,6 +164,12 @@ impl Breaker {
     fn set_state(&self, s: u8) {
         self.state.store(s, Ordering::Release);
         self.changed_at_ms.store(now_ms(), Ordering::Relaxed);
+        let to = match s {
+            CLOSED => "closed",
+            OPEN => "open",
+            _ => "half_open",
+        };
+        crate::observe::metrics::breaker_transition(&self.label, to);
     }
 
     /// Whether a call could be let through now (no side effect).
@@ -286,7 +292,6 @@ impl Breaker {
         inner.probe_successes = 0;
         self.opened_total.fetch_add(1, Ordering::Relaxed);
         self.set_state(OPEN);
-        super::metrics::breaker_opened(&self.label);
         log::warn!("circuit breaker of {} open", self.label);
     }
 }

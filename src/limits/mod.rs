@@ -54,7 +54,7 @@ impl From<LimitsError> for ApiError {
                 retry_after,
                 headers,
             } => {
-                metrics::rate_limited(&policy);
+                crate::observe::metrics::rate_limited(&policy);
                 let mut err = ApiError::new(
                     429,
                     "rate_limited",
@@ -230,15 +230,18 @@ impl Limits {
         let mut plans = HashMap::new();
         let cache_on = c.enabled && c.cache.enabled;
         if let Some(table) = routes {
+            // The shipped list may name routes that a custom route table left out.
+            let explicit = c.cache.routes != config::CacheConfig::default().routes;
             for (i, name) in c.cache.routes.iter().enumerate() {
                 match table.routes().iter().find(|r| &*r.name == name) {
                     Some(r) if r.method == http::Method::GET && r.kind == RouteKind::Mirror => {}
                     Some(_) => errors.push(format!(
                         "limits.cache.routes[{i}]: '{name}' is not a GET route forwarded to OrionVM"
                     )),
-                    None => {
+                    None if explicit => {
                         errors.push(format!("limits.cache.routes[{i}]: unknown route '{name}'"))
                     }
+                    None => {}
                 }
             }
             for r in table.routes() {
@@ -443,7 +446,8 @@ pub async fn before_upstream(session: &mut Session, ctx: &mut Ctx) -> pingora::R
                     ("x-cache", "stale".to_string()),
                     ("warning", "110 - \"Response is Stale\"".to_string()),
                 ];
-                metrics::cache("stale");
+                let route_name = ctx.route.as_ref().map(|r| &*r.name).unwrap_or("unmatched");
+                crate::observe::metrics::cache_lookup(route_name, "stale");
                 respond::json(session, ctx, status, body, &extra).await?;
                 return Ok(true);
             }
@@ -521,7 +525,11 @@ pub async fn before_upstream(session: &mut Session, ctx: &mut Ctx) -> pingora::R
             ("miss", f)
         }
     };
-    metrics::cache(label);
+    let route_name = ctx.route.as_ref().map(|r| &*r.name).unwrap_or("unmatched");
+    match label {
+        "coalesced" => crate::observe::metrics::coalesced(route_name),
+        other => crate::observe::metrics::cache_lookup(route_name, other),
+    }
     let mut extra = limits.response_fields(&ctx.limits.verdicts);
     extra.push(("x-cache", label.to_string()));
     match &filled.outcome {

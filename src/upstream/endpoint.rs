@@ -54,10 +54,10 @@ struct Kept {
 
 static KEPT: Lazy<Mutex<HashMap<String, Kept>>> = Lazy::new(Default::default);
 
-fn kept_for(url: &str) -> (Arc<EndpointHealth>, Arc<Breaker>, Arc<EndpointStats>) {
+fn kept_for(url: &str, name: &str) -> (Arc<EndpointHealth>, Arc<Breaker>, Arc<EndpointStats>) {
     let mut map = KEPT.lock();
     let k = map.entry(url.to_string()).or_insert_with(|| Kept {
-        breaker: Arc::new(Breaker::new(url)),
+        breaker: Arc::new(Breaker::new(name)),
         ..Default::default()
     });
     (k.health.clone(), k.breaker.clone(), k.stats.clone())
@@ -143,9 +143,10 @@ impl Endpoint {
         };
         let base_path = url.path().trim_end_matches('/').to_string();
         let sni = cfg.sni.clone().unwrap_or_else(|| host.clone());
-        let (health, breaker, stats) = kept_for(&cfg.url);
+        let name: Arc<str> = cfg.name.clone().unwrap_or_else(|| authority.clone()).into();
+        let (health, breaker, stats) = kept_for(&cfg.url, &name);
         Ok(Endpoint {
-            name: cfg.name.clone().unwrap_or_else(|| authority.clone()).into(),
+            name,
             url: cfg.url.clone(),
             tls,
             host,
