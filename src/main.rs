@@ -59,6 +59,19 @@ enum Command {
         #[arg(long, default_value = "default")]
         tenant: String,
     },
+    /// Print a new OAuth2 client secret for /oauth/token and the config entry with its hash.
+    ClientSecret {
+        /// The client id.
+        #[arg(long)]
+        id: String,
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Hash a secret read from standard input instead of generating one.
+        #[arg(long)]
+        stdin: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -133,6 +146,40 @@ fn main() -> ExitCode {
             println!("Config entry (paste under api_keys:):");
             println!(
                 "  - {{name: {name}, hash: \"sha256:{hash}\", roles: [{role}], tenant: {tenant}}}"
+            );
+            ExitCode::SUCCESS
+        }
+        Command::ClientSecret {
+            id,
+            role,
+            tenant,
+            stdin,
+        } => {
+            let secret = if stdin {
+                let mut line = String::new();
+                if std::io::stdin().read_line(&mut line).is_err() || line.trim().is_empty() {
+                    eprintln!("no secret on standard input");
+                    return ExitCode::FAILURE;
+                }
+                line.trim().to_string()
+            } else {
+                orion_proxy::auth::tokens::generate_secret()
+            };
+            let hash = match orion_proxy::auth::tokens::hash_secret(&secret) {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if !stdin {
+                println!(
+                    "Client secret (give it to the client; it is not stored anywhere):\n  {secret}\n"
+                );
+            }
+            println!("Config entry (paste under clients:):");
+            println!(
+                "  - {{client_id: {id}, secret_hash: '{hash}', roles: [{role}], tenant: {tenant}}}"
             );
             ExitCode::SUCCESS
         }

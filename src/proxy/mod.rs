@@ -85,10 +85,10 @@ impl OrionProxy {
         ctx.route = Some(route.clone());
         ctx.params = params;
         match route.kind {
-            RouteKind::Health | RouteKind::Ready => return Ok(None),
+            RouteKind::Health | RouteKind::Ready | RouteKind::OauthToken => return Ok(None),
             RouteKind::Mirror => {}
         }
-        let principal = match rt.auth.authenticate(&session.req_header().headers) {
+        let principal = match rt.auth.authenticate(&session.req_header().headers).await {
             Ok(p) => p,
             Err(e) => {
                 ctx.auth_failure = Some(e.reason());
@@ -185,6 +185,10 @@ impl ProxyHttp for OrionProxy {
                             .await?
                     }
                 }
+                Ok(true)
+            }
+            Some(RouteKind::OauthToken) => {
+                local::oauth_token(session, ctx).await?;
                 Ok(true)
             }
             _ => Ok(false),
