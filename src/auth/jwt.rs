@@ -282,7 +282,9 @@ pub struct Issuer {
     pub name: String,
     iss: String,
     algorithms: Vec<Algorithm>,
-    validation: Validation,
+    /// One per pinned algorithm: jsonwebtoken wants every algorithm of a `Validation` to fit
+    /// the key's family.
+    validations: Vec<(Algorithm, Validation)>,
     keys: Keys,
     subject_claim: String,
     roles_claim: String,
@@ -432,8 +434,17 @@ impl Jwt {
     ) -> Result<Value, JwtError> {
         let alg = header.alg;
         let kid = header.kid.as_deref();
+        let validation = issuer
+            .validations
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .map(|(_, v)| v)
+            .ok_or(err(
+                "algorithm",
+                "the token's algorithm is not accepted for its issuer",
+            ))?;
         let decode = |key: &DecodingKey| {
-            jsonwebtoken::decode::<Value>(token, key, &issuer.validation).map(|d| d.claims)
+            jsonwebtoken::decode::<Value>(token, key, validation).map(|d| d.claims)
         };
         let result = match &issuer.keys {
             Keys::Hmac(key) => decode(key),
@@ -714,19 +725,24 @@ fn build_issuer(
     if errors.len() > before {
         return None;
     }
-    let mut validation = Validation::new(*algorithms.first()?);
-    validation.algorithms = algorithms.clone();
-    validation.leeway = leeway;
-    validation.validate_nbf = true;
-    validation.validate_exp = true;
-    validation.set_issuer(&[ic.issuer.as_str()]);
-    validation.set_audience(&ic.audiences);
-    validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+    let validations = algorithms
+        .iter()
+        .map(|alg| {
+            let mut v = Validation::new(*alg);
+            v.leeway = leeway;
+            v.validate_nbf = true;
+            v.validate_exp = true;
+            v.set_issuer(&[ic.issuer.as_str()]);
+            v.set_audience(&ic.audiences);
+            v.set_required_spec_claims(&["exp", "iss", "aud"]);
+            (*alg, v)
+        })
+        .collect();
     Some(Issuer {
         name: ic.name.clone(),
         iss: ic.issuer.clone(),
         algorithms,
-        validation,
+        validations,
         keys: keys?,
         subject_claim: ic.subject_claim.clone(),
         roles_claim: ic.roles_claim.clone(),
