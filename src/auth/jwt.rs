@@ -316,6 +316,8 @@ pub struct Jwt {
     cache: MemoryCache<String, Arc<Cached>>,
     leeway: u64,
     tenants: HashSet<String>,
+    /// Signature checks made (cache misses that got as far as a key).
+    signature_checks: AtomicU64,
 }
 
 impl Jwt {
@@ -361,11 +363,17 @@ impl Jwt {
             cache: MemoryCache::new(cfg.cache_entries.clamp(1, 10_000_000)),
             leeway: cfg.leeway_seconds,
             tenants: tenants.iter().map(|t| t.to_string()).collect(),
+            signature_checks: AtomicU64::new(0),
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.issuers.is_empty()
+    }
+
+    /// How many tokens needed a signature check (the rest came from the cache).
+    pub fn signature_checks(&self) -> u64 {
+        self.signature_checks.load(Ordering::Relaxed)
     }
 
     pub fn issuers(&self) -> &[Arc<Issuer>] {
@@ -444,6 +452,7 @@ impl Jwt {
                 "the token's algorithm is not accepted for its issuer",
             ))?;
         let decode = |key: &DecodingKey| {
+            self.signature_checks.fetch_add(1, Ordering::Relaxed);
             jsonwebtoken::decode::<Value>(token, key, validation).map(|d| d.claims)
         };
         let result = match &issuer.keys {
@@ -776,6 +785,138 @@ impl pingora::services::background::BackgroundService for Refresher {
                 _ = tick.tick() => self.state.current().auth.jwt.refresh_due().await,
                 _ = shutdown.changed() => return,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::permissions::PermissionRegistry;
+    use jsonwebtoken::{EncodingKey, Header, jwk::Jwk};
+    use std::collections::BTreeMap;
+
+    fn roles() -> Roles {
+        let mut reg = PermissionRegistry::default();
+        reg.intern("instances:read").unwrap();
+        reg.intern("instances:delete").unwrap();
+        let mut r = BTreeMap::new();
+        r.insert("viewer".to_string(), vec!["*:read".to_string()]);
+        r.insert("admin".to_string(), vec!["*".to_string()]);
+        Roles::build(&r, &reg).unwrap()
+    }
+
+    fn issuer(name: &str) -> IssuerConfig {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "issuer": format!("https://{name}.test"), "audiences": ["proxy"],
+            "algorithms": ["ES256"], "default_tenant": "acme",
+        }))
+        .unwrap()
+    }
+
+    fn now() -> u64 {
+        crate::auth::tokens::now_unix()
+    }
+
+    #[tokio::test]
+    async fn static_keys_map_claims_and_a_repeated_token_is_a_cache_hit() {
+        use p256::pkcs8::EncodePrivateKey;
+        let sk = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+        let enc = EncodingKey::from_ec_der(sk.to_pkcs8_der().unwrap().as_bytes());
+        let mut jwk = Jwk::from_encoding_key(&enc, Algorithm::ES256).unwrap();
+        jwk.common.key_id = Some("k1".into());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("jwks.json");
+        std::fs::write(&file, serde_json::to_vec(&JwkSet { keys: vec![jwk] }).unwrap()).unwrap();
+        let mut ic = issuer("idp");
+        ic.jwks_file = Some(file.display().to_string());
+        ic.tenant_claim = Some("org.tenant".into());
+        let cfg = JwtConfig {
+            issuers: vec![ic],
+            ..Default::default()
+        };
+        let roles = roles();
+        let tenants: HashSet<&str> = ["acme", "globex"].into_iter().collect();
+        let mut errors = Vec::new();
+        let jwt = Jwt::build(&cfg, &roles, &tenants, None, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some("k1".into());
+        let claims = serde_json::json!({"iss": "https://idp.test", "aud": "proxy", "sub": "ann",
+            "exp": now() + 300, "roles": ["viewer", "not-a-role"], "org": {"tenant": "globex"}});
+        let token = jsonwebtoken::encode(&h, &claims, &enc).unwrap();
+        let p = jwt.verify(&token, &roles).await.unwrap();
+        assert_eq!(&*p.id, "jwt:idp#ann");
+        assert_eq!(&*p.tenant, "globex");
+        assert_eq!(p.roles.len(), 1);
+        assert_eq!(&*p.roles[0], "viewer");
+        assert_eq!(jwt.signature_checks(), 1);
+        let again = jwt.verify(&token, &roles).await.unwrap();
+        assert!(Arc::ptr_eq(&p, &again));
+        assert_eq!(jwt.signature_checks(), 1, "the second time is a cache lookup");
+        // Without the nested claim, the default tenant.
+        let mut c2 = claims.clone();
+        c2.as_object_mut().unwrap().remove("org");
+        let t2 = jsonwebtoken::encode(&h, &c2, &enc).unwrap();
+        assert_eq!(&*jwt.verify(&t2, &roles).await.unwrap().tenant, "acme");
+    }
+
+    #[tokio::test]
+    async fn hmac_issuers_need_their_own_secret_and_cannot_mix_families() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("hs");
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef-hs").unwrap();
+        let mut ic = issuer("hs");
+        ic.algorithms = vec!["HS256".into()];
+        ic.hmac_secret = Some(crate::config::model::SecretRef::File(
+            secret.display().to_string(),
+        ));
+        ic.role_map = [("ops".to_string(), vec!["admin".to_string()])].into();
+        let cfg = JwtConfig {
+            issuers: vec![ic.clone()],
+            ..Default::default()
+        };
+        let roles = roles();
+        let tenants: HashSet<&str> = ["acme"].into_iter().collect();
+        let mut errors = Vec::new();
+        let jwt = Jwt::build(&cfg, &roles, &tenants, None, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let claims = serde_json::json!({"iss": "https://hs.test", "aud": "proxy", "sub": 7,
+            "exp": now() + 300, "roles": "ops"});
+        let good = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef-hs"),
+        )
+        .unwrap();
+        let p = jwt.verify(&good, &roles).await.unwrap();
+        assert_eq!(&*p.roles[0], "admin");
+        assert_eq!(&*p.id, "jwt:hs#7");
+        let bad = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"another secret of enough length!!"),
+        )
+        .unwrap();
+        assert_eq!(jwt.verify(&bad, &roles).await.unwrap_err().reason, "signature");
+
+        // Mixing HS256 with a public-key algorithm, or HS256 without a secret: config errors.
+        let mut mixed = ic.clone();
+        mixed.algorithms = vec!["HS256".into(), "RS256".into()];
+        let mut no_secret = issuer("nosecret");
+        no_secret.algorithms = vec!["HS256".into()];
+        no_secret.jwks_url = Some("https://idp.example/jwks".into());
+        let mut none = issuer("none");
+        none.algorithms = vec!["none".into()];
+        none.jwks_url = Some("https://idp.example/jwks".into());
+        for bad in [mixed, no_secret, none] {
+            let cfg = JwtConfig {
+                issuers: vec![bad.clone()],
+                ..Default::default()
+            };
+            let mut errors = Vec::new();
+            Jwt::build(&cfg, &roles, &tenants, None, &mut errors);
+            assert!(!errors.is_empty(), "{} should be refused", bad.name);
         }
     }
 }
