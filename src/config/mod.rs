@@ -56,15 +56,13 @@ pub fn parse(text: &str) -> Result<Config, Vec<String>> {
         .iter_errors(&json)
         .map(|e| {
             let path = dotted(&e.instance_path().to_string());
-            format!(
-                "{}: {}",
-                if path.is_empty() {
-                    "(top level)".into()
-                } else {
-                    path
-                },
-                e
-            )
+            let what = describe(&e, &path);
+            let at = if path.is_empty() {
+                "(top level)".to_string()
+            } else {
+                path
+            };
+            format!("{at}: {what}")
         })
         .collect();
     if !errors.is_empty() {
@@ -73,6 +71,24 @@ pub fn parse(text: &str) -> Result<Config, Vec<String>> {
         return Err(errors);
     }
     serde_path_to_error::deserialize(json).map_err(|e| vec![format!("{}: {}", e.path(), e.inner())])
+}
+
+/// A schema error's message without the offending value (it may be a secret pasted in the
+/// wrong place), with a hint for the forms that have several shapes.
+fn describe(e: &jsonschema::ValidationError<'_>, path: &str) -> String {
+    let msg = e
+        .to_string()
+        .replace(&e.instance().to_string(), "the value");
+    if msg.contains("oneOf") || msg.contains("anyOf") {
+        if path.contains("credentials") {
+            return "must be {type: oauth2, client_id, client_secret} or {type: static_token, token}; \
+                    each secret is {env: NAME}, {file: PATH} or {credential: NAME}, never the secret itself"
+                .to_string();
+        }
+        return "the value matches none of the allowed forms (see the configuration reference)"
+            .to_string();
+    }
+    msg
 }
 
 /// `/server/listen` -> `server.listen`, `/api_keys/0/hash` -> `api_keys[0].hash`.

@@ -125,6 +125,13 @@ impl OrionProxy {
     }
 }
 
+fn declares_empty_body(resp: &ResponseHeader) -> bool {
+    resp.headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() == "0")
+}
+
 fn method_has_body(m: &http::Method) -> bool {
     matches!(
         *m,
@@ -314,6 +321,23 @@ impl ProxyHttp for OrionProxy {
         if let Some(t) = ctx.upstream_started {
             ctx.upstream_elapsed = Some(t.elapsed());
         }
+        if status >= 400 && declares_empty_body(upstream) {
+            // No body task will follow, so the body filter could not replace it: answer the
+            // error body from fail_to_proxy instead.
+            ctx.error = Some(if status == 401 {
+                ApiError::bad_gateway(
+                    "upstream_auth_failed",
+                    "OrionVM refused the proxy's credentials",
+                )
+            } else {
+                errors::from_upstream(status, b"")
+            });
+            let code = if status == 401 { 502 } else { status };
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(code),
+                "OrionVM answered an empty error",
+            ));
+        }
         if status == 401
             && !ctx.token_retry_used
             && let (Some(tenant), Some(used)) = (&ctx.tenant, &ctx.upstream_auth)
@@ -457,6 +481,8 @@ impl ProxyHttp for OrionProxy {
                 ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
             );
         if writable && !downstream_dead {
+            // Pingora closes the connection after a failed proxy attempt: say so.
+            session.as_downstream_mut().set_keepalive(None);
             if let Err(we) = respond::error(session, ctx, err).await {
                 log::debug!(
                     "request {}: could not write the error: {we}",

@@ -40,5 +40,9 @@ pub async fn error(session: &mut Session, ctx: &mut Ctx, err: ApiError) -> Resul
     }
     let status = err.status;
     ctx.error = Some(err);
+    // A request body left unread (a refused upload) would be taken for the next request.
+    if !session.as_downstream_mut().is_body_done() {
+        session.as_downstream_mut().set_keepalive(None);
+    }
     json(session, ctx, status, body, &extra).await
 }

@@ -103,6 +103,10 @@ pub struct ConfigBuilder {
     pub extra_top: String,
     pub max_body_bytes: usize,
     pub read_timeout_ms: u64,
+    /// Appended inside each endpoint's flow map (e.g. `, sni: other.example`).
+    pub endpoint_extra: String,
+    /// Extra lines of each account (indented four spaces, e.g. a `ca_file`).
+    pub account_extra: String,
 }
 
 impl ConfigBuilder {
@@ -120,6 +124,8 @@ impl ConfigBuilder {
             extra_top: String::new(),
             max_body_bytes: 65536,
             read_timeout_ms: 5000,
+            endpoint_extra: String::new(),
+            account_extra: String::new(),
         }
     }
 
@@ -150,7 +156,12 @@ impl ConfigBuilder {
             .sim_urls
             .iter()
             .enumerate()
-            .map(|(i, u)| format!("      - {{url: \"{u}\", name: sim{i}}}\n"))
+            .map(|(i, u)| {
+                format!(
+                    "      - {{url: \"{u}\", name: sim{i}{}}}\n",
+                    self.endpoint_extra
+                )
+            })
             .collect();
         let keys: String = self.keys.iter().map(Key::yaml).collect();
         let log = dir.join("access.log");
@@ -164,12 +175,12 @@ impl ConfigBuilder {
         yaml += &self.extra_server;
         yaml += "accounts:\n";
         yaml += &format!(
-            "  acme-orionvm:\n    endpoints:\n{endpoints}    read_timeout_ms: {}\n    credentials:\n{acme_creds}",
-            self.read_timeout_ms
+            "  acme-orionvm:\n    endpoints:\n{endpoints}{}    read_timeout_ms: {}\n    credentials:\n{acme_creds}",
+            self.account_extra, self.read_timeout_ms
         );
         yaml += &format!(
-            "  globex-orionvm:\n    endpoints:\n{endpoints}    read_timeout_ms: {}\n    credentials:\n",
-            self.read_timeout_ms
+            "  globex-orionvm:\n    endpoints:\n{endpoints}{}    read_timeout_ms: {}\n    credentials:\n",
+            self.account_extra, self.read_timeout_ms
         );
         yaml += &format!("      type: static_token\n      token: {{file: \"{globex_token}\"}}\n");
         yaml += "tenants:\n  acme: {account: acme-orionvm}\n  globex: {account: globex-orionvm}\n";
@@ -456,4 +467,52 @@ where
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Sends raw bytes to `url`'s host and port and reads the answer until the connection closes
+/// (send `Connection: close`). For requests that HTTP clients would normalise or refuse.
+pub async fn raw_request(url: &str, request: &[u8]) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .unwrap_or(buf.len());
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[split..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, head, body)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..line_end]).trim(), 16)
+            .unwrap_or(0);
+        data = &data[line_end + 2..];
+        if size == 0 || data.len() < size {
+            break;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[(size + 2).min(data.len())..];
+    }
+    out
 }
