@@ -827,7 +827,11 @@ mod tests {
         jwk.common.key_id = Some("k1".into());
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("jwks.json");
-        std::fs::write(&file, serde_json::to_vec(&JwkSet { keys: vec![jwk] }).unwrap()).unwrap();
+        std::fs::write(
+            &file,
+            serde_json::to_vec(&JwkSet { keys: vec![jwk] }).unwrap(),
+        )
+        .unwrap();
         let mut ic = issuer("idp");
         ic.jwks_file = Some(file.display().to_string());
         ic.tenant_claim = Some("org.tenant".into());
@@ -853,7 +857,11 @@ mod tests {
         assert_eq!(jwt.signature_checks(), 1);
         let again = jwt.verify(&token, &roles).await.unwrap();
         assert!(Arc::ptr_eq(&p, &again));
-        assert_eq!(jwt.signature_checks(), 1, "the second time is a cache lookup");
+        assert_eq!(
+            jwt.signature_checks(),
+            1,
+            "the second time is a cache lookup"
+        );
         // Without the nested claim, the default tenant.
         let mut c2 = claims.clone();
         c2.as_object_mut().unwrap().remove("org");
@@ -898,7 +906,10 @@ mod tests {
             &EncodingKey::from_secret(b"another secret of enough length!!"),
         )
         .unwrap();
-        assert_eq!(jwt.verify(&bad, &roles).await.unwrap_err().reason, "signature");
+        assert_eq!(
+            jwt.verify(&bad, &roles).await.unwrap_err().reason,
+            "signature"
+        );
 
         // Mixing HS256 with a public-key algorithm, or HS256 without a secret: config errors.
         let mut mixed = ic.clone();

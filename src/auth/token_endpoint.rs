@@ -19,6 +19,11 @@ pub const MAX_BODY: usize = 8 * 1024;
 
 static REQUESTS: Lazy<Rate> = Lazy::new(|| Rate::new(Duration::from_secs(60)));
 static FAILURES: Lazy<Rate> = Lazy::new(|| Rate::new(Duration::from_secs(60)));
+/// Secret checks (Argon2, deliberately slow) running at once, whatever the source: the
+/// proxy's CPU stays with the API under a distributed guessing attempt.
+const MAX_CONCURRENT_CHECKS: usize = 4;
+static CHECKING: Lazy<tokio::sync::Semaphore> =
+    Lazy::new(|| tokio::sync::Semaphore::new(MAX_CONCURRENT_CHECKS));
 
 /// RFC 6749 section 5.2 errors, plus the limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +39,8 @@ pub enum OAuthError {
     },
     /// No signing key configured: the endpoint cannot issue.
     NotConfigured,
+    /// Too many secret checks in progress.
+    Busy,
 }
 
 impl OAuthError {
@@ -44,6 +51,7 @@ impl OAuthError {
             OAuthError::UnsupportedGrantType(_) => "unsupported_grant_type",
             OAuthError::TooManyRequests { .. } => "rate_limited",
             OAuthError::NotConfigured => "not_configured",
+            OAuthError::Busy => "busy",
         }
     }
 }
@@ -90,6 +98,11 @@ impl From<OAuthError> for ApiError {
                 )
                 .with_retry_after(retry_after),
             ),
+            OAuthError::Busy => ApiError::unavailable(
+                "temporarily_unavailable",
+                "the token endpoint is busy; try again",
+            )
+            .with_retry_after(1),
             OAuthError::NotConfigured => ApiError::unavailable(
                 "temporarily_unavailable",
                 "the token endpoint has no signing key configured",
@@ -235,7 +248,7 @@ pub async fn issue(
     }
     let result = check(auth, oauth, headers, body).await;
     if let Err(e) = &result
-        && !matches!(e, OAuthError::NotConfigured)
+        && !matches!(e, OAuthError::NotConfigured | OAuthError::Busy)
     {
         FAILURES.observe(&ip, 1);
     }
@@ -252,6 +265,10 @@ async fn check(
     let issued = auth.issued();
     let client = issued.client(&req.client_id).cloned();
     let secret = req.client_secret;
+    let Ok(Ok(_permit)) = tokio::time::timeout(Duration::from_secs(2), CHECKING.acquire()).await
+    else {
+        return Err(OAuthError::Busy);
+    };
     let matched = tokio::task::spawn_blocking(move || match client {
         Some(c) => c.secret_matches(&secret).then_some(c),
         None => {
