@@ -160,7 +160,8 @@ impl Auth {
     }
 
     /// Authenticates a request from its headers: an issued token (`opt_` and 60 characters),
-    /// a JWT (three dot-separated parts), or an API key.
+    /// an API key (64 characters, one hash and one map probe), or a JWT (three dot-separated
+    /// parts) when issuers are configured.
     pub async fn authenticate(
         &self,
         headers: &http::HeaderMap,
@@ -181,22 +182,20 @@ impl Auth {
                     },
                 });
         }
-        if credential.bytes().filter(|b| *b == b'.').count() == 2 {
-            if self.jwt.is_empty() {
-                return Err(AuthError::UnknownKey);
-            }
-            return self
-                .jwt
-                .verify(credential, &self.roles)
-                .await
-                .map_err(|e| AuthError::Token {
-                    reason: e.reason,
-                    detail: e.detail,
-                });
-        }
         match self.keys.lookup(credential) {
             Some(KeyState::Enabled(p)) => Ok(p.clone()),
             Some(KeyState::Disabled(_)) => Err(AuthError::DisabledKey),
+            None if !self.jwt.is_empty()
+                && credential.bytes().filter(|b| *b == b'.').count() == 2 =>
+            {
+                self.jwt
+                    .verify(credential, &self.roles)
+                    .await
+                    .map_err(|e| AuthError::Token {
+                        reason: e.reason,
+                        detail: e.detail,
+                    })
+            }
             None => Err(AuthError::UnknownKey),
         }
     }
