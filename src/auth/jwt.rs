@@ -819,6 +819,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn eddsa_from_a_static_jwks() {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        let sk = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let enc = EncodingKey::from_ed_der(sk.to_pkcs8_der().unwrap().as_bytes());
+        use base64::Engine;
+        let x =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sk.verifying_key().as_bytes());
+        let jwk: Jwk = serde_json::from_value(serde_json::json!(
+            {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "ed", "alg": "EdDSA"}
+        ))
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("jwks.json");
+        std::fs::write(
+            &file,
+            serde_json::to_vec(&JwkSet { keys: vec![jwk] }).unwrap(),
+        )
+        .unwrap();
+        let mut ic = issuer("ed");
+        ic.algorithms = vec!["EdDSA".into()];
+        ic.jwks_file = Some(file.display().to_string());
+        let cfg = JwtConfig {
+            issuers: vec![ic],
+            ..Default::default()
+        };
+        let roles = roles();
+        let tenants: HashSet<&str> = ["acme"].into_iter().collect();
+        let mut errors = Vec::new();
+        let jwt = Jwt::build(&cfg, &roles, &tenants, None, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.kid = Some("ed".into());
+        let claims = serde_json::json!({"iss": "https://ed.test", "aud": ["other", "proxy"],
+            "sub": "eve", "exp": now() + 300, "roles": ["admin"]});
+        let token = jsonwebtoken::encode(&h, &claims, &enc).unwrap();
+        let p = jwt.verify(&token, &roles).await.unwrap();
+        assert_eq!((&*p.id, &*p.tenant), ("jwt:ed#eve", "acme"));
+        assert!(p.has_role("admin"));
+    }
+
+    #[tokio::test]
     async fn static_keys_map_claims_and_a_repeated_token_is_a_cache_hit() {
         use p256::pkcs8::EncodePrivateKey;
         let sk = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
