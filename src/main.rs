@@ -85,13 +85,15 @@ fn main() -> ExitCode {
         Command::Check { config } => match orion_proxy::config::load(&config, None) {
             Ok(rt) => {
                 println!(
-                    "{}: OK (version {}, {} routes, {} accounts, {} tenants, {} API keys)",
+                    "{}: OK (version {}, {} routes, {} accounts, {} tenants, {} API keys, {} clients, {} JWT issuers)",
                     config.display(),
                     rt.version,
                     rt.routes.routes().len(),
                     rt.upstreams.accounts.len(),
                     rt.upstreams.tenants.len(),
-                    rt.config.api_keys.len()
+                    rt.config.api_keys.len(),
+                    rt.config.clients.len(),
+                    rt.config.jwt.issuers.len()
                 );
                 ExitCode::SUCCESS
             }

@@ -314,3 +314,55 @@ async fn token_requests_per_address_are_limited() {
     let r = request_token(&h.http, &h.proxy.url, &tf.id, &tf.secret, true).await;
     expect_error(r, 429, "rate_limited").await;
 }
+
+#[test]
+fn identity_config_errors_name_their_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let short_key = dir.path().join("short-key");
+    std::fs::write(&short_key, "too short").unwrap();
+    let mut cfg = ConfigBuilder::new("http://127.0.0.1:9");
+    cfg.extra_top = format!(
+        "oauth:\n  signing_key: {{file: \"{}\"}}\n  expires_in: 30\nclients:\n  - {{client_id: a, secret_hash: 'sha256:00', roles: [wizard], tenant: nowhere}}\n  - {{client_id: a, secret_hash: '{}', roles: [viewer], tenant: acme}}\n",
+        short_key.display(),
+        orion_proxy::auth::tokens::hash_secret("x").unwrap()
+    );
+    let path = cfg.write(dir.path(), &Ports::free());
+    let out = std::process::Command::new(binary())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "oauth.signing_key: must be at least 32 bytes",
+        "oauth.expires_in",
+        "clients[0] (a).roles[0]: unknown role 'wizard'",
+        "clients[0] (a).tenant: unknown tenant 'nowhere'",
+        "clients[0] (a).secret_hash: is not an Argon2 PHC string",
+        "clients[1] (a).client_id: duplicate client id",
+    ] {
+        assert!(err.contains(want), "{want} in:\n{err}");
+    }
+    assert!(
+        !err.contains("too short"),
+        "the key's value is never echoed"
+    );
+
+    // Clients without a signing key.
+    cfg.extra_top = format!(
+        "clients:\n  - {{client_id: b, secret_hash: '{}', roles: [viewer], tenant: acme}}\n",
+        orion_proxy::auth::tokens::hash_secret("x").unwrap()
+    );
+    let path = cfg.write(dir.path(), &Ports::free());
+    let out = std::process::Command::new(binary())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("oauth.signing_key: required when clients are configured"),
+        "{err}"
+    );
+}

@@ -257,8 +257,13 @@ fn build_clients(config: &Config, roles: &Roles, errors: &mut Vec<String>) -> to
         );
     }
     let mut issued = tokens::Issued::new(keys);
+    let mut seen = std::collections::HashSet::new();
     for (i, c) in config.clients.iter().enumerate() {
         let at = format!("clients[{i}] ({})", c.client_id);
+        if !seen.insert(c.client_id.as_str()) {
+            errors.push(format!("{at}.client_id: duplicate client id"));
+            continue;
+        }
         if c.client_id.is_empty() || c.client_id.len() > 128 {
             errors.push(format!("{at}.client_id: must be 1 to 128 characters"));
         }
@@ -281,7 +286,9 @@ fn build_clients(config: &Config, roles: &Roles, errors: &mut Vec<String>) -> to
         ) {
             Ok(client) => {
                 if !issued.insert(client) {
-                    errors.push(format!("{at}.client_id: duplicate client id"));
+                    errors.push(format!(
+                        "{at}.client_id: its tag collides with another client's; rename it"
+                    ));
                 }
             }
             Err(e) => errors.push(format!("{at}.secret_hash: {e}")),
