@@ -271,8 +271,13 @@ fn human(info: &serde_json::Value) -> String {
     out.push_str("  API keys (send as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'):\n");
     if let Some(keys) = info["api_keys"].as_object() {
         for (role, key) in keys {
+            let tenant = DEMO_KEYS
+                .iter()
+                .find(|(label, _, _)| label == role)
+                .map(|(_, _, t)| format!("  tenant {t}"))
+                .unwrap_or_default();
             out.push_str(&format!(
-                "    {role:<20} {}\n",
+                "    {role:<20} {}{tenant}\n",
                 key.as_str().unwrap_or_default()
             ));
         }
@@ -284,7 +289,14 @@ fn human(info: &serde_json::Value) -> String {
                 "    {:<20} secret {}  roles {}  tenant {}\n",
                 c["client_id"].as_str().unwrap_or_default(),
                 c["client_secret"].as_str().unwrap_or_default(),
-                c["roles"],
+                c["roles"]
+                    .as_array()
+                    .map(|r| r
+                        .iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","))
+                    .unwrap_or_default(),
                 c["tenant"].as_str().unwrap_or_default()
             ));
         }
