@@ -35,11 +35,9 @@ const DEMO_CLIENTS: &[(&str, &str, &str)] = &[
 
 /// The default port if it is free, otherwise any free one.
 fn port(default: u16, ephemeral: bool) -> Result<u16, String> {
-    if !ephemeral {
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", default)) {
-            drop(l);
-            return Ok(default);
-        }
+    if !ephemeral && let Ok(l) = TcpListener::bind(("127.0.0.1", default)) {
+        drop(l);
+        return Ok(default);
     }
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
@@ -239,10 +237,10 @@ fn patch_secret_refs(
 ) -> Result<(), String> {
     use crate::config::model::CredentialsConfig as C;
     let patch = |r: &mut SecretRef| -> Result<(), String> {
-        if let SecretRef::File(name) = r {
-            if let Some(value) = secrets.get(name.as_str()) {
-                *r = write_secret(dir, name, value)?;
-            }
+        if let SecretRef::File(name) = r
+            && let Some(value) = secrets.get(name.as_str())
+        {
+            *r = write_secret(dir, name, value)?;
         }
         Ok(())
     };
@@ -256,6 +254,12 @@ fn patch_secret_refs(
             patch(client_secret)?;
         }
         C::StaticToken { token } => patch(token)?,
+        C::Signature { key, token, .. } => {
+            patch(key)?;
+            if let Some(t) = token {
+                patch(t)?;
+            }
+        }
     }
     Ok(())
 }

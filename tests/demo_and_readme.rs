@@ -53,10 +53,10 @@ async fn wait_ready(url: &str) {
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if let Ok(r) = http.get(format!("{url}/ready")).send().await {
-            if r.status() == 200 {
-                return;
-            }
+        if let Ok(r) = http.get(format!("{url}/ready")).send().await
+            && r.status() == 200
+        {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

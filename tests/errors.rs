@@ -7,7 +7,6 @@ mod common;
 use common::*;
 use orion_proxy::sim::{ErrorBurst, FaultPlan};
 use serde_json::{Value, json};
-use std::time::Duration;
 
 const INSTANCE: &str = "3b0c2f6e-1111-4222-8333-944455556666";
 

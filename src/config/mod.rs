@@ -41,6 +41,8 @@ pub struct Runtime {
     pub log: LogPolicy,
     pub trusted_networks: Vec<ipnet::IpNet>,
     pub max_body_bytes: usize,
+    /// Per-route body schemas and rewrite rules, compiled once per build.
+    pub body_rules: crate::validate::BodyRules,
 }
 
 /// Parses YAML text into the model, reporting every problem with its path.
@@ -180,10 +182,16 @@ pub fn build(
     let log = LogPolicy::build(&config.logging)
         .map_err(|e| errors.extend(e))
         .ok();
+    let body_rules = crate::validate::BodyRules::build(route_list, &config.validation)
+        .map_err(|e| errors.extend(e))
+        .ok();
 
-    match (routes, auth, upstreams, log) {
-        (Some(routes), Some(auth), Some(upstreams), Some(log)) if errors.is_empty() => {
+    match (routes, auth, upstreams, log, body_rules) {
+        (Some(routes), Some(auth), Some(upstreams), Some(log), Some(body_rules))
+            if errors.is_empty() =>
+        {
             Ok(Runtime {
+                body_rules,
                 version: version_of(text),
                 max_body_bytes: config.server.max_body_bytes,
                 config,

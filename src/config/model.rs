@@ -38,6 +38,9 @@ pub struct Config {
     /// External identity providers whose JWTs are accepted.
     #[serde(default)]
     pub jwt: crate::auth::config::JwtConfig,
+    /// Request body validation: schemas, strictness, switches.
+    #[serde(default)]
+    pub validation: ValidationConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -138,6 +141,36 @@ pub enum CredentialsConfig {
     },
     /// A long-lived OrionVM token, sent as `Authorization: Bearer`.
     StaticToken { token: SecretRef },
+    /// RFC 9421 HTTP Message Signatures on every request (`src/upstream/signing.rs`),
+    /// optionally with a static bearer token as well.
+    Signature {
+        /// The `keyid` the upstream knows the key by.
+        keyid: String,
+        /// HMAC: the shared secret (raw bytes, or `base64:...`); ed25519: the 32-byte private
+        /// key seed as `base64:...` or 64 hex digits.
+        key: SecretRef,
+        #[serde(default)]
+        algorithm: SignatureAlgorithm,
+        /// Lifetime of a signature (`expires` - `created`), seconds.
+        #[serde(default = "default_signature_expires")]
+        expires_seconds: u64,
+        /// A static token also sent as `Authorization: Bearer`, for upstreams that want both.
+        #[serde(default)]
+        token: Option<SecretRef>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+pub enum SignatureAlgorithm {
+    #[default]
+    #[serde(rename = "hmac-sha256")]
+    HmacSha256,
+    #[serde(rename = "ed25519")]
+    Ed25519,
+}
+
+fn default_signature_expires() -> u64 {
+    60
 }
 
 fn default_token_path() -> String {
@@ -221,6 +254,44 @@ pub struct RouteConfig {
     /// Whether the request body is JSON that the proxy reads and checks before forwarding.
     #[serde(default)]
     pub json_body: bool,
+    /// JSON Schema the body must match: a shipped schema's name (`instances.assemble`, see
+    /// `schemas/`) or a `.json` file. Implies `json_body`.
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// Refuse fields the schema does not name (default: `validation.strict_mirror`).
+    #[serde(default)]
+    pub strict: Option<bool>,
+    /// Rewrites applied to the validated body before it goes upstream.
+    #[serde(default)]
+    pub rewrite: Option<RewriteConfig>,
+}
+
+/// Request body validation settings.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    /// Refuse unknown fields in mirror bodies too (facade schemas always refuse them).
+    pub strict_mirror: bool,
+    /// Directory searched first for `NAME.json` when a route names a schema, and against
+    /// which relative schema file paths are resolved.
+    pub schema_dir: Option<String>,
+    /// Route names whose schema is switched off (the body is still size-checked and parsed).
+    pub skip: Vec<String>,
+}
+
+/// Body rewriting rules of a route, applied in this order: drop, rename, set, defaults.
+/// Field names are top-level keys or dotted paths into objects (`network.id`).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewriteConfig {
+    /// Fields removed whatever the caller sent (fields the caller may not set).
+    pub drop: Vec<String>,
+    /// Fields renamed, `from: to` (facade names to OrionVM names).
+    pub rename: BTreeMap<String, String>,
+    /// Fields set whatever the caller sent.
+    pub set: BTreeMap<String, serde_json::Value>,
+    /// Fields set only when the caller did not send them (or sent null).
+    pub defaults: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]

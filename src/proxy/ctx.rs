@@ -24,6 +24,9 @@ pub struct Ctx {
     /// The body read and checked in `request_filter`, handed upstream as is.
     pub body: Option<Bytes>,
     pub request_bytes: usize,
+    /// The body as validated and rewritten (routes with a JSON body), for handlers that need
+    /// the value: no second parse.
+    pub validated: Option<crate::validate::Validated>,
     /// Index of the endpoint of the current attempt, and how many attempts were made.
     pub endpoint: Option<usize>,
     pub attempts: u8,
@@ -60,6 +63,7 @@ impl Ctx {
             tenant: None,
             body: None,
             request_bytes: 0,
+            validated: None,
             endpoint: None,
             attempts: 0,
             upstream_auth: None,

@@ -10,7 +10,7 @@ use crate::config::model::RouteKind;
 use crate::errors::{self, ApiError};
 use crate::observe::{self, metrics, request_id};
 use crate::routes::{Match, path};
-use crate::validate::body;
+use crate::validate;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use ctx::Ctx;
@@ -108,18 +108,14 @@ impl OrionProxy {
             )));
         };
         ctx.tenant = Some(tenant.clone());
-        if route.json_body && method_has_body(&session.req_header().method) {
-            let bytes = match body::read_whole(session, rt.max_body_bytes).await {
-                Ok(b) => b,
-                Err(e) => return Ok(Some(e.into())),
-            };
-            ctx.request_bytes = bytes.len();
-            if !bytes.iter().all(u8::is_ascii_whitespace) {
-                if let Err(e) = body::parse_json(&bytes) {
-                    return Ok(Some(e.into()));
-                }
-                ctx.body = Some(bytes);
+        let signs = tenant.account.credentials.signer().is_some();
+        match validate::read_request(session, &rt, &route, signs).await {
+            Ok(r) => {
+                ctx.request_bytes = r.received;
+                ctx.body = r.body;
+                ctx.validated = r.validated;
             }
+            Err(e) => return Ok(Some(e.into())),
         }
         Ok(None)
     }
@@ -130,13 +126,6 @@ fn declares_empty_body(resp: &ResponseHeader) -> bool {
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim() == "0")
-}
-
-fn method_has_body(m: &http::Method) -> bool {
-    matches!(
-        *m,
-        http::Method::POST | http::Method::PUT | http::Method::PATCH
-    )
 }
 
 #[async_trait]
@@ -251,7 +240,7 @@ impl ProxyHttp for OrionProxy {
         upstream.remove_header("x-api-key");
         upstream.remove_header("cookie");
         upstream.remove_header("proxy-authorization");
-        let auth = match account.credentials.authorization().await {
+        let auth = match account.credentials.authorization_header().await {
             Ok(v) => v,
             Err(e) => {
                 log::warn!("request {}: {e}", ctx.request_id);
@@ -266,8 +255,10 @@ impl ProxyHttp for OrionProxy {
                 ));
             }
         };
-        upstream.insert_header("authorization", auth.clone())?;
-        ctx.upstream_auth = Some(auth);
+        if let Some(auth) = auth {
+            upstream.insert_header("authorization", auth.clone())?;
+            ctx.upstream_auth = Some(auth);
+        }
         let query = session.req_header().uri.query();
         let target = match query {
             Some(q) => format!("{}{}?{q}", endpoint.base_path, ctx.path),
@@ -286,6 +277,16 @@ impl ProxyHttp for OrionProxy {
         if let Some(b) = &ctx.body {
             upstream.remove_header("transfer-encoding");
             upstream.insert_header("content-length", b.len().to_string())?;
+        }
+        if let Some(signer) = account.credentials.signer() {
+            // Last, on the request exactly as it leaves: path, Host and body are final.
+            let body = ctx.body.as_deref().unwrap_or_default();
+            crate::upstream::signing::sign_request_header(
+                signer,
+                upstream,
+                &endpoint.authority,
+                body,
+            )?;
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ mod api;
 mod faults;
 mod model;
 mod server;
+mod signature;
 mod stats;
 mod util;
 
@@ -34,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use faults::{ErrorBurst, FaultPlan};
+pub use signature::content_digest;
 pub use stats::{AccountCalls, CallStats, RecordedRequest};
 
 /// Demo account `acme`: OAuth client id.
@@ -58,7 +60,8 @@ pub struct SimOptions {
     pub timings: SimTimings,
     /// Lifetime of issued OAuth tokens (`expires_in`).
     pub token_ttl: Duration,
-    /// Placeholder for RFC 9421 request-signature verification (not used yet).
+    /// When set, every API call (not `/oauth/token`, not `/_sim/`) must carry a valid RFC 9421
+    /// signature made with this key, or it is answered 401 `invalid_signature`.
     pub signature: Option<SimSignatureKey>,
 }
 
@@ -87,17 +90,30 @@ impl fmt::Debug for SimClient {
     }
 }
 
-/// Key for RFC 9421 signatures (placeholder; unused for now).
+/// Key for RFC 9421 signature verification (see `signature.rs`).
 #[derive(Clone)]
 pub struct SimSignatureKey {
     pub keyid: String,
+    /// `hmac-sha256`: the shared secret; `ed25519`: the 32-byte public key.
     pub secret: Vec<u8>,
+    pub algorithm: SimSignatureAlgorithm,
+    /// The account of signed requests that carry no bearer token; with `None` they also
+    /// need a valid `Authorization: Bearer`.
+    pub account: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimSignatureAlgorithm {
+    HmacSha256,
+    Ed25519,
 }
 
 impl fmt::Debug for SimSignatureKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SimSignatureKey")
             .field("keyid", &self.keyid)
+            .field("algorithm", &self.algorithm)
+            .field("account", &self.account)
             .field("secret", &"<redacted>")
             .finish()
     }

@@ -34,6 +34,8 @@ use super::util::{
 use super::{SimOptions, SimTimings};
 
 const MAX_BODY: usize = 1 << 20;
+/// Bytes of each request body kept in the recent requests.
+const RECORDED_BODY_MAX: usize = 64 * 1024;
 
 #[derive(Debug)]
 struct IssuedToken {
@@ -56,6 +58,7 @@ pub(crate) struct Shared {
     faults: Mutex<FaultState>,
     timings: SimTimings,
     token_ttl: Duration,
+    signature: Option<super::signature::Verifier>,
 }
 
 impl Shared {
@@ -89,6 +92,7 @@ impl Shared {
             faults: Mutex::new(FaultState::default()),
             timings: opts.timings,
             token_ttl: opts.token_ttl,
+            signature: opts.signature.map(super::signature::Verifier::new),
         })
     }
 
@@ -160,6 +164,45 @@ impl Shared {
             }
             Some(t) => Ok(t.account),
             None => Err(unauthorized("invalid_token", "The access token is invalid")),
+        }
+    }
+
+    /// With signature verification on: the signature first (401 `invalid_signature`), then
+    /// the bearer token, unless the request has none and the key names an account.
+    fn authenticate_signed(
+        &self,
+        parts: &http::request::Parts,
+        body: &[u8],
+    ) -> Result<usize, Reply> {
+        let Some(v) = &self.signature else {
+            return self.authenticate(&parts.headers);
+        };
+        let received = super::signature::Received {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            body,
+        };
+        if let Err(why) = v.verify(&received) {
+            return Err(
+                error_plain(StatusCode::UNAUTHORIZED, "invalid_signature", &why)
+                    .with_header("www-authenticate", "Signature realm=\"OrionVM\""),
+            );
+        }
+        match v.account() {
+            Some(name) if !parts.headers.contains_key(AUTHORIZATION) => self
+                .account_names
+                .iter()
+                .position(|a| a == name)
+                .ok_or_else(|| {
+                    error_plain(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_signature",
+                        "unknown account",
+                    )
+                }),
+            _ => self.authenticate(&parts.headers),
         }
     }
 
@@ -465,7 +508,7 @@ async fn handle(
         None => path.chars().take(200).collect(),
     };
     let is_oauth = matched.as_ref().is_some_and(|m| m.route == "/oauth/token");
-    let auth = (!is_oauth).then(|| shared.authenticate(&parts.headers));
+    let auth = (!is_oauth).then(|| shared.authenticate_signed(&parts, &body));
     let account = if is_oauth {
         shared.oauth_account(&parts.headers, &body)
     } else {
@@ -482,6 +525,7 @@ async fn handle(
             route: route.clone(),
             account: account_name,
             headers: record(&parts.headers),
+            body: String::from_utf8_lossy(&body[..body.len().min(RECORDED_BODY_MAX)]).into_owned(),
         });
     }
 

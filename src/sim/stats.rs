@@ -84,6 +84,9 @@ pub struct RecordedRequest {
     /// Header name (lowercase) and value; `authorization` values are reduced to
     /// their scheme and a `<redacted>` marker.
     pub headers: Vec<(String, String)>,
+    /// The request body as received (lossy UTF-8, first 64 KiB).
+    #[serde(default)]
+    pub body: String,
 }
 
 impl RecordedRequest {

@@ -67,17 +67,44 @@ pub async fn call(
         };
         let auth = account
             .credentials
-            .authorization()
+            .authorization_header()
             .await
             .map_err(|e| CallError::Credentials(e.to_string()))?;
         let mut req = account
             .http
             .request(method.clone(), endpoint.url_for(path))
-            .header("authorization", auth.clone())
             .header("x-request-id", request_id)
             .header("content-type", "application/json");
-        if let Some(b) = body {
-            req = req.json(b);
+        if let Some(a) = &auth {
+            req = req.header("authorization", a.clone());
+        }
+        // Serialising a `Value` cannot fail.
+        let bytes = body
+            .map(|b| serde_json::to_vec(b).unwrap_or_default())
+            .unwrap_or_default();
+        if let Some(signer) = account.credentials.signer() {
+            let full = format!("{}{path}", endpoint.base_path);
+            let (p, q) = match full.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (full.as_str(), None),
+            };
+            let h = signer
+                .sign(&super::signing::RequestParts {
+                    method: method.as_str(),
+                    authority: &endpoint.authority,
+                    path: p,
+                    query: q,
+                    content_type: Some("application/json"),
+                    body: &bytes,
+                })
+                .map_err(|e| CallError::Other(e.to_string()))?;
+            req = req
+                .header("content-digest", h.content_digest)
+                .header("signature-input", h.signature_input)
+                .header("signature", h.signature);
+        }
+        if body.is_some() {
+            req = req.body(bytes);
         }
         let started = Instant::now();
         let resp = match req.send().await {
@@ -92,7 +119,9 @@ pub async fn call(
         };
         let status = resp.status().as_u16();
         if status == 401 && !retried && account.credentials.mode() == "oauth2" {
-            account.credentials.invalidate(&auth);
+            if let Some(a) = &auth {
+                account.credentials.invalidate(a);
+            }
             retried = true;
             continue;
         }

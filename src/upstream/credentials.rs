@@ -13,12 +13,15 @@ use std::time::{Duration, Instant};
 pub enum CredentialError {
     /// OrionVM's token endpoint could not be reached or refused the proxy's client.
     TokenFetch(String),
+    /// The account signs its requests and has no bearer token (`authorization()` only).
+    NoBearer,
 }
 
 impl std::fmt::Display for CredentialError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CredentialError::TokenFetch(m) => write!(f, "fetching the OrionVM token failed: {m}"),
+            CredentialError::NoBearer => write!(f, "the account signs requests and has no token"),
         }
     }
 }
@@ -43,6 +46,11 @@ pub struct OAuth2Source {
 pub enum Credentials {
     Static(HeaderValue),
     OAuth2(OAuth2Source),
+    /// RFC 9421 signatures ([`super::signing`]), optionally with a static bearer token.
+    Signed {
+        signer: super::signing::Signer,
+        bearer: Option<HeaderValue>,
+    },
 }
 
 impl std::fmt::Debug for Credentials {
@@ -50,6 +58,7 @@ impl std::fmt::Debug for Credentials {
         f.write_str(match self {
             Credentials::Static(_) => "Credentials::Static([redacted])",
             Credentials::OAuth2(_) => "Credentials::OAuth2([redacted])",
+            Credentials::Signed { .. } => "Credentials::Signed([redacted])",
         })
     }
 }
@@ -104,7 +113,33 @@ impl Credentials {
         match self {
             Credentials::Static(v) => Ok(v.clone()),
             Credentials::OAuth2(src) => src.authorization().await,
+            Credentials::Signed { bearer, .. } => bearer.clone().ok_or(CredentialError::NoBearer),
         }
+    }
+
+    /// The `Authorization` value to send, if this account sends one (a signing account
+    /// without a token sends none).
+    pub async fn authorization_header(&self) -> Result<Option<HeaderValue>, CredentialError> {
+        match self {
+            Credentials::Signed { bearer, .. } => Ok(bearer.clone()),
+            _ => self.authorization().await.map(Some),
+        }
+    }
+
+    /// The signer, when the account signs its requests.
+    pub fn signer(&self) -> Option<&super::signing::Signer> {
+        match self {
+            Credentials::Signed { signer, .. } => Some(signer),
+            _ => None,
+        }
+    }
+
+    pub fn signed(
+        signer: super::signing::Signer,
+        token: Option<&Secret>,
+    ) -> Result<Credentials, String> {
+        let bearer = token.map(|t| bearer(t.expose())).transpose()?;
+        Ok(Credentials::Signed { signer, bearer })
     }
 
     /// OrionVM said the token is no good: forget it (only if it is still the current one).
@@ -120,7 +155,7 @@ impl Credentials {
     /// How many tokens were fetched from OrionVM (0 for a static token).
     pub fn tokens_fetched(&self) -> u64 {
         match self {
-            Credentials::Static(_) => 0,
+            Credentials::Static(_) | Credentials::Signed { .. } => 0,
             Credentials::OAuth2(src) => src.fetched.load(Ordering::Relaxed),
         }
     }
@@ -129,6 +164,7 @@ impl Credentials {
         match self {
             Credentials::Static(_) => "static_token",
             Credentials::OAuth2(_) => "oauth2",
+            Credentials::Signed { .. } => "signature",
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod credentials;
 pub mod endpoint;
+pub mod signing;
 
 use crate::config::model::{AccountConfig, Config, CredentialsConfig};
 use credentials::Credentials;
@@ -197,6 +198,31 @@ fn build_credentials(
                 .resolve()
                 .map_err(|e| format!("credentials.token: {e}"))?;
             Credentials::static_token(&t).map_err(|e| format!("credentials.token: {e}"))
+        }
+        CredentialsConfig::Signature {
+            keyid,
+            key,
+            algorithm,
+            expires_seconds,
+            token,
+        } => {
+            let k = key.resolve().map_err(|e| format!("credentials.key: {e}"))?;
+            let lifetime = Duration::from_secs(*expires_seconds);
+            let signer = match algorithm {
+                crate::config::model::SignatureAlgorithm::HmacSha256 => {
+                    signing::Signer::hmac_sha256(keyid, k.expose(), lifetime)
+                }
+                crate::config::model::SignatureAlgorithm::Ed25519 => {
+                    signing::Signer::ed25519(keyid, k.expose(), lifetime)
+                }
+            }
+            .map_err(|e| format!("credentials: {e}"))?;
+            let token = token
+                .as_ref()
+                .map(|t| t.resolve().map_err(|e| format!("credentials.token: {e}")))
+                .transpose()?;
+            Credentials::signed(signer, token.as_ref())
+                .map_err(|e| format!("credentials.token: {e}"))
         }
         CredentialsConfig::Oauth2 {
             client_id,

@@ -1,3 +1,457 @@
-//! Request bodies: read whole within a limit, parsed once, before anything goes upstream.
+//! Request bodies: read whole within a limit, parsed once, validated against the route's JSON
+//! Schema and rewritten by the route's rules, all before anything goes upstream.
+//!
+//! [`BodyRules`] is built once per config build from the route list; the hot path looks the
+//! route's rules up, validates the already parsed `serde_json::Value` (a quick `is_valid` first,
+//! the full error walk only for an invalid body), and re-serialises only when a rewrite changed
+//! something. The outcome is left in the request context as [`Validated`], so that a handler
+//! (the facade) reads the checked value instead of parsing the body again.
 
 pub mod body;
+pub mod rewrite;
+pub mod schema;
+
+use crate::config::model::{RouteConfig, ValidationConfig};
+use crate::errors::ApiError;
+use bytes::Bytes;
+use rewrite::Rewrite;
+use schema::{Compiler, Schema};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// At most this many violations are listed in `details`.
+const MAX_VIOLATIONS: usize = 50;
+/// Violation messages are cut to this many characters (they may quote the value).
+const MAX_MESSAGE: usize = 200;
+
+/// What a route does with its body beyond size and JSON checks.
+#[derive(Debug)]
+pub struct RouteBody {
+    /// The compiled schema; `None` when the route has none or `validation.skip` names it.
+    pub schema: Option<Arc<Schema>>,
+    pub rewrite: Option<Rewrite>,
+}
+
+/// Per route name, for the routes that have a schema or rewrite rules.
+#[derive(Debug, Default)]
+pub struct BodyRules {
+    by_route: HashMap<String, Arc<RouteBody>>,
+}
+
+impl BodyRules {
+    /// Compiles every route's schema and rules. Errors carry the route's path in the config.
+    pub fn build(routes: &[RouteConfig], v: &ValidationConfig) -> Result<BodyRules, Vec<String>> {
+        let mut errors = Vec::new();
+        let dir = v.schema_dir.as_deref().map(std::path::Path::new);
+        if let Some(d) = dir
+            && !d.is_dir()
+        {
+            errors.push(format!(
+                "validation.schema_dir: {} is not a directory",
+                d.display()
+            ));
+        }
+        for (i, name) in v.skip.iter().enumerate() {
+            if !routes.iter().any(|r| &r.name == name) {
+                errors.push(format!("validation.skip[{i}]: no route named '{name}'"));
+            }
+        }
+        let mut compiler = Compiler::new(dir);
+        let mut by_route = HashMap::new();
+        for (i, rc) in routes.iter().enumerate() {
+            let at = format!("routes[{i}] ({})", rc.name);
+            let skipped = v.skip.iter().any(|s| s == &rc.name);
+            let strict = rc.strict.unwrap_or(v.strict_mirror);
+            let schema = match &rc.schema {
+                Some(name) if !skipped => match compiler.get(name, strict) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        errors.push(format!("{at}.schema: {e}"));
+                        None
+                    }
+                },
+                _ => None,
+            };
+            let rewrite = match rc.rewrite.as_ref().map(Rewrite::build) {
+                Some(Ok(r)) => r,
+                Some(Err(es)) => {
+                    errors.extend(es.into_iter().map(|e| format!("{at}.{e}")));
+                    None
+                }
+                None => None,
+            };
+            if rc.strict.is_some() && rc.schema.is_none() {
+                errors.push(format!("{at}.strict: the route has no schema"));
+            }
+            if (rc.schema.is_some() || rc.rewrite.is_some())
+                && !matches!(rc.method.as_str(), "POST" | "PUT" | "PATCH")
+            {
+                errors.push(format!(
+                    "{at}.method: bodies are read only for POST, PUT and PATCH, so {} cannot have a schema or rewrite",
+                    rc.method
+                ));
+            }
+            if schema.is_some() || rewrite.is_some() {
+                by_route.insert(rc.name.clone(), Arc::new(RouteBody { schema, rewrite }));
+            }
+        }
+        if errors.is_empty() {
+            Ok(BodyRules { by_route })
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn get(&self, route: &str) -> Option<&Arc<RouteBody>> {
+        self.by_route.get(route)
+    }
+}
+
+/// The checked body of a request, kept in the request context.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// The body after validation and rewriting (`{}` for an empty body).
+    pub value: Value,
+    /// The schema it matched, if the route has one.
+    pub schema: Option<Arc<str>>,
+    /// Whether a rewrite changed it (then the bytes sent upstream are its serialisation).
+    pub rewritten: bool,
+}
+
+/// The body as it goes upstream.
+pub struct Admitted {
+    /// Bytes to send instead of what was read (`None`: the bytes read, unchanged).
+    pub body: Option<Bytes>,
+    pub validated: Validated,
+}
+
+/// Every violation, by JSON path.
+#[derive(Debug)]
+pub struct ValidationError {
+    pub details: Map<String, Value>,
+    pub first: String,
+    pub count: usize,
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> ApiError {
+        let detail = if e.count > 1 {
+            format!("{} (and {} more)", e.first, e.count - 1)
+        } else {
+            e.first
+        };
+        ApiError::new(422, "validation_failed", "Request body is invalid", detail)
+            .with_details(e.details)
+    }
+}
+
+/// Why a body was refused: too large, unreadable or not JSON (413/400), or not valid (422).
+#[derive(Debug)]
+pub enum AdmitError {
+    Body(body::BodyError),
+    Invalid(ValidationError),
+}
+
+impl From<AdmitError> for ApiError {
+    fn from(e: AdmitError) -> ApiError {
+        match e {
+            AdmitError::Body(e) => e.into(),
+            AdmitError::Invalid(e) => e.into(),
+        }
+    }
+}
+
+/// A request body as `request_filter` leaves it.
+#[derive(Debug, Default)]
+pub struct ReadBody {
+    /// Bytes received from the caller.
+    pub received: usize,
+    /// The bytes to send upstream (`None`: no body was read, or it was empty).
+    pub body: Option<Bytes>,
+    /// The checked value, for routes whose body is JSON.
+    pub validated: Option<Validated>,
+}
+
+/// The body step of `request_filter`. Methods with a body (POST, PUT, PATCH) on routes with
+/// JSON bodies (`json_body`, a schema or rewrite rules) are read whole within
+/// `server.max_body_bytes`, parsed, validated and rewritten; when the account signs its
+/// requests (`signs`), every body is read whole so that its digest can be signed. Anything
+/// else is left to stream through untouched.
+pub async fn read_request(
+    session: &mut pingora_proxy::Session,
+    rt: &crate::config::Runtime,
+    route: &crate::routes::Route,
+    signs: bool,
+) -> Result<ReadBody, AdmitError> {
+    let has_body = matches!(
+        session.req_header().method,
+        http::Method::POST | http::Method::PUT | http::Method::PATCH
+    );
+    let rules = has_body.then(|| rt.body_rules.get(&route.name)).flatten();
+    let json = has_body && (route.json_body || rules.is_some());
+    if !json && !signs {
+        return Ok(ReadBody::default());
+    }
+    let bytes = body::read_whole(session, rt.max_body_bytes)
+        .await
+        .map_err(AdmitError::Body)?;
+    let mut out = ReadBody {
+        received: bytes.len(),
+        ..Default::default()
+    };
+    if json {
+        let a = admit(rules.map(|r| &**r), &bytes)?;
+        out.body = a.body;
+        out.validated = Some(a.validated);
+    }
+    if out.body.is_none() && !bytes.is_empty() {
+        out.body = Some(bytes);
+    }
+    Ok(out)
+}
+
+/// Parses (unless empty), validates and rewrites a body read whole.
+pub fn admit(rules: Option<&RouteBody>, bytes: &Bytes) -> Result<Admitted, AdmitError> {
+    let blank = bytes.iter().all(u8::is_ascii_whitespace);
+    let mut value = if blank {
+        Value::Object(Map::new())
+    } else {
+        body::parse_json(bytes).map_err(AdmitError::Body)?
+    };
+    let schema = rules.and_then(|r| r.schema.as_ref());
+    if let Some(s) = schema {
+        check(s, &value).map_err(AdmitError::Invalid)?;
+    }
+    let rewritten = rules
+        .and_then(|r| r.rewrite.as_ref())
+        .is_some_and(|rw| rw.apply(&mut value));
+    let body = if rewritten {
+        // Serialising a parsed `Value` cannot fail.
+        Some(Bytes::from(serde_json::to_vec(&value).unwrap_or_default()))
+    } else {
+        None
+    };
+    Ok(Admitted {
+        body,
+        validated: Validated {
+            value,
+            schema: schema.map(|s| s.name.clone()),
+            rewritten,
+        },
+    })
+}
+
+/// Validates `value` against `schema`, listing every violation by JSON path.
+pub fn check(schema: &Schema, value: &Value) -> Result<(), ValidationError> {
+    if schema.validator.is_valid(value) {
+        return Ok(());
+    }
+    let mut details = Map::new();
+    let mut first = None;
+    let mut count = 0;
+    let mut add = |path: String, msg: String| {
+        count += 1;
+        if details.len() >= MAX_VIOLATIONS && !details.contains_key(&path) {
+            return;
+        }
+        let msg = cut(msg);
+        if first.is_none() {
+            first = Some(format!("{path}: {msg}"));
+        }
+        if let Value::Array(list) = details
+            .entry(path)
+            .or_insert_with(|| Value::Array(Vec::new()))
+            && !list.iter().any(|m| m.as_str() == Some(msg.as_str()))
+        {
+            list.push(Value::String(msg));
+        }
+    };
+    for e in schema.validator.iter_errors(value) {
+        let at = e.instance_path().to_string();
+        match e.kind() {
+            jsonschema::error::ValidationErrorKind::Required { property } => {
+                let name = property.as_str().unwrap_or_default();
+                add(join(&at, name), "is required".into());
+            }
+            jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
+                for name in unexpected {
+                    add(join(&at, name), "is not allowed".into());
+                }
+            }
+            kind => {
+                let path = json_path(&at);
+                // Messages quote the value; not for fields that look like they hold secrets
+                // (the first message is also the logged `detail`).
+                let msg = if secret_like(&path) {
+                    format!("does not satisfy '{}' (value not shown)", kind.keyword())
+                } else {
+                    e.to_string()
+                };
+                add(path, msg)
+            }
+        }
+    }
+    Err(ValidationError {
+        details,
+        first: first.unwrap_or_else(|| "the body does not match the schema".into()),
+        count,
+    })
+}
+
+/// Field names whose values are never quoted back (`db_password`, `api_token`...).
+fn secret_like(path: &str) -> bool {
+    let last = path
+        .rsplit(['.', '['])
+        .next()
+        .unwrap_or(path)
+        .to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "token",
+        "credential",
+        "private",
+        "passphrase",
+    ]
+    .iter()
+    .any(|w| last.contains(w))
+}
+
+fn cut(mut s: String) -> String {
+    if s.chars().count() > MAX_MESSAGE {
+        s = s.chars().take(MAX_MESSAGE).collect::<String>() + "...";
+    }
+    s
+}
+
+/// A JSON pointer as a dotted path: `/disks/0` -> `disks[0]`, `/a/b` -> `a.b`, `` -> `$`.
+pub fn json_path(pointer: &str) -> String {
+    let mut out = String::new();
+    for raw in pointer.split('/').skip(1) {
+        let seg = raw.replace("~1", "/").replace("~0", "~");
+        if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(&format!("[{seg}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&seg);
+        }
+    }
+    if out.is_empty() { "$".into() } else { out }
+}
+
+fn join(pointer: &str, name: &str) -> String {
+    let base = json_path(pointer);
+    if base == "$" {
+        name.to_string()
+    } else {
+        format!("{base}.{name}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn paths() {
+        assert_eq!(json_path(""), "$");
+        assert_eq!(json_path("/memory"), "memory");
+        assert_eq!(json_path("/disks/0"), "disks[0]");
+        assert_eq!(
+            json_path("/network_adapters/1/network"),
+            "network_adapters[1].network"
+        );
+        assert_eq!(
+            join("/network_adapters/0", "network"),
+            "network_adapters[0].network"
+        );
+    }
+
+    #[test]
+    fn every_violation_is_listed() {
+        let mut c = Compiler::new(None);
+        let s = c.get("instances.assemble", false).unwrap();
+        let err = check(
+            &s,
+            &json!({"name": "ok", "memory": 100, "disks": ["nope"], "boot_device": "floppy"}),
+        )
+        .unwrap_err();
+        let d = &err.details;
+        for k in [
+            "memory",
+            "disks[0]",
+            "boot_device",
+            "performance_tier",
+            "region",
+        ] {
+            assert!(d.contains_key(k), "{k} missing in {d:?}");
+        }
+        assert_eq!(d["memory"][0], "100 is less than the minimum of 512");
+        let api: ApiError = err.into();
+        assert_eq!(api.status, 422);
+        assert_eq!(api.code, "validation_failed");
+    }
+
+    #[test]
+    fn values_of_secret_looking_fields_are_not_quoted() {
+        let mut c = Compiler::new(None);
+        let s = c.get("instances.context", false).unwrap();
+        let err = check(
+            &s,
+            &json!({"db_password": {"v": "hunter2"}, "colour": {"v": "blue"}}),
+        )
+        .unwrap_err();
+        let text = serde_json::to_string(&err.details).unwrap();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("blue"), "{text}");
+        assert!(
+            err.details["db_password"][0]
+                .as_str()
+                .unwrap()
+                .contains("'type'")
+        );
+    }
+
+    #[test]
+    fn admit_rewrites_only_when_needed() {
+        let rules = BodyRules::build(
+            &serde_yaml::from_str::<Vec<RouteConfig>>(
+                "[{name: r, method: POST, path: /x, schema: disks.resize, rewrite: {defaults: {note: hi}}}]",
+            )
+            .unwrap(),
+            &ValidationConfig::default(),
+        )
+        .unwrap();
+        let r = rules.get("r").unwrap();
+        let a = admit(Some(r), &Bytes::from_static(br#"{"size": 20}"#)).unwrap();
+        assert_eq!(a.body.as_deref(), Some(&br#"{"note":"hi","size":20}"#[..]));
+        assert!(a.validated.rewritten);
+        let plain = admit(None, &Bytes::from_static(br#"{"size": 20}"#)).unwrap();
+        assert!(plain.body.is_none());
+        assert!(admit(Some(r), &Bytes::from_static(br#"{"size": 0}"#)).is_err());
+    }
+
+    #[test]
+    fn config_errors_name_the_route() {
+        let routes: Vec<RouteConfig> = serde_yaml::from_str(
+            "[{name: a, method: POST, path: /a, schema: no.such}, {name: b, method: POST, path: /b, strict: true}, {name: c, method: GET, path: /c, schema: disks.resize}]",
+        )
+        .unwrap();
+        let v = ValidationConfig {
+            skip: vec!["zzz".into()],
+            ..Default::default()
+        };
+        let errs = BodyRules::build(&routes, &v).unwrap_err().join("\n");
+        assert!(
+            errs.contains("routes[0] (a).schema: unknown schema 'no.such'"),
+            "{errs}"
+        );
+        assert!(errs.contains("routes[1] (b).strict"), "{errs}");
+        assert!(errs.contains("validation.skip[0]"), "{errs}");
+        assert!(errs.contains("routes[2] (c).method"), "{errs}");
+    }
+}

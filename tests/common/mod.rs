@@ -103,6 +103,9 @@ pub struct ConfigBuilder {
     pub extra_top: String,
     pub max_body_bytes: usize,
     pub read_timeout_ms: u64,
+    /// YAML for the acme account's `credentials:` (indented six spaces), replacing
+    /// `acme_upstream` (signing tests).
+    pub acme_credentials: Option<String>,
     /// Appended inside each endpoint's flow map (e.g. `, sni: other.example`).
     pub endpoint_extra: String,
     /// Extra lines of each account (indented four spaces, e.g. a `ca_file`).
@@ -124,6 +127,7 @@ impl ConfigBuilder {
             extra_top: String::new(),
             max_body_bytes: 65536,
             read_timeout_ms: 5000,
+            acme_credentials: None,
             endpoint_extra: String::new(),
             account_extra: String::new(),
         }
@@ -151,6 +155,7 @@ impl ConfigBuilder {
                 secret("acme-token", ACME_STATIC_TOKEN)
             ),
         };
+        let acme_creds = self.acme_credentials.clone().unwrap_or(acme_creds);
         let globex_token = secret("globex-token", GLOBEX_STATIC_TOKEN);
         let endpoints: String = self
             .sim_urls
@@ -501,10 +506,7 @@ pub async fn raw_request(url: &str, request: &[u8]) -> (u16, String, Vec<u8>) {
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
         let size = usize::from_str_radix(String::from_utf8_lossy(&data[..line_end]).trim(), 16)
             .unwrap_or(0);
         data = &data[line_end + 2..];
