@@ -413,3 +413,54 @@ async fn jwks_over_plain_http_is_refused_for_non_loopback_hosts() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_over_https_with_the_issuers_ca_file() {
+    let key = rsa_key("tls-1");
+    let jwks = Jwks::default();
+    *jwks.corp.lock() = JwkSet {
+        keys: vec![key.jwk.clone()],
+    };
+    let plain = serve_jwks(jwks.clone()).await;
+    let addr: std::net::SocketAddr = plain.trim_start_matches("http://").parse().unwrap();
+    let (https, ca_dir) = tls_front(addr).await;
+    let ca = ca_dir.path().join("ca.pem");
+    // Two issuers on the same HTTPS JWKS: one trusts the private CA, one does not.
+    let yaml = format!(
+        r#"jwt:
+  issuers:
+    - name: trusted
+      issuer: "https://trusted.test"
+      audiences: [{AUD}]
+      algorithms: [RS256]
+      jwks_url: "{https}/corp/jwks.json"
+      ca_file: "{ca}"
+      default_tenant: acme
+    - name: untrusted
+      issuer: "https://untrusted.test"
+      audiences: [{AUD}]
+      algorithms: [RS256]
+      jwks_url: "{https}/corp/jwks.json"
+      default_tenant: acme
+"#,
+        ca = ca.display()
+    );
+    let h = Harness::start_with(move |c| c.extra_top = yaml).await;
+    let claims = |iss: &str| json!({"iss": iss, "aud": AUD, "sub": "tls", "exp": now() + 600, "roles": ["viewer"]});
+    let trusted = sign(&key, &claims("https://trusted.test"));
+    poll("HTTPS JWKS fetched", Duration::from_secs(10), || async {
+        (get(&h, &trusted, "/api/v1/regions").await.status() == 200).then_some(())
+    })
+    .await;
+    let untrusted = sign(&key, &claims("https://untrusted.test"));
+    let body = expect_error(
+        get(&h, &untrusted, "/api/v1/regions").await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("signing key"),
+        "{body}"
+    );
+}
