@@ -198,6 +198,10 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
         })
         .collect::<Result<_, String>>()?;
 
+    // The audit trail in the demo's directory, so that `GET /admin/audit` has something to show.
+    if config.logging.audit.path == "off" {
+        config.logging.audit.path = dir.path().join("audit.log").display().to_string();
+    }
     let config_path = dir.path().join("demo.yaml");
     // Through JSON, so that enums come out as maps (`{file: ...}`), not YAML tags.
     let as_json = serde_json::to_value(&config).map_err(|e| e.to_string())?;

@@ -19,6 +19,7 @@ pub fn build(config_path: &Path) -> Result<(Server, Arc<SharedState>), Vec<Strin
     crate::observe::metrics::init(&runtime.version);
     let server_cfg = runtime.config.server.clone();
     let state = Arc::new(SharedState::new(config_path.to_path_buf(), runtime));
+    crate::observe::metrics::watch_endpoints(state.clone());
 
     let conf = ServerConf {
         threads: server_cfg.threads,

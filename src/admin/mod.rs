@@ -23,8 +23,21 @@ pub struct AdminApp {
 /// An admin answer: status and JSON body, or an error.
 pub type AdminResult = Result<(u16, serde_json::Value), ApiError>;
 
+/// A streamed admin answer (status 200): its content type and its body's chunks, produced by
+/// another task. A handler that streams puts one in `stream` and returns `Ok` (the JSON part
+/// is then ignored); errors found before streaming are returned as usual. A chunk that is an
+/// `Err` ends the answer without its last chunk, so the client sees it incomplete.
+pub struct Streamed {
+    pub content_type: &'static str,
+    pub chunks: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
+}
+
 impl AdminApp {
-    async fn handle(&self, session: &mut ServerSession) -> AdminResult {
+    async fn handle(
+        &self,
+        session: &mut ServerSession,
+        stream: &mut Option<Streamed>,
+    ) -> AdminResult {
         let rt = self.state.current();
         let req = session.req_header();
         let principal = rt
@@ -49,8 +62,14 @@ impl AdminApp {
             )
         })?;
         let method = req.method.clone();
+        let query = req.uri.query().map(str::to_string);
         match (method.as_str(), path.as_str()) {
             ("GET", "/admin/config") => Ok((200, config_summary(&rt))),
+            ("GET", "/admin/audit") => {
+                *stream = Some(crate::observe::audit::export(&rt, query.as_deref())?);
+                Ok((200, serde_json::Value::Null))
+            }
+            ("GET", "/admin/usage") => Ok((200, crate::observe::usage::report(query.as_deref())?)),
             ("POST", "/admin/reload") => {
                 let state = self.state.clone();
                 let result = tokio::task::spawn_blocking(move || state.reload())
@@ -133,6 +152,34 @@ async fn write_json(
     Ok(())
 }
 
+/// Writes a streamed answer with chunked transfer encoding, chunk by chunk as they come.
+async fn write_stream(
+    session: &mut ServerSession,
+    mut stream: Streamed,
+    request_id: &str,
+) -> pingora::Result<()> {
+    let mut h = ResponseHeader::build(200, Some(4))?;
+    h.insert_header("content-type", stream.content_type)?;
+    h.insert_header("transfer-encoding", "chunked")?;
+    h.insert_header("x-request-id", request_id)?;
+    h.insert_header("cache-control", "no-store")?;
+    session.write_response_header(Box::new(h)).await?;
+    while let Some(chunk) = stream.chunks.recv().await {
+        match chunk {
+            Ok(bytes) => session.write_response_body(bytes, false).await?,
+            Err(e) => {
+                log::error!("admin request {request_id}: the streamed answer failed: {e}");
+                return Err(pingora::Error::explain(
+                    pingora::ErrorType::InternalError,
+                    "streamed answer failed",
+                ));
+            }
+        }
+    }
+    session.write_response_body(Bytes::new(), true).await?;
+    Ok(())
+}
+
 #[async_trait]
 impl HttpServerApp for AdminApp {
     async fn process_new_http(
@@ -146,9 +193,18 @@ impl HttpServerApp for AdminApp {
         }
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
         let rid = request_id::new_id();
-        let outcome = self.handle(&mut session).await;
-        let written = match outcome {
-            Ok((status, value)) => {
+        let started = (std::time::SystemTime::now(), std::time::Instant::now());
+        let mut stream = None;
+        let outcome = self.handle(&mut session, &mut stream).await;
+        let (status, code) = match &outcome {
+            Ok((status, _)) => (*status, None),
+            Err(e) => (e.status, Some(e.code)),
+        };
+        let rt = self.state.current();
+        crate::observe::audit::record_admin(&rt, &session, &rid, started, status, code).await;
+        let written = match (outcome, stream) {
+            (Ok(_), Some(stream)) => write_stream(&mut session, stream, &rid).await,
+            (Ok((status, value)), None) => {
                 write_json(
                     &mut session,
                     status,
@@ -158,7 +214,7 @@ impl HttpServerApp for AdminApp {
                 )
                 .await
             }
-            Err(err) => {
+            (Err(err), _) => {
                 let mut extra = err.headers.clone();
                 if let Some(s) = err.retry_after {
                     extra.push(("retry-after", s.to_string()));

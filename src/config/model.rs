@@ -219,18 +219,75 @@ fn default_true() -> bool {
 pub struct LoggingConfig {
     /// `stdout`, `off`, or a file path for the JSON access log.
     pub access_log: String,
+    /// Size-based rotation of a file access log.
+    pub rotate: RotateConfig,
+    /// Log the request headers (secrets redacted).
+    pub request_headers: bool,
+    /// Log the response headers (secrets redacted).
+    pub response_headers: bool,
+    /// Log JSON request bodies (secret fields redacted), up to `body_max_bytes`.
+    pub request_body: bool,
+    /// Log JSON response bodies (secret fields redacted), up to `body_max_bytes`.
+    pub response_body: bool,
+    /// Largest logged body, in bytes of redacted JSON; longer bodies are cut.
+    pub body_max_bytes: usize,
     /// Extra header names to redact (Authorization, X-API-Key, Cookie, Set-Cookie always are).
     pub redact_headers: Vec<String>,
     /// Extra body field names to redact (client_secret, access_token, password... always are).
     pub redact_fields: Vec<String>,
+    /// The audit trail: one record per mutating call, in its own file.
+    pub audit: AuditConfig,
 }
 
 impl Default for LoggingConfig {
     fn default() -> Self {
         LoggingConfig {
             access_log: "stdout".into(),
+            rotate: RotateConfig::default(),
+            request_headers: false,
+            response_headers: false,
+            request_body: false,
+            response_body: false,
+            body_max_bytes: 4096,
             redact_headers: Vec::new(),
             redact_fields: Vec::new(),
+            audit: AuditConfig::default(),
+        }
+    }
+}
+
+/// Size-based rotation: `FILE` is renamed `FILE.1` (older ones shift to `.2`...) once it would
+/// pass `max_bytes`; at most `max_files` rotated files are kept.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RotateConfig {
+    pub max_bytes: u64,
+    pub max_files: u32,
+}
+
+impl Default for RotateConfig {
+    fn default() -> Self {
+        RotateConfig {
+            max_bytes: 100 * 1024 * 1024,
+            max_files: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// File path of the audit trail, or `off`. Never the access log's file.
+    pub path: String,
+    /// Size-based rotation of the audit file.
+    pub rotate: RotateConfig,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            path: "off".into(),
+            rotate: RotateConfig::default(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! request path only formats and enqueues. Field names follow ECS so that ELK, Loki and Datadog
 //! ingest the lines without a parser.
 
+use super::rotate::{RotatePolicy, RotatingFile};
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -13,6 +14,8 @@ pub struct Sink {
     target: String,
     tx: SyncSender<Vec<u8>>,
     dropped: std::sync::atomic::AtomicU64,
+    /// Rotation of a file target, updated on reload: (max_bytes, max_files).
+    rotate: Arc<Mutex<RotatePolicy>>,
 }
 
 impl Sink {
@@ -25,6 +28,7 @@ impl Sink {
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                super::metrics::log_line_dropped();
             }
         }
     }
@@ -36,21 +40,24 @@ impl Sink {
 
 static SINKS: Lazy<Mutex<HashMap<String, Arc<Sink>>>> = Lazy::new(Default::default);
 
-/// The sink for `stdout` or a file path, shared by every config that names it.
-pub fn sink_for(target: &str) -> Result<Arc<Sink>, String> {
+/// The sink for `stdout` or a file path, shared by every config that names it (a reload keeps
+/// the writer and takes the new rotation settings).
+pub fn sink_for(target: &str, rotate: RotatePolicy) -> Result<Arc<Sink>, String> {
     let mut sinks = SINKS.lock();
     if let Some(s) = sinks.get(target) {
+        *s.rotate.lock() = rotate;
         return Ok(s.clone());
     }
-    let out: Box<dyn Write + Send> = if target == "stdout" {
-        Box::new(std::io::stdout())
+    let shared_rotate = Arc::new(Mutex::new(rotate));
+    let out = if target == "stdout" {
+        Out::Stdout(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ))
     } else {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(target)
+        let f = RotatingFile::open(std::path::Path::new(target), rotate)
             .map_err(|e| format!("cannot open {target}: {e}"))?;
-        Box::new(f)
+        Out::File(f, shared_rotate.clone())
     };
     let (tx, rx) = sync_channel::<Vec<u8>>(16 * 1024);
     std::thread::Builder::new()
@@ -61,19 +68,40 @@ pub fn sink_for(target: &str) -> Result<Arc<Sink>, String> {
         target: target.to_string(),
         tx,
         dropped: Default::default(),
+        rotate: shared_rotate,
     });
     sinks.insert(target.to_string(), sink.clone());
     Ok(sink)
 }
 
-fn writer(rx: Receiver<Vec<u8>>, out: Box<dyn Write + Send>) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+enum Out {
+    Stdout(std::io::BufWriter<std::io::Stdout>),
+    File(RotatingFile, Arc<Mutex<RotatePolicy>>),
+}
+
+fn writer(rx: Receiver<Vec<u8>>, mut out: Out) {
+    // Lines are gathered into one buffer per wake-up, so a busy proxy makes few writes.
+    let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
     while let Ok(line) = rx.recv() {
-        let _ = out.write_all(&line);
-        while let Ok(more) = rx.try_recv() {
-            let _ = out.write_all(&more);
+        batch.extend_from_slice(&line);
+        while batch.len() < 256 * 1024
+            && let Ok(more) = rx.try_recv()
+        {
+            batch.extend_from_slice(&more);
         }
-        let _ = out.flush();
+        match &mut out {
+            Out::Stdout(w) => {
+                let _ = w.write_all(&batch);
+                let _ = w.flush();
+            }
+            Out::File(f, policy) => {
+                f.policy = *policy.lock();
+                if let Err(e) = f.write(&batch) {
+                    log::warn!("access log {}: {e}", f.path().display());
+                }
+            }
+        }
+        batch.clear();
     }
 }
 
@@ -185,6 +213,33 @@ pub fn log_request(
     }
     if let Some(e) = error {
         put("error.type", V::String(format!("{:?}", e.etype())));
+    }
+    if policy.request_headers {
+        put(
+            "http.request.headers",
+            policy.redactor.headers(&req.headers),
+        );
+    }
+    if let Some(h) = ctx.obs.response_headers.clone() {
+        put("http.response.headers", h);
+    }
+    if policy.request_body
+        && let Some(b) = super::request_body(session, ctx)
+    {
+        let (text, cut) = policy.body_for_log(&b, false);
+        put("http.request.body.content", V::String(text));
+        if cut {
+            put("http.request.body.truncated", V::Bool(true));
+        }
+    }
+    if policy.response_body
+        && let Some(b) = &ctx.obs.response_body
+    {
+        let (text, cut) = policy.body_for_log(b, ctx.obs.response_body_overflow);
+        put("http.response.body.content", V::String(text));
+        if cut {
+            put("http.response.body.truncated", V::Bool(true));
+        }
     }
     if let Ok(bytes) = serde_json::to_vec(&V::Object(line)) {
         sink.write(bytes);

@@ -1,12 +1,81 @@
 //! Prometheus metrics (the `prometheus` 0.14 default registry, served by pingora-prometheus on
 //! the metrics listener). Label sets are bounded: route names, methods, status classes and
 //! tenants from the config, never raw paths or ids.
+//!
+//! Recording functions for the other concerns: [`rate_limited`] (limits), [`breaker_transition`]
+//! (breaker), [`coalesced`] and [`cache_lookup`] (coalescing and cache), [`auth_failure`]
+//! (identity), [`upstream_error`], [`token_refreshed`] / [`token_refresh_failed`] (upstream).
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, register_histogram_vec,
-    register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, register_histogram_vec,
+    register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
 };
+
+/// The policy name under which OrionVM's own 429 answers are counted by [`rate_limited`].
+pub const UPSTREAM_POLICY: &str = "orionvm";
+
+static RATE_LIMITED: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "orion_proxy_rate_limited_total",
+        "Requests refused with 429, by rate-limit policy ('orionvm': OrionVM's own refusals)",
+        &["policy"]
+    )
+    .ok()
+});
+
+static BREAKER_STATE: Lazy<Option<IntGaugeVec>> = Lazy::new(|| {
+    register_int_gauge_vec!(
+        "orion_proxy_breaker_state",
+        "Circuit breaker state per endpoint: 0 closed, 1 half-open, 2 open",
+        &["endpoint"]
+    )
+    .ok()
+});
+
+static BREAKER_TRANSITIONS: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "orion_proxy_breaker_transitions_total",
+        "Circuit breaker state changes per endpoint, by the state entered",
+        &["endpoint", "to"]
+    )
+    .ok()
+});
+
+static COALESCED: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "orion_proxy_coalesced_requests_total",
+        "Requests answered from another identical request's upstream call, by route",
+        &["route"]
+    )
+    .ok()
+});
+
+static CACHE: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "orion_proxy_cache_requests_total",
+        "Cache lookups by route and result (hit, miss, stale)",
+        &["route", "result"]
+    )
+    .ok()
+});
+
+static AUDIT_RECORDS: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "orion_proxy_audit_records_total",
+        "Audit records by write result (ok, error)",
+        &["result"]
+    )
+    .ok()
+});
+
+static LOG_DROPPED: Lazy<Option<IntCounter>> = Lazy::new(|| {
+    register_int_counter!(
+        "orion_proxy_access_log_dropped_total",
+        "Access-log lines dropped because the writer fell behind"
+    )
+    .ok()
+});
 
 static REQUESTS: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
     register_int_counter_vec!(
@@ -112,6 +181,193 @@ pub fn init(config_version: &str) {
     Lazy::force(&TOKEN_REFRESHES);
     Lazy::force(&RELOADS);
     Lazy::force(&IN_FLIGHT);
+    Lazy::force(&BREAKER_STATE);
+    Lazy::force(&BREAKER_TRANSITIONS);
+    Lazy::force(&COALESCED);
+    Lazy::force(&CACHE);
+    Lazy::force(&LOG_DROPPED);
+    // Known label values start at zero, so that rate() and alerts see them before the first event.
+    for r in ["ok", "error"] {
+        if let Some(c) = RELOADS.as_ref() {
+            c.with_label_values(&[r]);
+        }
+        if let Some(c) = TOKEN_REFRESHES.as_ref() {
+            c.with_label_values(&[r]);
+        }
+        if let Some(c) = AUDIT_RECORDS.as_ref() {
+            c.with_label_values(&[r]);
+        }
+    }
+    for k in ["connect", "timeout", "reset", "5xx", "auth"] {
+        if let Some(c) = UPSTREAM_ERRORS.as_ref() {
+            c.with_label_values(&[k]);
+        }
+    }
+    if let Some(c) = RATE_LIMITED.as_ref() {
+        c.with_label_values(&[UPSTREAM_POLICY]);
+    }
+}
+
+/// Starts reporting endpoint health (`orion_proxy_upstream_up`) from the live config, and
+/// declares the series of configured endpoints (breaker closed until the breaker says
+/// otherwise) and GET routes (coalesced and cached answers) at zero.
+pub fn watch_endpoints(state: std::sync::Arc<crate::config::SharedState>) {
+    let rt = state.current();
+    for account in rt.upstreams.accounts.values() {
+        for e in &account.endpoints {
+            if let Some(g) = BREAKER_STATE.as_ref() {
+                g.with_label_values(&[&*e.name]);
+            }
+            if let Some(c) = BREAKER_TRANSITIONS.as_ref() {
+                for to in ["open", "half_open", "closed"] {
+                    c.with_label_values(&[&*e.name, to]);
+                }
+            }
+        }
+    }
+    // Coalescing and the cache serve GET routes: their series start at zero.
+    for r in rt
+        .routes
+        .routes()
+        .iter()
+        .filter(|r| r.method == http::Method::GET)
+    {
+        if let Some(c) = COALESCED.as_ref() {
+            c.with_label_values(&[&*r.name]);
+        }
+        if let Some(c) = CACHE.as_ref() {
+            for result in ["hit", "miss"] {
+                c.with_label_values(&[&*r.name, result]);
+            }
+        }
+    }
+    if let Ok(c) = EndpointHealth::new(std::sync::Arc::downgrade(&state)) {
+        let _ = prometheus::register(Box::new(c));
+    }
+}
+
+/// A collector that reads endpoint health at scrape time.
+struct EndpointHealth {
+    state: std::sync::Weak<crate::config::SharedState>,
+    desc: prometheus::core::Desc,
+}
+
+impl EndpointHealth {
+    const NAME: &'static str = "orion_proxy_upstream_up";
+    const HELP: &'static str =
+        "Whether an OrionVM endpoint answered its last health probe (1) or not (0)";
+
+    fn new(state: std::sync::Weak<crate::config::SharedState>) -> prometheus::Result<Self> {
+        let desc = prometheus::core::Desc::new(
+            Self::NAME.into(),
+            Self::HELP.into(),
+            vec!["account".into(), "endpoint".into()],
+            Default::default(),
+        )?;
+        Ok(EndpointHealth { state, desc })
+    }
+}
+
+impl prometheus::core::Collector for EndpointHealth {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let Some(state) = self.state.upgrade() else {
+            return Vec::new();
+        };
+        let Ok(g) = IntGaugeVec::new(
+            prometheus::Opts::new(Self::NAME, Self::HELP),
+            &["account", "endpoint"],
+        ) else {
+            return Vec::new();
+        };
+        let rt = state.current();
+        for (name, account) in &rt.upstreams.accounts {
+            for e in &account.endpoints {
+                g.with_label_values(&[name.as_str(), &*e.name])
+                    .set(i64::from(e.health.is_up()));
+            }
+        }
+        prometheus::core::Collector::collect(&g)
+    }
+}
+
+/// A request refused by a rate-limit policy (a config name, bounded).
+pub fn rate_limited(policy: &str) {
+    if let Some(c) = RATE_LIMITED.as_ref() {
+        c.with_label_values(&[policy]).inc();
+    }
+}
+
+/// Breaker state values of `orion_proxy_breaker_state`.
+pub fn breaker_state_value(state: &str) -> i64 {
+    match state {
+        "open" => 2,
+        "half_open" => 1,
+        _ => 0,
+    }
+}
+
+/// A breaker of `endpoint` (the endpoint's name) entered `to`: `closed`, `half_open` or `open`.
+pub fn breaker_transition(endpoint: &str, to: &str) {
+    let to = match to {
+        "open" | "half_open" => to,
+        _ => "closed",
+    };
+    if let Some(g) = BREAKER_STATE.as_ref() {
+        g.with_label_values(&[endpoint])
+            .set(breaker_state_value(to));
+    }
+    if let Some(c) = BREAKER_TRANSITIONS.as_ref() {
+        c.with_label_values(&[endpoint, to]).inc();
+    }
+}
+
+/// A request answered by sharing another identical request's upstream call.
+pub fn coalesced(route: &str) {
+    if let Some(c) = COALESCED.as_ref() {
+        c.with_label_values(&[route]).inc();
+    }
+}
+
+/// A cache lookup: `result` is `hit`, `miss` or `stale`.
+pub fn cache_lookup(route: &str, result: &str) {
+    let result = match result {
+        "hit" | "stale" => result,
+        _ => "miss",
+    };
+    if let Some(c) = CACHE.as_ref() {
+        c.with_label_values(&[route, result]).inc();
+    }
+}
+
+pub fn audit_written(ok: bool) {
+    if let Some(c) = AUDIT_RECORDS.as_ref() {
+        c.with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+}
+
+pub fn log_line_dropped() {
+    if let Some(c) = LOG_DROPPED.as_ref() {
+        c.inc();
+    }
+}
+
+/// HTTP methods as a bounded label: anything unusual is `OTHER`.
+pub fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
+    }
 }
 
 fn set_config_version(version: &str) {
@@ -141,7 +397,7 @@ pub fn request_done(
     upstream_seconds: Option<f64>,
 ) {
     if let Some(c) = REQUESTS.as_ref() {
-        c.with_label_values(&[route, method, status_class(status), tenant])
+        c.with_label_values(&[route, method_label(method), status_class(status), tenant])
             .inc();
     }
     if let Some(h) = LATENCY.as_ref() {
@@ -167,6 +423,13 @@ pub fn auth_failure(reason: &str) {
 pub fn token_refreshed() {
     if let Some(c) = TOKEN_REFRESHES.as_ref() {
         c.with_label_values(&["ok"]).inc();
+    }
+}
+
+/// A token fetch from OrionVM failed.
+pub fn token_refresh_failed() {
+    if let Some(c) = TOKEN_REFRESHES.as_ref() {
+        c.with_label_values(&["error"]).inc();
     }
 }
 

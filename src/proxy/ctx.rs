@@ -46,6 +46,8 @@ pub struct Ctx {
     pub auth_failure: Option<&'static str>,
     /// Kind of upstream failure (connect, timeout, reset), for logs and metrics.
     pub upstream_failure: Option<&'static str>,
+    /// What the access log and the audit trail keep about the answer.
+    pub obs: crate::observe::RequestObs,
 }
 
 impl Ctx {
@@ -76,6 +78,7 @@ impl Ctx {
             response_bytes: 0,
             auth_failure: None,
             upstream_failure: None,
+            obs: Default::default(),
         }
     }
 

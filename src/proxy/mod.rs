@@ -357,7 +357,7 @@ impl ProxyHttp for OrionProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -376,12 +376,13 @@ impl ProxyHttp for OrionProxy {
             }
             ctx.rewrite = Some(BytesMut::new());
         }
+        observe::on_response_header(session, ctx, upstream);
         Ok(())
     }
 
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
@@ -409,6 +410,7 @@ impl ProxyHttp for OrionProxy {
         } else if let Some(b) = body {
             ctx.response_bytes += b.len();
         }
+        observe::on_response_body(session, ctx, body.as_ref(), end_of_stream);
         Ok(None)
     }
 
@@ -501,22 +503,7 @@ impl ProxyHttp for OrionProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         metrics::in_flight(-1);
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(0);
-        let elapsed = ctx.started.elapsed();
-        metrics::request_done(
-            ctx.route_name(),
-            session.req_header().method.as_str(),
-            status,
-            ctx.tenant_name(),
-            elapsed.as_secs_f64(),
-            ctx.upstream_elapsed.map(|d| d.as_secs_f64()),
-        );
-        if let Some(rt) = ctx.runtime.clone() {
-            observe::access::log_request(&rt.log, session, ctx, status, e);
-        }
+        observe::finish(session, ctx, e);
     }
 }
 

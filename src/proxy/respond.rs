@@ -24,6 +24,7 @@ pub async fn json(
         header.append_header(*name, value.as_str())?;
     }
     ctx.response_bytes = body.len();
+    crate::observe::on_local_answer(session, ctx, &header, &body);
     session
         .write_response_header(Box::new(header), false)
         .await?;

@@ -185,7 +185,11 @@ impl OAuth2Source {
         {
             return Ok(tok.header.clone());
         }
-        match self.fetch().await {
+        let fetched = self.fetch().await;
+        if fetched.is_err() {
+            crate::observe::metrics::token_refresh_failed();
+        }
+        match fetched {
             Ok(tok) => {
                 let header = tok.header.clone();
                 self.current.store(Some(Arc::new(tok)));

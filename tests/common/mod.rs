@@ -101,6 +101,8 @@ pub struct ConfigBuilder {
     pub keys: Vec<Key>,
     pub extra_server: String,
     pub extra_top: String,
+    /// Lines added under `logging:` (indented by two spaces).
+    pub extra_logging: String,
     pub max_body_bytes: usize,
     pub read_timeout_ms: u64,
     /// YAML for the acme account's `credentials:` (indented six spaces), replacing
@@ -125,6 +127,7 @@ impl ConfigBuilder {
             ],
             extra_server: String::new(),
             extra_top: String::new(),
+            extra_logging: String::new(),
             max_body_bytes: 65536,
             read_timeout_ms: 5000,
             acme_credentials: None,
@@ -191,6 +194,11 @@ impl ConfigBuilder {
         yaml += "tenants:\n  acme: {account: acme-orionvm}\n  globex: {account: globex-orionvm}\n";
         yaml += &format!("api_keys:\n{keys}");
         yaml += &format!("logging:\n  access_log: \"{}\"\n", log.display());
+        yaml += &format!(
+            "  audit: {{path: \"{}\"}}\n",
+            dir.join("audit.log").display()
+        );
+        yaml += &self.extra_logging;
         yaml += &self.extra_top;
         let path = dir.join("orion-proxy.yaml");
         std::fs::write(&path, yaml).unwrap();
@@ -324,6 +332,23 @@ impl ProxyProcess {
         }
     }
 
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.dir.path().join("audit.log")
+    }
+
+    /// The audit trail's records, parsed (the current file only).
+    pub fn audit_log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.audit_log_path())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+
     pub fn access_log_text(&self) -> String {
         std::fs::read_to_string(self.access_log_path()).unwrap_or_default()
     }
@@ -332,6 +357,10 @@ impl ProxyProcess {
         unsafe {
             libc::kill(self.child.id() as i32, sig);
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn is_running(&mut self) -> bool {

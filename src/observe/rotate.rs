@@ -1,0 +1,149 @@
+//! A file that rotates by size: once a write would take `FILE` past `max_bytes`, `FILE` becomes
+//! `FILE.1`, `FILE.1` becomes `FILE.2`, and so on; files past `FILE.<max_files>` are removed.
+//! Used by the access log (from its writer thread) and the audit trail (under its lock).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotatePolicy {
+    pub max_bytes: u64,
+    pub max_files: u32,
+}
+
+pub struct RotatingFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    pub policy: RotatePolicy,
+}
+
+/// `FILE.n`.
+pub fn numbered(path: &Path, n: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+/// The files of a rotated log that exist now, oldest first (`FILE.n` ... `FILE.1`, `FILE`).
+pub fn files_oldest_first(path: &Path, max_files: u32) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = (1..=max_files)
+        .rev()
+        .map(|n| numbered(path, n))
+        .filter(|p| p.is_file())
+        .collect();
+    if path.is_file() {
+        out.push(path.to_path_buf());
+    }
+    out
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+impl RotatingFile {
+    pub fn open(path: &Path, policy: RotatePolicy) -> io::Result<RotatingFile> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+            && !dir.is_dir()
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("directory {} does not exist", dir.display()),
+            ));
+        }
+        let file = open_append(path)?;
+        let size = file.metadata()?.len();
+        Ok(RotatingFile {
+            path: path.to_path_buf(),
+            file,
+            size,
+            policy,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `bytes` with one `write_all` (no user-space buffer: the bytes are with the kernel
+    /// when this returns), rotating first when they would not fit.
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.size > 0 && self.size + bytes.len() as u64 > self.policy.max_bytes {
+            self.rotate()?;
+        }
+        self.file.write_all(bytes)?;
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let n = self.policy.max_files.max(1);
+        let oldest = numbered(&self.path, n);
+        if oldest.exists() {
+            std::fs::remove_file(&oldest)?;
+        }
+        for i in (1..n).rev() {
+            let from = numbered(&self.path, i);
+            if from.exists() {
+                std::fs::rename(&from, numbered(&self.path, i + 1))?;
+            }
+        }
+        std::fs::rename(&self.path, numbered(&self.path, 1))?;
+        self.file = open_append(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotates_by_size_and_keeps_max_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        let mut f = RotatingFile::open(
+            &path,
+            RotatePolicy {
+                max_bytes: 10,
+                max_files: 2,
+            },
+        )
+        .unwrap();
+        for i in 0..5 {
+            f.write(format!("line{i}\n").as_bytes()).unwrap(); // 6 bytes: one line per file
+        }
+        let files = files_oldest_first(&path, 2);
+        let contents: Vec<String> = files
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect();
+        assert_eq!(contents, vec!["line2\n", "line3\n", "line4\n"]);
+        assert!(!numbered(&path, 3).exists());
+    }
+
+    #[test]
+    fn reopening_counts_the_existing_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("y.log");
+        std::fs::write(&path, "0123456789").unwrap();
+        let mut f = RotatingFile::open(
+            &path,
+            RotatePolicy {
+                max_bytes: 12,
+                max_files: 1,
+            },
+        )
+        .unwrap();
+        f.write(b"abc\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(numbered(&path, 1)).unwrap(),
+            "0123456789"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "abc\n");
+    }
+}
