@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod errors;
+pub mod facade;
 pub mod observe;
 pub mod proxy;
 pub mod routes;

@@ -47,6 +47,8 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Print the OpenAPI document of the shipped routes (what `openapi.json` holds).
+    Openapi,
     /// Print a new API key and the config line that stores its hash.
     Keygen {
         /// Name of the key's holder, for the printed config entry.
@@ -141,6 +143,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Openapi => match orion_proxy::facade::openapi::shipped() {
+            Ok(doc) => {
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{}", errors.join("\n"));
+                ExitCode::FAILURE
+            }
+        },
         Command::Keygen { name, role, tenant } => {
             let key = orion_proxy::auth::api_keys::generate();
             let hash = hex::encode(orion_proxy::auth::api_keys::hash_key(&key));

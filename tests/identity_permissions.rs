@@ -1,8 +1,8 @@
 //! Roles against operations: every demo role (viewer, operator, admin) against every mirror
-//! operation, expected 2xx or 403 (naming the permission, with OrionVM never called); the
+//! and facade operation, expected 2xx or 403 (naming the permission, with OrionVM never called); the
 //! admin listener for admins only. Tenant isolation: one tenant cannot read, change or delete
-//! another's instance, whatever the credential (API key, issued token), because its calls go
-//! out under its own OrionVM account.
+//! another's instance, through the mirror or the facade, whatever the credential (API key,
+//! issued token), because its calls go out under its own OrionVM account.
 
 mod common;
 #[path = "identity_support/mod.rs"]
@@ -136,6 +136,60 @@ fn ops() -> Vec<Op> {
         op("public_keys.create", M::POST, "keys:write", N, N, Y),
         op("public_keys.get", M::GET, "keys:read", Y, Y, Y),
         op("public_keys.delete", M::DELETE, "keys:delete", N, N, Y),
+        // The REST facade.
+        op("facade.instances.list", M::GET, "instances:read", Y, Y, Y),
+        op(
+            "facade.instances.create",
+            M::POST,
+            "instances:write",
+            N,
+            N,
+            Y,
+        ),
+        op("facade.instances.get", M::GET, "instances:read", Y, Y, Y),
+        op(
+            "facade.instances.patch",
+            M::PATCH,
+            "instances:write",
+            N,
+            N,
+            Y,
+        ),
+        op(
+            "facade.instances.delete",
+            M::DELETE,
+            "instances:delete",
+            N,
+            N,
+            Y,
+        ),
+        op(
+            "facade.instances.poweron",
+            M::POST,
+            "instances:power",
+            N,
+            Y,
+            Y,
+        ),
+        op(
+            "facade.instances.poweroff",
+            M::POST,
+            "instances:power",
+            N,
+            Y,
+            Y,
+        ),
+        op(
+            "facade.instances.reboot",
+            M::POST,
+            "instances:power",
+            N,
+            Y,
+            Y,
+        ),
+        op("facade.instances.snapshot", M::POST, "disks:write", N, N, Y),
+        op("facade.tasks.list", M::GET, "tasks:read", Y, Y, Y),
+        op("facade.tasks.get", M::GET, "tasks:read", Y, Y, Y),
     ]
 }
 
@@ -362,6 +416,61 @@ async fn prepare(h: &Harness, route: &str, real: bool, n: usize) -> (String, Opt
             .await;
             (format!("/api/v1/public_keys/{id}"), None)
         }
+        "facade.instances.list" => ("/v1/instances".into(), None),
+        "facade.instances.create" => (
+            "/v1/instances".into(),
+            Some(
+                json!({"name": format!("perm-fac-{n}"), "memory": 1024, "region": "sy3",
+                        "template": "ubuntu-22-04"}),
+            ),
+        ),
+        "facade.instances.get" => (format!("/v1/instances/{WEB1}"), None),
+        "facade.instances.patch" => (
+            format!("/v1/instances/{WEB1}"),
+            Some(json!({"name": "web-1"})),
+        ),
+        "facade.instances.delete" => (format!("/v1/instances/{}", fresh_instance().await), None),
+        "facade.instances.poweron" => (
+            format!("/v1/instances/{}/poweron", fresh_instance().await),
+            None,
+        ),
+        "facade.instances.poweroff" | "facade.instances.reboot" => {
+            let id = fresh_instance().await;
+            if real {
+                ok_json(
+                    h.post(admin, &format!("/api/v1/instances/{id}/start"), json!({}))
+                        .await,
+                )
+                .await;
+                wait_state(h, admin, &id, "running").await;
+            }
+            let action = route.rsplit('.').next().unwrap();
+            (format!("/v1/instances/{id}/{action}"), None)
+        }
+        "facade.instances.snapshot" => (
+            format!("/v1/instances/{}/snapshot", fresh_instance().await),
+            Some(json!({})),
+        ),
+        "facade.tasks.list" => ("/v1/tasks".into(), None),
+        "facade.tasks.get" => {
+            let task = if real {
+                let id = assemble(h, admin, &format!("perm-task-{n}")).await["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                ok_json(
+                    h.post(admin, &format!("/v1/instances/{id}/snapshot"), json!({}))
+                        .await,
+                )
+                .await["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            } else {
+                fake.clone()
+            };
+            (format!("/v1/tasks/{task}"), None)
+        }
         other => panic!("no fixture for {other}"),
     }
 }
@@ -370,13 +479,13 @@ async fn prepare(h: &Harness, route: &str, real: bool, n: usize) -> (String, Opt
 async fn every_demo_role_against_every_operation() {
     let h = Harness::start().await;
     let ops = ops();
-    // The table covers every mirror route the proxy ships.
+    // The table covers every mirror and facade route the proxy ships.
     let shipped: Vec<String> = serde_yaml::from_str::<Value>(orion_proxy::config::DEFAULTS_YAML)
         .unwrap()["routes"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| r["kind"].is_null() || r["kind"] == "mirror")
+        .filter(|r| r["kind"].is_null() || r["kind"] == "mirror" || r["kind"] == "facade")
         .map(|r| r["name"].as_str().unwrap().to_string())
         .collect();
     for name in &shipped {
@@ -398,18 +507,36 @@ async fn every_demo_role_against_every_operation() {
             };
             let (path, body) = prepare(&h, op.route, allowed, n).await;
             let before = h.sim.calls().api_calls();
+            let content_type = if op.method == Method::PATCH {
+                "application/merge-patch+json"
+            } else {
+                "application/json"
+            };
             let mut req = h
                 .http
                 .request(op.method.clone(), h.url(&path))
                 .bearer_auth(&key)
-                .header("content-type", "application/json");
+                .header("content-type", content_type);
             if let Some(b) = &body {
-                req = req.json(b);
+                req = req.body(b.to_string());
             }
             let resp = req.send().await.unwrap();
             let status = resp.status().as_u16();
             if allowed {
+                let rid = resp.headers()["x-request-id"].to_str().unwrap().to_string();
                 let text = resp.text().await.unwrap();
+                // The request id check of refusals means something: allowed changes carry it
+                // to OrionVM (reads may be answered locally: tasks, a cache).
+                if op.method != Method::GET {
+                    assert!(
+                        h.sim.recent_requests().iter().any(|r| r
+                            .headers
+                            .iter()
+                            .any(|(k, v)| k == "x-request-id" && *v == rid)),
+                        "{role} {}: OrionVM saw request {rid}",
+                        op.route
+                    );
+                }
                 assert!(
                     (200..300).contains(&status),
                     "{role} {} {path}: expected 2xx, got {status}: {text}",
@@ -427,12 +554,25 @@ async fn every_demo_role_against_every_operation() {
                     body["detail"].as_str().unwrap().contains(op.permission),
                     "{body}"
                 );
-                assert_eq!(
-                    h.sim.calls().api_calls(),
-                    before,
+                // Refused before OrionVM: no call carried this request's id (background
+                // tasks of earlier facade operations may still be calling OrionVM).
+                let rid = body["request_id"].as_str().unwrap();
+                assert!(
+                    !h.sim.recent_requests().iter().any(|r| r
+                        .headers
+                        .iter()
+                        .any(|(k, v)| k == "x-request-id" && v == rid)),
                     "{role} {}: refused before OrionVM",
                     op.route
                 );
+                if !op.route.starts_with("facade.") {
+                    assert_eq!(
+                        h.sim.calls().api_calls(),
+                        before,
+                        "{role} {}: no OrionVM call at all",
+                        op.route
+                    );
+                }
             }
             report.push(format!("{role:<9} {:<36} {status}", op.route));
         }
@@ -524,6 +664,53 @@ async fn a_tenant_cannot_read_change_or_delete_another_tenants_instance() {
         assert!(!ids.is_empty(), "globex sees its own instances");
         assert!(!ids.contains(&x.as_str()) && !ids.contains(&WEB1));
     }
+
+    // The same through the REST facade.
+    let fpath = format!("/v1/instances/{x}");
+    for cred in [&globex, &globex_token] {
+        expect_error(h.get(cred, &fpath).await, 404, "not_found").await;
+        let r = h
+            .http
+            .patch(h.url(&fpath))
+            .bearer_auth(cred)
+            .header("content-type", "application/merge-patch+json")
+            .body(r#"{"name": "pwned"}"#)
+            .send()
+            .await
+            .unwrap();
+        expect_error(r, 404, "not_found").await;
+        for action in ["poweron", "poweroff", "reboot", "snapshot"] {
+            let r = h.post(cred, &format!("{fpath}/{action}"), json!({})).await;
+            expect_error(r, 404, "not_found").await;
+        }
+        expect_error(h.delete(cred, &fpath).await, 404, "not_found").await;
+        let list = ok_json(h.get(cred, "/v1/instances").await).await;
+        let items = list["items"].as_array().expect("items");
+        assert!(!items.is_empty());
+        assert!(
+            !items
+                .iter()
+                .any(|i| i["id"] == x.as_str() || i["id"] == WEB1),
+            "{list}"
+        );
+    }
+    // acme's tasks are acme's.
+    let task = ok_json(h.post(&acme, &format!("{fpath}/snapshot"), json!({})).await).await;
+    let task_id = task["id"].as_str().unwrap().to_string();
+    for cred in [&globex, &globex_token] {
+        expect_error(
+            h.get(cred, &format!("/v1/tasks/{task_id}")).await,
+            404,
+            "not_found",
+        )
+        .await;
+        let tasks = ok_json(h.get(cred, "/v1/tasks").await).await;
+        assert!(!tasks.to_string().contains(&task_id), "{tasks}");
+    }
+    assert_eq!(
+        ok_json(h.get(&acme, &format!("/v1/tasks/{task_id}")).await).await["id"],
+        task_id.as_str()
+    );
 
     // Untouched for acme: still there, same name, still stopped.
     let got = ok_json(h.get(&acme, &path).await).await;

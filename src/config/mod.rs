@@ -179,6 +179,7 @@ pub fn build(
     let upstreams = Upstreams::build(&config, previous.map(|p| &p.upstreams))
         .map_err(|e| errors.extend(e))
         .ok();
+    errors.extend(crate::facade::check_config(&config.facade));
     let log = LogPolicy::build(&config.logging)
         .map_err(|e| errors.extend(e))
         .ok();

@@ -41,6 +41,32 @@ pub struct Config {
     /// Request body validation: schemas, strictness, switches.
     #[serde(default)]
     pub validation: ValidationConfig,
+    /// The REST facade (`/v1`): how its tasks wait for OrionVM's state changes.
+    #[serde(default)]
+    pub facade: FacadeConfig,
+}
+
+/// The REST facade's tasks (reboot, snapshot).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct FacadeConfig {
+    /// How long a task waits for one state change (a reboot's stop, a snapshot's clones)
+    /// before it fails.
+    pub transition_timeout_ms: u64,
+    /// How often a task polls OrionVM while it waits.
+    pub poll_interval_ms: u64,
+    /// Tasks kept in memory; the oldest finished ones are forgotten first.
+    pub max_tasks: usize,
+}
+
+impl Default for FacadeConfig {
+    fn default() -> Self {
+        FacadeConfig {
+            transition_timeout_ms: 300_000,
+            poll_interval_ms: 1000,
+            max_tasks: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -311,6 +337,13 @@ pub struct RouteConfig {
     /// Whether the request body is JSON that the proxy reads and checks before forwarding.
     #[serde(default)]
     pub json_body: bool,
+    /// For `kind: facade`: the facade operation that answers (`instances.create`...).
+    #[serde(default)]
+    pub handler: Option<String>,
+    /// A mirror `GET` whose answer is a bare array: with list query parameters (`limit`,
+    /// `sort`, `state`...) the proxy pages, filters and sorts it itself.
+    #[serde(default)]
+    pub list: bool,
     /// JSON Schema the body must match: a shipped schema's name (`instances.assemble`, see
     /// `schemas/`) or a `.json` file. Implies `json_body`.
     #[serde(default)]
@@ -363,4 +396,8 @@ pub enum RouteKind {
     Ready,
     /// The proxy's own OAuth2 token endpoint (client credentials), answered by the proxy.
     OauthToken,
+    /// The REST facade (`/v1`), answered by the proxy through its own calls to OrionVM.
+    Facade,
+    /// The OpenAPI document, answered by the proxy.
+    Openapi,
 }

@@ -85,8 +85,10 @@ impl OrionProxy {
         ctx.route = Some(route.clone());
         ctx.params = params;
         match route.kind {
-            RouteKind::Health | RouteKind::Ready | RouteKind::OauthToken => return Ok(None),
-            RouteKind::Mirror => {}
+            RouteKind::Health | RouteKind::Ready | RouteKind::Openapi | RouteKind::OauthToken => {
+                return Ok(None);
+            }
+            RouteKind::Mirror | RouteKind::Facade => {}
         }
         let principal = match rt.auth.authenticate(&session.req_header().headers).await {
             Ok(p) => p,
@@ -187,7 +189,11 @@ impl ProxyHttp for OrionProxy {
                 local::oauth_token(session, ctx).await?;
                 Ok(true)
             }
-            _ => Ok(false),
+            // The facade, the API document, and mirror lists asked to page, filter or sort.
+            Some(RouteKind::Facade | RouteKind::Openapi | RouteKind::Mirror) => {
+                crate::facade::answer(session, ctx).await
+            }
+            None => Ok(false),
         }
     }
 

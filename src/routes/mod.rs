@@ -18,6 +18,12 @@ pub struct Route {
     pub kind: RouteKind,
     pub permission: Option<(PermissionId, Arc<str>)>,
     pub json_body: bool,
+    /// For facade routes: the operation that answers.
+    pub handler: Option<crate::facade::Handler>,
+    /// A mirror list that the list query parameters may shape.
+    pub list: bool,
+    /// The JSON Schema its body must match (`validate`), by the name the config gives.
+    pub schema: Option<Arc<str>>,
 }
 
 pub enum Match<'a> {
@@ -76,6 +82,13 @@ impl RouteTable {
                 },
                 None => None,
             };
+            let handler = match crate::facade::Handler::for_route(rc) {
+                Ok(h) => h,
+                Err(e) => {
+                    errors.push(format!("{at}.{e}"));
+                    continue;
+                }
+            };
             let route = Arc::new(Route {
                 name: rc.name.as_str().into(),
                 method: method.clone(),
@@ -83,6 +96,9 @@ impl RouteTable {
                 kind: rc.kind,
                 permission,
                 json_body: rc.json_body,
+                handler,
+                list: rc.list,
+                schema: rc.schema.as_deref().map(Arc::from),
             });
             let router = table.by_method.entry(method).or_default();
             if let Err(e) = router.insert(rc.path.clone(), route.clone()) {
