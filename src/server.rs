@@ -66,6 +66,12 @@ pub fn build(config_path: &Path) -> Result<(Server, Arc<SharedState>), Vec<Strin
         },
     ));
     server.add_service(background_service(
+        "JWKS refresher",
+        crate::auth::jwt::Refresher {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "SIGHUP reloader",
         Reloader {
             state: state.clone(),

@@ -172,7 +172,11 @@ pub fn build(
     let roles = Roles::build(role_map, &registry)
         .map_err(|e| errors.extend(e))
         .ok();
-    let auth = roles.and_then(|r| Auth::build(&config, r).map_err(|e| errors.extend(e)).ok());
+    let auth = roles.and_then(|r| {
+        Auth::build(&config, r, previous.map(|p| &p.auth))
+            .map_err(|e| errors.extend(e))
+            .ok()
+    });
     let upstreams = Upstreams::build(&config, previous.map(|p| &p.upstreams))
         .map_err(|e| errors.extend(e))
         .ok();

@@ -29,6 +29,15 @@ pub struct Config {
     /// The route table. Defaults to the shipped OrionVM mirror and facade routes.
     #[serde(default)]
     pub routes: Option<Vec<RouteConfig>>,
+    /// The proxy's own token endpoint (`POST /oauth/token`): signing key, lifetime, limits.
+    #[serde(default)]
+    pub oauth: crate::auth::config::OAuthConfig,
+    /// Clients registered for the client-credentials grant of `/oauth/token`.
+    #[serde(default)]
+    pub clients: Vec<crate::auth::config::ClientConfig>,
+    /// External identity providers whose JWTs are accepted.
+    #[serde(default)]
+    pub jwt: crate::auth::config::JwtConfig,
     /// Request body validation: schemas, strictness, switches.
     #[serde(default)]
     pub validation: ValidationConfig,
@@ -394,6 +403,8 @@ pub enum RouteKind {
     Health,
     /// Readiness, answered by the proxy.
     Ready,
+    /// The proxy's own OAuth2 token endpoint (client credentials), answered by the proxy.
+    OauthToken,
     /// The REST facade (`/v1`), answered by the proxy through its own calls to OrionVM.
     Facade,
     /// The OpenAPI document, answered by the proxy.

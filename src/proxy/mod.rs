@@ -84,8 +84,9 @@ impl OrionProxy {
         ctx.route = Some(route.clone());
         ctx.params = params;
         match route.kind {
-            RouteKind::Health | RouteKind::Ready | RouteKind::Openapi => {
-                // Routes without a principal: `limits.anonymous_policy`, per source address.
+            RouteKind::Health | RouteKind::Ready | RouteKind::Openapi | RouteKind::OauthToken => {
+                // Routes without a principal: `limits.anonymous_policy`, per source address
+                // (the token endpoint also has its own brute-force limit in auth).
                 let ip = session
                     .client_addr()
                     .and_then(|a| a.as_inet())
@@ -94,7 +95,7 @@ impl OrionProxy {
             }
             RouteKind::Mirror | RouteKind::Facade => {}
         }
-        let principal = match rt.auth.authenticate(&session.req_header().headers) {
+        let principal = match rt.auth.authenticate(&session.req_header().headers).await {
             Ok(p) => p,
             Err(e) => {
                 ctx.auth_failure = Some(e.reason());
@@ -197,6 +198,10 @@ impl ProxyHttp for OrionProxy {
                             .await?
                     }
                 }
+                Ok(true)
+            }
+            Some(RouteKind::OauthToken) => {
+                local::oauth_token(session, ctx).await?;
                 Ok(true)
             }
             // The facade, the API document, and mirror lists asked to page, filter or sort.
