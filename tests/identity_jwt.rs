@@ -234,6 +234,9 @@ async fn jwt_table() {
 
     // Every bad token: 401 in the error body.
     let valid = corp_claims();
+    // Accepted reads may be answered from the proxy's micro-cache, so count what the refused
+    // tokens add, not an absolute number.
+    let calls_before_refusals = h.sim.calls().count("GET", "/api/v1/instances/{id}");
     let mut cases: Vec<(&str, String)> = Vec::new();
     // Why each is refused, as the error body says.
     let why = |what: &str| match what {
@@ -318,7 +321,7 @@ async fn jwt_table() {
     }
     assert_eq!(
         h.sim.calls().count("GET", "/api/v1/instances/{id}"),
-        6,
+        calls_before_refusals,
         "refused tokens never reach OrionVM: {:?}",
         h.sim.calls()
     );
