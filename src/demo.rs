@@ -230,6 +230,7 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
     let _ = out.flush();
     drop(out);
     server.run(pingora::server::RunArgs::default());
+    crate::observe::access::flush_all();
     drop(dir);
     Ok(())
 }

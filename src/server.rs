@@ -84,6 +84,7 @@ pub fn build(config_path: &Path) -> Result<(Server, Arc<SharedState>), Vec<Strin
 pub fn run(config_path: &Path) -> Result<(), Vec<String>> {
     let (server, _state) = build(config_path)?;
     server.run(RunArgs::default());
+    crate::observe::access::flush_all();
     Ok(())
 }
 

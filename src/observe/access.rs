@@ -8,33 +8,63 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::Duration;
+
+/// How often the writer thread takes the pending lines.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+/// Lines waiting for the writer beyond this are dropped (and counted), never blocking requests.
+const MAX_PENDING: usize = 16 * 1024 * 1024;
 
 pub struct Sink {
     target: String,
-    tx: SyncSender<Vec<u8>>,
+    /// Lines appended by requests, taken whole by the writer thread every `FLUSH_INTERVAL`:
+    /// a request costs an uncontended lock and a copy, never a thread wake-up or a syscall.
+    pending: Mutex<Vec<u8>>,
     dropped: std::sync::atomic::AtomicU64,
     /// Rotation of a file target, updated on reload: (max_bytes, max_files).
     rotate: Arc<Mutex<RotatePolicy>>,
+    out: Mutex<Out>,
 }
 
 impl Sink {
-    /// Queues one line (a newline is added). Never blocks: a full queue drops the line and
-    /// counts it, rather than slowing requests down.
-    pub fn write(&self, mut line: Vec<u8>) {
-        line.push(b'\n');
-        match self.tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                super::metrics::log_line_dropped();
-            }
+    /// Queues one line (a newline is added). Never blocks on I/O: past `MAX_PENDING` the line
+    /// is dropped and counted, rather than slowing requests down.
+    pub fn write(&self, line: Vec<u8>) {
+        let mut pending = self.pending.lock();
+        if pending.len() + line.len() < MAX_PENDING {
+            pending.extend_from_slice(&line);
+            pending.push(b'\n');
+            return;
         }
+        drop(pending);
+        self.dropped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        super::metrics::log_line_dropped();
     }
 
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// Writes what is pending now (the writer thread, and shutdown).
+    pub fn flush(&self) {
+        let batch = std::mem::take(&mut *self.pending.lock());
+        if batch.is_empty() {
+            return;
+        }
+        let mut out = self.out.lock();
+        match &mut *out {
+            Out::Stdout(w) => {
+                let _ = w.write_all(&batch);
+                let _ = w.flush();
+            }
+            Out::File(f) => {
+                f.policy = *self.rotate.lock();
+                if let Err(e) = f.write(&batch) {
+                    log::warn!("access log {}: {e}", f.path().display());
+                }
+            }
+        }
     }
 }
 
@@ -48,7 +78,6 @@ pub fn sink_for(target: &str, rotate: RotatePolicy) -> Result<Arc<Sink>, String>
         *s.rotate.lock() = rotate;
         return Ok(s.clone());
     }
-    let shared_rotate = Arc::new(Mutex::new(rotate));
     let out = if target == "stdout" {
         Out::Stdout(std::io::BufWriter::with_capacity(
             64 * 1024,
@@ -57,52 +86,41 @@ pub fn sink_for(target: &str, rotate: RotatePolicy) -> Result<Arc<Sink>, String>
     } else {
         let f = RotatingFile::open(std::path::Path::new(target), rotate)
             .map_err(|e| format!("cannot open {target}: {e}"))?;
-        Out::File(f, shared_rotate.clone())
+        Out::File(f)
     };
-    let (tx, rx) = sync_channel::<Vec<u8>>(16 * 1024);
-    std::thread::Builder::new()
-        .name("access-log".into())
-        .spawn(move || writer(rx, out))
-        .map_err(|e| format!("cannot start the log writer: {e}"))?;
     let sink = Arc::new(Sink {
         target: target.to_string(),
-        tx,
+        pending: Mutex::new(Vec::with_capacity(256 * 1024)),
         dropped: Default::default(),
-        rotate: shared_rotate,
+        rotate: Arc::new(Mutex::new(rotate)),
+        out: Mutex::new(out),
     });
+    let writer = Arc::downgrade(&sink);
+    std::thread::Builder::new()
+        .name("access-log".into())
+        .spawn(move || {
+            while let Some(sink) = writer.upgrade() {
+                sink.flush();
+                drop(sink);
+                std::thread::sleep(FLUSH_INTERVAL);
+            }
+        })
+        .map_err(|e| format!("cannot start the log writer: {e}"))?;
     sinks.insert(target.to_string(), sink.clone());
     Ok(sink)
 }
 
-enum Out {
-    Stdout(std::io::BufWriter<std::io::Stdout>),
-    File(RotatingFile, Arc<Mutex<RotatePolicy>>),
+/// Writes every sink's pending lines; called once the server has stopped.
+pub fn flush_all() {
+    let sinks: Vec<Arc<Sink>> = SINKS.lock().values().cloned().collect();
+    for s in sinks {
+        s.flush();
+    }
 }
 
-fn writer(rx: Receiver<Vec<u8>>, mut out: Out) {
-    // Lines are gathered into one buffer per wake-up, so a busy proxy makes few writes.
-    let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
-    while let Ok(line) = rx.recv() {
-        batch.extend_from_slice(&line);
-        while batch.len() < 256 * 1024
-            && let Ok(more) = rx.try_recv()
-        {
-            batch.extend_from_slice(&more);
-        }
-        match &mut out {
-            Out::Stdout(w) => {
-                let _ = w.write_all(&batch);
-                let _ = w.flush();
-            }
-            Out::File(f, policy) => {
-                f.policy = *policy.lock();
-                if let Err(e) = f.write(&batch) {
-                    log::warn!("access log {}: {e}", f.path().display());
-                }
-            }
-        }
-        batch.clear();
-    }
+enum Out {
+    Stdout(std::io::BufWriter<std::io::Stdout>),
+    File(RotatingFile),
 }
 
 /// RFC 3339 UTC with milliseconds, as ECS `@timestamp` wants.
