@@ -143,6 +143,9 @@ pub fn build(
             "server.max_body_bytes: must be between 1 and 65536 (Pingora's replay buffer)".into(),
         );
     }
+    if s.read_buffer_bytes > 1024 * 1024 {
+        errors.push("server.read_buffer_bytes: must be at most 1048576".into());
+    }
     if s.max_header_bytes < 1024 || s.max_header_bytes > 1024 * 1024 {
         errors.push("server.max_header_bytes: must be between 1024 and 1048576".into());
     }

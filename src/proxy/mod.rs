@@ -260,18 +260,25 @@ impl ProxyHttp for OrionProxy {
             upstream.insert_header("authorization", auth.clone())?;
             ctx.upstream_auth = Some(auth);
         }
-        let query = session.req_header().uri.query();
-        let target = match query {
-            Some(q) => format!("{}{}?{q}", endpoint.base_path, ctx.path),
-            None => format!("{}{}", endpoint.base_path, ctx.path),
-        };
-        let uri = target.parse::<http::Uri>().map_err(|_| {
-            Error::explain(
-                ErrorType::HTTPStatus(400),
-                "the request URI cannot be rebuilt",
-            )
-        })?;
-        upstream.set_uri(uri);
+        // The request line is rebuilt only when what was checked differs from what came in
+        // (a doubled slash, a base path, an absolute-form URI).
+        let original = &session.req_header().uri;
+        if !endpoint.base_path.is_empty()
+            || original.scheme().is_some()
+            || original.path() != ctx.path
+        {
+            let target = match original.query() {
+                Some(q) => format!("{}{}?{q}", endpoint.base_path, ctx.path),
+                None => format!("{}{}", endpoint.base_path, ctx.path),
+            };
+            let uri = target.parse::<http::Uri>().map_err(|_| {
+                Error::explain(
+                    ErrorType::HTTPStatus(400),
+                    "the request URI cannot be rebuilt",
+                )
+            })?;
+            upstream.set_uri(uri);
+        }
         upstream.insert_header("host", endpoint.authority.as_str())?;
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
         upstream.insert_header("traceparent", request_id::child_traceparent(&ctx.trace_id))?;
