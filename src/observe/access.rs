@@ -60,7 +60,7 @@ impl Sink {
             }
             Out::File(f) => {
                 f.policy = *self.rotate.lock();
-                if let Err(e) = f.write(&batch) {
+                if let Err(e) = f.write_lines(&batch) {
                     log::warn!("access log {}: {e}", f.path().display());
                 }
             }
