@@ -26,6 +26,13 @@ const DEMO_KEYS: &[(&str, &str, &str)] = &[
     ("other_tenant_admin", "admin", "globex"),
 ];
 
+/// The demo's OAuth2 clients for `/oauth/token`: client id, roles, tenant.
+const DEMO_CLIENTS: &[(&str, &str, &str)] = &[
+    ("acme-ci", "operator", "acme"),
+    ("acme-terraform", "admin", "acme"),
+    ("globex-terraform", "admin", "globex"),
+];
+
 /// The default port if it is free, otherwise any free one.
 fn port(default: u16, ephemeral: bool) -> Result<u16, String> {
     if !ephemeral && let Ok(l) = TcpListener::bind(("127.0.0.1", default)) {
@@ -163,6 +170,34 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
         })
         .collect();
 
+    // OAuth2 clients of the proxy's own /oauth/token, and the key that signs their tokens.
+    let signing_key = {
+        use base64::Engine;
+        use rand::RngCore;
+        let mut k = [0u8; 48];
+        rand::rngs::OsRng.fill_bytes(&mut k);
+        base64::engine::general_purpose::STANDARD.encode(k)
+    };
+    config.oauth.signing_key = Some(write_secret(dir.path(), "token-signing-key", &signing_key)?);
+    let mut clients = Vec::new();
+    config.clients = DEMO_CLIENTS
+        .iter()
+        .map(|(id, role, tenant)| {
+            let secret = crate::auth::tokens::generate_secret();
+            let hash = crate::auth::tokens::hash_secret(&secret)?;
+            clients.push(serde_json::json!({
+                "client_id": id, "client_secret": secret, "roles": [role], "tenant": tenant,
+            }));
+            Ok(crate::auth::config::ClientConfig {
+                client_id: id.to_string(),
+                secret_hash: hash,
+                roles: vec![role.to_string()],
+                tenant: tenant.to_string(),
+                enabled: true,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+
     // The audit trail in the demo's directory, so that `GET /admin/audit` has something to show.
     if config.logging.audit.path == "off" {
         config.logging.audit.path = dir.path().join("audit.log").display().to_string();
@@ -183,6 +218,7 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
         "simulator_url": sim_url,
         "config_path": config_path.display().to_string(),
         "api_keys": keys,
+        "clients": clients,
     });
     let (server, _state) = crate::server::build(&config_path).map_err(|e| e.join("\n"))?;
     let mut out = std::io::stdout().lock();
@@ -194,6 +230,7 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
     let _ = out.flush();
     drop(out);
     server.run(pingora::server::RunArgs::default());
+    crate::observe::access::flush_all();
     drop(dir);
     Ok(())
 }
@@ -243,15 +280,42 @@ fn human(info: &serde_json::Value) -> String {
     out.push_str("  API keys (send as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'):\n");
     if let Some(keys) = info["api_keys"].as_object() {
         for (role, key) in keys {
+            let tenant = DEMO_KEYS
+                .iter()
+                .find(|(label, _, _)| label == role)
+                .map(|(_, _, t)| format!("  tenant {t}"))
+                .unwrap_or_default();
             out.push_str(&format!(
-                "    {role:<20} {}\n",
+                "    {role:<20} {}{tenant}\n",
                 key.as_str().unwrap_or_default()
             ));
         }
     }
+    out.push_str("\n  OAuth2 clients (POST /oauth/token with grant_type=client_credentials):\n");
+    if let Some(clients) = info["clients"].as_array() {
+        for c in clients {
+            out.push_str(&format!(
+                "    {:<20} secret {}  roles {}  tenant {}\n",
+                c["client_id"].as_str().unwrap_or_default(),
+                c["client_secret"].as_str().unwrap_or_default(),
+                c["roles"]
+                    .as_array()
+                    .map(|r| r
+                        .iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","))
+                    .unwrap_or_default(),
+                c["tenant"].as_str().unwrap_or_default()
+            ));
+        }
+    }
     out.push_str(&format!(
-        "\n  Try:\n    export KEY={}\n    curl -s -H \"Authorization: Bearer $KEY\" {}/api/v1/instances\n\n  Ctrl-C stops both.\n",
+        "\n  Try:\n    export KEY={}\n    curl -s -H \"Authorization: Bearer $KEY\" {}/api/v1/instances\n    curl -s -d grant_type=client_credentials -d client_id={} -d client_secret={} {}/oauth/token\n\n  Ctrl-C stops both.\n",
         info["api_keys"]["admin"].as_str().unwrap_or_default(),
+        s("proxy_url"),
+        info["clients"][0]["client_id"].as_str().unwrap_or_default(),
+        info["clients"][0]["client_secret"].as_str().unwrap_or_default(),
         s("proxy_url")
     ));
     out

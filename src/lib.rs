@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod errors;
 pub mod facade;
+pub mod limits;
 pub mod observe;
 pub mod proxy;
 pub mod routes;

@@ -61,6 +61,19 @@ enum Command {
         #[arg(long, default_value = "default")]
         tenant: String,
     },
+    /// Print a new OAuth2 client secret for /oauth/token and the config entry with its hash.
+    ClientSecret {
+        /// The client id.
+        #[arg(long)]
+        id: String,
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Hash a secret read from standard input instead of generating one.
+        #[arg(long)]
+        stdin: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -74,13 +87,15 @@ fn main() -> ExitCode {
         Command::Check { config } => match orion_proxy::config::load(&config, None) {
             Ok(rt) => {
                 println!(
-                    "{}: OK (version {}, {} routes, {} accounts, {} tenants, {} API keys)",
+                    "{}: OK (version {}, {} routes, {} accounts, {} tenants, {} API keys, {} clients, {} JWT issuers)",
                     config.display(),
                     rt.version,
                     rt.routes.routes().len(),
                     rt.upstreams.accounts.len(),
                     rt.upstreams.tenants.len(),
-                    rt.config.api_keys.len()
+                    rt.config.api_keys.len(),
+                    rt.config.clients.len(),
+                    rt.config.jwt.issuers.len()
                 );
                 ExitCode::SUCCESS
             }
@@ -145,6 +160,40 @@ fn main() -> ExitCode {
             println!("Config entry (paste under api_keys:):");
             println!(
                 "  - {{name: {name}, hash: \"sha256:{hash}\", roles: [{role}], tenant: {tenant}}}"
+            );
+            ExitCode::SUCCESS
+        }
+        Command::ClientSecret {
+            id,
+            role,
+            tenant,
+            stdin,
+        } => {
+            let secret = if stdin {
+                let mut line = String::new();
+                if std::io::stdin().read_line(&mut line).is_err() || line.trim().is_empty() {
+                    eprintln!("no secret on standard input");
+                    return ExitCode::FAILURE;
+                }
+                line.trim().to_string()
+            } else {
+                orion_proxy::auth::tokens::generate_secret()
+            };
+            let hash = match orion_proxy::auth::tokens::hash_secret(&secret) {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if !stdin {
+                println!(
+                    "Client secret (give it to the client; it is not stored anywhere):\n  {secret}\n"
+                );
+            }
+            println!("Config entry (paste under clients:):");
+            println!(
+                "  - {{client_id: {id}, secret_hash: '{hash}', roles: [{role}], tenant: {tenant}}}"
             );
             ExitCode::SUCCESS
         }

@@ -5,6 +5,8 @@ use crate::admin::AdminApp;
 use crate::config::{self, SharedState};
 use crate::proxy::OrionProxy;
 use crate::upstream::Prober;
+use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
@@ -35,12 +37,14 @@ pub fn build(config_path: &Path) -> Result<(Server, Arc<SharedState>), Vec<Strin
         OrionProxy::new(state.clone()),
         "orion-proxy",
     );
-    match &server_cfg.tls {
-        Some(tls) => proxy
-            .add_tls(&server_cfg.listen, &tls.cert_file, &tls.key_file)
-            .map_err(|e| vec![format!("server.tls: {e}")])?,
-        None => proxy.add_tcp(&server_cfg.listen),
+    let mut listener = ListenerConfig::tcp(server_cfg.listen.clone())
+        .l4_buffer(L4BufferSettings::default().read(server_cfg.read_buffer_bytes));
+    if let Some(tls) = &server_cfg.tls {
+        let settings = TlsSettings::intermediate(&tls.cert_file, &tls.key_file)
+            .map_err(|e| vec![format!("server.tls: {e}")])?;
+        listener = listener.tls(settings);
     }
+    proxy.add_listener(listener);
     server.add_service(proxy);
 
     if let Some(addr) = &server_cfg.admin_listen {
@@ -66,6 +70,12 @@ pub fn build(config_path: &Path) -> Result<(Server, Arc<SharedState>), Vec<Strin
         },
     ));
     server.add_service(background_service(
+        "JWKS refresher",
+        crate::auth::jwt::Refresher {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "SIGHUP reloader",
         Reloader {
             state: state.clone(),
@@ -78,6 +88,7 @@ pub fn build(config_path: &Path) -> Result<(Server, Arc<SharedState>), Vec<Strin
 pub fn run(config_path: &Path) -> Result<(), Vec<String>> {
     let (server, _state) = build(config_path)?;
     server.run(RunArgs::default());
+    crate::observe::access::flush_all();
     Ok(())
 }
 

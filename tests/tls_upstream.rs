@@ -193,3 +193,74 @@ async fn ready_says_when_orionvm_is_unreachable() {
         "alive all the same"
     );
 }
+
+/// The proxy's own listener over TLS (production's `server.tls`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_listener_serves_https() {
+    let sim = start_sim(sim_options()).await;
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "proxy test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["proxy.test".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca_cert, &ca_key)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("proxy.crt"), dir.path().join("proxy.key"));
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+
+    let mut config = ConfigBuilder::new(&sim.url());
+    config.extra_server = format!(
+        "  tls: {{cert_file: \"{}\", key_file: \"{}\"}}\n",
+        cert.display(),
+        key.display()
+    );
+    let ports = Ports::free();
+    let path = config.write(dir.path(), &ports);
+    let mut child = std::process::Command::new(binary())
+        .args(["run", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let base = format!("https://127.0.0.1:{}", ports.proxy);
+    let health = poll(
+        "HTTPS health",
+        std::time::Duration::from_secs(30),
+        || async {
+            let r = https.get(format!("{base}/health")).send().await.ok()?;
+            (r.status() == 200).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(health.status(), 200);
+    let r = https
+        .get(format!("{base}/api/v1/regions"))
+        .bearer_auth(config.key("viewer"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Plain HTTP on the TLS port is not served.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/health", ports.proxy))
+        .send()
+        .await;
+    assert!(plain.map(|r| r.status() != 200).unwrap_or(true));
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let _ = child.wait();
+}

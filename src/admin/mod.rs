@@ -40,7 +40,11 @@ impl AdminApp {
     ) -> AdminResult {
         let rt = self.state.current();
         let req = session.req_header();
-        let principal = rt.auth.authenticate(&req.headers).map_err(ApiError::from)?;
+        let principal = rt
+            .auth
+            .authenticate(&req.headers)
+            .await
+            .map_err(ApiError::from)?;
         if !principal.has_role(ADMIN_ROLE) {
             return Err(ApiError::new(
                 403,
@@ -61,6 +65,7 @@ impl AdminApp {
         let query = req.uri.query().map(str::to_string);
         match (method.as_str(), path.as_str()) {
             ("GET", "/admin/config") => Ok((200, config_summary(&rt))),
+            ("GET", "/admin/endpoints/stats") => Ok((200, crate::upstream::stats::report(&rt))),
             ("GET", "/admin/audit") => {
                 *stream = Some(crate::observe::audit::export(&rt, query.as_deref())?);
                 Ok((200, serde_json::Value::Null))
@@ -122,6 +127,8 @@ fn config_summary(rt: &crate::config::Runtime) -> serde_json::Value {
         "tenants": rt.config.tenants.iter().map(|(k, v)| (k.clone(), json!(v.account))).collect::<serde_json::Map<_, _>>(),
         "roles": rt.auth.roles.patterns(),
         "api_keys": rt.config.api_keys.iter().map(|k| json!({"name": k.name, "roles": k.roles, "tenant": k.tenant, "enabled": k.enabled})).collect::<Vec<_>>(),
+        "clients": rt.config.clients.iter().map(|c| json!({"client_id": c.client_id, "roles": c.roles, "tenant": c.tenant, "enabled": c.enabled})).collect::<Vec<_>>(),
+        "jwt_issuers": rt.config.jwt.issuers.iter().map(|i| json!({"name": i.name, "issuer": i.issuer, "algorithms": i.algorithms, "jwks_url": i.jwks_url})).collect::<Vec<_>>(),
         "routes": rt.routes.routes().len(),
     })
 }
@@ -195,7 +202,7 @@ impl HttpServerApp for AdminApp {
             Err(e) => (e.status, Some(e.code)),
         };
         let rt = self.state.current();
-        crate::observe::audit::record_admin(&rt, &session, &rid, started, status, code);
+        crate::observe::audit::record_admin(&rt, &session, &rid, started, status, code).await;
         let written = match (outcome, stream) {
             (Ok(_), Some(stream)) => write_stream(&mut session, stream, &rid).await,
             (Ok((status, value)), None) => {

@@ -1,11 +1,17 @@
 //! Authentication (who is calling) and authorization (may they do this).
 //!
-//! Credentials: API keys (`Authorization: Bearer KEY` or `X-API-Key: KEY`). The principal type
-//! carries roles and a tenant, whatever the credential kind.
+//! Credentials, all sent as `Authorization: Bearer ...` (API keys also as `X-API-Key`): API
+//! keys, tokens the proxy issued from `/oauth/token` (`tokens`, `token_endpoint`), and JWTs
+//! from external identity providers (`jwt`). The credential's shape picks the check; each
+//! gives the same [`principal::Principal`] with roles and a tenant.
 
 pub mod api_keys;
+pub mod config;
+pub mod jwt;
 pub mod permissions;
 pub mod principal;
+pub mod token_endpoint;
+pub mod tokens;
 
 use crate::config::model::Config;
 use crate::errors::ApiError;
@@ -21,7 +27,14 @@ pub enum AuthError {
     Malformed(&'static str),
     UnknownKey,
     DisabledKey,
-    Forbidden { permission: Arc<str> },
+    /// An issued token or a JWT was refused; `detail` is safe to show the caller.
+    Token {
+        reason: &'static str,
+        detail: &'static str,
+    },
+    Forbidden {
+        permission: Arc<str>,
+    },
 }
 
 impl AuthError {
@@ -31,6 +44,7 @@ impl AuthError {
             AuthError::Malformed(_) => "malformed",
             AuthError::UnknownKey => "unknown_key",
             AuthError::DisabledKey => "disabled_key",
+            AuthError::Token { reason, .. } => reason,
             AuthError::Forbidden { .. } => "forbidden",
         }
     }
@@ -58,6 +72,10 @@ impl From<AuthError> for ApiError {
                 "the API key or token is not valid",
             )
             .with_header("www-authenticate", CHALLENGE),
+            AuthError::Token { detail, .. } => {
+                ApiError::new(401, "invalid_token", "Invalid credentials", detail)
+                    .with_header("www-authenticate", CHALLENGE)
+            }
             AuthError::Forbidden { permission } => ApiError::new(
                 403,
                 "forbidden",
@@ -73,10 +91,17 @@ impl From<AuthError> for ApiError {
 pub struct Auth {
     pub roles: Roles,
     keys: ApiKeys,
+    issued: tokens::Issued,
+    pub jwt: jwt::Jwt,
 }
 
 impl Auth {
-    pub fn build(config: &Config, roles: Roles) -> Result<Auth, Vec<String>> {
+    /// Validates keys, clients and issuers. `previous` lets remote JWKS caches survive.
+    pub fn build(
+        config: &Config,
+        roles: Roles,
+        previous: Option<&Auth>,
+    ) -> Result<Auth, Vec<String>> {
         let mut errors = Vec::new();
         let mut keys = ApiKeys::default();
         for (i, k) in config.api_keys.iter().enumerate() {
@@ -108,19 +133,69 @@ impl Auth {
                 errors.push(format!("{at}.hash: the same key is configured twice"));
             }
         }
+        let issued = build_clients(config, &roles, &mut errors);
+        let tenants = config.tenants.keys().map(String::as_str).collect();
+        let jwt = jwt::Jwt::build(
+            &config.jwt,
+            &roles,
+            &tenants,
+            previous.map(|p| &p.jwt),
+            &mut errors,
+        );
         if errors.is_empty() {
-            Ok(Auth { roles, keys })
+            Ok(Auth {
+                roles,
+                keys,
+                issued,
+                jwt,
+            })
         } else {
             Err(errors)
         }
     }
 
-    /// Authenticates a request from its headers.
-    pub fn authenticate(&self, headers: &http::HeaderMap) -> Result<Arc<Principal>, AuthError> {
+    /// The registered clients and the token keys.
+    pub fn issued(&self) -> &tokens::Issued {
+        &self.issued
+    }
+
+    /// Authenticates a request from its headers: an issued token (`opt_` and 60 characters),
+    /// an API key (64 characters, one hash and one map probe), or a JWT (three dot-separated
+    /// parts) when issuers are configured.
+    pub async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Result<Arc<Principal>, AuthError> {
         let credential = credential_from(headers)?;
+        if credential.len() == tokens::TOKEN_LEN && credential.starts_with(tokens::TOKEN_PREFIX) {
+            return self
+                .issued
+                .verify(credential, tokens::now_unix())
+                .map_err(|e| match e {
+                    tokens::TokenError::Expired => AuthError::Token {
+                        reason: "expired",
+                        detail: "the token has expired",
+                    },
+                    _ => AuthError::Token {
+                        reason: "invalid_issued_token",
+                        detail: "the API key or token is not valid",
+                    },
+                });
+        }
         match self.keys.lookup(credential) {
             Some(KeyState::Enabled(p)) => Ok(p.clone()),
             Some(KeyState::Disabled(_)) => Err(AuthError::DisabledKey),
+            None if !self.jwt.is_empty()
+                && credential.bytes().filter(|b| *b == b'.').count() == 2 =>
+            {
+                self.jwt
+                    .verify(credential, &self.roles)
+                    .await
+                    .map_err(|e| AuthError::Token {
+                        reason: e.reason,
+                        detail: e.detail,
+                    })
+            }
             None => Err(AuthError::UnknownKey),
         }
     }
@@ -139,6 +214,87 @@ impl Auth {
             }),
         }
     }
+}
+
+/// Registered clients of `/oauth/token` and the keys that sign their tokens.
+fn build_clients(config: &Config, roles: &Roles, errors: &mut Vec<String>) -> tokens::Issued {
+    let oauth = &config.oauth;
+    let mut keys = Vec::new();
+    let refs = oauth
+        .signing_key
+        .iter()
+        .map(|r| ("oauth.signing_key".to_string(), r));
+    let previous = oauth
+        .previous_signing_keys
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("oauth.previous_signing_keys[{i}]"), r));
+    for (at, r) in refs.chain(previous) {
+        match r.resolve() {
+            Ok(s) if s.expose().len() >= tokens::MIN_KEY_BYTES => keys.push(s),
+            Ok(_) => errors.push(format!(
+                "{at}: must be at least {} bytes (e.g. `openssl rand -base64 48`)",
+                tokens::MIN_KEY_BYTES
+            )),
+            Err(e) => errors.push(format!("{at}: {e}")),
+        }
+    }
+    if oauth.signing_key.is_none() && !config.clients.is_empty() {
+        errors.push("oauth.signing_key: required when clients are configured".into());
+    }
+    if oauth.signing_key.is_none() && !oauth.previous_signing_keys.is_empty() {
+        errors.push("oauth.previous_signing_keys: needs oauth.signing_key".into());
+    }
+    if !(120..=86_400 * 30).contains(&oauth.expires_in) {
+        errors.push(
+            "oauth.expires_in: must be between 120 and 2592000 seconds (clients refresh about a minute ahead)"
+                .into(),
+        );
+    }
+    if oauth.max_requests_per_minute == 0 || oauth.max_failures_per_minute == 0 {
+        errors.push(
+            "oauth: max_requests_per_minute and max_failures_per_minute must be at least 1".into(),
+        );
+    }
+    let mut issued = tokens::Issued::new(keys);
+    let mut seen = std::collections::HashSet::new();
+    for (i, c) in config.clients.iter().enumerate() {
+        let at = format!("clients[{i}] ({})", c.client_id);
+        if !seen.insert(c.client_id.as_str()) {
+            errors.push(format!("{at}.client_id: duplicate client id"));
+            continue;
+        }
+        if c.client_id.is_empty() || c.client_id.len() > 128 {
+            errors.push(format!("{at}.client_id: must be 1 to 128 characters"));
+        }
+        for (j, r) in c.roles.iter().enumerate() {
+            if !roles.contains(r) {
+                errors.push(format!("{at}.roles[{j}]: unknown role '{r}'"));
+            }
+        }
+        if !config.tenants.contains_key(&c.tenant) {
+            errors.push(format!("{at}.tenant: unknown tenant '{}'", c.tenant));
+        }
+        let perms = roles.union_of(c.roles.iter().map(String::as_str));
+        match tokens::Client::new(
+            &c.client_id,
+            &c.secret_hash,
+            c.enabled,
+            &c.roles,
+            &c.tenant,
+            perms,
+        ) {
+            Ok(client) => {
+                if !issued.insert(client) {
+                    errors.push(format!(
+                        "{at}.client_id: its tag collides with another client's; rename it"
+                    ));
+                }
+            }
+            Err(e) => errors.push(format!("{at}.secret_hash: {e}")),
+        }
+    }
+    issued
 }
 
 /// The caller's credential: `X-API-Key`, or the token of `Authorization: Bearer`.

@@ -43,6 +43,7 @@ pub struct Runtime {
     pub max_body_bytes: usize,
     /// Per-route body schemas and rewrite rules, compiled once per build.
     pub body_rules: crate::validate::BodyRules,
+    pub limits: crate::limits::Limits,
 }
 
 /// Parses YAML text into the model, reporting every problem with its path.
@@ -142,6 +143,9 @@ pub fn build(
             "server.max_body_bytes: must be between 1 and 65536 (Pingora's replay buffer)".into(),
         );
     }
+    if s.read_buffer_bytes > 1024 * 1024 {
+        errors.push("server.read_buffer_bytes: must be at most 1048576".into());
+    }
     if s.max_header_bytes < 1024 || s.max_header_bytes > 1024 * 1024 {
         errors.push("server.max_header_bytes: must be between 1024 and 1048576".into());
     }
@@ -171,7 +175,11 @@ pub fn build(
     let roles = Roles::build(role_map, &registry)
         .map_err(|e| errors.extend(e))
         .ok();
-    let auth = roles.and_then(|r| Auth::build(&config, r).map_err(|e| errors.extend(e)).ok());
+    let auth = roles.and_then(|r| {
+        Auth::build(&config, r, previous.map(|p| &p.auth))
+            .map_err(|e| errors.extend(e))
+            .ok()
+    });
     let upstreams = Upstreams::build(&config, previous.map(|p| &p.upstreams))
         .map_err(|e| errors.extend(e))
         .ok();
@@ -182,13 +190,18 @@ pub fn build(
     let body_rules = crate::validate::BodyRules::build(route_list, &config.validation)
         .map_err(|e| errors.extend(e))
         .ok();
+    let role_names: Vec<&str> = role_map.keys().map(String::as_str).collect();
+    let limits = crate::limits::Limits::build(&config, routes.as_ref(), &role_names)
+        .map_err(|e| errors.extend(e))
+        .ok();
 
-    match (routes, auth, upstreams, log, body_rules) {
-        (Some(routes), Some(auth), Some(upstreams), Some(log), Some(body_rules))
+    match (routes, auth, upstreams, log, body_rules, limits) {
+        (Some(routes), Some(auth), Some(upstreams), Some(log), Some(body_rules), Some(limits))
             if errors.is_empty() =>
         {
             Ok(Runtime {
                 body_rules,
+                limits,
                 version: version_of(text),
                 max_body_bytes: config.server.max_body_bytes,
                 config,

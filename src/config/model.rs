@@ -29,12 +29,24 @@ pub struct Config {
     /// The route table. Defaults to the shipped OrionVM mirror and facade routes.
     #[serde(default)]
     pub routes: Option<Vec<RouteConfig>>,
+    /// The proxy's own token endpoint (`POST /oauth/token`): signing key, lifetime, limits.
+    #[serde(default)]
+    pub oauth: crate::auth::config::OAuthConfig,
+    /// Clients registered for the client-credentials grant of `/oauth/token`.
+    #[serde(default)]
+    pub clients: Vec<crate::auth::config::ClientConfig>,
+    /// External identity providers whose JWTs are accepted.
+    #[serde(default)]
+    pub jwt: crate::auth::config::JwtConfig,
     /// Request body validation: schemas, strictness, switches.
     #[serde(default)]
     pub validation: ValidationConfig,
     /// The REST facade (`/v1`): how its tasks wait for OrionVM's state changes.
     #[serde(default)]
     pub facade: FacadeConfig,
+    /// Rate limits, the polling cache, the budget toward OrionVM and the circuit breaker.
+    #[serde(default)]
+    pub limits: crate::limits::config::LimitsConfig,
 }
 
 /// The REST facade's tasks (reboot, snapshot).
@@ -81,6 +93,10 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Largest total size of request headers accepted.
     pub max_header_bytes: usize,
+    /// Read buffer of each client connection. Pingora's default is 64 KiB per connection, which
+    /// idle keep-alive connections hold too; requests are parsed into their own buffers, so a
+    /// small one costs no CPU. 0 reads unbuffered.
+    pub read_buffer_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +111,7 @@ impl Default for ServerConfig {
             trusted_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
             max_body_bytes: 65536,
             max_header_bytes: 32 * 1024,
+            read_buffer_bytes: 2048,
         }
     }
 }
@@ -120,6 +137,9 @@ pub struct AccountConfig {
     pub connect_timeout_ms: u64,
     #[serde(default = "default_read_timeout_ms")]
     pub read_timeout_ms: u64,
+    /// Active health check of the endpoints.
+    #[serde(default)]
+    pub health_check: crate::upstream::balance::HealthCheckConfig,
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -140,6 +160,9 @@ pub struct EndpointConfig {
     /// SNI and certificate name, when it differs from the URL's host.
     #[serde(default)]
     pub sni: Option<String>,
+    /// A disabled endpoint gets no traffic (and is still listed in the stats).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
 }
 
 /// The proxy's credentials toward OrionVM. Secrets are references, never values.
@@ -385,6 +408,8 @@ pub enum RouteKind {
     Health,
     /// Readiness, answered by the proxy.
     Ready,
+    /// The proxy's own OAuth2 token endpoint (client credentials), answered by the proxy.
+    OauthToken,
     /// The REST facade (`/v1`), answered by the proxy through its own calls to OrionVM.
     Facade,
     /// The OpenAPI document, answered by the proxy.

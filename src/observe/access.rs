@@ -8,33 +8,63 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::Duration;
+
+/// How often the writer thread takes the pending lines.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+/// Lines waiting for the writer beyond this are dropped (and counted), never blocking requests.
+const MAX_PENDING: usize = 16 * 1024 * 1024;
 
 pub struct Sink {
     target: String,
-    tx: SyncSender<Vec<u8>>,
+    /// Lines appended by requests, taken whole by the writer thread every `FLUSH_INTERVAL`:
+    /// a request costs an uncontended lock and a copy, never a thread wake-up or a syscall.
+    pending: Mutex<Vec<u8>>,
     dropped: std::sync::atomic::AtomicU64,
     /// Rotation of a file target, updated on reload: (max_bytes, max_files).
     rotate: Arc<Mutex<RotatePolicy>>,
+    out: Mutex<Out>,
 }
 
 impl Sink {
-    /// Queues one line (a newline is added). Never blocks: a full queue drops the line and
-    /// counts it, rather than slowing requests down.
-    pub fn write(&self, mut line: Vec<u8>) {
-        line.push(b'\n');
-        match self.tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                super::metrics::log_line_dropped();
-            }
+    /// Queues one line (a newline is added). Never blocks on I/O: past `MAX_PENDING` the line
+    /// is dropped and counted, rather than slowing requests down.
+    pub fn write(&self, line: Vec<u8>) {
+        let mut pending = self.pending.lock();
+        if pending.len() + line.len() < MAX_PENDING {
+            pending.extend_from_slice(&line);
+            pending.push(b'\n');
+            return;
         }
+        drop(pending);
+        self.dropped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        super::metrics::log_line_dropped();
     }
 
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// Writes what is pending now (the writer thread, and shutdown).
+    pub fn flush(&self) {
+        let batch = std::mem::take(&mut *self.pending.lock());
+        if batch.is_empty() {
+            return;
+        }
+        let mut out = self.out.lock();
+        match &mut *out {
+            Out::Stdout(w) => {
+                let _ = w.write_all(&batch);
+                let _ = w.flush();
+            }
+            Out::File(f) => {
+                f.policy = *self.rotate.lock();
+                if let Err(e) = f.write_lines(&batch) {
+                    log::warn!("access log {}: {e}", f.path().display());
+                }
+            }
+        }
     }
 }
 
@@ -48,7 +78,6 @@ pub fn sink_for(target: &str, rotate: RotatePolicy) -> Result<Arc<Sink>, String>
         *s.rotate.lock() = rotate;
         return Ok(s.clone());
     }
-    let shared_rotate = Arc::new(Mutex::new(rotate));
     let out = if target == "stdout" {
         Out::Stdout(std::io::BufWriter::with_capacity(
             64 * 1024,
@@ -57,52 +86,41 @@ pub fn sink_for(target: &str, rotate: RotatePolicy) -> Result<Arc<Sink>, String>
     } else {
         let f = RotatingFile::open(std::path::Path::new(target), rotate)
             .map_err(|e| format!("cannot open {target}: {e}"))?;
-        Out::File(f, shared_rotate.clone())
+        Out::File(f)
     };
-    let (tx, rx) = sync_channel::<Vec<u8>>(16 * 1024);
-    std::thread::Builder::new()
-        .name("access-log".into())
-        .spawn(move || writer(rx, out))
-        .map_err(|e| format!("cannot start the log writer: {e}"))?;
     let sink = Arc::new(Sink {
         target: target.to_string(),
-        tx,
+        pending: Mutex::new(Vec::with_capacity(256 * 1024)),
         dropped: Default::default(),
-        rotate: shared_rotate,
+        rotate: Arc::new(Mutex::new(rotate)),
+        out: Mutex::new(out),
     });
+    let writer = Arc::downgrade(&sink);
+    std::thread::Builder::new()
+        .name("access-log".into())
+        .spawn(move || {
+            while let Some(sink) = writer.upgrade() {
+                sink.flush();
+                drop(sink);
+                std::thread::sleep(FLUSH_INTERVAL);
+            }
+        })
+        .map_err(|e| format!("cannot start the log writer: {e}"))?;
     sinks.insert(target.to_string(), sink.clone());
     Ok(sink)
 }
 
-enum Out {
-    Stdout(std::io::BufWriter<std::io::Stdout>),
-    File(RotatingFile, Arc<Mutex<RotatePolicy>>),
+/// Writes every sink's pending lines; called once the server has stopped.
+pub fn flush_all() {
+    let sinks: Vec<Arc<Sink>> = SINKS.lock().values().cloned().collect();
+    for s in sinks {
+        s.flush();
+    }
 }
 
-fn writer(rx: Receiver<Vec<u8>>, mut out: Out) {
-    // Lines are gathered into one buffer per wake-up, so a busy proxy makes few writes.
-    let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
-    while let Ok(line) = rx.recv() {
-        batch.extend_from_slice(&line);
-        while batch.len() < 256 * 1024
-            && let Ok(more) = rx.try_recv()
-        {
-            batch.extend_from_slice(&more);
-        }
-        match &mut out {
-            Out::Stdout(w) => {
-                let _ = w.write_all(&batch);
-                let _ = w.flush();
-            }
-            Out::File(f, policy) => {
-                f.policy = *policy.lock();
-                if let Err(e) = f.write(&batch) {
-                    log::warn!("access log {}: {e}", f.path().display());
-                }
-            }
-        }
-        batch.clear();
-    }
+enum Out {
+    Stdout(std::io::BufWriter<std::io::Stdout>),
+    File(RotatingFile),
 }
 
 /// RFC 3339 UTC with milliseconds, as ECS `@timestamp` wants.
@@ -124,135 +142,192 @@ pub fn log_request(
 ) {
     let Some(sink) = &policy.sink else { return };
     let req = session.req_header();
-    let mut line = serde_json::Map::with_capacity(24);
-    let mut put = |k: &str, v: serde_json::Value| {
-        line.insert(k.to_string(), v);
-    };
-    use serde_json::Value as V;
-    put("@timestamp", V::String(timestamp(ctx.started_at)));
-    put(
+    let mut line = Line::with_capacity(640);
+    line.str("@timestamp", &timestamp(ctx.started_at));
+    line.str(
         "log.level",
-        V::String(
-            if status >= 500 || status == 0 {
-                "error"
-            } else if status >= 400 {
-                "warn"
-            } else {
-                "info"
-            }
-            .into(),
-        ),
+        if status >= 500 || status == 0 {
+            "error"
+        } else if status >= 400 {
+            "warn"
+        } else {
+            "info"
+        },
     );
-    put("event.dataset", V::String("orion_proxy.access".into()));
-    put("http.request.id", V::String(ctx.request_id.clone()));
-    put("trace.id", V::String(ctx.trace_id.clone()));
+    line.str("event.dataset", "orion_proxy.access");
+    line.str("http.request.id", &ctx.request_id);
+    line.str("trace.id", &ctx.trace_id);
     if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()) {
-        put("client.ip", V::String(ip.ip().to_string()));
+        line.display("client.ip", &ip.ip());
     }
-    put(
-        "http.request.method",
-        V::String(req.method.as_str().to_string()),
-    );
-    let path = if ctx.path.is_empty() {
-        truncate(req.uri.path(), 256)
+    line.str("http.request.method", req.method.as_str());
+    if ctx.path.is_empty() {
+        line.str("url.path", cut(req.uri.path(), 256));
     } else {
-        ctx.path.clone()
-    };
-    put("url.path", V::String(path));
-    if let Some(q) = req.uri.query() {
-        put(
-            "url.query",
-            V::String(truncate(&policy.redact_query(q), 512)),
-        );
+        line.str("url.path", &ctx.path);
     }
-    put("route", V::String(ctx.route_name().to_string()));
+    if let Some(q) = req.uri.query() {
+        line.str("url.query", cut(&policy.redact_query(q), 512));
+    }
+    line.str("route", ctx.route_name());
     if let Some(p) = &ctx.principal {
-        put("user.id", V::String(p.id.to_string()));
-        put(
-            "user.roles",
-            V::Array(p.roles.iter().map(|r| V::String(r.to_string())).collect()),
-        );
-        put("organization.id", V::String(p.tenant.to_string()));
-        put("auth.kind", V::String(p.kind.as_str().into()));
+        line.str("user.id", &p.id);
+        line.str_list("user.roles", p.roles.iter().map(|r| &**r));
+        line.str("organization.id", &p.tenant);
+        line.str("auth.kind", p.kind.as_str());
     }
     if let Some(ua) = req.headers.get("user-agent").and_then(|v| v.to_str().ok()) {
-        put("user_agent.original", V::String(truncate(ua, 256)));
+        line.str("user_agent.original", cut(ua, 256));
     }
-    put("http.response.status_code", V::from(status));
+    line.num("http.response.status_code", status as u64);
     if let Some(s) = ctx.upstream_status {
-        put("upstream.status_code", V::from(s));
+        line.num("upstream.status_code", s as u64);
     }
     if let Some(t) = &ctx.tenant
         && let Some(e) = ctx.endpoint.and_then(|i| t.account.endpoints.get(i))
     {
-        put("upstream.endpoint", V::String(e.name.to_string()));
+        line.str("upstream.endpoint", &e.name);
     }
     let elapsed = ctx.started.elapsed();
-    put("event.duration", V::from(elapsed.as_nanos() as u64));
-    put("latency_ms", V::from((elapsed.as_micros() as f64) / 1000.0));
+    line.num("event.duration", elapsed.as_nanos() as u64);
+    line.millis("latency_ms", elapsed);
     if let Some(u) = ctx.upstream_elapsed {
-        put(
-            "upstream.latency_ms",
-            V::from((u.as_micros() as f64) / 1000.0),
-        );
+        line.millis("upstream.latency_ms", u);
     }
-    put("http.request.body.bytes", V::from(ctx.request_bytes));
-    put("http.response.body.bytes", V::from(ctx.response_bytes));
+    line.num("http.request.body.bytes", ctx.request_bytes as u64);
+    line.num("http.response.body.bytes", ctx.response_bytes as u64);
     if ctx.attempts > 1 {
-        put("upstream.attempts", V::from(ctx.attempts));
+        line.num("upstream.attempts", ctx.attempts as u64);
     }
     if let Some(err) = &ctx.error {
-        put("error.code", V::String(err.code.to_string()));
-        put("error.message", V::String(truncate(&err.detail, 256)));
+        line.str("error.code", err.code);
+        line.str("error.message", cut(&err.detail, 256));
     }
     if let Some(r) = ctx.auth_failure {
-        put("auth.failure", V::String(r.into()));
+        line.str("auth.failure", r);
     }
     if let Some(k) = ctx.upstream_failure {
-        put("upstream.failure", V::String(k.into()));
+        line.str("upstream.failure", k);
     }
     if let Some(e) = error {
-        put("error.type", V::String(format!("{:?}", e.etype())));
+        line.str("error.type", &format!("{:?}", e.etype()));
     }
     if policy.request_headers {
-        put(
+        line.value(
             "http.request.headers",
-            policy.redactor.headers(&req.headers),
+            &policy.redactor.headers(&req.headers),
         );
     }
-    if let Some(h) = ctx.obs.response_headers.clone() {
-        put("http.response.headers", h);
+    if let Some(h) = &ctx.obs.response_headers {
+        line.value("http.response.headers", h);
     }
     if policy.request_body
         && let Some(b) = super::request_body(session, ctx)
     {
-        let (text, cut) = policy.body_for_log(&b, false);
-        put("http.request.body.content", V::String(text));
-        if cut {
-            put("http.request.body.truncated", V::Bool(true));
+        let (text, truncated) = policy.body_for_log(&b, false);
+        line.str("http.request.body.content", &text);
+        if truncated {
+            line.raw("http.request.body.truncated", "true");
         }
     }
     if policy.response_body
         && let Some(b) = &ctx.obs.response_body
     {
-        let (text, cut) = policy.body_for_log(b, ctx.obs.response_body_overflow);
-        put("http.response.body.content", V::String(text));
-        if cut {
-            put("http.response.body.truncated", V::Bool(true));
+        let (text, truncated) = policy.body_for_log(b, ctx.obs.response_body_overflow);
+        line.str("http.response.body.content", &text);
+        if truncated {
+            line.raw("http.response.body.truncated", "true");
         }
     }
-    if let Ok(bytes) = serde_json::to_vec(&V::Object(line)) {
-        sink.write(bytes);
+    sink.write(line.finish());
+}
+
+/// A JSON object written straight into bytes: keys are trusted ASCII literals, values are
+/// escaped by serde_json. No map, no intermediate `Value`s on the hot path.
+struct Line {
+    buf: Vec<u8>,
+}
+
+impl Line {
+    fn with_capacity(n: usize) -> Self {
+        let mut buf = Vec::with_capacity(n);
+        buf.push(b'{');
+        Line { buf }
+    }
+
+    fn key(&mut self, k: &str) {
+        if self.buf.len() > 1 {
+            self.buf.push(b',');
+        }
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(k.as_bytes());
+        self.buf.extend_from_slice(b"\":");
+    }
+
+    fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        // Writing a &str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut self.buf, v);
+    }
+
+    fn display(&mut self, k: &str, v: &dyn std::fmt::Display) {
+        self.str(k, &v.to_string());
+    }
+
+    fn str_list<'a>(&mut self, k: &str, items: impl Iterator<Item = &'a str>) {
+        self.key(k);
+        self.buf.push(b'[');
+        for (i, item) in items.enumerate() {
+            if i > 0 {
+                self.buf.push(b',');
+            }
+            let _ = serde_json::to_writer(&mut self.buf, item);
+        }
+        self.buf.push(b']');
+    }
+
+    fn num(&mut self, k: &str, v: u64) {
+        self.key(k);
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    }
+
+    /// Milliseconds with microsecond precision.
+    fn millis(&mut self, k: &str, d: std::time::Duration) {
+        self.key(k);
+        let micros = d.as_micros() as u64;
+        let mut b = itoa::Buffer::new();
+        self.buf
+            .extend_from_slice(b.format(micros / 1000).as_bytes());
+        let frac = micros % 1000;
+        self.buf.push(b'.');
+        self.buf.extend_from_slice(format!("{frac:03}").as_bytes());
+    }
+
+    fn raw(&mut self, k: &str, json: &str) {
+        self.key(k);
+        self.buf.extend_from_slice(json.as_bytes());
+    }
+
+    fn value(&mut self, k: &str, v: &serde_json::Value) {
+        self.key(k);
+        let _ = serde_json::to_writer(&mut self.buf, v);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.buf.push(b'}');
+        self.buf
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
+/// The first `max` bytes of `s`, on a character boundary.
+fn cut(s: &str, max: usize) -> &str {
     if s.len() <= max {
-        return s.to_string();
+        return s;
     }
     let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].to_string()
+    &s[..end]
 }

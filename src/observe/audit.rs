@@ -240,7 +240,7 @@ pub fn record(session: &Session, ctx: &mut Ctx, e: Option<&pingora::Error>) {
 /// The audit record of a mutating call to the admin listener (`POST /admin/reload`), written
 /// before its answer. The caller is authenticated again here, so that refused calls are
 /// recorded as well, with whoever they claimed to be when the credential was valid.
-pub fn record_admin(
+pub async fn record_admin(
     rt: &Runtime,
     session: &pingora::protocols::http::ServerSession,
     request_id: &str,
@@ -255,7 +255,7 @@ pub fn record_admin(
     let Some(log) = rt.log.audit.as_ref() else {
         return;
     };
-    let principal = rt.auth.authenticate(&req.headers).ok();
+    let principal = rt.auth.authenticate(&req.headers).await.ok();
     let path = crate::routes::path::normalize(req.uri.path()).unwrap_or_default();
     let action = match path.as_str() {
         "/admin/reload" => "admin.reload",

@@ -79,6 +79,35 @@ impl RotatingFile {
         Ok(())
     }
 
+    /// Writes a batch of newline-terminated lines, rotating between lines so that no file
+    /// grows past `max_bytes` by more than one line (as if the lines came one at a time).
+    pub fn write_lines(&mut self, mut batch: &[u8]) -> io::Result<()> {
+        while !batch.is_empty() {
+            let room = self.policy.max_bytes.saturating_sub(self.size) as usize;
+            if batch.len() <= room {
+                return self.write(batch);
+            }
+            // The longest run of whole lines that fits, or else one line (which rotates).
+            let fit = batch[..room]
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map(|i| i + 1)
+                .unwrap_or(0);
+            let take = if fit > 0 {
+                fit
+            } else {
+                batch
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map(|i| i + 1)
+                    .unwrap_or(batch.len())
+            };
+            self.write(&batch[..take])?;
+            batch = &batch[take..];
+        }
+        Ok(())
+    }
+
     fn rotate(&mut self) -> io::Result<()> {
         let n = self.policy.max_files.max(1);
         let oldest = numbered(&self.path, n);
@@ -101,6 +130,34 @@ impl RotatingFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_rotate_between_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let mut f = RotatingFile::open(
+            &path,
+            RotatePolicy {
+                max_bytes: 25,
+                max_files: 10,
+            },
+        )
+        .unwrap();
+        let batch: Vec<u8> = (0..10)
+            .flat_map(|i| format!("line-{i:04}\n").into_bytes())
+            .collect();
+        f.write_lines(&batch).unwrap();
+        let mut all = String::new();
+        for i in (1..=10).rev() {
+            if let Ok(t) = std::fs::read_to_string(numbered(&path, i)) {
+                assert!(t.len() <= 25, "{t:?}");
+                assert!(t.ends_with('\n'));
+                all.push_str(&t);
+            }
+        }
+        all.push_str(&std::fs::read_to_string(&path).unwrap());
+        assert_eq!(all.as_bytes(), &batch[..], "every line once, in order");
+    }
 
     #[test]
     fn rotates_by_size_and_keeps_max_files() {

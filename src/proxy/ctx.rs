@@ -48,6 +48,8 @@ pub struct Ctx {
     pub upstream_failure: Option<&'static str>,
     /// What the access log and the audit trail keep about the answer.
     pub obs: crate::observe::RequestObs,
+    /// Rate-limit verdicts, the endpoint claim of the current attempt (`crate::limits`).
+    pub limits: crate::limits::RequestLimits,
 }
 
 impl Ctx {
@@ -79,6 +81,7 @@ impl Ctx {
             auth_failure: None,
             upstream_failure: None,
             obs: Default::default(),
+            limits: Default::default(),
         }
     }
 

@@ -1,4 +1,4 @@
-//! Routes the proxy answers itself: liveness and readiness.
+//! Routes the proxy answers itself: liveness, readiness and the OAuth2 token endpoint.
 
 use super::ctx::Ctx;
 use super::respond;
@@ -45,5 +45,43 @@ pub async fn ready(session: &mut Session, ctx: &mut Ctx, rt: &Runtime) -> Result
             .with_details(details)
             .with_retry_after(2);
         respond::error(session, ctx, err).await
+    }
+}
+
+/// `POST /oauth/token`: reads the body (small), lets `auth::token_endpoint` decide.
+pub async fn oauth_token(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+    let Some(rt) = ctx.runtime.clone() else {
+        return respond::error(session, ctx, ApiError::internal("no configuration loaded")).await;
+    };
+    let body =
+        match crate::validate::body::read_whole(session, crate::auth::token_endpoint::MAX_BODY)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => return respond::error(session, ctx, e.into()).await,
+        };
+    ctx.request_bytes = body.len();
+    let client_ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let outcome = crate::auth::token_endpoint::issue(
+        &rt.auth,
+        &rt.config.oauth,
+        client_ip,
+        &session.req_header().headers,
+        &body,
+    )
+    .await;
+    match outcome {
+        Ok(json) => {
+            let extra = [("pragma", "no-cache".to_string())];
+            respond::json(session, ctx, 200, json, &extra).await
+        }
+        Err(e) => {
+            ctx.auth_failure = Some(e.reason());
+            crate::observe::metrics::auth_failure(e.reason());
+            respond::error(session, ctx, e.into()).await
+        }
     }
 }

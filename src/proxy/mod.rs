@@ -20,7 +20,6 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Raised from `upstream_response_filter` when OrionVM refuses the proxy's own token, so that
 /// Pingora retries the request once with a fresh one.
@@ -85,10 +84,18 @@ impl OrionProxy {
         ctx.route = Some(route.clone());
         ctx.params = params;
         match route.kind {
-            RouteKind::Health | RouteKind::Ready | RouteKind::Openapi => return Ok(None),
+            RouteKind::Health | RouteKind::Ready | RouteKind::Openapi | RouteKind::OauthToken => {
+                // Routes without a principal: `limits.anonymous_policy`, per source address
+                // (the token endpoint also has its own brute-force limit in auth).
+                let ip = session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip());
+                return Ok(crate::limits::admit(ctx, &session.req_header().method, ip));
+            }
             RouteKind::Mirror | RouteKind::Facade => {}
         }
-        let principal = match rt.auth.authenticate(&session.req_header().headers) {
+        let principal = match rt.auth.authenticate(&session.req_header().headers).await {
             Ok(p) => p,
             Err(e) => {
                 ctx.auth_failure = Some(e.reason());
@@ -108,6 +115,13 @@ impl OrionProxy {
             )));
         };
         ctx.tenant = Some(tenant.clone());
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if let Some(err) = crate::limits::admit(ctx, &session.req_header().method, client_ip) {
+            return Ok(Some(err));
+        }
         let signs = tenant.account.credentials.signer().is_some();
         match validate::read_request(session, &rt, &route, signs).await {
             Ok(r) => {
@@ -167,6 +181,9 @@ impl ProxyHttp for OrionProxy {
             respond::error(session, ctx, err).await?;
             return Ok(true);
         }
+        if crate::limits::before_upstream(session, ctx).await? {
+            return Ok(true);
+        }
         match ctx.route.as_ref().map(|r| r.kind) {
             Some(RouteKind::Health) => {
                 local::health(session, ctx).await?;
@@ -183,6 +200,10 @@ impl ProxyHttp for OrionProxy {
                 }
                 Ok(true)
             }
+            Some(RouteKind::OauthToken) => {
+                local::oauth_token(session, ctx).await?;
+                Ok(true)
+            }
             // The facade, the API document, and mirror lists asked to page, filter or sort.
             Some(RouteKind::Facade | RouteKind::Openapi | RouteKind::Mirror) => {
                 crate::facade::answer(session, ctx).await
@@ -192,28 +213,8 @@ impl ProxyHttp for OrionProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(tenant) = ctx.tenant.clone() else {
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "no tenant for an upstream call",
-            ));
-        };
-        let avoid = if ctx.attempts > 0 && ctx.upstream_failure.is_some() {
-            ctx.endpoint
-        } else {
-            None
-        };
-        let Some((idx, endpoint)) = tenant.account.pick(avoid) else {
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(502),
-                "the account has no endpoint",
-            ));
-        };
-        ctx.endpoint = Some(idx);
-        ctx.attempts = ctx.attempts.saturating_add(1);
-        ctx.upstream_failure = None;
-        ctx.upstream_started = Some(Instant::now());
-        Ok(Box::new(endpoint.peer()))
+        // Load balancer, health, breaker and budget: `crate::upstream::peer`.
+        crate::upstream::peer::peer_for(ctx).await
     }
 
     async fn upstream_request_filter(
@@ -259,18 +260,25 @@ impl ProxyHttp for OrionProxy {
             upstream.insert_header("authorization", auth.clone())?;
             ctx.upstream_auth = Some(auth);
         }
-        let query = session.req_header().uri.query();
-        let target = match query {
-            Some(q) => format!("{}{}?{q}", endpoint.base_path, ctx.path),
-            None => format!("{}{}", endpoint.base_path, ctx.path),
-        };
-        let uri = target.parse::<http::Uri>().map_err(|_| {
-            Error::explain(
-                ErrorType::HTTPStatus(400),
-                "the request URI cannot be rebuilt",
-            )
-        })?;
-        upstream.set_uri(uri);
+        // The request line is rebuilt only when what was checked differs from what came in
+        // (a doubled slash, a base path, an absolute-form URI).
+        let original = &session.req_header().uri;
+        if !endpoint.base_path.is_empty()
+            || original.scheme().is_some()
+            || original.path() != ctx.path
+        {
+            let target = match original.query() {
+                Some(q) => format!("{}{}?{q}", endpoint.base_path, ctx.path),
+                None => format!("{}{}", endpoint.base_path, ctx.path),
+            };
+            let uri = target.parse::<http::Uri>().map_err(|_| {
+                Error::explain(
+                    ErrorType::HTTPStatus(400),
+                    "the request URI cannot be rebuilt",
+                )
+            })?;
+            upstream.set_uri(uri);
+        }
         upstream.insert_header("host", endpoint.authority.as_str())?;
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
         upstream.insert_header("traceparent", request_id::child_traceparent(&ctx.trace_id))?;
@@ -352,6 +360,12 @@ impl ProxyHttp for OrionProxy {
                 return Err(e);
             }
         }
+        let method = &session.req_header().method;
+        if !session.as_ref().retry_buffer_truncated()
+            && let Some(e) = crate::upstream::peer::retry_on_5xx(ctx, method, status)
+        {
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -362,6 +376,7 @@ impl ProxyHttp for OrionProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        crate::limits::response_headers(ctx, upstream)?;
         let status = upstream.status.as_u16();
         if status >= 400 {
             // Every error reaches the caller in the one error body, whatever OrionVM sent.
@@ -387,6 +402,9 @@ impl ProxyHttp for OrionProxy {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
+        if end_of_stream {
+            crate::limits::upstream_done(ctx);
+        }
         if let Some(buf) = ctx.rewrite.as_mut() {
             if let Some(chunk) = body.take() {
                 let room = MAX_ERROR_BODY.saturating_sub(buf.len());
@@ -446,7 +464,7 @@ impl ProxyHttp for OrionProxy {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
-        if *e.etype() == TOKEN_REJECTED {
+        if *e.etype() == TOKEN_REJECTED || *e.etype() == crate::upstream::peer::UPSTREAM_5XX {
             return e;
         }
         if e.esource() == &ErrorSource::Upstream {
@@ -503,6 +521,7 @@ impl ProxyHttp for OrionProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         metrics::in_flight(-1);
+        crate::limits::finish(ctx, &session.req_header().method);
         observe::finish(session, ctx, e);
     }
 }

@@ -3,6 +3,7 @@
 //! same one retry when OrionVM refuses the proxy's token.
 
 use super::Account;
+use super::stats::Outcome;
 use bytes::Bytes;
 use std::time::Instant;
 
@@ -12,6 +13,8 @@ pub enum CallError {
     Connect,
     Timeout,
     Other(String),
+    /// Refused before any call: the breaker is open or the budget is exhausted.
+    Refused(crate::limits::LimitsError),
 }
 
 impl From<CallError> for crate::errors::ApiError {
@@ -30,6 +33,7 @@ impl From<CallError> for crate::errors::ApiError {
             CallError::Other(_) => {
                 ApiError::bad_gateway("bad_gateway", "the call to OrionVM failed")
             }
+            CallError::Refused(e) => e.into(),
         }
     }
 }
@@ -62,14 +66,18 @@ pub async fn call(
     let mut retried = false;
     let mut avoid = None;
     loop {
-        let Some((idx, endpoint)) = account.pick(avoid) else {
+        let attempt = account.acquire(avoid).await.map_err(CallError::Refused)?;
+        let idx = attempt.index;
+        let Some(endpoint) = account.endpoints.get(idx) else {
             return Err(CallError::Other("the account has no endpoint".into()));
         };
-        let auth = account
-            .credentials
-            .authorization_header()
-            .await
-            .map_err(|e| CallError::Credentials(e.to_string()))?;
+        let auth = match account.credentials.authorization_header().await {
+            Ok(a) => a,
+            Err(e) => {
+                attempt.finish(Outcome::Connect, None);
+                return Err(CallError::Credentials(e.to_string()));
+            }
+        };
         let mut req = account
             .http
             .request(method.clone(), endpoint.url_for(path))
@@ -110,32 +118,49 @@ pub async fn call(
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) if e.is_connect() && avoid.is_none() && account.endpoints.len() > 1 => {
+                attempt.finish(Outcome::Connect, None);
                 avoid = Some(idx);
                 continue;
             }
-            Err(e) if e.is_timeout() => return Err(CallError::Timeout),
-            Err(e) if e.is_connect() => return Err(CallError::Connect),
-            Err(_) => return Err(CallError::Other("request failed".into())),
+            Err(e) if e.is_timeout() => {
+                attempt.finish(Outcome::Timeout, None);
+                return Err(CallError::Timeout);
+            }
+            Err(e) if e.is_connect() => {
+                attempt.finish(Outcome::Connect, None);
+                return Err(CallError::Connect);
+            }
+            Err(_) => {
+                attempt.finish(Outcome::Reset, None);
+                return Err(CallError::Other("request failed".into()));
+            }
         };
         let status = resp.status().as_u16();
         if status == 401 && !retried && account.credentials.mode() == "oauth2" {
+            attempt.finish(Outcome::Status(status), None);
             if let Some(a) = &auth {
                 account.credentials.invalidate(a);
             }
             retried = true;
             continue;
         }
-        let body = resp.bytes().await.map_err(|e| {
-            if e.is_timeout() {
-                CallError::Timeout
-            } else {
-                CallError::Other("reading the answer failed".into())
+        let body = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) if e.is_timeout() => {
+                attempt.finish(Outcome::Timeout, None);
+                return Err(CallError::Timeout);
             }
-        })?;
+            Err(_) => {
+                attempt.finish(Outcome::Reset, None);
+                return Err(CallError::Other("reading the answer failed".into()));
+            }
+        };
+        let elapsed = started.elapsed();
+        attempt.finish(Outcome::Status(status), Some(elapsed));
         return Ok(Answer {
             status,
             body,
-            elapsed: started.elapsed(),
+            elapsed,
         });
     }
 }

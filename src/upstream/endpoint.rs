@@ -1,7 +1,9 @@
 //! OrionVM endpoints: parsed once per load into what `upstream_peer` needs, with a health
 //! record that survives reloads (keyed by URL) and that the readiness probe keeps current.
 
+use super::stats::EndpointStats;
 use crate::config::model::EndpointConfig;
+use crate::limits::breaker::Breaker;
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 use pingora::utils::tls::WrappedX509;
@@ -42,10 +44,23 @@ impl EndpointHealth {
     }
 }
 
-static HEALTH: Lazy<Mutex<HashMap<String, Arc<EndpointHealth>>>> = Lazy::new(Default::default);
+/// What an endpoint keeps across reloads: its health, its breaker and its counters.
+#[derive(Debug, Default)]
+struct Kept {
+    health: Arc<EndpointHealth>,
+    breaker: Arc<Breaker>,
+    stats: Arc<EndpointStats>,
+}
 
-fn health_for(url: &str) -> Arc<EndpointHealth> {
-    HEALTH.lock().entry(url.to_string()).or_default().clone()
+static KEPT: Lazy<Mutex<HashMap<String, Kept>>> = Lazy::new(Default::default);
+
+fn kept_for(url: &str, name: &str) -> (Arc<EndpointHealth>, Arc<Breaker>, Arc<EndpointStats>) {
+    let mut map = KEPT.lock();
+    let k = map.entry(url.to_string()).or_insert_with(|| Kept {
+        breaker: Arc::new(Breaker::new(name)),
+        ..Default::default()
+    });
+    (k.health.clone(), k.breaker.clone(), k.stats.clone())
 }
 
 pub type CaList = Arc<[WrappedX509]>;
@@ -67,6 +82,13 @@ pub struct Endpoint {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub health: Arc<EndpointHealth>,
+    /// The circuit breaker (the passive health check), kept across reloads.
+    pub breaker: Arc<Breaker>,
+    pub stats: Arc<EndpointStats>,
+    /// The concurrency cap toward this endpoint (None: no cap).
+    pub budget: Option<Arc<tokio::sync::Semaphore>>,
+    /// A disabled endpoint is never chosen.
+    pub enabled: bool,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -121,8 +143,10 @@ impl Endpoint {
         };
         let base_path = url.path().trim_end_matches('/').to_string();
         let sni = cfg.sni.clone().unwrap_or_else(|| host.clone());
+        let name: Arc<str> = cfg.name.clone().unwrap_or_else(|| authority.clone()).into();
+        let (health, breaker, stats) = kept_for(&cfg.url, &name);
         Ok(Endpoint {
-            name: cfg.name.clone().unwrap_or_else(|| authority.clone()).into(),
+            name,
             url: cfg.url.clone(),
             tls,
             host,
@@ -134,7 +158,11 @@ impl Endpoint {
             ca,
             connect_timeout,
             read_timeout,
-            health: health_for(&cfg.url),
+            health,
+            breaker,
+            stats,
+            budget: None,
+            enabled: cfg.enabled,
         })
     }
 

@@ -2,17 +2,25 @@
 //! Each tenant maps to one account, so two tenants' calls go out under different OrionVM
 //! credentials.
 
+pub mod balance;
 pub mod client;
 pub mod credentials;
 pub mod endpoint;
+pub mod peer;
 pub mod signing;
+pub mod stats;
 
 use crate::config::model::{AccountConfig, Config, CredentialsConfig};
+use crate::limits::LimitsError;
+use crate::limits::breaker::{self, Ticket};
+use crate::limits::budget::Budget;
 use credentials::Credentials;
 use endpoint::Endpoint;
+use stats::{EndpointStats, Outcome};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct Account {
     pub name: Arc<str>,
@@ -20,27 +28,138 @@ pub struct Account {
     pub credentials: Arc<Credentials>,
     /// For the proxy's own calls to OrionVM ([`client`]).
     pub http: reqwest::Client,
+    /// The endpoints as a pingora load balancer with active health checks.
+    pub pool: Arc<balance::Pool>,
+    /// Concurrency cap and rate toward OrionVM (None: `limits.enabled: false`).
+    pub budget: Option<Arc<Budget>>,
+    /// Breaker settings (None: `limits.enabled: false`, no breaker).
+    pub breaker: Option<breaker::Settings>,
     config: AccountConfig,
 }
 
+/// One call's claim on an endpoint: its breaker ticket and its budget permit. Report how the
+/// call ended with [`Attempt::finish`]; dropped without it, nothing is counted.
+pub struct Attempt {
+    pub index: usize,
+    pub started: Instant,
+    ticket: Option<Ticket>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    stats: Arc<EndpointStats>,
+}
+
+impl Attempt {
+    pub fn finish(mut self, outcome: Outcome, elapsed: Option<Duration>) {
+        self.stats.record(
+            outcome,
+            Some(elapsed.unwrap_or_else(|| self.started.elapsed())),
+        );
+        if let Some(t) = self.ticket.take() {
+            t.finish(!outcome.is_failure());
+        }
+    }
+
+    /// Gives the concurrency slot back (the upstream answer is complete).
+    pub fn release_budget(&mut self) {
+        self.permit = None;
+    }
+}
+
 impl Account {
-    /// The endpoint for the next attempt: the first one that is up (or not yet checked),
-    /// skipping the one that just failed when another exists.
+    /// The endpoint for the next attempt, without claiming it (no breaker probe, no budget).
     pub fn pick(&self, avoid: Option<usize>) -> Option<(usize, &Endpoint)> {
-        let usable = |(i, e): &(usize, &Endpoint)| {
-            Some(*i) != avoid && (e.health.is_up() || !e.health.is_checked())
+        let (i, _ticket) = self.choose(avoid)?;
+        Some((i, &self.endpoints[i]))
+    }
+
+    /// Round robin over the enabled endpoints that are healthy and whose breaker lets a call
+    /// through, skipping `avoid`; when none is healthy, any whose breaker lets a call through.
+    fn choose(&self, avoid: Option<usize>) -> Option<(usize, Option<Ticket>)> {
+        let usable = |i: usize| Some(i) != avoid && self.endpoints[i].enabled;
+        let take = |i: usize| -> Option<Option<Ticket>> {
+            match &self.breaker {
+                None => Some(None),
+                Some(s) => self.endpoints[i].breaker.try_acquire(s).map(Some),
+            }
         };
-        self.endpoints
-            .iter()
-            .enumerate()
-            .find(usable)
-            .or_else(|| {
-                self.endpoints
-                    .iter()
-                    .enumerate()
-                    .find(|(i, _)| Some(*i) != avoid)
-            })
-            .or_else(|| self.endpoints.iter().enumerate().next())
+        if self.endpoints.len() == 1 {
+            return if usable(0) {
+                take(0).map(|t| (0, t))
+            } else {
+                None
+            };
+        }
+        let slot: Cell<Option<Ticket>> = Cell::new(None);
+        let picked = self.pool.select(|i, healthy| {
+            if !healthy || !usable(i) {
+                return false;
+            }
+            match take(i) {
+                Some(t) => {
+                    slot.set(t);
+                    true
+                }
+                None => false,
+            }
+        });
+        if let Some(i) = picked {
+            return Some((i, slot.take()));
+        }
+        (0..self.endpoints.len())
+            .filter(|i| usable(*i))
+            .find_map(|i| take(i).map(|t| (i, t)))
+    }
+
+    /// Whether some endpoint would take a call now (the breaker check before any work).
+    pub fn available(&self) -> bool {
+        match &self.breaker {
+            None => true,
+            Some(s) => self
+                .endpoints
+                .iter()
+                .any(|e| e.enabled && e.breaker.available(s)),
+        }
+    }
+
+    /// Whether an endpoint other than `i` would take a call now.
+    pub fn available_besides(&self, i: usize) -> bool {
+        self.endpoints.iter().enumerate().any(|(j, e)| {
+            j != i && e.enabled && self.breaker.as_ref().is_none_or(|s| e.breaker.available(s))
+        })
+    }
+
+    /// Seconds until the first open breaker lets a probe through.
+    pub fn retry_after(&self) -> u64 {
+        match &self.breaker {
+            None => 1,
+            Some(s) => self
+                .endpoints
+                .iter()
+                .filter(|e| e.enabled)
+                .map(|e| e.breaker.retry_after(s))
+                .min()
+                .unwrap_or(1),
+        }
+    }
+
+    /// Claims an endpoint for one call: breaker first, then the budget (a bounded wait).
+    pub async fn acquire(&self, avoid: Option<usize>) -> Result<Attempt, LimitsError> {
+        let Some((index, ticket)) = self.choose(avoid) else {
+            return Err(LimitsError::Open {
+                retry_after: self.retry_after(),
+            });
+        };
+        let endpoint = &self.endpoints[index];
+        let permit = match &self.budget {
+            Some(b) => b.acquire(endpoint.budget.as_ref()).await?,
+            None => None,
+        };
+        Ok(Attempt {
+            index,
+            started: Instant::now(),
+            ticket,
+            permit,
+            stats: endpoint.stats.clone(),
+        })
     }
 }
 
@@ -69,7 +188,7 @@ impl Upstreams {
                 .and_then(|p| p.accounts.get(name))
                 .filter(|old| old.config == *ac)
                 .map(|old| old.credentials.clone());
-            match build_account(name, ac, reuse) {
+            match build_account(name, ac, reuse, &config.limits) {
                 Ok(a) => {
                     accounts.insert(name.clone(), Arc::new(a));
                 }
@@ -110,8 +229,9 @@ fn build_account(
     name: &str,
     ac: &AccountConfig,
     reuse: Option<Arc<Credentials>>,
+    limits: &crate::limits::config::LimitsConfig,
 ) -> Result<Account, Vec<String>> {
-    let mut errors = Vec::new();
+    let mut errors = ac.health_check.validate();
     if ac.endpoints.is_empty() {
         errors.push("endpoints: at least one endpoint is needed".to_string());
     }
@@ -140,6 +260,37 @@ fn build_account(
             Err(e) => errors.push(format!("endpoints[{i}].url: {e}")),
         }
     }
+    let budget = if limits.enabled {
+        match Budget::build(&limits.upstream, "limits.upstream") {
+            Ok(b) => Some(Arc::new(b)),
+            Err(e) => {
+                // Reported by the limits section itself.
+                drop(e);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(b) = &budget {
+        for e in &mut endpoints {
+            e.budget = b.semaphore_for(&e.url);
+        }
+    }
+    let breaker = limits
+        .enabled
+        .then(|| crate::limits::breaker_settings(&limits.breaker));
+    let pool = if endpoints.len() == ac.endpoints.len() && !endpoints.is_empty() {
+        match pool_for(name, ac, &endpoints) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        }
+    } else {
+        None
+    };
     let credentials = match reuse {
         Some(c) => Some(c),
         None => {
@@ -152,16 +303,47 @@ fn build_account(
             }
         }
     };
-    match credentials {
-        Some(credentials) if errors.is_empty() => Ok(Account {
+    match (credentials, pool) {
+        (Some(credentials), Some(pool)) if errors.is_empty() => Ok(Account {
             name: name.into(),
             endpoints,
             credentials,
+            pool,
+            budget,
+            breaker,
             http: http_client(ca_pem.as_deref(), connect, read).map_err(|e| vec![e])?,
             config: ac.clone(),
         }),
         _ => Err(errors),
     }
+}
+
+/// Pools by account name, kept across reloads while the endpoints and the health-check
+/// settings stay the same (so active health survives a reload).
+type Pools = parking_lot::Mutex<HashMap<String, (AccountConfig, Arc<balance::Pool>)>>;
+static POOLS: once_cell::sync::Lazy<Pools> = once_cell::sync::Lazy::new(Default::default);
+
+fn pool_for(
+    name: &str,
+    ac: &AccountConfig,
+    endpoints: &[Endpoint],
+) -> Result<Arc<balance::Pool>, String> {
+    let same = |old: &AccountConfig| {
+        old.endpoints == ac.endpoints
+            && old.health_check == ac.health_check
+            && old.ca_file == ac.ca_file
+    };
+    if let Some((old, pool)) = POOLS.lock().get(name)
+        && same(old)
+        && pool.serves(endpoints)
+    {
+        return Ok(pool.clone());
+    }
+    let pool = Arc::new(balance::Pool::build(endpoints, &ac.health_check)?);
+    POOLS
+        .lock()
+        .insert(name.to_string(), (ac.clone(), pool.clone()));
+    Ok(pool)
 }
 
 /// The HTTP client for the proxy's own calls to OrionVM: the account's CA and timeouts.
@@ -254,32 +436,36 @@ fn build_credentials(
     }
 }
 
-/// Readiness probe: a TCP connect to every endpoint of the current config, every `interval`.
+/// Drives the active health checks of every account of the current config (each on its own
+/// interval) and so keeps `/ready` and the endpoint stats current.
 pub struct Prober {
     pub state: Arc<crate::config::SharedState>,
+    /// How often due checks are looked for.
     pub interval: Duration,
 }
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for Prober {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let tick = self.interval.min(Duration::from_millis(100));
         loop {
             let rt = self.state.current();
+            let mut checks = tokio::task::JoinSet::new();
             for account in rt.upstreams.accounts.values() {
-                for e in &account.endpoints {
-                    let ok = matches!(
-                        tokio::time::timeout(
-                            e.connect_timeout,
-                            tokio::net::TcpStream::connect(e.addr)
-                        )
-                        .await,
-                        Ok(Ok(_))
-                    );
-                    e.health.set(ok);
+                let account = account.clone();
+                checks.spawn(async move {
+                    account.pool.check_if_due(&account.endpoints).await;
+                });
+            }
+            drop(rt);
+            loop {
+                tokio::select! {
+                    next = checks.join_next() => if next.is_none() { break },
+                    _ = shutdown.changed() => return,
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(self.interval) => {}
+                _ = tokio::time::sleep(tick) => {}
                 _ = shutdown.changed() => return,
             }
         }

@@ -547,3 +547,109 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// `orion-proxy demo --json --ephemeral` as a child process; stopped with SIGINT on drop.
+pub struct DemoProcess {
+    child: Child,
+    /// The JSON object the demo printed on its first line.
+    pub info: serde_json::Value,
+}
+
+impl DemoProcess {
+    /// Starts the demo, reads its first line and waits until `/ready` answers 200.
+    pub async fn start() -> DemoProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(binary())
+            .args(["demo", "--json", "--ephemeral"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn demo");
+        let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut first = String::new();
+        reader.read_line(&mut first).expect("first line");
+        // Keep draining the access log so the pipe never fills.
+        std::thread::spawn(move || for _ in reader.lines() {});
+        let info: serde_json::Value = serde_json::from_str(&first)
+            .unwrap_or_else(|e| panic!("first line is not JSON ({e}): {first}"));
+        let demo = DemoProcess { child, info };
+        let proxy = demo.url("proxy_url");
+        poll("the demo is ready", Duration::from_secs(30), || async {
+            let r = reqwest::get(format!("{proxy}/ready")).await.ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+        demo
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        self.info[name].as_str().unwrap_or_default().to_string()
+    }
+
+    pub fn key(&self, role: &str) -> String {
+        self.info["api_keys"][role]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Runs the first ```sh block after the README heading `heading`, with the demo's admin key
+    /// and ports put in place of the documented defaults. Returns success, stdout and stderr.
+    pub fn run_readme_block(&self, heading: &str) -> (bool, String, String) {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README");
+        let section = readme
+            .find(heading)
+            .unwrap_or_else(|| panic!("README has no '{heading}'"));
+        let start = readme[section..].find("```sh").expect("a sh block") + section + 5;
+        let end = readme[start..].find("```").expect("block end") + start;
+        let port = |u: String| {
+            u.trim_end_matches("/metrics")
+                .rsplit(':')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        };
+        let script = readme[start..end]
+            .replace("<the admin key the demo printed>", &self.key("admin"))
+            .replace(
+                "127.0.0.1:8080",
+                &format!("127.0.0.1:{}", port(self.url("proxy_url"))),
+            )
+            .replace(
+                "127.0.0.1:9091",
+                &format!("127.0.0.1:{}", port(self.url("admin_url"))),
+            )
+            .replace(
+                "127.0.0.1:9090",
+                &format!("127.0.0.1:{}", port(self.url("metrics_url"))),
+            );
+        let out = Command::new("timeout")
+            .args(["120", "bash", "-euo", "pipefail", "-c", &script])
+            .output()
+            .expect("bash");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+}
+
+impl Drop for DemoProcess {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGINT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

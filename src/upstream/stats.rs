@@ -1,0 +1,191 @@
+//! Per-endpoint counters for `GET /admin/endpoints/stats`: requests, errors, timeouts and the
+//! latencies of the last calls. Lock-free (atomics and a ring of recent latencies), kept
+//! outside the runtime so that a reload does not reset them.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+const RING: usize = 512;
+
+#[derive(Debug)]
+pub struct EndpointStats {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    timeouts: AtomicU64,
+    server_errors: AtomicU64,
+    next: AtomicUsize,
+    /// Latencies of the last calls in microseconds (0: empty slot).
+    ring: Box<[AtomicU32]>,
+}
+
+impl Default for EndpointStats {
+    fn default() -> Self {
+        EndpointStats {
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            server_errors: AtomicU64::new(0),
+            next: AtomicUsize::new(0),
+            ring: (0..RING).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+}
+
+/// How one call to an endpoint ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// OrionVM answered with this status.
+    Status(u16),
+    Connect,
+    Timeout,
+    Reset,
+}
+
+impl Outcome {
+    /// What the breaker counts as a failure: no answer, or a 5xx.
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, Outcome::Status(s) if *s < 500)
+    }
+}
+
+impl EndpointStats {
+    pub fn record(&self, outcome: Outcome, elapsed: Option<Duration>) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Outcome::Status(s) if s >= 500 => {
+                self.server_errors.fetch_add(1, Ordering::Relaxed);
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Status(_) => {}
+            Outcome::Timeout => {
+                self.timeouts.fetch_add(1, Ordering::Relaxed);
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Connect | Outcome::Reset => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Some(d) = elapsed {
+            let us = d.as_micros().clamp(1, u32::MAX as u128) as u32;
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % RING;
+            self.ring[i].store(us, Ordering::Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> serde_json::Value {
+        let mut lat: Vec<u32> = self
+            .ring
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .filter(|v| *v > 0)
+            .collect();
+        lat.sort_unstable();
+        let pct = |p: f64| -> serde_json::Value {
+            if lat.is_empty() {
+                return serde_json::Value::Null;
+            }
+            let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
+            serde_json::json!((lat[i.min(lat.len() - 1)] as f64) / 1000.0)
+        };
+        serde_json::json!({
+            "requests": self.requests.load(Ordering::Relaxed),
+            "errors": self.errors.load(Ordering::Relaxed),
+            "server_errors": self.server_errors.load(Ordering::Relaxed),
+            "timeouts": self.timeouts.load(Ordering::Relaxed),
+            "latency_ms": {"samples": lat.len(), "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99)},
+        })
+    }
+}
+
+fn at(ms: u64) -> serde_json::Value {
+    if ms == 0 {
+        return serde_json::Value::Null;
+    }
+    serde_json::json!(crate::observe::access::timestamp(
+        std::time::UNIX_EPOCH + Duration::from_millis(ms)
+    ))
+}
+
+/// `GET /admin/endpoints/stats`: every OrionVM endpoint of every account, with its health,
+/// breaker state and counters. No credentials, only the kind of authentication.
+pub fn report(rt: &crate::config::Runtime) -> serde_json::Value {
+    let mut methods: Vec<&str> = rt
+        .routes
+        .routes()
+        .iter()
+        .filter(|r| r.kind == crate::config::model::RouteKind::Mirror)
+        .map(|r| r.method.as_str())
+        .collect();
+    methods.sort_unstable();
+    methods.dedup();
+    let mut names: Vec<&String> = rt.upstreams.accounts.keys().collect();
+    names.sort();
+    let mut endpoints = Vec::new();
+    for name in names {
+        let account = &rt.upstreams.accounts[name];
+        for (i, e) in account.endpoints.iter().enumerate() {
+            let health = if !e.health.is_checked() {
+                "unknown"
+            } else if e.health.is_up() {
+                "up"
+            } else {
+                "down"
+            };
+            let breaker = match &account.breaker {
+                Some(s) => e.breaker.reported(s).as_str(),
+                None => "disabled",
+            };
+            let changed = e.health.changed_at_ms().max(e.breaker.changed_at_ms());
+            let in_use = e
+                .budget
+                .as_ref()
+                .zip(account.budget.as_ref())
+                .map(|(s, b)| b.max_concurrent.saturating_sub(s.available_permits()));
+            endpoints.push(serde_json::json!({
+                "account": name,
+                "index": i,
+                "name": &*e.name,
+                "url": e.url,
+                "version": "v1",
+                "methods": methods,
+                "auth": account.credentials.mode(),
+                "enabled": e.enabled,
+                "health": health,
+                "health_changed_at": at(e.health.changed_at_ms()),
+                "breaker": breaker,
+                "breaker_changed_at": at(e.breaker.changed_at_ms()),
+                "breaker_opened_total": e.breaker.opened_total(),
+                "consecutive_failures": e.breaker.consecutive_failures(),
+                "in_flight": in_use,
+                "max_concurrent": account.budget.as_ref().map(|b| b.max_concurrent).filter(|c| *c > 0),
+                "counters": e.stats.snapshot(),
+                "last_change": at(changed),
+            }));
+        }
+    }
+    serde_json::json!({"config_version": rt.version, "endpoints": endpoints})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_percentiles() {
+        let s = EndpointStats::default();
+        for ms in 1..=100u64 {
+            s.record(Outcome::Status(200), Some(Duration::from_millis(ms)));
+        }
+        s.record(Outcome::Status(503), None);
+        s.record(Outcome::Timeout, None);
+        let v = s.snapshot();
+        assert_eq!(v["requests"], 102);
+        assert_eq!(v["errors"], 2);
+        assert_eq!(v["timeouts"], 1);
+        assert_eq!(v["latency_ms"]["samples"], 100);
+        assert_eq!(v["latency_ms"]["p50"], 51.0);
+        assert_eq!(v["latency_ms"]["p99"], 99.0);
+        assert!(Outcome::Status(502).is_failure());
+        assert!(!Outcome::Status(404).is_failure());
+    }
+}
