@@ -643,6 +643,16 @@ class Bench:
         with open(self.token_file, "w") as f:
             f.write(self.upstream_token)
         self.client_secret = base64.urlsafe_b64encode(os.urandom(24)).decode()
+        # The client's secret hash as the build stores it (builds without issued tokens have no
+        # such command; their probe skips the feature on the unknown `clients` key anyway).
+        self.client_secret_hash = "sha256:" + hashlib.sha256(self.client_secret.encode()).hexdigest()
+        r = subprocess.run(
+            [self.orion_bin, "client-secret", "--id", "bench-client", "--role", "admin",
+             "--tenant", "bench", "--stdin"],
+            input=self.client_secret + "\n", capture_output=True, text=True, timeout=60)
+        m = re.search(r"secret_hash: '([^']+)'", r.stdout)
+        if r.returncode == 0 and m:
+            self.client_secret_hash = m.group(1)
         self.token_signing_key = os.path.join(self.work, "token-signing-key")
         with open(self.token_signing_key, "w") as f:
             f.write(base64.b64encode(os.urandom(32)).decode())
@@ -657,7 +667,7 @@ class Bench:
             "WORK": self.work,
             "CLIENT_ID": "bench-client",
             "CLIENT_SECRET": self.client_secret,
-            "CLIENT_SECRET_SHA256": hashlib.sha256(self.client_secret.encode()).hexdigest(),
+            "CLIENT_SECRET_HASH": self.client_secret_hash,
             "TOKEN_SIGNING_KEY_FILE": self.token_signing_key,
             "JWT_ISS": "https://idp.bench.invalid/",
             "JWT_AUD": "orion-proxy-bench",
