@@ -906,6 +906,17 @@ class Bench:
                 f"transport errors out of {res['requests']}"
             )
 
+    def trim_logs(self):
+        """Access logs are written in full (that is part of the work measured) but emptied
+        after each run, so that a run never holds more than one run's lines on disk. The writers
+        append (O_APPEND), so they carry on at the new end."""
+        for f in os.listdir(self.work):
+            if "access" in f and f.endswith((".log",)) or re.search(r"access.*\.log\.\d+$", f):
+                try:
+                    os.truncate(os.path.join(self.work, f), 0)
+                except OSError:
+                    pass
+
     def saturate(self, sc, system, seconds):
         name = self.system_for(sc, system)
         s = self.systems[name]
@@ -915,6 +926,7 @@ class Bench:
                       self.cpu_load)
         t1 = cpu_ticks(s["pids"]())
         self.check_statuses(sc, name, res)
+        self.trim_logs()
         self.sent[name] = self.sent.get(name, 0) + res["requests"]
         return {
             "rps": res["requests"] / (res["duration_us"] / 1e6),
@@ -942,6 +954,7 @@ class Bench:
                               f"the run ({res.get('errorDistribution')}); figure left out")
             return None
         pct = res["latencyPercentiles"]
+        self.trim_logs()
         self.sent[name] = self.sent.get(name, 0) + total
         return {
             "rate": rate,
@@ -1049,13 +1062,16 @@ class Bench:
             if not name.startswith("orion") or not self.sent.get(name):
                 continue
             path = os.path.join(self.work, f"orion-access-{s['port']}.log")
+            self.trim_logs()
+            request(s["port"], "GET", f"/api/v1/instances/{INSTANCE_ID}",
+                    f"Bearer {self.api_key}")
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
                 if os.path.exists(path) and os.path.getsize(path) > 0:
                     break
                 time.sleep(0.1)
             else:
-                raise BenchError(f"{name} wrote no access log to {path}")
+                raise BenchError(f"{name} wrote no access-log line to {path}")
             # Lines are rotated away past `logging.rotate`, so the count of written lines comes
             # from the metrics listener: requests served against lines the queue dropped.
             host, port = s["metrics"].rsplit(":", 1)
