@@ -426,7 +426,8 @@ async fn jwks_over_https_with_the_issuers_ca_file() {
     };
     let plain = serve_jwks(jwks.clone()).await;
     let addr: std::net::SocketAddr = plain.trim_start_matches("http://").parse().unwrap();
-    let (https, ca_dir) = tls_front(addr).await;
+    let front = tls_front(addr).await;
+    let (https, ca_dir) = (front.url, front.dir);
     let ca = ca_dir.path().join("ca.pem");
     // Two issuers on the same HTTPS JWKS: one trusts the private CA, one does not.
     let yaml = format!(

@@ -4,73 +4,6 @@
 mod common;
 
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use std::sync::Arc;
-
-struct TlsFront {
-    url: String,
-    ca_path: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-/// A TLS terminator on a loopback port, with a certificate for 127.0.0.1 and orionvm.test
-/// signed by a private CA, relaying to the simulator.
-async fn tls_front(upstream: std::net::SocketAddr) -> TlsFront {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "orion test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf_params =
-        CertificateParams::new(vec!["orionvm.test".to_string(), "127.0.0.1".to_string()]).unwrap();
-    let leaf = leaf_params.signed_by(&leaf_key, &ca_cert, &ca_key).unwrap();
-
-    let dir = tempfile::tempdir().unwrap();
-    let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
-
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "https://127.0.0.1:{}",
-        listener.local_addr().unwrap().port()
-    );
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
-            });
-        }
-    });
-    TlsFront {
-        url,
-        ca_path,
-        _dir: dir,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_upstream_with_a_private_ca() {
@@ -198,22 +131,11 @@ async fn ready_says_when_orionvm_is_unreachable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_listener_serves_https() {
     let sim = start_sim(sim_options()).await;
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "proxy test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["proxy.test".to_string(), "127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca_cert, &ca_key)
-        .unwrap();
+    let pki = test_pki(&["proxy.test", "127.0.0.1"]);
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("proxy.crt"), dir.path().join("proxy.key"));
-    std::fs::write(&cert, leaf.pem()).unwrap();
-    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    std::fs::write(&cert, &pki.cert_pem).unwrap();
+    std::fs::write(&key, &pki.key_pem).unwrap();
 
     let mut config = ConfigBuilder::new(&sim.url());
     config.extra_server = format!(
@@ -232,7 +154,7 @@ async fn the_proxy_listener_serves_https() {
         .spawn()
         .unwrap();
     let https = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca_cert.pem().as_bytes()).unwrap())
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
         .build()
         .unwrap();
     let base = format!("https://127.0.0.1:{}", ports.proxy);

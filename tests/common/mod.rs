@@ -653,3 +653,84 @@ impl Drop for DemoProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A private CA and a certificate it signs for `names` (DNS names or IP addresses).
+pub struct TestPki {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub cert_der: Vec<u8>,
+    pub key_pem: String,
+    pub key_der: Vec<u8>,
+}
+
+pub fn test_pki(names: &[&str]) -> TestPki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "orion test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        .unwrap()
+        .signed_by(&leaf_key, &ca_cert, &ca_key)
+        .unwrap();
+    TestPki {
+        ca_pem: ca_cert.pem(),
+        cert_pem: leaf.pem(),
+        cert_der: leaf.der().to_vec(),
+        key_pem: leaf_key.serialize_pem(),
+        key_der: leaf_key.serialize_der(),
+    }
+}
+
+/// A TLS terminator on a loopback port, with a certificate for 127.0.0.1 and orionvm.test from a
+/// private CA (written to `ca_path`), relaying to a plain server.
+pub struct TlsFront {
+    pub url: String,
+    pub ca_path: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn tls_front(upstream: std::net::SocketAddr) -> TlsFront {
+    use std::sync::Arc;
+    let pki = test_pki(&["orionvm.test", "127.0.0.1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &pki.ca_pem).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![rustls::pki_types::CertificateDer::from(
+                pki.cert_der.clone(),
+            )],
+            rustls::pki_types::PrivateKeyDer::try_from(pki.key_der.clone()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+    TlsFront { url, ca_path, dir }
+}
