@@ -209,7 +209,7 @@ async fn connect_failure_is_502_and_timeout_is_504() {
         .await
         .unwrap();
     expect_error(r, 504, "upstream_timeout").await;
-    let lines = proxy.access_log(2).await;
+    let lines = proxy.access_log(1).await;
     assert!(
         lines
             .iter()
