@@ -188,7 +188,7 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
             clients.push(serde_json::json!({
                 "client_id": id, "client_secret": secret, "roles": [role], "tenant": tenant,
             }));
-            Ok(crate::auth::config::ClientConfig {
+            Ok(crate::config::auth::ClientConfig {
                 client_id: id.to_string(),
                 secret_hash: hash,
                 roles: vec![role.to_string()],

@@ -84,23 +84,27 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(errors) => report(&config, &errors),
         },
-        Command::Check { config } => match orion_proxy::config::load(&config, None) {
-            Ok(rt) => {
-                println!(
-                    "{}: OK (version {}, {} routes, {} accounts, {} tenants, {} API keys, {} clients, {} JWT issuers)",
-                    config.display(),
-                    rt.version,
-                    rt.routes.routes().len(),
-                    rt.upstreams.accounts.len(),
-                    rt.upstreams.tenants.len(),
-                    rt.config.api_keys.len(),
-                    rt.config.clients.len(),
-                    rt.config.jwt.issuers.len()
-                );
-                ExitCode::SUCCESS
+        Command::Check { config } => {
+            match orion_proxy::runtime::load(&config, &orion_proxy::runtime::State::memory(), None)
+            {
+                Ok(staged) => {
+                    let rt = staged.inspect();
+                    println!(
+                        "{}: OK (version {}, {} routes, {} accounts, {} tenants, {} API keys, {} clients, {} JWT issuers)",
+                        config.display(),
+                        rt.version,
+                        rt.routes.routes().len(),
+                        rt.upstreams.accounts.len(),
+                        rt.upstreams.tenants.len(),
+                        rt.config.api_keys.len(),
+                        rt.config.clients.len(),
+                        rt.config.jwt.issuers.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => report(&config, &errors),
             }
-            Err(errors) => report(&config, &errors),
-        },
+        }
         Command::Simulate { listen } => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

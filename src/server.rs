@@ -2,8 +2,8 @@
 //! readiness prober and the SIGHUP reloader.
 
 use crate::admin::AdminApp;
-use crate::config::{self, SharedState};
 use crate::proxy::OrionProxy;
+use crate::runtime::{SharedState, State};
 use crate::upstream::Prober;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
@@ -17,11 +17,12 @@ use std::time::Duration;
 
 /// Loads the config and builds the server; the caller runs it.
 pub fn build(config_path: &Path) -> Result<(Server, Arc<SharedState>), Vec<String>> {
-    let runtime = config::load(config_path, None)?;
-    crate::observe::metrics::init(&runtime.version);
+    let state = Arc::new(SharedState::start(config_path, Arc::new(State::memory()))?);
+    let runtime = state.current();
+    crate::metrics::init(&runtime.version);
     let server_cfg = runtime.config.server.clone();
-    let state = Arc::new(SharedState::new(config_path.to_path_buf(), runtime));
-    crate::observe::metrics::watch_endpoints(state.clone());
+    drop(runtime);
+    crate::metrics::watch_endpoints(state.clone());
 
     let conf = ServerConf {
         threads: server_cfg.threads,

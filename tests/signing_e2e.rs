@@ -532,7 +532,10 @@ async fn the_proxys_own_calls_are_signed() {
         key.display()
     );
     let config = orion_proxy::config::parse(&text).unwrap();
-    let rt = orion_proxy::config::build(config, &text, None).unwrap();
+    let state = orion_proxy::runtime::State::memory();
+    let rt = orion_proxy::runtime::stage(config, &text, &state, None)
+        .unwrap()
+        .commit(&state);
     let account = rt.upstreams.accounts["a"].clone();
     let list = orion_proxy::upstream::client::call(
         &account,
@@ -561,7 +564,10 @@ async fn the_proxys_own_calls_are_signed() {
     // And a wrong key is refused there as well.
     std::fs::write(&key, "a-different-secret-0123456789abcdef0123456789").unwrap();
     let config = orion_proxy::config::parse(&text).unwrap();
-    let rt = orion_proxy::config::build(config, &text, None).unwrap();
+    let state = orion_proxy::runtime::State::memory();
+    let rt = orion_proxy::runtime::stage(config, &text, &state, None)
+        .unwrap()
+        .commit(&state);
     let wrong = orion_proxy::upstream::client::call(
         &rt.upstreams.accounts["a"],
         http::Method::GET,

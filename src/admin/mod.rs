@@ -2,9 +2,9 @@
 //!
 //! It is its own Pingora HTTP app (not a proxy), so that answers can be streamed.
 
-use crate::config::SharedState;
 use crate::errors::ApiError;
 use crate::observe::request_id;
+use crate::runtime::SharedState;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::apps::HttpServerApp;
@@ -106,7 +106,7 @@ impl AdminApp {
 }
 
 /// What the admin may see of the config: structure and names, never secrets or hashes.
-fn config_summary(rt: &crate::config::Runtime) -> serde_json::Value {
+fn config_summary(rt: &crate::runtime::Runtime) -> serde_json::Value {
     let accounts: serde_json::Map<String, serde_json::Value> = rt
         .upstreams
         .accounts

@@ -8,9 +8,9 @@
 //! unknown `kid`), a JWKS file, or a shared HMAC secret. A verified token is remembered until
 //! it expires, so a repeated token costs one cache lookup.
 
-use super::config::{IssuerConfig, JwtConfig};
 use super::permissions::Roles;
 use super::principal::{CredentialKind, Principal};
+use crate::config::auth::{IssuerConfig, JwtConfig};
 use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
@@ -773,7 +773,7 @@ impl std::fmt::Debug for Issuer {
 
 /// Background service: runs the scheduled JWKS refreshes of the live config.
 pub struct Refresher {
-    pub state: Arc<crate::config::SharedState>,
+    pub state: Arc<crate::runtime::SharedState>,
 }
 
 #[async_trait::async_trait]

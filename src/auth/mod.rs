@@ -5,8 +5,11 @@
 //! from external identity providers (`jwt`). The credential's shape picks the check; each
 //! gives the same [`principal::Principal`] with roles and a tenant.
 
+/// The authentication concern's part of the process state (`runtime::State`).
+#[derive(Default)]
+pub struct AuthState {}
+
 pub mod api_keys;
-pub mod config;
 pub mod jwt;
 pub mod permissions;
 pub mod principal;

@@ -4,8 +4,8 @@
 //! body. A per-source-address limit guards against guessing secrets.
 
 use super::Auth;
-use super::config::OAuthConfig;
 use super::tokens;
+use crate::config::auth::OAuthConfig;
 use crate::errors::ApiError;
 use base64::Engine;
 use bytes::Bytes;

@@ -1,49 +1,32 @@
-//! Configuration: one YAML file, strictly parsed, validated once into [`Runtime`], swapped
-//! atomically on reload (SIGHUP or `POST /admin/reload`); the old config stays on any error.
+//! Configuration as plain data: the serde model of the one YAML file, strict parsing with every
+//! error named by its path, and the checks that need nothing but the model. No module here
+//! imports a concern; `src/runtime/` builds the live process from this model
+//! (`docs/ARCHITECTURE.md`, "Config and runtime").
 
+pub mod auth;
+pub mod health;
+pub mod limits;
 pub mod model;
 pub mod secret;
 
-use crate::auth::Auth;
-use crate::auth::permissions::{PermissionRegistry, Roles};
-use crate::observe::LogPolicy;
-use crate::routes::RouteTable;
-use crate::upstream::Upstreams;
-use arc_swap::ArcSwap;
 use model::{Config, RouteConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 /// The shipped defaults: roles and the route set (`conf/defaults.yaml`).
 pub const DEFAULTS_YAML: &str = include_str!("../../conf/defaults.yaml");
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Defaults {
-    roles: BTreeMap<String, Vec<String>>,
-    routes: Vec<RouteConfig>,
+pub struct Defaults {
+    pub roles: BTreeMap<String, Vec<String>>,
+    pub routes: Vec<RouteConfig>,
 }
 
-fn defaults() -> Result<Defaults, String> {
+/// The shipped roles and routes, parsed.
+pub fn defaults() -> Result<Defaults, String> {
     serde_yaml::from_str(DEFAULTS_YAML).map_err(|e| format!("built-in defaults: {e}"))
-}
-
-/// Everything the hot path reads, built from one config.
-pub struct Runtime {
-    pub config: Config,
-    /// Short hash of the file, reported by `/ready`, metrics and admin.
-    pub version: String,
-    pub routes: RouteTable,
-    pub auth: Auth,
-    pub upstreams: Upstreams,
-    pub log: LogPolicy,
-    pub trusted_networks: Vec<ipnet::IpNet>,
-    pub max_body_bytes: usize,
-    /// Per-route body schemas and rewrite rules, compiled once per build.
-    pub body_rules: crate::validate::BodyRules,
-    pub limits: crate::limits::Limits,
 }
 
 /// Parses YAML text into the model, reporting every problem with its path.
@@ -115,14 +98,10 @@ pub fn read_file(path: &Path) -> Result<String, Vec<String>> {
     std::fs::read_to_string(path).map_err(|e| vec![format!("cannot read {}: {e}", path.display())])
 }
 
-/// Validates a parsed config into a runtime. `previous` lets unchanged accounts keep state.
-pub fn build(
-    config: Config,
-    text: &str,
-    previous: Option<&Runtime>,
-) -> Result<Runtime, Vec<String>> {
+/// The checks of the `server` section that need nothing but the model: addresses, sizes,
+/// networks. Returns the trusted networks, parsed.
+pub fn check_server(config: &Config) -> Result<Vec<ipnet::IpNet>, Vec<String>> {
     let mut errors = Vec::new();
-    let defaults = defaults().map_err(|e| vec![e])?;
     let s = &config.server;
     for (key, value) in [
         ("server.listen", Some(&s.listen)),
@@ -165,120 +144,17 @@ pub fn build(
             )),
         }
     }
-
-    let mut registry = PermissionRegistry::default();
-    let route_list = config.routes.as_ref().unwrap_or(&defaults.routes);
-    let routes = RouteTable::build(route_list, &mut registry)
-        .map_err(|e| errors.extend(e))
-        .ok();
-    let role_map = config.roles.as_ref().unwrap_or(&defaults.roles);
-    let roles = Roles::build(role_map, &registry)
-        .map_err(|e| errors.extend(e))
-        .ok();
-    let auth = roles.and_then(|r| {
-        Auth::build(&config, r, previous.map(|p| &p.auth))
-            .map_err(|e| errors.extend(e))
-            .ok()
-    });
-    let upstreams = Upstreams::build(&config, previous.map(|p| &p.upstreams))
-        .map_err(|e| errors.extend(e))
-        .ok();
-    errors.extend(crate::facade::check_config(&config.facade));
-    let log = LogPolicy::build(&config.logging)
-        .map_err(|e| errors.extend(e))
-        .ok();
-    let body_rules = crate::validate::BodyRules::build(route_list, &config.validation)
-        .map_err(|e| errors.extend(e))
-        .ok();
-    let role_names: Vec<&str> = role_map.keys().map(String::as_str).collect();
-    let limits = crate::limits::Limits::build(&config, routes.as_ref(), &role_names)
-        .map_err(|e| errors.extend(e))
-        .ok();
-
-    match (routes, auth, upstreams, log, body_rules, limits) {
-        (Some(routes), Some(auth), Some(upstreams), Some(log), Some(body_rules), Some(limits))
-            if errors.is_empty() =>
-        {
-            Ok(Runtime {
-                body_rules,
-                limits,
-                version: version_of(text),
-                max_body_bytes: config.server.max_body_bytes,
-                config,
-                routes,
-                auth,
-                upstreams,
-                log,
-                trusted_networks,
-            })
-        }
-        _ => Err(errors),
+    if errors.is_empty() {
+        Ok(trusted_networks)
+    } else {
+        Err(errors)
     }
 }
 
-fn version_of(text: &str) -> String {
+/// A short hash of the config text: the version reported by `/ready`, metrics and admin.
+pub fn version_of(text: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(&Sha256::digest(text.as_bytes())[..6])
-}
-
-/// Reads, parses and validates a file: what `orion-proxy check` runs.
-pub fn load(path: &Path, previous: Option<&Runtime>) -> Result<Runtime, Vec<String>> {
-    let text = read_file(path)?;
-    let config = parse(&text)?;
-    build(config, &text, previous)
-}
-
-/// The live runtime and where it came from.
-pub struct SharedState {
-    path: PathBuf,
-    current: ArcSwap<Runtime>,
-    reload_lock: parking_lot::Mutex<()>,
-}
-
-impl SharedState {
-    pub fn new(path: PathBuf, runtime: Runtime) -> Self {
-        SharedState {
-            path,
-            current: ArcSwap::from_pointee(runtime),
-            reload_lock: Default::default(),
-        }
-    }
-
-    pub fn current(&self) -> Arc<Runtime> {
-        self.current.load_full()
-    }
-
-    /// Re-reads the file; on success swaps it in, on failure keeps the old one.
-    pub fn reload(&self) -> Result<String, Vec<String>> {
-        let _one_at_a_time = self.reload_lock.lock();
-        let old = self.current();
-        let result = load(&self.path, Some(&old));
-        match result {
-            Ok(rt) => {
-                let version = rt.version.clone();
-                if rt.config.server.listen != old.config.server.listen
-                    || rt.config.server.admin_listen != old.config.server.admin_listen
-                    || rt.config.server.metrics_listen != old.config.server.metrics_listen
-                    || rt.config.server.tls != old.config.server.tls
-                {
-                    log::warn!("listener changes take effect at the next restart");
-                }
-                self.current.store(Arc::new(rt));
-                crate::observe::metrics::config_reloaded(true, &version);
-                log::info!("configuration reloaded, version {version}");
-                Ok(version)
-            }
-            Err(errors) => {
-                crate::observe::metrics::config_reloaded(false, &old.version);
-                log::error!(
-                    "configuration reload failed, keeping version {}: {}",
-                    old.version,
-                    errors.join("; ")
-                );
-                Err(errors)
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -31,13 +31,13 @@ pub struct Config {
     pub routes: Option<Vec<RouteConfig>>,
     /// The proxy's own token endpoint (`POST /oauth/token`): signing key, lifetime, limits.
     #[serde(default)]
-    pub oauth: crate::auth::config::OAuthConfig,
+    pub oauth: crate::config::auth::OAuthConfig,
     /// Clients registered for the client-credentials grant of `/oauth/token`.
     #[serde(default)]
-    pub clients: Vec<crate::auth::config::ClientConfig>,
+    pub clients: Vec<crate::config::auth::ClientConfig>,
     /// External identity providers whose JWTs are accepted.
     #[serde(default)]
-    pub jwt: crate::auth::config::JwtConfig,
+    pub jwt: crate::config::auth::JwtConfig,
     /// Request body validation: schemas, strictness, switches.
     #[serde(default)]
     pub validation: ValidationConfig,
@@ -46,7 +46,7 @@ pub struct Config {
     pub facade: FacadeConfig,
     /// Rate limits, the polling cache, the budget toward OrionVM and the circuit breaker.
     #[serde(default)]
-    pub limits: crate::limits::config::LimitsConfig,
+    pub limits: crate::config::limits::LimitsConfig,
 }
 
 /// The REST facade's tasks (reboot, snapshot).
@@ -139,7 +139,7 @@ pub struct AccountConfig {
     pub read_timeout_ms: u64,
     /// Active health check of the endpoints.
     #[serde(default)]
-    pub health_check: crate::upstream::balance::HealthCheckConfig,
+    pub health_check: crate::config::health::HealthCheckConfig,
 }
 
 fn default_connect_timeout_ms() -> u64 {

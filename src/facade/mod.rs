@@ -5,6 +5,10 @@
 //! Everything here talks to OrionVM through [`crate::upstream::client::call`], as the caller's
 //! tenant. `request_filter` makes one call into [`answer`].
 
+/// The facade's part of the process state (`runtime::State`).
+#[derive(Default)]
+pub struct FacadeState {}
+
 pub mod body;
 pub mod instances;
 pub mod lifecycle;

@@ -169,7 +169,7 @@ impl Breaker {
             OPEN => "open",
             _ => "half_open",
         };
-        crate::observe::metrics::breaker_transition(&self.label, to);
+        crate::metrics::breaker_transition(&self.label, to);
     }
 
     /// Whether a call could be let through now (no side effect).

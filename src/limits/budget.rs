@@ -4,7 +4,7 @@
 //! rest are refused with 503 and `Retry-After`. Never an unbounded queue.
 
 use super::LimitsError;
-use super::config::BudgetConfig;
+use crate::config::limits::BudgetConfig;
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 use pingora_limits::rate::Rate;

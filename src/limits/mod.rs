@@ -7,19 +7,21 @@
 //! [`response_headers`], [`upstream_done`] and [`finish`]. Everything is skipped when
 //! `limits.enabled` is false.
 
+/// The limits' part of the process state (`runtime::State`).
+#[derive(Default)]
+pub struct LimitsState {}
+
 pub mod breaker;
 pub mod budget;
 pub mod cache;
-pub mod config;
-pub mod metrics;
 pub mod rate;
 
+use crate::config::limits::{self as config, Fallback, LimitsConfig};
 use crate::config::model::{Config, RouteKind};
 use crate::errors::{self, ApiError};
 use crate::proxy::ctx::Ctx;
 use crate::proxy::respond;
 use crate::routes::RouteTable;
-use config::{Fallback, LimitsConfig};
 use pingora::http::ResponseHeader;
 use pingora_proxy::Session;
 use rate::{Policy, Verdicts};
@@ -54,7 +56,7 @@ impl From<LimitsError> for ApiError {
                 retry_after,
                 headers,
             } => {
-                crate::observe::metrics::rate_limited(&policy);
+                crate::metrics::rate_limited(&policy);
                 let mut err = ApiError::new(
                     429,
                     "rate_limited",
@@ -67,11 +69,11 @@ impl From<LimitsError> for ApiError {
                 err
             }
             LimitsError::Busy { reason } => {
-                metrics::refused("busy");
+                crate::metrics::upstream_refused("busy");
                 ApiError::new(503, "upstream_busy", "OrionVM is busy", reason).with_retry_after(1)
             }
             LimitsError::Open { retry_after } => {
-                metrics::refused("open");
+                crate::metrics::upstream_refused("open");
                 ApiError::new(
                     503,
                     "circuit_open",
@@ -447,7 +449,7 @@ pub async fn before_upstream(session: &mut Session, ctx: &mut Ctx) -> pingora::R
                     ("warning", "110 - \"Response is Stale\"".to_string()),
                 ];
                 let route_name = ctx.route.as_ref().map(|r| &*r.name).unwrap_or("unmatched");
-                crate::observe::metrics::cache_lookup(route_name, "stale");
+                crate::metrics::cache_lookup(route_name, "stale");
                 respond::json(session, ctx, status, body, &extra).await?;
                 return Ok(true);
             }
@@ -527,8 +529,8 @@ pub async fn before_upstream(session: &mut Session, ctx: &mut Ctx) -> pingora::R
     };
     let route_name = ctx.route.as_ref().map(|r| &*r.name).unwrap_or("unmatched");
     match label {
-        "coalesced" => crate::observe::metrics::coalesced(route_name),
-        other => crate::observe::metrics::cache_lookup(route_name, other),
+        "coalesced" => crate::metrics::coalesced(route_name),
+        other => crate::metrics::cache_lookup(route_name, other),
     }
     let mut extra = limits.response_fields(&ctx.limits.verdicts);
     extra.push(("x-cache", label.to_string()));

@@ -39,7 +39,7 @@ impl Sink {
         drop(pending);
         self.dropped
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        super::metrics::log_line_dropped();
+        crate::metrics::log_line_dropped();
     }
 
     pub fn target(&self) -> &str {

@@ -6,8 +6,8 @@
 use super::ObserveError;
 use super::rotate::{self, RotatePolicy, RotatingFile};
 use crate::admin::Streamed;
-use crate::config::Runtime;
 use crate::proxy::ctx::Ctx;
+use crate::runtime::Runtime;
 use bytes::Bytes;
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
@@ -170,9 +170,9 @@ impl Entry<'_> {
             return;
         };
         match log.append(line) {
-            Ok(()) => super::metrics::audit_written(true),
+            Ok(()) => crate::metrics::audit_written(true),
             Err(err) => {
-                super::metrics::audit_written(false);
+                crate::metrics::audit_written(false);
                 log::error!(
                     "audit trail {}: cannot write the record of request {}: {err}",
                     log.path().display(),

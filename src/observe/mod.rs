@@ -8,15 +8,19 @@
 //! on disk before the caller has the last byte; `finish` writes it only when no answer was
 //! completed (the caller went away, or the upstream broke mid-body).
 
+/// Observability's part of the process state (`runtime::State`).
+#[derive(Default)]
+pub struct ObserveState {}
+
 pub mod access;
 pub mod audit;
-pub mod metrics;
 pub mod redact;
 pub mod request_id;
 pub mod rotate;
 pub mod usage;
 
 use crate::config::model::LoggingConfig;
+use crate::metrics;
 use crate::proxy::ctx::Ctx;
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
@@ -74,7 +78,12 @@ pub struct LogPolicy {
 }
 
 impl LogPolicy {
-    pub fn build(cfg: &LoggingConfig) -> Result<LogPolicy, Vec<String>> {
+    /// Puts this policy's sinks into the process (after the whole config was built).
+    pub fn commit(&self, _state: &ObserveState) {}
+}
+
+impl LogPolicy {
+    pub fn build(cfg: &LoggingConfig, _state: &ObserveState) -> Result<LogPolicy, Vec<String>> {
         let mut errors = Vec::new();
         for (key, r) in [
             ("logging.rotate", &cfg.rotate),
@@ -338,7 +347,7 @@ mod tests {
     use super::*;
 
     fn policy(cfg: LoggingConfig) -> LogPolicy {
-        LogPolicy::build(&cfg).unwrap()
+        LogPolicy::build(&cfg, &ObserveState::default()).unwrap()
     }
 
     #[test]
@@ -383,13 +392,17 @@ mod tests {
             ..Default::default()
         };
         cfg.audit.path = f;
-        let errs = LogPolicy::build(&cfg).err().unwrap();
+        let errs = LogPolicy::build(&cfg, &ObserveState::default())
+            .err()
+            .unwrap();
         assert!(errs[0].starts_with("logging.audit.path"), "{errs:?}");
         cfg.audit.path = "stdout".into();
-        assert!(LogPolicy::build(&cfg).is_err());
+        assert!(LogPolicy::build(&cfg, &ObserveState::default()).is_err());
         cfg.audit.path = "off".into();
         cfg.rotate.max_files = 0;
-        let errs = LogPolicy::build(&cfg).err().unwrap();
+        let errs = LogPolicy::build(&cfg, &ObserveState::default())
+            .err()
+            .unwrap();
         assert_eq!(
             errs,
             vec!["logging.rotate.max_files: must be between 1 and 1000"]

@@ -1,9 +1,9 @@
 //! The per-request context that the phases share.
 
 use crate::auth::principal::Principal;
-use crate::config::Runtime;
 use crate::errors::ApiError;
 use crate::routes::Route;
+use crate::runtime::Runtime;
 use crate::upstream::Tenant;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;

@@ -2,8 +2,8 @@
 
 use super::ctx::Ctx;
 use super::respond;
-use crate::config::Runtime;
 use crate::errors::ApiError;
+use crate::runtime::Runtime;
 use bytes::Bytes;
 use pingora::prelude::*;
 use pingora_proxy::Session;
@@ -80,7 +80,7 @@ pub async fn oauth_token(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         }
         Err(e) => {
             ctx.auth_failure = Some(e.reason());
-            crate::observe::metrics::auth_failure(e.reason());
+            crate::metrics::auth_failure(e.reason());
             respond::error(session, ctx, e.into()).await
         }
     }

@@ -5,11 +5,12 @@ pub mod ctx;
 pub mod local;
 pub mod respond;
 
-use crate::config::SharedState;
 use crate::config::model::RouteKind;
 use crate::errors::{self, ApiError};
-use crate::observe::{self, metrics, request_id};
+use crate::metrics;
+use crate::observe::{self, request_id};
 use crate::routes::{Match, path};
+use crate::runtime::SharedState;
 use crate::validate;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};

@@ -187,7 +187,7 @@ impl OAuth2Source {
         }
         let fetched = self.fetch().await;
         if fetched.is_err() {
-            crate::observe::metrics::token_refresh_failed();
+            crate::metrics::token_refresh_failed();
         }
         match fetched {
             Ok(tok) => {
@@ -240,7 +240,7 @@ impl OAuth2Source {
         let expires_at = started + lifetime;
         let lead = self.refresh_before.min(lifetime / 2);
         self.fetched.fetch_add(1, Ordering::Relaxed);
-        crate::observe::metrics::token_refreshed();
+        crate::metrics::token_refreshed();
         Ok(CachedToken {
             header,
             refresh_at: expires_at - lead,

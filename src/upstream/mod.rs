@@ -2,6 +2,14 @@
 //! Each tenant maps to one account, so two tenants' calls go out under different OrionVM
 //! credentials.
 
+/// The upstream concern's part of the process state (`runtime::State`): the load balancers
+/// (with their health) by account, kept across reloads while the endpoints and checks stay the
+/// same.
+#[derive(Default)]
+pub struct UpstreamState {
+    pools: parking_lot::Mutex<HashMap<String, (AccountConfig, Arc<balance::Pool>)>>,
+}
+
 pub mod balance;
 pub mod client;
 pub mod credentials;
@@ -176,7 +184,11 @@ pub struct Upstreams {
 impl Upstreams {
     /// Builds accounts and tenants. An account whose config did not change keeps its
     /// credentials object (and so its cached OrionVM token) across reloads.
-    pub fn build(config: &Config, previous: Option<&Upstreams>) -> Result<Upstreams, Vec<String>> {
+    pub fn build(
+        config: &Config,
+        state: &UpstreamState,
+        previous: Option<&Upstreams>,
+    ) -> Result<Upstreams, Vec<String>> {
         let mut errors = Vec::new();
         let mut accounts = HashMap::new();
         if config.accounts.is_empty() {
@@ -188,7 +200,7 @@ impl Upstreams {
                 .and_then(|p| p.accounts.get(name))
                 .filter(|old| old.config == *ac)
                 .map(|old| old.credentials.clone());
-            match build_account(name, ac, reuse, &config.limits) {
+            match build_account(name, ac, reuse, &config.limits, state) {
                 Ok(a) => {
                     accounts.insert(name.clone(), Arc::new(a));
                 }
@@ -225,11 +237,24 @@ impl Upstreams {
     }
 }
 
+impl Upstreams {
+    /// Registers this config's pools in the state (after the whole config was built), and
+    /// forgets those of accounts that are gone.
+    pub fn commit(&self, state: &UpstreamState) {
+        let mut pools = state.pools.lock();
+        pools.retain(|name, _| self.accounts.contains_key(name));
+        for (name, account) in &self.accounts {
+            pools.insert(name.clone(), (account.config.clone(), account.pool.clone()));
+        }
+    }
+}
+
 fn build_account(
     name: &str,
     ac: &AccountConfig,
     reuse: Option<Arc<Credentials>>,
-    limits: &crate::limits::config::LimitsConfig,
+    limits: &crate::config::limits::LimitsConfig,
+    state: &UpstreamState,
 ) -> Result<Account, Vec<String>> {
     let mut errors = ac.health_check.validate();
     if ac.endpoints.is_empty() {
@@ -281,7 +306,7 @@ fn build_account(
         .enabled
         .then(|| crate::limits::breaker_settings(&limits.breaker));
     let pool = if endpoints.len() == ac.endpoints.len() && !endpoints.is_empty() {
-        match pool_for(name, ac, &endpoints) {
+        match pool_for(state, name, ac, &endpoints) {
             Ok(p) => Some(p),
             Err(e) => {
                 errors.push(e);
@@ -318,12 +343,11 @@ fn build_account(
     }
 }
 
-/// Pools by account name, kept across reloads while the endpoints and the health-check
-/// settings stay the same (so active health survives a reload).
-type Pools = parking_lot::Mutex<HashMap<String, (AccountConfig, Arc<balance::Pool>)>>;
-static POOLS: once_cell::sync::Lazy<Pools> = once_cell::sync::Lazy::new(Default::default);
-
+/// The account's pool: the one in the state when the endpoints and the health-check settings
+/// did not change (so active health survives a reload), else a new one that
+/// [`Upstreams::commit`] registers.
 fn pool_for(
+    state: &UpstreamState,
     name: &str,
     ac: &AccountConfig,
     endpoints: &[Endpoint],
@@ -333,17 +357,13 @@ fn pool_for(
             && old.health_check == ac.health_check
             && old.ca_file == ac.ca_file
     };
-    if let Some((old, pool)) = POOLS.lock().get(name)
+    if let Some((old, pool)) = state.pools.lock().get(name)
         && same(old)
         && pool.serves(endpoints)
     {
         return Ok(pool.clone());
     }
-    let pool = Arc::new(balance::Pool::build(endpoints, &ac.health_check)?);
-    POOLS
-        .lock()
-        .insert(name.to_string(), (ac.clone(), pool.clone()));
-    Ok(pool)
+    Ok(Arc::new(balance::Pool::build(endpoints, &ac.health_check)?))
 }
 
 /// The HTTP client for the proxy's own calls to OrionVM: the account's CA and timeouts.
@@ -439,7 +459,7 @@ fn build_credentials(
 /// Drives the active health checks of every account of the current config (each on its own
 /// interval) and so keeps `/ready` and the endpoint stats current.
 pub struct Prober {
-    pub state: Arc<crate::config::SharedState>,
+    pub state: Arc<crate::runtime::SharedState>,
     /// How often due checks are looked for.
     pub interval: Duration,
 }

@@ -108,7 +108,7 @@ fn at(ms: u64) -> serde_json::Value {
 
 /// `GET /admin/endpoints/stats`: every OrionVM endpoint of every account, with its health,
 /// breaker state and counters. No credentials, only the kind of authentication.
-pub fn report(rt: &crate::config::Runtime) -> serde_json::Value {
+pub fn report(rt: &crate::runtime::Runtime) -> serde_json::Value {
     let mut methods: Vec<&str> = rt
         .routes
         .routes()

@@ -180,7 +180,7 @@ pub struct ReadBody {
 /// else is left to stream through untouched.
 pub async fn read_request(
     session: &mut pingora_proxy::Session,
-    rt: &crate::config::Runtime,
+    rt: &crate::runtime::Runtime,
     route: &crate::routes::Route,
     signs: bool,
 ) -> Result<ReadBody, AdmitError> {

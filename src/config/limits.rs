@@ -1,6 +1,6 @@
 //! The `limits:` section of the config file: rate-limit policies and where they apply, the
 //! polling micro-cache, the budget toward OrionVM and the circuit breaker. Data only; validated
-//! into [`super::Limits`] once per load.
+//! into `limits::Limits` once per load.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -15,6 +15,22 @@ use prometheus::{
 /// The policy name under which OrionVM's own 429 answers are counted by [`rate_limited`].
 pub const UPSTREAM_POLICY: &str = "orionvm";
 
+static UPSTREAM_REFUSED: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "orion_proxy_upstream_refused_total",
+        "Calls refused before reaching OrionVM (busy: budget exhausted, open: circuit open)",
+        &["reason"]
+    )
+    .ok()
+});
+
+/// A call refused before reaching OrionVM: `busy` or `open`.
+pub fn upstream_refused(reason: &str) {
+    if let Some(c) = UPSTREAM_REFUSED.as_ref() {
+        c.with_label_values(&[reason]).inc();
+    }
+}
+
 static RATE_LIMITED: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
     register_int_counter_vec!(
         "orion_proxy_rate_limited_total",
@@ -211,7 +227,7 @@ pub fn init(config_version: &str) {
 /// Starts reporting endpoint health (`orion_proxy_upstream_up`) from the live config, and
 /// declares the series of configured endpoints (breaker closed until the breaker says
 /// otherwise) and GET routes (coalesced and cached answers) at zero.
-pub fn watch_endpoints(state: std::sync::Arc<crate::config::SharedState>) {
+pub fn watch_endpoints(state: std::sync::Arc<crate::runtime::SharedState>) {
     let rt = state.current();
     for account in rt.upstreams.accounts.values() {
         for e in &account.endpoints {
@@ -248,7 +264,7 @@ pub fn watch_endpoints(state: std::sync::Arc<crate::config::SharedState>) {
 
 /// A collector that reads endpoint health at scrape time.
 struct EndpointHealth {
-    state: std::sync::Weak<crate::config::SharedState>,
+    state: std::sync::Weak<crate::runtime::SharedState>,
     desc: prometheus::core::Desc,
 }
 
@@ -257,7 +273,7 @@ impl EndpointHealth {
     const HELP: &'static str =
         "Whether an OrionVM endpoint answered its last health probe (1) or not (0)";
 
-    fn new(state: std::sync::Weak<crate::config::SharedState>) -> prometheus::Result<Self> {
+    fn new(state: std::sync::Weak<crate::runtime::SharedState>) -> prometheus::Result<Self> {
         let desc = prometheus::core::Desc::new(
             Self::NAME.into(),
             Self::HELP.into(),

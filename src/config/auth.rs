@@ -1,8 +1,8 @@
 //! The identity part of the config file: the token endpoint (`oauth`), its registered
-//! `clients`, and external JWT issuers (`jwt`). Plain serde data; [`super::Auth::build`]
+//! `clients`, and external JWT issuers (`jwt`). Plain serde data; `auth::Auth::build`
 //! validates it into runtime types once per load.
 
-use crate::config::model::SecretRef;
+use super::model::SecretRef;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -1,0 +1,140 @@
+//! The live process: the [`Runtime`] built from one validated config, the one [`State`] that
+//! owns everything that outlives a request, and reload (stage, then commit).
+//!
+//! A reload builds a complete staging [`Staged`] from the new model against the current
+//! `State`. Building reads the state (to hand over what the new config shares with the old:
+//! sinks, pools, counters) but changes nothing in it: no file is opened, no thread started, no
+//! map filled. Only [`Staged::commit`], called once the whole build succeeded, does that. A
+//! failed build drops the staging copy and leaves no trace (`docs/ARCHITECTURE.md`, "Reload").
+
+pub mod reload;
+pub mod state;
+
+pub use reload::SharedState;
+pub use state::State;
+
+use crate::auth::Auth;
+use crate::auth::permissions::{PermissionRegistry, Roles};
+use crate::config::model::Config;
+use crate::config::{self, defaults};
+use crate::observe::LogPolicy;
+use crate::routes::RouteTable;
+use crate::upstream::Upstreams;
+use std::path::Path;
+
+/// Everything the hot path reads, built from one config.
+pub struct Runtime {
+    pub config: Config,
+    /// Short hash of the file, reported by `/ready`, metrics and admin.
+    pub version: String,
+    pub routes: RouteTable,
+    pub auth: Auth,
+    pub upstreams: Upstreams,
+    pub log: LogPolicy,
+    pub trusted_networks: Vec<ipnet::IpNet>,
+    pub max_body_bytes: usize,
+    /// Per-route body schemas and rewrite rules, compiled once per build.
+    pub body_rules: crate::validate::BodyRules,
+    pub limits: crate::limits::Limits,
+}
+
+/// A runtime that was built completely but is not in force yet.
+pub struct Staged {
+    runtime: Runtime,
+}
+
+impl Staged {
+    /// Puts the staged runtime's side effects into the process (files, writer threads, pools
+    /// registered in the state) and returns the runtime to swap in.
+    pub fn commit(self, state: &State) -> Runtime {
+        let rt = self.runtime;
+        rt.upstreams.commit(&state.upstream);
+        rt.log.commit(&state.observe);
+        rt
+    }
+
+    /// The runtime without committing it: for `orion-proxy check` and tests that only look.
+    pub fn inspect(&self) -> &Runtime {
+        &self.runtime
+    }
+}
+
+/// Validates a parsed config into a staged runtime. Reads `state`, never changes it.
+/// `previous` lets unchanged accounts and issuers keep their credentials and key caches.
+pub fn stage(
+    config: Config,
+    text: &str,
+    state: &State,
+    previous: Option<&Runtime>,
+) -> Result<Staged, Vec<String>> {
+    let mut errors = Vec::new();
+    let defaults = defaults().map_err(|e| vec![e])?;
+    let trusted_networks = config::check_server(&config)
+        .map_err(|e| errors.extend(e))
+        .unwrap_or_default();
+
+    let mut registry = PermissionRegistry::default();
+    let route_list = config.routes.as_ref().unwrap_or(&defaults.routes);
+    let routes = RouteTable::build(route_list, &mut registry)
+        .map_err(|e| errors.extend(e))
+        .ok();
+    let role_map = config.roles.as_ref().unwrap_or(&defaults.roles);
+    let roles = Roles::build(role_map, &registry)
+        .map_err(|e| errors.extend(e))
+        .ok();
+    let auth = roles.and_then(|r| {
+        Auth::build(&config, r, previous.map(|p| &p.auth))
+            .map_err(|e| errors.extend(e))
+            .ok()
+    });
+    let upstreams = Upstreams::build(&config, &state.upstream, previous.map(|p| &p.upstreams))
+        .map_err(|e| errors.extend(e))
+        .ok();
+    errors.extend(crate::facade::check_config(&config.facade));
+    let log = LogPolicy::build(&config.logging, &state.observe)
+        .map_err(|e| errors.extend(e))
+        .ok();
+    let body_rules = crate::validate::BodyRules::build(route_list, &config.validation)
+        .map_err(|e| errors.extend(e))
+        .ok();
+    let role_names: Vec<&str> = role_map.keys().map(String::as_str).collect();
+    let limits = crate::limits::Limits::build(&config, routes.as_ref(), &role_names)
+        .map_err(|e| errors.extend(e))
+        .ok();
+
+    match (routes, auth, upstreams, log, body_rules, limits) {
+        (Some(routes), Some(auth), Some(upstreams), Some(log), Some(body_rules), Some(limits))
+            if errors.is_empty() =>
+        {
+            Ok(Staged {
+                runtime: Runtime {
+                    body_rules,
+                    limits,
+                    version: config::version_of(text),
+                    max_body_bytes: config.server.max_body_bytes,
+                    config,
+                    routes,
+                    auth,
+                    upstreams,
+                    log,
+                    trusted_networks,
+                },
+            })
+        }
+        _ => Err(errors),
+    }
+}
+
+/// Reads, parses and validates a file into a staged runtime: what `orion-proxy check` runs
+/// (with a fresh `State` that is then dropped, so it has no side effects).
+pub fn load(path: &Path, state: &State, previous: Option<&Runtime>) -> Result<Staged, Vec<String>> {
+    let text = config::read_file(path)?;
+    let model = config::parse(&text)?;
+    stage(model, &text, state, previous)
+}
+
+/// Validates a file without starting anything: `orion-proxy check`.
+pub fn check(path: &Path) -> Result<String, Vec<String>> {
+    let state = State::memory();
+    load(path, &state, None).map(|s| s.inspect().version.clone())
+}

@@ -1,0 +1,107 @@
+//! State that outlives a request, behind small async traits (`docs/ARCHITECTURE.md`, "State").
+//!
+//! Each trait is written for a remote, fallible backend (a Redis call can time out or find the
+//! server gone): every operation is async and returns [`StoreError`]. The in-memory backends in
+//! [`memory`] are the default (one node); a shared backend plugs in behind the same traits.
+//! This module imports no concern: concerns import it, and `src/runtime/` owns the instances.
+
+pub mod memory;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a state operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The backend cannot be reached (connection refused, closed, not configured).
+    Unavailable(String),
+    /// The backend did not answer within its command timeout.
+    Timeout,
+    /// The backend answered something this code cannot read.
+    Corrupt(String),
+    /// A bound was reached (entries, bytes): the store refuses to grow.
+    Full,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Unavailable(why) => write!(f, "state backend unavailable: {why}"),
+            StoreError::Timeout => write!(f, "state backend timed out"),
+            StoreError::Corrupt(why) => write!(f, "state backend answered unreadable data: {why}"),
+            StoreError::Full => write!(f, "state store is full"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// A counter's value in its current window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowCount {
+    /// Events counted in the current window, this one included.
+    pub count: u64,
+    /// Time left until the window resets.
+    pub resets_in: Duration,
+}
+
+/// Counters per key in fixed windows: rate limits, the token endpoint's attempt counters.
+///
+/// `scope` names a family of counters with one window length (a policy name, `token.failures`);
+/// `key` is the principal, tenant or address counted. Keys must be stable across processes
+/// (no per-process hash), so that a shared backend counts the same key on every node.
+#[async_trait]
+pub trait Counters: Send + Sync {
+    /// Adds `cost` to `key`'s counter and returns the count after adding.
+    async fn hit(
+        &self,
+        scope: &str,
+        window: Duration,
+        key: &str,
+        cost: u64,
+    ) -> Result<WindowCount, StoreError>;
+
+    /// The count of `key` in its current window, adding nothing.
+    async fn peek(
+        &self,
+        scope: &str,
+        window: Duration,
+        key: &str,
+    ) -> Result<WindowCount, StoreError>;
+}
+
+/// A key-value store with expiry: idempotency keys, runtime-managed credentials.
+#[async_trait]
+pub trait KvStore: Send + Sync {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
+    /// Sets `key` to `value` for `ttl` (replacing any value).
+    async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError>;
+    /// Sets `key` only when it has no live value; says whether it did.
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+    /// Removes `key`; says whether it had a live value.
+    async fn delete(&self, key: &str) -> Result<bool, StoreError>;
+}
+
+/// The backends of the state traits, as the runtime hands them to the concerns.
+#[derive(Clone)]
+pub struct Stores {
+    pub counters: Arc<dyn Counters>,
+    pub kv: Arc<dyn KvStore>,
+}
+
+impl Stores {
+    /// The in-memory backends (one node; lost on restart).
+    pub fn memory() -> Stores {
+        Stores {
+            counters: Arc::new(memory::MemoryCounters::default()),
+            kv: Arc::new(memory::MemoryKv::new(memory::DEFAULT_KV_ENTRIES)),
+        }
+    }
+}
