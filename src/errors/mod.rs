@@ -5,6 +5,8 @@
 //! both the RFC 9457 members and the keys that OrionVM clients parse
 //! (`error`, `error_description`, `details`).
 
+mod limits;
+
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
@@ -166,8 +168,17 @@ pub fn code_for_status(status: u16) -> (&'static str, &'static str) {
 ///
 /// OrionVM's `error`, `error_description` and `details` are kept for 4xx answers, because
 /// its clients act on them. For 5xx answers the text is replaced: upstream internals are
-/// not passed through verbatim.
+/// not passed through verbatim. A 401 is OrionVM refusing the proxy's own credentials: 502
+/// `upstream_auth_failed` (the one place that rule is written).
 pub fn from_upstream(status: u16, body: &[u8]) -> ApiError {
+    if status == 401 {
+        // The caller authenticated to the proxy; OrionVM refusing the proxy's own credentials
+        // is the proxy's failure, not the caller's.
+        return ApiError::bad_gateway(
+            "upstream_auth_failed",
+            "OrionVM refused the proxy's credentials",
+        );
+    }
     let (default_code, title) = code_for_status(status);
     let parsed: Option<Map<String, Value>> =
         serde_json::from_slice::<Value>(body)
