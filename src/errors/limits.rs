@@ -59,3 +59,61 @@ impl From<LimitsError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_and_cached_answers_as_the_error_body() {
+        let e = ApiError::from(LimitsError::RateLimited {
+            policy: "default".into(),
+            retry_after: 17,
+            headers: vec![("ratelimit", "\"default\";r=0;t=17".into())],
+        });
+        assert_eq!(
+            (e.status, e.code, e.retry_after),
+            (429, "rate_limited", Some(17))
+        );
+        assert_eq!(e.details["policy"], serde_json::json!(["default"]));
+        assert_eq!(
+            e.headers,
+            vec![("ratelimit", "\"default\";r=0;t=17".to_string())]
+        );
+
+        let cached = |status: u16, body: &str| {
+            ApiError::from(LimitsError::Answered {
+                status,
+                body: bytes::Bytes::from(body.to_string()),
+                headers: vec![("x-cache", "miss".into())],
+            })
+        };
+        let e = cached(
+            404,
+            r#"{"error":"not_found","error_description":"no such instance"}"#,
+        );
+        assert_eq!(
+            (e.status, e.code, e.detail.as_str()),
+            (404, "not_found", "no such instance")
+        );
+        assert_eq!(e.headers, vec![("x-cache", "miss".to_string())]);
+        // OrionVM refusing the proxy's own credentials is the proxy's failure.
+        let e = cached(401, "");
+        assert_eq!((e.status, e.code), (502, "upstream_auth_failed"));
+
+        let e = ApiError::from(LimitsError::Call {
+            error: Box::new(crate::upstream::client::CallError::Timeout),
+            headers: vec![("x-cache", "coalesced".into())],
+        });
+        assert_eq!(e.status, 504);
+        assert_eq!(e.headers, vec![("x-cache", "coalesced".to_string())]);
+        assert_eq!(
+            ApiError::from(LimitsError::Wait(WaitFailure::Abandoned)).status,
+            502
+        );
+        assert_eq!(
+            ApiError::from(LimitsError::Open { retry_after: 3 }).retry_after,
+            Some(3)
+        );
+    }
+}
