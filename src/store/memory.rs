@@ -52,11 +52,13 @@ impl Window {
     }
 }
 
+/// The sketches of one scope, by window length (a scope has one or a few).
+type ScopeWindows = Vec<(Duration, Arc<Window>)>;
+
 /// Counters in process memory, one sketch per (scope, window).
 #[derive(Default)]
 pub struct MemoryCounters {
-    /// scope -> (window length, sketch): a scope has one or a few window lengths.
-    windows: Mutex<HashMap<String, Vec<(Duration, Arc<Window>)>>>,
+    windows: Mutex<HashMap<String, ScopeWindows>>,
 }
 
 /// One counter family (a scope and its window length) of [`MemoryCounters`], for a hot-path
