@@ -61,10 +61,7 @@ pub async fn oauth_token(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
             Err(e) => return respond::error(session, ctx, e.into()).await,
         };
     ctx.request_bytes = body.len();
-    let client_ip = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
+    let client_ip = ctx.client_ip;
     let outcome = crate::auth::token_endpoint::issue(
         &rt.auth,
         &rt.config.oauth,
