@@ -1,6 +1,7 @@
 //! The one `ProxyHttp` implementation. Each phase stays short and calls into the module that
 //! owns the concern: routes, auth, validate, upstream, errors, observe.
 
+pub mod body;
 pub mod ctx;
 pub mod local;
 pub mod respond;
@@ -118,13 +119,22 @@ impl OrionProxy {
             return Ok(Some(err));
         }
         let signs = tenant.account.credentials.signer().is_some();
-        match validate::read_request(session, &rt, &route, signs).await {
-            Ok(r) => {
-                ctx.request_bytes = r.received;
-                ctx.body = r.body;
-                ctx.validated = r.validated;
+        let method = &session.req_header().method;
+        if let validate::BodyPlan::Read { limit, json, rules } =
+            validate::plan(method, &route, &rt.body_rules, rt.max_body_bytes, signs)
+        {
+            let read = body::read_whole(session, limit)
+                .await
+                .map_err(validate::AdmitError::Body)
+                .and_then(|bytes| validate::finish(json, rules, bytes));
+            match read {
+                Ok(r) => {
+                    ctx.request_bytes = r.received;
+                    ctx.body = r.body;
+                    ctx.validated = r.validated;
+                }
+                Err(e) => return Ok(Some(e.into())),
             }
-            Err(e) => return Ok(Some(e.into())),
         }
         Ok(None)
     }
