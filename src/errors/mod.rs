@@ -1,4 +1,4 @@
-//! The one error body (DESIGN.md section 5).
+//! The one error body (`docs/ARCHITECTURE.md`, "Errors").
 //!
 //! Every concern has its own error type; each converts into [`ApiError`] here, and
 //! [`ApiError::render`] is the only place that turns an error into bytes. The body carries
