@@ -561,3 +561,6 @@ fn classify(e: &Error, ctx: &mut Ctx) -> ApiError {
         _ => ApiError::internal("the proxy failed to handle the request"),
     }
 }
+
+#[cfg(test)]
+mod tests;
