@@ -1,6 +1,7 @@
 //! The one `ProxyHttp` implementation. Each phase stays short and calls into the module that
 //! owns the concern: routes, auth, validate, upstream, errors, observe.
 
+pub mod body;
 pub mod ctx;
 pub mod local;
 pub mod respond;
@@ -89,8 +90,7 @@ impl OrionProxy {
             RouteKind::Health | RouteKind::Ready | RouteKind::Openapi | RouteKind::OauthToken => {
                 // Routes without a principal: `limits.anonymous_policy`, per source address
                 // (the token endpoint also has its own brute-force limit in auth).
-                let ip = client_ip(session);
-                let (view, rl) = limits_view(session.req_header(), ctx, ip);
+                let (view, rl) = limits_view(session.req_header(), ctx);
                 return Ok(crate::limits::admit(&rt.limits, &view, rl)
                     .await
                     .err()
@@ -118,18 +118,27 @@ impl OrionProxy {
             )));
         };
         ctx.tenant = Some(tenant.clone());
-        let (view, rl) = limits_view(session.req_header(), ctx, client_ip(session));
+        let (view, rl) = limits_view(session.req_header(), ctx);
         if let Err(e) = crate::limits::admit(&rt.limits, &view, rl).await {
             return Ok(Some(e.into()));
         }
         let signs = tenant.account.credentials.signer().is_some();
-        match validate::read_request(session, &rt, &route, signs).await {
-            Ok(r) => {
-                ctx.request_bytes = r.received;
-                ctx.body = r.body;
-                ctx.validated = r.validated;
+        let method = &session.req_header().method;
+        if let validate::BodyPlan::Read { limit, json, rules } =
+            validate::plan(method, &route, &rt.body_rules, rt.max_body_bytes, signs)
+        {
+            let read = body::read_whole(session, limit)
+                .await
+                .map_err(validate::AdmitError::Body)
+                .and_then(|bytes| validate::finish(json, rules, bytes));
+            match read {
+                Ok(r) => {
+                    ctx.request_bytes = r.received;
+                    ctx.body = r.body;
+                    ctx.validated = r.validated;
+                }
+                Err(e) => return Ok(Some(e.into())),
             }
-            Err(e) => return Ok(Some(e.into())),
         }
         Ok(None)
     }
@@ -157,6 +166,7 @@ impl ProxyHttp for OrionProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        ctx.client_ip = client_ip;
         let trusted = request_id::is_trusted(client_ip, &rt.trusted_networks);
         let headers = &session.req_header().headers;
         let inbound_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
@@ -181,9 +191,7 @@ impl ProxyHttp for OrionProxy {
             respond::error(session, ctx, err).await?;
             return Ok(true);
         }
-        if let Some((limits, view, rl)) =
-            limits_parts(session.req_header(), ctx, client_ip(session))
-        {
+        if let Some((limits, view, rl)) = limits_parts(session.req_header(), ctx) {
             let decision = crate::limits::before_upstream(limits, &view, rl).await;
             if let Some((status, elapsed)) = ctx.limits.upstream_answer.take() {
                 ctx.upstream_status = Some(status);
@@ -350,15 +358,8 @@ impl ProxyHttp for OrionProxy {
         if status >= 400 && declares_empty_body(upstream) {
             // No body task will follow, so the body filter could not replace it: answer the
             // error body from fail_to_proxy instead.
-            ctx.error = Some(if status == 401 {
-                ApiError::bad_gateway(
-                    "upstream_auth_failed",
-                    "OrionVM refused the proxy's credentials",
-                )
-            } else {
-                errors::from_upstream(status, b"")
-            });
-            let code = if status == 401 { 502 } else { status };
+            ctx.error = Some(errors::from_upstream(status, b""));
+            let code = errors::caller_status(status);
             return Err(Error::explain(
                 ErrorType::HTTPStatus(code),
                 "OrionVM answered an empty error",
@@ -405,10 +406,8 @@ impl ProxyHttp for OrionProxy {
             upstream.remove_header("content-encoding");
             upstream.insert_header("transfer-encoding", "chunked")?;
             upstream.insert_header("content-type", "application/json")?;
-            if status == 401 {
-                // The caller authenticated to the proxy; OrionVM refusing the proxy's own
-                // credentials is the proxy's failure, not the caller's.
-                upstream.set_status(502)?;
+            if errors::caller_status(status) != status {
+                upstream.set_status(errors::caller_status(status))?;
             }
             ctx.rewrite = Some(BytesMut::new());
         }
@@ -433,14 +432,7 @@ impl ProxyHttp for OrionProxy {
             }
             if end_of_stream {
                 let upstream_status = ctx.upstream_status.unwrap_or(502);
-                let err = if upstream_status == 401 {
-                    ApiError::bad_gateway(
-                        "upstream_auth_failed",
-                        "OrionVM refused the proxy's credentials",
-                    )
-                } else {
-                    errors::from_upstream(upstream_status, buf)
-                };
+                let err = errors::from_upstream(upstream_status, buf);
                 let rendered = err.render(&ctx.request_id);
                 ctx.response_bytes += rendered.len();
                 ctx.error = Some(err);
@@ -543,19 +535,11 @@ impl ProxyHttp for OrionProxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         metrics::in_flight(-1);
         crate::upstream::peer::finish_attempt(ctx);
-        if let Some((limits, view, _)) = limits_parts(session.req_header(), ctx, None) {
+        if let Some((limits, view, _)) = limits_parts(session.req_header(), ctx) {
             crate::limits::finish(limits, &view);
         }
         observe::finish(session, ctx, e);
     }
-}
-
-/// The client's address (the TCP peer).
-fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
 }
 
 /// The concerns' view of the request, and the limits' part of the context beside it
@@ -563,9 +547,8 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
 fn limits_view<'a>(
     req: &'a RequestHeader,
     ctx: &'a mut Ctx,
-    client_ip: Option<std::net::IpAddr>,
 ) -> (RequestView<'a>, &'a mut crate::limits::RequestLimits) {
-    let (_, view, rl) = split(req, ctx, client_ip);
+    let (_, view, rl) = split(req, ctx);
     (view, rl)
 }
 
@@ -574,26 +557,25 @@ fn limits_view<'a>(
 fn limits_parts<'a>(
     req: &'a RequestHeader,
     ctx: &'a mut Ctx,
-    client_ip: Option<std::net::IpAddr>,
 ) -> Option<(
     &'a crate::limits::Limits,
     RequestView<'a>,
     &'a mut crate::limits::RequestLimits,
 )> {
-    let (rt, view, rl) = split(req, ctx, client_ip);
+    let (rt, view, rl) = split(req, ctx);
     Some((&rt?.limits, view, rl))
 }
 
 fn split<'a>(
     req: &'a RequestHeader,
     ctx: &'a mut Ctx,
-    client_ip: Option<std::net::IpAddr>,
 ) -> (
     Option<&'a crate::runtime::Runtime>,
     RequestView<'a>,
     &'a mut crate::limits::RequestLimits,
 ) {
     let Ctx {
+        client_ip,
         runtime,
         path,
         route,
@@ -613,7 +595,7 @@ fn split<'a>(
         params: params.as_slice(),
         principal: principal.as_ref(),
         tenant: tenant.as_ref(),
-        client_ip,
+        client_ip: *client_ip,
         request_id: request_id.as_str(),
     };
     (runtime.as_deref(), view, limits)
@@ -632,10 +614,7 @@ fn classify(e: &Error, ctx: &mut Ctx) -> ApiError {
             ctx.upstream_failure.get_or_insert("timeout");
             ApiError::gateway_timeout("OrionVM did not answer in time")
         }
-        (_, t) if *t == TOKEN_REJECTED => ApiError::bad_gateway(
-            "upstream_auth_failed",
-            "OrionVM refused the proxy's credentials",
-        ),
+        (_, t) if *t == TOKEN_REJECTED => errors::upstream_auth_failed(),
         (
             ErrorSource::Upstream,
             ErrorType::ConnectRefused
@@ -667,3 +646,6 @@ fn classify(e: &Error, ctx: &mut Ctx) -> ApiError {
         _ => ApiError::internal("the proxy failed to handle the request"),
     }
 }
+
+#[cfg(test)]
+mod tests;
