@@ -14,6 +14,5 @@ pub mod observe;
 pub mod proxy;
 pub mod routes;
 pub mod server;
-pub mod sim;
 pub mod upstream;
 pub mod validate;

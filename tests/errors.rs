@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use orion_proxy::sim::{ErrorBurst, FaultPlan};
+use orion_sim::{ErrorBurst, FaultPlan};
 use serde_json::{Value, json};
 
 const INSTANCE: &str = "3b0c2f6e-1111-4222-8333-944455556666";
@@ -288,7 +288,7 @@ async fn request_ids_are_ulids_unless_a_trusted_caller_sends_one() {
     assert_ne!(r.headers()["x-request-id"], "bad id<>");
     // The id reaches OrionVM too, with a traceparent.
     let seen = h.sim.recent_requests();
-    let header = |r: &orion_proxy::sim::RecordedRequest, name: &str| {
+    let header = |r: &orion_sim::RecordedRequest, name: &str| {
         r.headers
             .iter()
             .find(|(k, _)| k == name)

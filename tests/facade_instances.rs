@@ -7,7 +7,7 @@ mod facade_support;
 
 use common::*;
 use facade_support::*;
-use orion_proxy::sim::FaultPlan;
+use orion_sim::FaultPlan;
 use serde_json::{Value, json};
 
 const START: &str = "/api/v1/instances/{id}/start";

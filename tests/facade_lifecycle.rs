@@ -7,7 +7,7 @@ mod facade_support;
 
 use common::*;
 use facade_support::*;
-use orion_proxy::sim::{FaultPlan, SimTimings};
+use orion_sim::{FaultPlan, SimTimings};
 use serde_json::{Value, json};
 use std::time::Duration;
 

@@ -17,7 +17,7 @@ async fn the_excess_waits_then_gets_503_and_nothing_is_duplicated() {
         .into();
     })
     .await;
-    h.sim.set_faults(orion_proxy::sim::FaultPlan {
+    h.sim.set_faults(orion_sim::FaultPlan {
         path_prefix: Some("/api/v1/regions".into()),
         latency: Some(Duration::from_millis(1500)),
         ..Default::default()

@@ -95,7 +95,7 @@ async fn coalesced_calls_share_one_upstream_call() {
     let key = h.key("viewer").to_string();
     let id = first_instance(&h, &key).await;
     let path = format!("/api/v1/instances/{id}");
-    h.sim.set_faults(orion_proxy::sim::FaultPlan {
+    h.sim.set_faults(orion_sim::FaultPlan {
         path_prefix: Some(path.clone()),
         latency: Some(Duration::from_millis(400)),
         ..Default::default()

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use orion_proxy::sim::{ErrorBurst, FaultPlan, SimHandle};
+use orion_sim::{ErrorBurst, FaultPlan, SimHandle};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 

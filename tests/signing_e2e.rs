@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
-use orion_proxy::sim::{SimSignatureAlgorithm, SimSignatureKey};
 use orion_proxy::upstream::signing::{RequestParts, Signer};
+use orion_sim::{SimSignatureAlgorithm, SimSignatureKey};
 use serde_json::{Value, json};
 use std::time::{Duration, SystemTime};
 
@@ -77,10 +77,10 @@ async fn ok_json(resp: reqwest::Response) -> Value {
 }
 
 fn last<'a>(
-    seen: &'a [orion_proxy::sim::RecordedRequest],
+    seen: &'a [orion_sim::RecordedRequest],
     method: &str,
     path: &str,
-) -> &'a orion_proxy::sim::RecordedRequest {
+) -> &'a orion_sim::RecordedRequest {
     seen.iter()
         .rev()
         .find(|r| r.method == method && r.path == path)
@@ -152,7 +152,7 @@ async fn the_simulator_accepts_the_proxys_signed_get_post_and_delete() {
     );
     assert_eq!(
         post.header_values("content-digest"),
-        vec![orion_proxy::sim::content_digest(post.body.as_bytes())]
+        vec![orion_sim::content_digest(post.body.as_bytes())]
     );
     let state_get = seen
         .iter()
@@ -325,11 +325,7 @@ async fn changes_after_signing_expiry_and_replays_are_refused() {
     // Body changed after signing, digest recomputed to match it: only the signature catches it.
     let mut hd = signed_headers(&signer, &authority, "POST", path, key_body, now, "n-body");
     let other = br#"{"name":"k-evil","key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIexample k"}"#;
-    set(
-        &mut hd,
-        "content-digest",
-        orion_proxy::sim::content_digest(other),
-    );
+    set(&mut hd, "content-digest", orion_sim::content_digest(other));
     let (status, err) = to_sim(&h, "POST", path, &hd, other).await;
     assert_eq!(status, 401, "{err}");
     assert!(

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use orion_proxy::sim::{
+use orion_sim::{
     CallStats, ErrorBurst, FaultPlan, SimAccount, SimHandle, SimOptions, SimTimings, start,
 };
 use reqwest::{Client, Method, StatusCode};
@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const EXAMPLES: &str = include_str!("../src/sim/orionvm-v1-examples.json");
+const EXAMPLES: &str = include_str!("../crates/orion-sim/src/orionvm-v1-examples.json");
 const A_STATIC: &str = "alpha-static-token";
 const B_STATIC: &str = "beta-static-token";
 const SY3: &str = "9e98d1f2-3c4b-4a5d-8e6f-7a8b9c0d1e2f";
@@ -1550,12 +1550,12 @@ async fn demo_options() {
     let sim = sim(o).await;
     let t = issued_token(
         &sim,
-        orion_proxy::sim::DEMO_ACME_CLIENT_ID,
-        orion_proxy::sim::DEMO_ACME_CLIENT_SECRET,
+        orion_sim::DEMO_ACME_CLIENT_ID,
+        orion_sim::DEMO_ACME_CLIENT_SECRET,
     )
     .await;
     Api::new(&sim, &t).get("/api/v1/instances").await;
-    Api::new(&sim, orion_proxy::sim::DEMO_GLOBEX_STATIC_TOKEN)
+    Api::new(&sim, orion_sim::DEMO_GLOBEX_STATIC_TOKEN)
         .get("/api/v1/instances")
         .await;
 }

@@ -2,7 +2,7 @@
 //! child process with a generated config on free loopback ports.
 #![allow(dead_code)]
 
-use orion_proxy::sim::{self, SimAccount, SimClient, SimHandle, SimOptions, SimTimings};
+use orion_sim::{self as sim, SimAccount, SimClient, SimHandle, SimOptions, SimTimings};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -9,7 +9,10 @@ use std::time::Duration;
 pub const WEB1: &str = "3b0c2f6e-1111-4222-8333-944455556666";
 
 pub fn examples() -> Value {
-    serde_json::from_str(include_str!("../../src/sim/orionvm-v1-examples.json")).unwrap()
+    serde_json::from_str(include_str!(
+        "../../crates/orion-sim/src/orionvm-v1-examples.json"
+    ))
+    .unwrap()
 }
 
 pub async fn ok_json(resp: reqwest::Response) -> Value {
