@@ -704,14 +704,7 @@ async fn schemas_are_compiled_at_load_and_reload_not_per_request() {
     let resp = send(&h, "POST", "/api/v1/instances", body).await;
     expect_error(resp, 422, "validation_failed").await;
     // ...which compiles it again.
-    let r = h
-        .http
-        .post(format!("{}/admin/reload", h.proxy.admin_url))
-        .bearer_auth(h.key("admin"))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    h.reload_ok().await;
     h.sim.reset_calls();
     let resp = send(&h, "POST", "/api/v1/instances", body).await;
     let answer: Value = resp.json().await.unwrap();
@@ -719,13 +712,7 @@ async fn schemas_are_compiled_at_load_and_reload_not_per_request() {
     assert_eq!(h.sim.recent_requests().len(), 1, "{answer}");
     // A broken schema at reload: refused, the old one stays.
     std::fs::write(&file, r#"{"type": "no-such-type"}"#).unwrap();
-    let r = h
-        .http
-        .post(format!("{}/admin/reload", h.proxy.admin_url))
-        .bearer_auth(h.key("admin"))
-        .send()
-        .await
-        .unwrap();
+    let r = h.reload().await;
     let err = expect_error(r, 422, "invalid_config").await;
     assert!(err.to_string().contains("instances.create"), "{err}");
     let resp = send(
@@ -766,14 +753,9 @@ validation: {{skip: [nope]}}
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(binary())
-        .args(["check", "-c"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let run = check_config(&cfg);
+    assert!(!run.ok);
+    let text = run.text();
     assert!(
         text.contains("routes[0] (x).schema: unknown schema 'no.such.schema'"),
         "{text}"

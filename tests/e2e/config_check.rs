@@ -13,17 +13,8 @@ fn check(yaml: &str) -> (bool, String) {
     );
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let out = Command::new(binary())
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let run = check_config(&path);
+    (run.ok, run.text())
 }
 
 const GOOD: &str = r#"

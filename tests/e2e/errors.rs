@@ -132,31 +132,15 @@ async fn orionvm_json_errors_keep_their_code_and_details() {
 async fn orionvm_html_and_empty_errors_become_json() {
     let h = Harness::start().await;
     let key = h.key("admin");
-    let get_with = |fault: &'static str| {
-        h.http
-            .get(h.url("/api/v1/regions"))
-            .bearer_auth(key)
-            .header("x-sim-fault", fault)
-            .send()
-    };
+    let get_with = |fault: &'static str| h.get_with_fault(key, "/api/v1/regions", fault);
 
-    let body = expect_error(
-        get_with("status=502;html").await.unwrap(),
-        502,
-        "bad_gateway",
-    )
-    .await;
+    let body = expect_error(get_with("status=502;html").await, 502, "bad_gateway").await;
     assert!(
         !body.to_string().contains("<html"),
         "no HTML passes through: {body}"
     );
-    expect_error(
-        get_with("status=503").await.unwrap(),
-        503,
-        "upstream_unavailable",
-    )
-    .await;
-    let body = expect_error(get_with("empty=500").await.unwrap(), 500, "upstream_error").await;
+    expect_error(get_with("status=503").await, 503, "upstream_unavailable").await;
+    let body = expect_error(get_with("empty=500").await, 500, "upstream_error").await;
     assert_eq!(body["status"], 500);
     // A run-wide burst of HTML 500 pages.
     h.sim.set_faults(FaultPlan {
@@ -181,33 +165,18 @@ async fn orionvm_html_and_empty_errors_become_json() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failure_is_502_and_timeout_is_504() {
     // An endpoint nobody listens on.
-    let closed = format!("http://127.0.0.1:{}", free_port());
-    let sim = start_sim(sim_options()).await;
-    let mut config = ConfigBuilder::new(&closed);
-    config.acme_upstream = Upstream::Static;
+    let config = ConfigBuilder::unreachable();
     let proxy = ProxyProcess::start(&config).await;
-    let http = reqwest::Client::new();
-    let r = http
-        .get(format!("{}/api/v1/regions", proxy.url))
-        .bearer_auth(config.key("admin"))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get(config.key("admin"), "/api/v1/regions").await;
     expect_error(r, 502, "upstream_unreachable").await;
     drop(proxy);
 
-    let mut config = ConfigBuilder::new(&sim.url());
-    config.read_timeout_ms = 300;
-    let proxy = ProxyProcess::start(&config).await;
-    let r = http
-        .get(format!("{}/api/v1/regions", proxy.url))
-        .bearer_auth(config.key("admin"))
-        .header("x-sim-fault", "latency=2s")
-        .send()
-        .await
-        .unwrap();
+    let h = Harness::start_with(|c| c.read_timeout_ms = 300).await;
+    let r = h
+        .get_with_fault(h.key("admin"), "/api/v1/regions", "latency=2s")
+        .await;
     expect_error(r, 504, "upstream_timeout").await;
-    let lines = proxy.access_log(1).await;
+    let lines = h.proxy.access_log(1).await;
     assert!(
         lines
             .iter()
@@ -221,14 +190,7 @@ async fn resets_before_and_during_the_answer() {
     let h = Harness::start().await;
     let key = h.key("admin");
     // A reset before any answer: 502 in the error body.
-    let r = h
-        .http
-        .get(h.url("/api/v1/regions"))
-        .bearer_auth(key)
-        .header("x-sim-fault", "reset")
-        .send()
-        .await
-        .unwrap();
+    let r = h.get_with_fault(key, "/api/v1/regions", "reset").await;
     expect_error(r, 502, "upstream_reset").await;
     // A reset in the middle of a successful body: the status line is out, so the caller sees
     // the body cut short; the proxy logs it and keeps serving.

@@ -402,14 +402,7 @@ async fn a_reboot_whose_stop_hangs_fails_after_the_timeout_and_tasks_survive_a_r
     assert_eq!(state_of(&h, &admin, &id).await, "stopping");
 
     // The task outlives a config reload.
-    let resp = h
-        .http
-        .post(format!("{}/admin/reload", h.proxy.admin_url))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    h.reload_ok().await;
     let after = ok_json(h.get(&admin, &format!("/v1/tasks/{task}")).await).await;
     assert_eq!(after["status"], "failed");
     assert_eq!(after["id"], task.as_str());

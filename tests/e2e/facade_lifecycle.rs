@@ -94,16 +94,10 @@ async fn every_row_of_the_lifecycle_table() {
         terminate: Duration::from_millis(50),
         terminated_visible: Duration::from_secs(120),
     };
-    let sim = start_sim(opts).await;
-    let mut config = ConfigBuilder::new(&sim.url());
-    config.extra_top = facade_config(60_000);
-    let proxy = ProxyProcess::start(&config).await;
-    let h = Harness {
-        sim,
-        proxy,
-        config,
-        http: reqwest::Client::new(),
-    };
+    let h = Harness::start_on(start_sim(opts).await, |c| {
+        c.extra_top = facade_config(60_000)
+    })
+    .await;
     let key = h.key("admin").to_string();
 
     // One instance per allowed row (an allowed action changes it), one per state for the refused.

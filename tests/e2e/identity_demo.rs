@@ -1,37 +1,20 @@
 //! `orion-proxy demo` prints OAuth2 clients for both tenants (JSON and human output), and each
 //! client's token works, inside its own tenant.
 
+use crate::harness::identity::{WEB1, request_token};
+use crate::harness::{ChildGuard, binary, ok_json, poll};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct Demo(Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGINT);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// Starts the demo and returns it with its output up to the first line that `until` accepts.
-fn start(json: bool, until: impl Fn(&str) -> bool) -> (Demo, Vec<String>) {
+fn start(json: bool, until: impl Fn(&str) -> bool) -> (ChildGuard, Vec<String>) {
     let mut args = vec!["demo", "--ephemeral"];
     if json {
         args.push("--json");
     }
-    let mut child = Command::new(crate::harness::binary())
+    let mut child = Command::new(binary())
         .args(&args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -52,7 +35,7 @@ fn start(json: bool, until: impl Fn(&str) -> bool) -> (Demo, Vec<String>) {
         }
     }
     std::thread::spawn(move || for _ in reader.lines() {});
-    (Demo(child), lines)
+    (ChildGuard(child), lines)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +51,7 @@ async fn demo_clients_for_both_tenants_get_tokens_that_work() {
     }
     let proxy = info["proxy_url"].as_str().unwrap();
     let http = reqwest::Client::new();
-    crate::harness::poll("demo up", Duration::from_secs(30), || async {
+    poll("demo up", Duration::from_secs(30), || async {
         http.get(format!("{proxy}/health"))
             .send()
             .await
@@ -80,13 +63,13 @@ async fn demo_clients_for_both_tenants_get_tokens_that_work() {
         let id = c["client_id"].as_str().unwrap();
         let secret = c["client_secret"].as_str().unwrap();
         assert!(c["roles"].as_array().is_some_and(|r| !r.is_empty()), "{c}");
-        let r = crate::harness::identity::request_token(&http, proxy, id, secret, true).await;
-        let token = crate::harness::identity::ok_json(r).await["access_token"]
+        let r = request_token(&http, proxy, id, secret, true).await;
+        let token = ok_json(r).await["access_token"]
             .as_str()
             .unwrap()
             .to_string();
         assert_eq!(token.len(), 64);
-        let list = crate::harness::identity::ok_json(
+        let list = ok_json(
             http.get(format!("{proxy}/api/v1/instances"))
                 .bearer_auth(&token)
                 .send()
@@ -94,11 +77,7 @@ async fn demo_clients_for_both_tenants_get_tokens_that_work() {
                 .unwrap(),
         )
         .await;
-        let has_web1 = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|i| i["id"] == crate::harness::identity::WEB1);
+        let has_web1 = list.as_array().unwrap().iter().any(|i| i["id"] == WEB1);
         assert_eq!(
             has_web1,
             c["tenant"] == "acme",

@@ -364,24 +364,11 @@ async fn jwt_table() {
     );
 
     // A reload keeps the fetched keys: no refetch, tokens still accepted.
-    let r = h
-        .http
-        .post(format!("{}/admin/reload", h.proxy.admin_url))
-        .bearer_auth(h.key("admin"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    h.reload_ok().await;
     assert_eq!(get(&h, &partner, "/api/v1/regions").await.status(), 200);
     assert_eq!(jwks.partner_fetches.load(Ordering::SeqCst), before);
     // And a JWT admin may use the admin listener.
-    let r = h
-        .http
-        .get(format!("{}/admin/config", h.proxy.admin_url))
-        .bearer_auth(&rotated)
-        .send()
-        .await
-        .unwrap();
+    let r = h.proxy.admin_get(&rotated, "/admin/config").await;
     assert_eq!(ok_json(r).await["jwt_issuers"][0]["name"], "corp");
 }
 
@@ -400,13 +387,9 @@ async fn jwks_over_plain_http_is_refused_for_non_loopback_hosts() {
     yaml += &std::fs::read_to_string(&path).unwrap();
     yaml += &issuers_yaml("http://idp.example.com");
     std::fs::write(&path, yaml).unwrap();
-    let out = std::process::Command::new(binary())
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let run = check_config(&path);
+    assert!(!run.ok);
+    let err = run.stderr;
     assert!(
         err.contains("jwt.issuers[0] (corp).jwks_url") && err.contains("https"),
         "{err}"

@@ -577,22 +577,10 @@ async fn every_demo_role_against_every_operation() {
 
     // The admin listener: admin role only.
     for (role, want) in [("viewer", 403), ("operator", 403), ("admin", 200)] {
-        let r = h
-            .http
-            .get(format!("{}/admin/config", h.proxy.admin_url))
-            .bearer_auth(h.key(role))
-            .send()
-            .await
-            .unwrap();
+        let r = h.proxy.admin_get(h.key(role), "/admin/config").await;
         assert_eq!(r.status().as_u16(), want, "{role} on the admin listener");
     }
-    let r = h
-        .http
-        .post(format!("{}/admin/reload", h.proxy.admin_url))
-        .bearer_auth(h.key("operator"))
-        .send()
-        .await
-        .unwrap();
+    let r = h.proxy.admin_post(h.key("operator"), "/admin/reload").await;
     expect_error(r, 403, "forbidden").await;
 }
 
@@ -716,8 +704,7 @@ async fn a_tenant_cannot_read_change_or_delete_another_tenants_instance() {
     assert!(ctx.get("k").is_none(), "{ctx}");
 
     // The other way round: a globex instance is invisible to acme.
-    let theirs = ok_json(h.get(&globex, "/api/v1/instances").await).await;
-    let gid = theirs[0]["id"].as_str().unwrap().to_string();
+    let gid = h.first_instance(&globex).await;
     expect_error(
         h.get(&acme, &format!("/api/v1/instances/{gid}")).await,
         404,

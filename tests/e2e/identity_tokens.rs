@@ -5,7 +5,6 @@
 use crate::harness::identity::*;
 use crate::harness::*;
 use serde_json::{Value, json};
-use std::time::Duration;
 
 async fn start(identity: &Identity) -> Harness {
     let yaml = identity.yaml();
@@ -83,26 +82,14 @@ async fn client_credentials_as_json_and_form_then_the_lifecycle_with_that_token(
     .await;
 
     // The admin listener takes tokens too, and only with the admin role.
-    let admin = h
-        .http
-        .get(format!("{}/admin/config", h.proxy.admin_url))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let admin = h.proxy.admin_get(&token, "/admin/config").await;
     let cfg = ok_json(admin).await;
     assert_eq!(cfg["clients"].as_array().unwrap().len(), 3);
     assert!(
         !cfg.to_string().contains("argon2"),
         "no secret hash in the admin answer"
     );
-    let r = h
-        .http
-        .get(format!("{}/admin/config", h.proxy.admin_url))
-        .bearer_auth(&ci)
-        .send()
-        .await
-        .unwrap();
+    let r = h.proxy.admin_get(&ci, "/admin/config").await;
     expect_error(r, 403, "forbidden").await;
 
     // A token altered in one character is refused.
@@ -179,13 +166,9 @@ async fn a_second_instance_with_the_same_key_accepts_the_token_another_key_does_
 
     // Same config, same signing key, no shared store.
     let second = ProxyProcess::start(&h.config).await;
-    let r = h
-        .http
-        .get(format!("{}/api/v1/instances/{WEB1}", second.url))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = second
+        .get(&token, &format!("/api/v1/instances/{WEB1}"))
+        .await;
     assert_eq!(ok_json(r).await["id"], WEB1);
 
     // Same clients, another key: refused.
@@ -194,22 +177,19 @@ async fn a_second_instance_with_the_same_key_accepts_the_token_another_key_does_
     let mut cfg = ConfigBuilder::new(&h.sim.url());
     cfg.extra_top = other.yaml();
     let third = ProxyProcess::start(&cfg).await;
-    let r = h
-        .http
-        .get(format!("{}/api/v1/instances/{WEB1}", third.url))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = third
+        .get(&token, &format!("/api/v1/instances/{WEB1}"))
+        .await;
     expect_error(r, 401, "invalid_token").await;
 }
 
 /// Rewrites the proxy's config file with the identity part changed.
 fn rewrite(h: &Harness, old: &Identity, new: &Identity) {
-    let text = std::fs::read_to_string(&h.proxy.config_path).unwrap();
-    let old_part = old.yaml();
-    assert!(text.contains(&old_part));
-    std::fs::write(&h.proxy.config_path, text.replace(&old_part, &new.yaml())).unwrap();
+    h.proxy.edit_config(|text| {
+        let old_part = old.yaml();
+        assert!(text.contains(&old_part));
+        text.replace(&old_part, &new.yaml())
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,13 +209,9 @@ async fn disabling_or_removing_a_client_revokes_its_tokens_at_reload() {
         .unwrap()
         .enabled = false;
     rewrite(&h, &id, &disabled);
-    h.proxy.signal(libc::SIGHUP);
-    poll(
-        "acme-ci's token refused",
-        Duration::from_secs(10),
-        || async { (h.get(&ci, "/api/v1/regions").await.status() == 401).then_some(()) },
-    )
-    .await;
+    h.reload_by_sighup()
+        .await
+        .expect("the SIGHUP reload succeeds");
     expect_error(h.get(&ci, "/api/v1/regions").await, 401, "invalid_token").await;
     assert_eq!(
         h.get(&tf, "/api/v1/regions").await.status(),
@@ -250,14 +226,7 @@ async fn disabling_or_removing_a_client_revokes_its_tokens_at_reload() {
     let mut removed = id.with_clients(disabled.clients.clone());
     removed.clients.retain(|c| c.id != "acme-terraform");
     rewrite(&h, &disabled, &removed);
-    let r = h
-        .http
-        .post(format!("{}/admin/reload", h.proxy.admin_url))
-        .bearer_auth(h.key("admin"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok_json(r).await["status"], "reloaded");
+    h.reload_ok().await;
     expect_error(h.get(&tf, "/api/v1/regions").await, 401, "invalid_token").await;
     // The globex client was untouched.
     let gx = token_for(&h.http, &h.proxy.url, removed.client("globex-terraform")).await;
@@ -313,13 +282,9 @@ fn identity_config_errors_name_their_path() {
         orion_proxy::auth::tokens::hash_secret("x").unwrap()
     );
     let path = cfg.write(dir.path(), &Ports::free());
-    let out = std::process::Command::new(binary())
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let run = check_config(&path);
+    assert!(!run.ok);
+    let err = run.stderr;
     for want in [
         "oauth.signing_key: must be at least 32 bytes",
         "oauth.expires_in",
@@ -341,12 +306,7 @@ fn identity_config_errors_name_their_path() {
         orion_proxy::auth::tokens::hash_secret("x").unwrap()
     );
     let path = cfg.write(dir.path(), &Ports::free());
-    let out = std::process::Command::new(binary())
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = check_config(&path).stderr;
     assert!(
         err.contains("oauth.signing_key: required when clients are configured"),
         "{err}"

@@ -8,14 +8,6 @@ use std::time::{Duration, Instant};
 
 const STATE: &str = "/api/v1/instances/{id}/state";
 
-async fn first_instance(h: &Harness, key: &str) -> String {
-    let list: serde_json::Value = h.get(key, "/api/v1/instances").await.json().await.unwrap();
-    list.as_array().expect("bare array")[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 /// The same read straight from the simulator, as OrionVM would answer it.
 async fn direct(h: &Harness, path: &str) -> (u16, bytes::Bytes) {
     let r = h
@@ -37,7 +29,7 @@ async fn two_hundred_pollers_cost_a_handful_of_calls_and_no_quota() {
     })
     .await;
     let key = h.key("viewer").to_string();
-    let id = first_instance(&h, &key).await;
+    let id = h.first_instance(&key).await;
     let path = format!("/api/v1/instances/{id}/state");
     h.sim.reset_calls();
 
@@ -91,7 +83,7 @@ async fn two_hundred_pollers_cost_a_handful_of_calls_and_no_quota() {
 async fn coalesced_calls_share_one_upstream_call() {
     let h = Harness::start_with(|c| c.acme_upstream = Upstream::Static).await;
     let key = h.key("viewer").to_string();
-    let id = first_instance(&h, &key).await;
+    let id = h.first_instance(&key).await;
     let path = format!("/api/v1/instances/{id}");
     h.sim.set_faults(orion_sim::FaultPlan {
         path_prefix: Some(path.clone()),
@@ -146,30 +138,22 @@ async fn the_cache_is_per_tenant_and_a_mutation_drops_it() {
     })
     .await;
     let acme = h.key("admin").to_string();
-    let id = first_instance(&h, &acme).await;
+    let id = h.first_instance(&acme).await;
     let path = format!("/api/v1/instances/{id}/state");
     let r = h.get(&acme, &path).await;
     assert_eq!(r.status(), 200);
     let before: serde_json::Value = r.json().await.unwrap();
     let r = h.get(&acme, &path).await;
     assert_eq!(r.headers()["x-cache"], "hit");
-    let metrics = h
-        .http
-        .get(format!("{}/metrics", h.proxy.metrics_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("orion_proxy_cache_requests_total{")
-                && l.contains("result=\"hit\"")
-                && l.contains("route=\"instances.state\"")
-                && l.ends_with(" 1")),
-        "{metrics}"
+    let metrics = h.proxy.scrape().await;
+    assert_eq!(
+        metrics.value(
+            "orion_proxy_cache_requests_total",
+            &[("result", "hit"), ("route", "instances.state")]
+        ),
+        1.0,
+        "{}",
+        metrics.text
     );
 
     // Another tenant asking for the same path never gets acme's answer.

@@ -18,13 +18,10 @@ fn failing() -> FaultPlan {
     }
 }
 
-async fn stats(h: &reqwest::Client, p: &ProxyProcess, key: &str) -> Vec<Value> {
-    let v: Value = h
-        .get(format!("{}/admin/endpoints/stats", p.admin_url))
-        .bearer_auth(key)
-        .send()
+async fn stats(p: &ProxyProcess, key: &str) -> Vec<Value> {
+    let v: Value = p
+        .admin_get(key, "/admin/endpoints/stats")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -38,14 +35,13 @@ async fn stats(h: &reqwest::Client, p: &ProxyProcess, key: &str) -> Vec<Value> {
 }
 
 async fn wait_stats(
-    h: &reqwest::Client,
     p: &ProxyProcess,
     key: &str,
     what: &str,
     ok: impl Fn(&[Value]) -> bool,
 ) -> Vec<Value> {
     poll(what, Duration::from_secs(15), || async {
-        let s = stats(h, p, key).await;
+        let s = stats(p, key).await;
         ok(&s).then_some(s)
     })
     .await
@@ -69,16 +65,11 @@ async fn traffic_moves_to_the_healthy_endpoint_and_the_breaker_cycles() {
     )
     .into();
     let proxy = ProxyProcess::start(&config).await;
-    let http = reqwest::Client::new();
     let key = config.key("admin").to_string();
-    let get = |path: &'static str| {
-        http.get(format!("{}{path}", proxy.url))
-            .bearer_auth(&key)
-            .send()
-    };
+    let get = |path: &'static str| proxy.get(&key, path);
 
     // Both healthy: round robin spreads the calls.
-    let s = wait_stats(&http, &proxy, &key, "both up", |s| {
+    let s = wait_stats(&proxy, &key, "both up", |s| {
         s.iter().all(|e| e["health"] == "up")
     })
     .await;
@@ -98,7 +89,7 @@ async fn traffic_moves_to_the_healthy_endpoint_and_the_breaker_cycles() {
         assert!(e["last_change"].is_string());
     }
     for _ in 0..10 {
-        assert_eq!(get("/api/v1/regions").await.unwrap().status(), 200);
+        assert_eq!(get("/api/v1/regions").await.status(), 200);
     }
     assert!(
         api_calls(&a) >= 3 && api_calls(&b) >= 3,
@@ -108,16 +99,16 @@ async fn traffic_moves_to_the_healthy_endpoint_and_the_breaker_cycles() {
     // B fails: every caller still gets 200, and B is taken out.
     b.set_faults(failing());
     for _ in 0..10 {
-        let r = get("/api/v1/regions").await.unwrap();
+        let r = get("/api/v1/regions").await;
         assert_eq!(r.status(), 200, "a failing endpoint is retried elsewhere");
     }
-    let s = wait_stats(&http, &proxy, &key, "B down", |s| s[1]["health"] == "down").await;
+    let s = wait_stats(&proxy, &key, "B down", |s| s[1]["health"] == "down").await;
     assert_eq!(s[0]["health"], "up");
     assert!(s[1]["counters"]["server_errors"].as_u64().unwrap() >= 1);
     b.reset_calls();
     a.reset_calls();
     for _ in 0..10 {
-        assert_eq!(get("/api/v1/regions").await.unwrap().status(), 200);
+        assert_eq!(get("/api/v1/regions").await.status(), 200);
     }
     assert_eq!(api_calls(&a), 10, "all traffic on the healthy endpoint");
     assert_eq!(api_calls(&b), 0);
@@ -125,7 +116,7 @@ async fn traffic_moves_to_the_healthy_endpoint_and_the_breaker_cycles() {
     // Everything fails: the breakers open, callers get 503 fast without OrionVM calls.
     a.set_faults(failing());
     let opened = poll("circuit open", Duration::from_secs(15), || async {
-        let r = get("/api/v1/regions").await.unwrap();
+        let r = get("/api/v1/regions").await;
         let status = r.status().as_u16();
         assert!(status >= 500, "{status}");
         let body: Value = r.json().await.unwrap();
@@ -133,7 +124,7 @@ async fn traffic_moves_to_the_healthy_endpoint_and_the_breaker_cycles() {
     })
     .await;
     assert_error_body(&opened, 503, "circuit_open");
-    let s = stats(&http, &proxy, &key).await;
+    let s = stats(&proxy, &key).await;
     assert!(
         s.iter().all(|e| e["breaker"] == "open"),
         "{:?}",
@@ -142,7 +133,7 @@ async fn traffic_moves_to_the_healthy_endpoint_and_the_breaker_cycles() {
     let before = api_calls(&a) + api_calls(&b);
     let started = Instant::now();
     for _ in 0..20 {
-        let r = get("/api/v1/regions").await.unwrap();
+        let r = get("/api/v1/regions").await;
         assert_eq!(r.status(), 503);
         assert!(r.headers().contains_key("retry-after"));
         let body: Value = r.json().await.unwrap();
@@ -158,14 +149,14 @@ async fn traffic_moves_to_the_healthy_endpoint_and_the_breaker_cycles() {
     );
 
     // Past the reset timeout the breakers are ready to probe (half-open).
-    wait_stats(&http, &proxy, &key, "half-open", |s| {
+    wait_stats(&proxy, &key, "half-open", |s| {
         s.iter().all(|e| e["breaker"] == "half_open")
     })
     .await;
     // A probe that fails opens a breaker again.
-    let r = get("/api/v1/regions").await.unwrap();
+    let r = get("/api/v1/regions").await;
     assert!(r.status().as_u16() >= 500);
-    let s = stats(&http, &proxy, &key).await;
+    let s = stats(&proxy, &key).await;
     assert!(s.iter().any(|e| e["breaker"] == "open"), "{s:?}");
     assert!(
         s.iter()
@@ -179,14 +170,14 @@ async fn traffic_moves_to_the_healthy_endpoint_and_the_breaker_cycles() {
         let deadline = Instant::now() + Duration::from_secs(15);
         let mut ok = 0;
         while Instant::now() < deadline && ok < 40 {
-            if get("/api/v1/regions").await.unwrap().status() == 200 {
+            if get("/api/v1/regions").await.status() == 200 {
                 ok += 1;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         ok
     };
-    let closed = wait_stats(&http, &proxy, &key, "closed and up", |s| {
+    let closed = wait_stats(&proxy, &key, "closed and up", |s| {
         s.iter()
             .all(|e| e["breaker"] == "closed" && e["health"] == "up")
     });
@@ -202,40 +193,28 @@ async fn traffic_moves_to_the_healthy_endpoint_and_the_breaker_cycles() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_fallback_serves_the_last_good_read() {
-    let sim = start_sim(sim_options()).await;
-    let mut config = ConfigBuilder::new(&sim.url());
-    config.acme_upstream = Upstream::Static;
-    config.account_extra = "    health_check: {enabled: false}\n".into();
-    config.extra_top = concat!(
-        "limits:\n",
-        "  breaker: {failure_threshold: 2, reset_timeout_seconds: 30, fallback: stale}\n",
-    )
-    .into();
-    let proxy = ProxyProcess::start(&config).await;
-    let http = reqwest::Client::new();
-    let key = config.key("viewer").to_string();
-    let get = |path: String| {
-        http.get(format!("{}{path}", proxy.url))
-            .bearer_auth(&key)
-            .send()
-    };
-    let list: Value = get("/api/v1/instances".into())
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = list[0]["id"].as_str().unwrap();
+    let h = Harness::start_with(|c| {
+        c.acme_upstream = Upstream::Static;
+        c.account_extra = "    health_check: {enabled: false}\n".into();
+        c.extra_top = concat!(
+            "limits:\n",
+            "  breaker: {failure_threshold: 2, reset_timeout_seconds: 30, fallback: stale}\n",
+        )
+        .into();
+    })
+    .await;
+    let key = h.key("viewer");
+    let id = h.first_instance(key).await;
     let path = format!("/api/v1/instances/{id}");
-    let good = get(path.clone()).await.unwrap().bytes().await.unwrap();
-    sim.set_faults(failing());
+    let good = h.get(key, &path).await.bytes().await.unwrap();
+    h.sim.set_faults(failing());
     poll("breaker open", Duration::from_secs(10), || async {
-        let r = get("/api/v1/regions".into()).await.unwrap();
+        let r = h.get(key, "/api/v1/regions").await;
         let body: Value = r.json().await.unwrap();
         (body["error"] == "circuit_open").then_some(())
     })
     .await;
-    let r = get(path.clone()).await.unwrap();
+    let r = h.get(key, &path).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-cache"], "stale");
     assert!(r.headers()["warning"].to_str().unwrap().starts_with("110"));
@@ -245,6 +224,6 @@ async fn stale_fallback_serves_the_last_good_read() {
         "the last good answer, as it was"
     );
     // A read that was never cached has nothing stale to fall back on.
-    let r = get("/api/v1/disks".into()).await.unwrap();
+    let r = h.get(key, "/api/v1/disks").await;
     expect_error(r, 503, "circuit_open").await;
 }

@@ -78,18 +78,12 @@ async fn fields_count_down_then_429_with_retry_after() {
         "a refused request never reaches OrionVM"
     );
 
-    let metrics = h
-        .http
-        .get(format!("{}/metrics", h.proxy.metrics_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("orion_proxy_rate_limited_total{policy=\"default\"} 1"),
-        "{metrics}"
+    let metrics = h.proxy.scrape().await;
+    assert_eq!(
+        metrics.value("orion_proxy_rate_limited_total", &[("policy", "default")]),
+        1.0,
+        "{}",
+        metrics.text
     );
 
     // Another principal has its own bucket.
@@ -147,8 +141,7 @@ async fn route_and_role_policies_and_legacy_fields() {
     let reset: u64 = header(&r, "x-ratelimit-reset").unwrap().parse().unwrap();
     assert!((1..=60).contains(&reset));
 
-    let list: serde_json::Value = h.get(op, "/api/v1/instances").await.json().await.unwrap();
-    let id = list[0]["id"].as_str().unwrap().to_string();
+    let id = h.first_instance(op).await;
     // instances.stop: the caller's policy and the route's.
     let r = h
         .post(
@@ -221,17 +214,9 @@ async fn limits_can_be_switched_off_and_bad_policies_are_refused() {
     )
     .into();
     let path = cfg.write(dir.path(), &Ports::free());
-    let out = std::process::Command::new(binary())
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let run = check_config(&path);
+    assert!(!run.ok);
+    let text = run.text();
     assert!(text.contains("limits.policies.power.quota"), "{text}");
     assert!(text.contains("limits.roles.nobody"), "{text}");
     assert!(
@@ -288,20 +273,9 @@ async fn counts_survive_a_reload() {
     }
     assert_eq!(h.get(key, "/api/v1/regions").await.status(), 429);
     // Reload a changed file (another policy added): the used quota stays used.
-    let text = std::fs::read_to_string(&h.proxy.config_path).unwrap();
-    std::fs::write(
-        &h.proxy.config_path,
-        text + "    other: {quota: 5, window_seconds: 60}\n",
-    )
-    .unwrap();
-    let r = h
-        .http
-        .post(format!("{}/admin/reload", h.proxy.admin_url))
-        .bearer_auth(h.key("admin"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    h.proxy
+        .edit_config(|text| format!("{text}    other: {{quota: 5, window_seconds: 60}}\n"));
+    h.reload_ok().await;
     let r = h.get(key, "/api/v1/regions").await;
     assert_eq!(r.status(), 429, "a reload does not hand out a fresh quota");
 }

@@ -204,24 +204,17 @@ async fn expired_upstream_token_is_refetched_and_the_request_retried_once() {
 async fn upstream_token_is_refreshed_ahead_of_expiry() {
     let mut opts = sim_options();
     opts.token_ttl = Duration::from_secs(2);
-    let sim = start_sim(opts).await;
-    let config = ConfigBuilder::new(&sim.url());
-    let proxy = ProxyProcess::start(&config).await;
-    let http = reqwest::Client::new();
-    let get = || {
-        http.get(format!("{}/api/v1/regions", proxy.url))
-            .bearer_auth(config.key("viewer"))
-            .send()
-    };
-    assert_eq!(get().await.unwrap().status(), 200);
-    assert_eq!(sim.tokens_issued(), 1);
+    let h = Harness::start_on(start_sim(opts).await, |_| {}).await;
+    let get = || h.get(h.key("viewer"), "/api/v1/regions");
+    assert_eq!(get().await.status(), 200);
+    assert_eq!(h.sim.tokens_issued(), 1);
     // Lifetime 2 s: the proxy refreshes from half-life on, before OrionVM would refuse it.
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    sim.reset_calls();
-    assert_eq!(get().await.unwrap().status(), 200);
-    assert_eq!(sim.tokens_issued(), 2, "refreshed ahead of expiry");
+    h.sim.reset_calls();
+    assert_eq!(get().await.status(), 200);
+    assert_eq!(h.sim.tokens_issued(), 2, "refreshed ahead of expiry");
     assert_eq!(
-        sim.calls().count("GET", "/api/v1/regions"),
+        h.sim.calls().count("GET", "/api/v1/regions"),
         1,
         "no refused call before the refresh"
     );

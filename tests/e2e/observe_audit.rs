@@ -63,20 +63,8 @@ async fn one_record_per_mutating_call_with_the_right_fields() {
     let operator = h.key("operator").to_string();
     let viewer = h.key("viewer").to_string();
     let globex = h.key("other_tenant_admin").to_string();
-    let list: Value = h
-        .get(&admin, "/api/v1/instances")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = list[0]["id"].as_str().unwrap().to_string();
-    let globex_list: Value = h
-        .get(&globex, "/api/v1/instances")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let globex_id = globex_list[0]["id"].as_str().unwrap().to_string();
+    let id = h.first_instance(&admin).await;
+    let globex_id = h.first_instance(&globex).await;
 
     struct Want {
         call: Call,
@@ -294,13 +282,7 @@ async fn one_record_per_mutating_call_with_the_right_fields() {
         (&admin, 200, "key:admin", "success"),
         (&viewer, 403, "key:viewer", "denied"),
     ] {
-        let r = h
-            .http
-            .post(format!("{}/admin/reload", h.proxy.admin_url))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap();
+        let r = h.proxy.admin_post(key, "/admin/reload").await;
         assert_eq!(r.status(), status);
         let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
         let recs = records_for(&h, &rid);
@@ -315,13 +297,7 @@ async fn one_record_per_mutating_call_with_the_right_fields() {
         let r = h.get(&admin, "/api/v1/regions").await;
         assert_eq!(r.status(), 200);
     }
-    let r = h
-        .http
-        .get(format!("{}/admin/config", h.proxy.admin_url))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let r = h.proxy.admin_get(&admin, "/admin/config").await;
     assert_eq!(r.status(), 200);
     let all = h.proxy.audit_log();
     assert_eq!(all.len(), wants.len() + 2, "{all:#?}");
@@ -339,12 +315,9 @@ async fn one_record_per_mutating_call_with_the_right_fields() {
 }
 
 async fn export(h: &Harness, key: &str, query: &str) -> reqwest::Response {
-    h.http
-        .get(format!("{}/admin/audit?{query}", h.proxy.admin_url))
-        .bearer_auth(key)
-        .send()
+    h.proxy
+        .admin_get(key, &format!("/admin/audit?{query}"))
         .await
-        .unwrap()
 }
 
 async fn export_ids(h: &Harness, query: &str) -> Vec<String> {
@@ -383,8 +356,7 @@ async fn export_filters_and_paginates_in_both_formats() {
     ];
     let mut ids = Vec::new();
     for k in &keys {
-        let list: Value = h.get(k, "/api/v1/instances").await.json().await.unwrap();
-        ids.push(list[0]["id"].as_str().unwrap().to_string());
+        ids.push(h.first_instance(k).await);
     }
     for i in 0..30 {
         let who = i % 3;
@@ -529,17 +501,11 @@ async fn export_streams_a_large_rotated_trail() {
     }
     let total = 3 * PER_FILE;
     let proxy = ProxyProcess::start_in(&config, dir).await;
-    let http = reqwest::Client::new();
-    let admin = config.key("admin").to_string();
+    let admin = config.key("admin");
     let before = peak_rss_kb(proxy.pid());
 
     // Everything, oldest first, read as it streams.
-    let mut resp = http
-        .get(format!("{}/admin/audit?limit=1000000", proxy.admin_url))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let mut resp = proxy.admin_get(admin, "/admin/audit?limit=1000000").await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().get("content-length").is_none());
     let mut count = 0usize;
@@ -578,15 +544,12 @@ async fn export_streams_a_large_rotated_trail() {
     );
 
     // Filters and pages across the files, in CSV.
-    let text = http
-        .get(format!(
-            "{}/admin/audit?format=csv&user=user3&tenant=acme&offset=100&limit=50",
-            proxy.admin_url
-        ))
-        .bearer_auth(&admin)
-        .send()
+    let text = proxy
+        .admin_get(
+            admin,
+            "/admin/audit?format=csv&user=user3&tenant=acme&offset=100&limit=50",
+        )
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -606,49 +569,32 @@ async fn export_streams_a_large_rotated_trail() {
         .map(|r| r.split(',').nth(1).unwrap().to_string())
         .collect();
     assert_eq!(got, want);
-    let tail = http
-        .get(format!(
-            "{}/admin/audit?offset={}&limit=50",
-            proxy.admin_url,
-            total - 10
-        ))
-        .bearer_auth(&admin)
-        .send()
+    let tail = proxy
+        .admin_get(
+            admin,
+            &format!("/admin/audit?offset={}&limit=50", total - 10),
+        )
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
     assert_eq!(tail.lines().count(), 10);
 
     // New records go on after the pre-made ones.
-    let list: Value = http
-        .get(format!("{}/api/v1/instances", proxy.url))
-        .bearer_auth(&admin)
-        .send()
+    let list: Value = proxy
+        .get(admin, "/api/v1/instances")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     let id = list[0]["id"].as_str().unwrap();
-    let r = http
-        .post(format!("{}/api/v1/instances/{id}/stop", proxy.url))
-        .bearer_auth(&admin)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy
+        .post(admin, &format!("/api/v1/instances/{id}/stop"), json!({}))
+        .await;
     assert_eq!(r.status(), 200);
-    let tail = http
-        .get(format!(
-            "{}/admin/audit?user=admin&limit=5",
-            proxy.admin_url
-        ))
-        .bearer_auth(&admin)
-        .send()
+    let tail = proxy
+        .admin_get(admin, "/admin/audit?user=admin&limit=5")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();

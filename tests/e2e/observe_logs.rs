@@ -35,13 +35,7 @@ async fn secrets_never_reach_a_log_line() {
     })
     .await;
     let admin = h.key("admin").to_string();
-    let instances: Value = h
-        .get(&admin, "/api/v1/instances")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = instances[0]["id"].as_str().unwrap().to_string();
+    let id = h.first_instance(&admin).await;
 
     // A context full of secrets: the request body and OrionVM's echo both carry them.
     let resp = h

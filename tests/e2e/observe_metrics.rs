@@ -3,134 +3,8 @@
 
 use crate::harness::*;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
-
-/// One sample of the text format: name, labels, value.
-#[derive(Debug, Clone)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// Parses the Prometheus text format (0.0.4), strictly enough to fail on anything malformed.
-fn parse_metrics(text: &str) -> (Vec<Sample>, BTreeMap<String, String>) {
-    let mut samples = Vec::new();
-    let mut types = BTreeMap::new();
-    for line in text.lines() {
-        if line.is_empty() {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').expect("TYPE line");
-            types.insert(name.to_string(), kind.to_string());
-            continue;
-        }
-        if line.starts_with('#') {
-            assert!(line.starts_with("# HELP "), "bad comment: {line}");
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').expect("sample line");
-        let value: f64 = match value {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
-        };
-        let (name, labels) = match series.split_once('{') {
-            None => (series.to_string(), BTreeMap::new()),
-            Some((name, rest)) => {
-                let body = rest.strip_suffix('}').expect("closing brace");
-                let mut labels = BTreeMap::new();
-                let mut chars = body.chars().peekable();
-                while chars.peek().is_some() {
-                    let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
-                    assert_eq!(chars.next(), Some('"'), "label value quote in {line}");
-                    let mut val = String::new();
-                    loop {
-                        match chars.next().expect("unterminated label value") {
-                            '\\' => val.push(chars.next().expect("escape")),
-                            '"' => break,
-                            c => val.push(c),
-                        }
-                    }
-                    if chars.peek() == Some(&',') {
-                        chars.next();
-                    }
-                    labels.insert(key, val);
-                }
-                (name.to_string(), labels)
-            }
-        };
-        assert!(
-            name.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
-            "bad metric name {name}"
-        );
-        samples.push(Sample {
-            name,
-            labels,
-            value,
-        });
-    }
-    (samples, types)
-}
-
-struct Scrape {
-    text: String,
-    samples: Vec<Sample>,
-    types: BTreeMap<String, String>,
-}
-
-impl Scrape {
-    async fn take(h: &Harness) -> Scrape {
-        let text = h
-            .http
-            .get(format!("{}/metrics", h.proxy.metrics_url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let (samples, types) = parse_metrics(&text);
-        Scrape {
-            text,
-            samples,
-            types,
-        }
-    }
-
-    /// The value of the one series with these labels (0 when absent).
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let found: Vec<&Sample> = self
-            .samples
-            .iter()
-            .filter(|s| {
-                s.name == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-            })
-            .collect();
-        assert!(found.len() <= 1, "{name} {labels:?} matches {found:?}");
-        found.first().map(|s| s.value).unwrap_or(0.0)
-    }
-
-    /// The sum over every series of `name` matching these labels.
-    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.samples
-            .iter()
-            .filter(|s| {
-                s.name == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-            })
-            .map(|s| s.value)
-            .sum()
-    }
-}
 
 async fn send(
     h: &Harness,
@@ -157,13 +31,7 @@ async fn traffic(h: &Harness) -> String {
     use reqwest::Method as M;
     let admin = h.key("admin").to_string();
     let viewer = h.key("viewer").to_string();
-    let instances: Value = h
-        .get(&admin, "/api/v1/instances")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = instances[0]["id"].as_str().unwrap().to_string();
+    let id = h.first_instance(&admin).await;
 
     for _ in 0..3 {
         assert_eq!(
@@ -219,7 +87,7 @@ async fn metrics_count_a_traffic_mix() {
 
     // Counters are updated in the logging phase, after the answer: wait for the last one.
     let s = poll("metrics settle", Duration::from_secs(10), || async {
-        let s = Scrape::take(&h).await;
+        let s = h.proxy.scrape().await;
         let done = s.value("orion_proxy_requests_in_flight", &[]) == 0.0
             && s.sum(
                 "orion_proxy_requests_total",
@@ -350,7 +218,7 @@ async fn metrics_count_a_traffic_mix() {
 
     // Endpoint health comes from the prober.
     poll("upstream_up", Duration::from_secs(10), || async {
-        let s = Scrape::take(&h).await;
+        let s = h.proxy.scrape().await;
         (s.value(
             "orion_proxy_upstream_up",
             &[("account", "acme-orionvm"), ("endpoint", "sim0")],
@@ -361,24 +229,10 @@ async fn metrics_count_a_traffic_mix() {
 
     // Reloads by result, and the loaded version.
     let admin = h.key("admin").to_string();
-    let reload = |key: String| {
-        let http = h.http.clone();
-        let url = format!("{}/admin/reload", h.proxy.admin_url);
-        async move {
-            http.post(url)
-                .bearer_auth(key)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
-    let text = std::fs::read_to_string(&h.proxy.config_path).unwrap();
-    std::fs::write(&h.proxy.config_path, format!("{text}\n# changed\n")).unwrap();
-    assert_eq!(reload(admin.clone()).await, 200);
-    std::fs::write(&h.proxy.config_path, format!("{text}\nbogus_key: 1\n")).unwrap();
-    assert_eq!(reload(admin.clone()).await, 422);
+    let text = h.proxy.edit_config(|t| format!("{t}\n# changed\n"));
+    h.reload_ok().await;
+    h.proxy.write_config(&format!("{text}\nbogus_key: 1\n"));
+    assert_eq!(h.reload().await.status(), 422);
     let ready: Value = h
         .http
         .get(h.url("/ready"))
@@ -388,7 +242,7 @@ async fn metrics_count_a_traffic_mix() {
         .json()
         .await
         .unwrap();
-    let s = Scrape::take(&h).await;
+    let s = h.proxy.scrape().await;
     assert_eq!(
         s.value("orion_proxy_config_reloads_total", &[("result", "ok")]),
         1.0
@@ -406,12 +260,9 @@ async fn metrics_count_a_traffic_mix() {
 
     // Usage per client over the same traffic.
     let usage: Value = h
-        .http
-        .get(format!("{}/admin/usage?tenant=acme", h.proxy.admin_url))
-        .bearer_auth(&admin)
-        .send()
+        .proxy
+        .admin_get(&admin, "/admin/usage?tenant=acme")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -448,21 +299,9 @@ async fn metrics_count_a_traffic_mix() {
     );
     assert_eq!(usage["tenants"][0]["tenant"], "acme");
     assert_eq!(usage["tenants"][0]["last_minute"]["requests"], 10);
-    let bad = h
-        .http
-        .get(format!("{}/admin/usage?bogus=1", h.proxy.admin_url))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let bad = h.proxy.admin_get(&admin, "/admin/usage?bogus=1").await;
     expect_error(bad, 400, "invalid_request").await;
-    let forbidden = h
-        .http
-        .get(format!("{}/admin/usage", h.proxy.admin_url))
-        .bearer_auth(h.key("viewer"))
-        .send()
-        .await
-        .unwrap();
+    let forbidden = h.proxy.admin_get(h.key("viewer"), "/admin/usage").await;
     expect_error(forbidden, 403, "forbidden").await;
 }
 
@@ -542,7 +381,7 @@ async fn dashboard_and_alerts_name_only_existing_metrics() {
     let h = Harness::start_with(|c| c.read_timeout_ms = 1000).await;
     traffic(&h).await;
     let s = poll("metrics settle", Duration::from_secs(10), || async {
-        let s = Scrape::take(&h).await;
+        let s = h.proxy.scrape().await;
         (s.value("orion_proxy_requests_in_flight", &[]) == 0.0
             && s.sum(
                 "orion_proxy_requests_total",

@@ -2,7 +2,6 @@
 //! the proxy keeps serving either way.
 
 use crate::harness::*;
-use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_swaps_valid_configs_and_keeps_the_old_one_on_error() {
@@ -12,9 +11,8 @@ async fn reload_swaps_valid_configs_and_keeps_the_old_one_on_error() {
     assert_eq!(h.get(&viewer, "/api/v1/regions").await.status(), 200);
 
     // Disable the viewer's key and reload with SIGHUP: refused from then on.
-    let text = std::fs::read_to_string(&h.proxy.config_path).unwrap();
-    let disabled = text
-        .replacen(
+    let text = h.proxy.edit_config(|text| {
+        text.replacen(
             "name: viewer, hash",
             "name: viewer, enabled: false, hash",
             1,
@@ -23,28 +21,22 @@ async fn reload_swaps_valid_configs_and_keeps_the_old_one_on_error() {
             "roles: [viewer], tenant: acme, enabled: true",
             "roles: [viewer], tenant: acme",
             1,
-        );
-    assert_ne!(text, disabled);
-    std::fs::write(&h.proxy.config_path, &disabled).unwrap();
-    h.proxy.signal(libc::SIGHUP);
-    poll(
-        "the viewer key refused after SIGHUP",
-        Duration::from_secs(10),
-        || async { (h.get(&viewer, "/api/v1/regions").await.status() == 401).then_some(()) },
-    )
-    .await;
+        )
+    });
+    let first = h
+        .reload_by_sighup()
+        .await
+        .expect("the SIGHUP reload succeeds");
+    assert_eq!(
+        h.get(&viewer, "/api/v1/regions").await.status(),
+        401,
+        "the viewer key refused after SIGHUP"
+    );
     assert!(h.proxy.is_running());
 
     // A broken file: the admin reload says why, the old config stays.
-    std::fs::write(&h.proxy.config_path, "server: {listen: [}").unwrap();
-    let r = h
-        .http
-        .post(format!("{}/admin/reload", h.proxy.admin_url))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
-    let body = expect_error(r, 422, "invalid_config").await;
+    h.proxy.write_config("server: {listen: [}");
+    let body = expect_error(h.reload().await, 422, "invalid_config").await;
     assert!(
         body["details"]["config"][0]
             .as_str()
@@ -52,8 +44,11 @@ async fn reload_swaps_valid_configs_and_keeps_the_old_one_on_error() {
             .contains("YAML"),
         "{body}"
     );
-    h.proxy.signal(libc::SIGHUP);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        h.reload_by_sighup().await,
+        None,
+        "a broken file is refused at SIGHUP too"
+    );
     assert!(h.proxy.is_running(), "a bad reload does not stop the proxy");
     assert_eq!(
         h.get(&admin, "/api/v1/regions").await.status(),
@@ -67,15 +62,8 @@ async fn reload_swaps_valid_configs_and_keeps_the_old_one_on_error() {
     );
 
     // Back to the original through the admin API.
-    std::fs::write(&h.proxy.config_path, &text).unwrap();
-    let r = h
-        .http
-        .post(format!("{}/admin/reload", h.proxy.admin_url))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    h.proxy.write_config(&text);
+    assert_ne!(h.reload_ok().await, first, "another file, another version");
     assert_eq!(h.get(&viewer, "/api/v1/regions").await.status(), 200);
     // The OrionVM token survived the reloads (the account did not change).
     assert_eq!(h.sim.tokens_issued(), 1);

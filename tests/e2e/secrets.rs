@@ -42,34 +42,12 @@ async fn no_secret_in_any_response_or_log_line() {
             .await
             .unwrap(),
     );
-    responses.push(
-        h.http
-            .get(h.url("/api/v1/regions"))
-            .bearer_auth(&keys[0])
-            .header("x-sim-fault", "status=500")
-            .send()
-            .await
-            .unwrap(),
-    );
-    responses.push(
-        h.http
-            .get(h.url("/api/v1/regions"))
-            .bearer_auth(&keys[0])
-            .header("x-sim-fault", "reset")
-            .send()
-            .await
-            .unwrap(),
-    );
+    for fault in ["status=500", "reset"] {
+        responses.push(h.get_with_fault(&keys[0], "/api/v1/regions", fault).await);
+    }
     h.sim.expire_tokens();
     responses.push(h.get(&keys[0], "/api/v1/regions").await);
-    responses.push(
-        h.http
-            .get(format!("{}/admin/config", h.proxy.admin_url))
-            .bearer_auth(&keys[2])
-            .send()
-            .await
-            .unwrap(),
-    );
+    responses.push(h.proxy.admin_get(&keys[2], "/admin/config").await);
     let n = responses.len();
     for r in responses {
         for (k, v) in r.headers() {

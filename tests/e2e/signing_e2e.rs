@@ -29,10 +29,8 @@ async fn start(
 ) -> (Harness, tempfile::TempDir) {
     let mut opts = sim_options();
     opts.signature = Some(key);
-    let sim = start_sim(opts).await;
     let secrets = tempfile::tempdir().unwrap();
-    let mut config = ConfigBuilder::new(&sim.url());
-    config.acme_credentials = Some(credentials(secrets.path()));
+    let acme_credentials = credentials(secrets.path());
     // A route that rewrites, so that the signature is shown to cover the rewritten body.
     let defaults: serde_yaml::Value =
         serde_yaml::from_str(orion_proxy::config::DEFAULTS_YAML).unwrap();
@@ -45,17 +43,12 @@ async fn start(
             routes += &format!("  - {}\n", serde_json::to_string(r).unwrap());
         }
     }
-    config.extra_top = routes;
-    let proxy = ProxyProcess::start(&config).await;
-    (
-        Harness {
-            sim,
-            proxy,
-            config,
-            http: reqwest::Client::new(),
-        },
-        secrets,
-    )
+    let h = Harness::start_on(start_sim(opts).await, |c| {
+        c.acme_credentials = Some(acme_credentials);
+        c.extra_top = routes;
+    })
+    .await;
+    (h, secrets)
 }
 
 fn hmac_credentials(dir: &std::path::Path, secret: &str) -> String {

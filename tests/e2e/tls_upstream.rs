@@ -7,31 +7,20 @@ use crate::harness::*;
 async fn https_upstream_with_a_private_ca() {
     let sim = start_sim(sim_options()).await;
     let front = tls_front(sim.addr()).await;
-    let mut config = ConfigBuilder::new(&front.url);
-    config.account_extra = format!("    ca_file: \"{}\"\n", front.ca_path.display());
-    let proxy = ProxyProcess::start(&config).await;
-    let http = reqwest::Client::new();
+    let h = Harness::start_on(sim, |c| {
+        c.sim_urls = vec![front.url.clone()];
+        c.account_extra = format!("    ca_file: \"{}\"\n", front.ca_path.display());
+    })
+    .await;
     // acme's account uses OAuth2: the token fetch goes over TLS too.
-    let r = http
-        .get(format!("{}/api/v1/regions", proxy.url))
-        .bearer_auth(config.key("admin"))
-        .send()
-        .await
-        .unwrap();
+    let r = h.get(h.key("admin"), "/api/v1/regions").await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    assert_eq!(sim.tokens_issued(), 1);
-    let r = http
-        .get(format!("{}/api/v1/instances", proxy.url))
-        .bearer_auth(config.key("other_tenant_admin"))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(h.sim.tokens_issued(), 1);
+    let r = h
+        .get(h.key("other_tenant_admin"), "/api/v1/instances")
+        .await;
     assert_eq!(r.status(), 200);
-    let ready = http
-        .get(format!("{}/ready", proxy.url))
-        .send()
-        .await
-        .unwrap();
+    let ready = h.http.get(h.url("/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 }
 
@@ -40,19 +29,15 @@ async fn an_untrusted_certificate_is_refused() {
     let sim = start_sim(sim_options()).await;
     let front = tls_front(sim.addr()).await;
     // No ca_file: the system roots do not know the private CA.
-    let mut config = ConfigBuilder::new(&front.url);
-    config.acme_upstream = Upstream::Static;
-    let proxy = ProxyProcess::start(&config).await;
-    let http = reqwest::Client::new();
-    let r = http
-        .get(format!("{}/api/v1/regions", proxy.url))
-        .bearer_auth(config.key("admin"))
-        .send()
-        .await
-        .unwrap();
+    let h = Harness::start_on(sim, |c| {
+        c.sim_urls = vec![front.url.clone()];
+        c.acme_upstream = Upstream::Static;
+    })
+    .await;
+    let r = h.get(h.key("admin"), "/api/v1/regions").await;
     expect_error(r, 502, "upstream_unreachable").await;
     assert_eq!(
-        sim.calls().api_calls(),
+        h.sim.calls().api_calls(),
         0,
         "nothing went over the untrusted connection"
     );
@@ -68,33 +53,19 @@ async fn the_certificate_must_match_the_sni_name() {
     // Right CA, wrong name.
     config.endpoint_extra = ", sni: api.other.example".into();
     let proxy = ProxyProcess::start(&config).await;
-    let http = reqwest::Client::new();
-    let r = http
-        .get(format!("{}/api/v1/regions", proxy.url))
-        .bearer_auth(config.key("admin"))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get(config.key("admin"), "/api/v1/regions").await;
     expect_error(r, 502, "upstream_unreachable").await;
     // The certificate's other name works.
     drop(proxy);
     config.endpoint_extra = ", sni: orionvm.test".into();
     let proxy = ProxyProcess::start(&config).await;
-    let r = http
-        .get(format!("{}/api/v1/regions", proxy.url))
-        .bearer_auth(config.key("admin"))
-        .send()
-        .await
-        .unwrap();
+    let r = proxy.get(config.key("admin"), "/api/v1/regions").await;
     assert_eq!(r.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_says_when_orionvm_is_unreachable() {
-    let closed = format!("http://127.0.0.1:{}", free_port());
-    let mut config = ConfigBuilder::new(&closed);
-    config.acme_upstream = Upstream::Static;
-    let proxy = ProxyProcess::start(&config).await;
+    let proxy = ProxyProcess::start(&ConfigBuilder::unreachable()).await;
     let http = reqwest::Client::new();
     let r = poll(
         "readiness probed",
@@ -143,14 +114,7 @@ async fn the_proxy_listener_serves_https() {
     );
     let ports = Ports::free();
     let path = config.write(dir.path(), &ports);
-    let mut child = std::process::Command::new(binary())
-        .args(["run", "-c"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let _proxy = spawn_proxy(&path, std::process::Stdio::null());
     let https = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
         .build()
@@ -179,8 +143,4 @@ async fn the_proxy_listener_serves_https() {
         .send()
         .await;
     assert!(plain.map(|r| r.status() != 200).unwrap_or(true));
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
-    let _ = child.wait();
 }

@@ -9,13 +9,6 @@ pub fn facade_config(timeout_ms: u64) -> String {
     format!("facade:\n  transition_timeout_ms: {timeout_ms}\n  poll_interval_ms: 20\n")
 }
 
-pub async fn ok_json(resp: reqwest::Response) -> Value {
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    assert!(status.is_success(), "status {status}: {text}");
-    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-}
-
 pub async fn patch(h: &Harness, key: &str, path: &str, body: Value) -> reqwest::Response {
     h.http
         .patch(h.url(path))
@@ -47,29 +40,6 @@ pub async fn create_basic(
     )
     .await;
     inst["id"].as_str().unwrap().to_string()
-}
-
-pub async fn state_of(h: &Harness, key: &str, id: &str) -> String {
-    let v = ok_json(h.get(key, &format!("/api/v1/instances/{id}/state")).await).await;
-    v["state"].as_str().unwrap().to_string()
-}
-
-pub async fn wait_state(h: &Harness, key: &str, id: &str, state: &str) {
-    let mut last = String::new();
-    let result = tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            last = state_of(h, key, id).await;
-            if last == state {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    })
-    .await;
-    assert!(
-        result.is_ok(),
-        "instance {id} never reached {state} (last {last})"
-    );
 }
 
 /// Polls a task until its status is `status` (panics on another final status).

@@ -14,13 +14,6 @@ pub fn examples() -> Value {
     .unwrap()
 }
 
-pub async fn ok_json(resp: reqwest::Response) -> Value {
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    assert!(status.is_success(), "status {status}: {text}");
-    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-}
-
 /// A client registered with the proxy's `/oauth/token`.
 #[derive(Clone)]
 pub struct ClientSpec {
@@ -142,14 +135,6 @@ pub async fn token_for(http: &reqwest::Client, base: &str, c: &ClientSpec) -> St
         .as_str()
         .expect("access_token")
         .to_string()
-}
-
-pub async fn wait_state(h: &Harness, key: &str, id: &str, want: &str) {
-    poll(want, Duration::from_secs(10), || async {
-        let s = ok_json(h.get(key, &format!("/api/v1/instances/{id}/state")).await).await;
-        (s["state"] == want).then_some(())
-    })
-    .await;
 }
 
 pub async fn fresh_disk(h: &Harness, key: &str, name: &str) -> String {

@@ -3,7 +3,9 @@
 
 pub mod facade;
 pub mod identity;
+pub mod metrics;
 
+pub use metrics::Scrape;
 use orion_sim::{self as sim, SimAccount, SimClient, SimHandle, SimOptions, SimTimings};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -138,6 +140,14 @@ impl ConfigBuilder {
         }
     }
 
+    /// A config whose OrionVM endpoint is a loopback port nobody listens on (acme on a static
+    /// token, so that the proxy starts without fetching one).
+    pub fn unreachable() -> Self {
+        let mut config = ConfigBuilder::new(&format!("http://127.0.0.1:{}", free_port()));
+        config.acme_upstream = Upstream::Static;
+        config
+    }
+
     pub fn key(&self, name: &str) -> &str {
         &self.keys.iter().find(|k| k.name == name).expect("key").key
     }
@@ -228,9 +238,75 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_orion-proxy")
 }
 
+/// What `orion-proxy check -c FILE` printed, and whether it passed.
+pub struct CheckRun {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CheckRun {
+    /// stdout then stderr.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `orion-proxy check -c config_path`.
+pub fn check_config(config_path: &std::path::Path) -> CheckRun {
+    let out = Command::new(binary())
+        .args(["check", "-c"])
+        .arg(config_path)
+        .output()
+        .expect("run orion-proxy check");
+    CheckRun {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A child process (the proxy, the demo) stopped on drop: SIGINT, and SIGKILL if it has not
+/// exited within 5 s.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGINT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `orion-proxy run -c config_path` (warnings and errors to `stderr`), stopped on drop.
+pub fn spawn_proxy(config_path: &std::path::Path, stderr: Stdio) -> ChildGuard {
+    let child = Command::new(binary())
+        .args(["run", "-c"])
+        .arg(config_path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn proxy");
+    ChildGuard(child)
+}
+
 /// The proxy binary running with a generated config; stopped on drop.
 pub struct ProxyProcess {
-    child: Child,
+    child: ChildGuard,
+    http: reqwest::Client,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub url: String,
@@ -251,16 +327,10 @@ impl ProxyProcess {
             let ports = Ports::free();
             let config_path = builder.write(dir.path(), &ports);
             let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-            let child = Command::new(binary())
-                .args(["run", "-c"])
-                .arg(&config_path)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                .spawn()
-                .expect("spawn proxy");
+            let child = spawn_proxy(&config_path, stderr.into());
             let mut p = ProxyProcess {
                 child,
+                http: reqwest::Client::new(),
                 config_path,
                 url: format!("http://127.0.0.1:{}", ports.proxy),
                 admin_url: format!("http://127.0.0.1:{}", ports.admin),
@@ -271,8 +341,7 @@ impl ProxyProcess {
                 Ok(()) => return p,
                 Err(e) => {
                     last_err = e;
-                    let _ = p.child.kill();
-                    let _ = p.child.wait();
+                    let _ = p.child.0.kill();
                     dir = std::mem::replace(&mut p.dir, tempfile::tempdir().unwrap());
                 }
             }
@@ -281,10 +350,10 @@ impl ProxyProcess {
     }
 
     async fn wait_healthy(&mut self) -> Result<(), String> {
-        let client = reqwest::Client::new();
+        let client = self.http.clone();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.child.0.try_wait() {
                 return Err(format!("exited with {status}: {}", self.stderr()));
             }
             let ok = client
@@ -360,31 +429,84 @@ impl ProxyProcess {
 
     pub fn signal(&self, sig: i32) {
         unsafe {
-            libc::kill(self.child.id() as i32, sig);
+            libc::kill(self.child.0.id() as i32, sig);
         }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.0.id()
     }
 
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        matches!(self.child.0.try_wait(), Ok(None))
     }
-}
 
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        self.signal(libc::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// `GET path` on the proxy listener with `key` as the bearer token.
+    pub async fn get(&self, key: &str, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    /// `POST path` on the proxy listener with a JSON body.
+    pub async fn post(&self, key: &str, path: &str, body: serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    /// `GET path` on the admin listener (`/admin/...`) with `key`.
+    pub async fn admin_get(&self, key: &str, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.admin_url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("admin GET")
+    }
+
+    /// `POST path` (no body) on the admin listener with `key`.
+    pub async fn admin_post(&self, key: &str, path: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.admin_url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("admin POST")
+    }
+
+    /// `/metrics`, parsed.
+    pub async fn scrape(&self) -> Scrape {
+        let resp = self
+            .http
+            .get(format!("{}/metrics", self.metrics_url))
+            .send()
+            .await
+            .expect("GET /metrics");
+        assert_eq!(resp.status(), 200, "GET /metrics");
+        Scrape::from_text(resp.text().await.expect("metrics text"))
+    }
+
+    /// Rewrites the config file with `edit` (which must change it; reload to apply it) and
+    /// returns the text it had before.
+    pub fn edit_config(&self, edit: impl FnOnce(&str) -> String) -> String {
+        let before = std::fs::read_to_string(&self.config_path).expect("read config");
+        let after = edit(&before);
+        assert_ne!(before, after, "the edit changes the config");
+        self.write_config(&after);
+        before
+    }
+
+    /// Replaces the config file with `text` (reload to apply it).
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(&self.config_path, text).expect("write config");
     }
 }
 
@@ -401,8 +523,14 @@ impl Harness {
         Self::start_with(|_| {}).await
     }
 
+    /// A fresh simulator with the default accounts, and the proxy with `adjust`'s config.
     pub async fn start_with(adjust: impl FnOnce(&mut ConfigBuilder)) -> Harness {
-        let sim = start_sim(sim_options()).await;
+        Self::start_on(start_sim(sim_options()).await, adjust).await
+    }
+
+    /// The proxy in front of `sim` (started with other options, or behind a TLS front: then
+    /// `adjust` points `sim_urls` there).
+    pub async fn start_on(sim: SimHandle, adjust: impl FnOnce(&mut ConfigBuilder)) -> Harness {
         let mut config = ConfigBuilder::new(&sim.url());
         adjust(&mut config);
         let proxy = ProxyProcess::start(&config).await;
@@ -423,22 +551,80 @@ impl Harness {
     }
 
     pub async fn get(&self, key: &str, path: &str) -> reqwest::Response {
+        self.proxy.get(key, path).await
+    }
+
+    pub async fn post(&self, key: &str, path: &str, body: serde_json::Value) -> reqwest::Response {
+        self.proxy.post(key, path, body).await
+    }
+
+    /// `GET path` asking the simulator for a fault (`x-sim-fault`, e.g. `reset` or `status=503`).
+    pub async fn get_with_fault(&self, key: &str, path: &str, fault: &str) -> reqwest::Response {
         self.http
             .get(self.url(path))
             .bearer_auth(key)
+            .header("x-sim-fault", fault)
             .send()
             .await
             .expect("GET")
     }
 
-    pub async fn post(&self, key: &str, path: &str, body: serde_json::Value) -> reqwest::Response {
-        self.http
-            .post(self.url(path))
-            .bearer_auth(key)
-            .json(&body)
-            .send()
+    /// The id of the first instance in the list `key`'s tenant sees through the mirror.
+    pub async fn first_instance(&self, key: &str) -> String {
+        let list = ok_json(self.get(key, "/api/v1/instances").await).await;
+        list.as_array().expect("bare array")[0]["id"]
+            .as_str()
+            .expect("id")
+            .to_string()
+    }
+
+    /// `POST /admin/reload` with the admin key; the answer as it came.
+    pub async fn reload(&self) -> reqwest::Response {
+        self.proxy
+            .admin_post(self.key("admin"), "/admin/reload")
             .await
-            .expect("POST")
+    }
+
+    /// `POST /admin/reload` that must succeed; returns the new config version.
+    pub async fn reload_ok(&self) -> String {
+        let r = self.reload().await;
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "reload: {text}");
+        let body: serde_json::Value = serde_json::from_str(&text).expect("reload answer JSON");
+        assert_eq!(body["status"], "reloaded", "{body}");
+        body["config_version"]
+            .as_str()
+            .expect("config_version")
+            .to_string()
+    }
+
+    /// Reloads with SIGHUP (what the systemd unit's ExecReload sends) and waits until the proxy
+    /// has tried, as its reload counters tell: the new config version, or None when the new
+    /// file was refused and the old config stays.
+    pub async fn reload_by_sighup(&self) -> Option<String> {
+        const RELOADS: &str = "orion_proxy_config_reloads_total";
+        let before = self.proxy.scrape().await;
+        let ok = before.value(RELOADS, &[("result", "ok")]);
+        let failed = before.value(RELOADS, &[("result", "error")]);
+        self.proxy.signal(libc::SIGHUP);
+        let after = poll("the SIGHUP reload", Duration::from_secs(15), || async {
+            let s = self.proxy.scrape().await;
+            (s.value(RELOADS, &[("result", "ok")]) > ok
+                || s.value(RELOADS, &[("result", "error")]) > failed)
+                .then_some(s)
+        })
+        .await;
+        if after.value(RELOADS, &[("result", "ok")]) == ok {
+            return None;
+        }
+        let version = after
+            .samples
+            .iter()
+            .find(|s| s.name == "orion_proxy_config_info" && s.value == 1.0)
+            .and_then(|s| s.labels.get("version"))
+            .expect("orion_proxy_config_info after a reload");
+        Some(version.clone())
     }
 
     pub async fn delete(&self, key: &str, path: &str) -> reqwest::Response {
@@ -450,6 +636,38 @@ impl Harness {
             .await
             .expect("DELETE")
     }
+}
+
+/// The JSON body of a successful answer (panics with the status and body otherwise).
+pub async fn ok_json(resp: reqwest::Response) -> serde_json::Value {
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert!(status.is_success(), "status {status}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+}
+
+/// The state of an instance, through the proxy's mirror.
+pub async fn state_of(h: &Harness, key: &str, id: &str) -> String {
+    let v = ok_json(h.get(key, &format!("/api/v1/instances/{id}/state")).await).await;
+    v["state"].as_str().unwrap().to_string()
+}
+
+pub async fn wait_state(h: &Harness, key: &str, id: &str, state: &str) {
+    let mut last = String::new();
+    let result = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            last = state_of(h, key, id).await;
+            if last == state {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    assert!(
+        result.is_ok(),
+        "instance {id} never reached {state} (last {last})"
+    );
 }
 
 /// Checks the one error body and returns it.
@@ -555,7 +773,7 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 
 /// `orion-proxy demo --json --ephemeral` as a child process; stopped with SIGINT on drop.
 pub struct DemoProcess {
-    child: Child,
+    _child: ChildGuard,
     /// The JSON object the demo printed on its first line.
     pub info: serde_json::Value,
 }
@@ -578,7 +796,10 @@ impl DemoProcess {
         std::thread::spawn(move || for _ in reader.lines() {});
         let info: serde_json::Value = serde_json::from_str(&first)
             .unwrap_or_else(|e| panic!("first line is not JSON ({e}): {first}"));
-        let demo = DemoProcess { child, info };
+        let demo = DemoProcess {
+            _child: ChildGuard(child),
+            info,
+        };
         let proxy = demo.url("proxy_url");
         poll("the demo is ready", Duration::from_secs(30), || async {
             let r = reqwest::get(format!("{proxy}/ready")).await.ok()?;
@@ -639,23 +860,6 @@ impl DemoProcess {
             String::from_utf8_lossy(&out.stdout).to_string(),
             String::from_utf8_lossy(&out.stderr).to_string(),
         )
-    }
-}
-
-impl Drop for DemoProcess {
-    fn drop(&mut self) {
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGINT);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
