@@ -347,9 +347,13 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// The proxy on a static token and without active health checks: these tests count the
+/// requests that reach the simulator, and a probe (GET / every 2 s per account) landing between
+/// `reset_calls` and the count would be counted too.
 async fn start(adjust: impl FnOnce(&mut ConfigBuilder)) -> Harness {
     Harness::start_with(|c| {
         c.acme_upstream = Upstream::Static;
+        c.account_extra = "    health_check: {enabled: false}\n".into();
         adjust(c);
     })
     .await

@@ -2,6 +2,7 @@
 //! both the proxied calls (Pingora) and the token fetch (the proxy's own client).
 
 use crate::harness::*;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_upstream_with_a_private_ca() {
@@ -20,7 +21,13 @@ async fn https_upstream_with_a_private_ca() {
         .get(h.key("other_tenant_admin"), "/api/v1/instances")
         .await;
     assert_eq!(r.status(), 200);
-    let ready = h.http.get(h.url("/ready")).send().await.unwrap();
+    // Readiness comes from the background prober, whose first check over TLS may still be
+    // under way: wait for it (the endpoint stays down for good if the CA is not used).
+    let ready = poll("ready over TLS", Duration::from_secs(10), || async {
+        let r = h.http.get(h.url("/ready")).send().await.unwrap();
+        (r.status() == 200).then_some(r)
+    })
+    .await;
     assert_eq!(ready.status(), 200);
 }
 
@@ -67,18 +74,14 @@ async fn the_certificate_must_match_the_sni_name() {
 async fn ready_says_when_orionvm_is_unreachable() {
     let proxy = ProxyProcess::start(&ConfigBuilder::unreachable()).await;
     let http = reqwest::Client::new();
-    let r = poll(
-        "readiness probed",
-        std::time::Duration::from_secs(10),
-        || async {
-            let r = http
-                .get(format!("{}/ready", proxy.url))
-                .send()
-                .await
-                .unwrap();
-            (r.status() == 503).then_some(r)
-        },
-    )
+    let r = poll("readiness probed", Duration::from_secs(10), || async {
+        let r = http
+            .get(format!("{}/ready", proxy.url))
+            .send()
+            .await
+            .unwrap();
+        (r.status() == 503).then_some(r)
+    })
     .await;
     let body = expect_error(r, 503, "not_ready").await;
     assert_eq!(
