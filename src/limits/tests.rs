@@ -377,9 +377,9 @@ async fn another_backend_counts_through_the_trait_and_fails_open() {
 }
 
 /// The simulator on a loopback port, and the id of an instance of its first account.
-async fn simulator() -> (crate::sim::SimHandle, String) {
+async fn simulator() -> (orion_sim::SimHandle, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sim = crate::sim::start(listener, crate::sim::SimOptions::default())
+    let sim = orion_sim::start(listener, orion_sim::SimOptions::default())
         .await
         .unwrap();
     let list: serde_json::Value = reqwest::Client::new()
