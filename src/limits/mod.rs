@@ -1,18 +1,15 @@
 //! Protecting OrionVM and the proxy: rate limits per principal (or source address) with the
-//! IETF RateLimit fields, coalescing and a micro-cache for polled reads, the budget toward
-//! OrionVM and the circuit breaker of each endpoint.
+//! IETF RateLimit fields, coalescing and a micro-cache for polled reads. (The budget toward
+//! OrionVM and the circuit breaker of each endpoint are in `crate::upstream`.)
 //!
 //! The proxy calls in from its phases: [`admit`] (rate limits, in `request_filter` before the
 //! body is read), [`before_upstream`] (breaker fallback, cached reads, invalidation),
-//! [`response_headers`], [`upstream_done`] and [`finish`]. Everything is skipped when
-//! `limits.enabled` is false.
+//! [`response_headers`] and [`finish`]. Everything is skipped when `limits.enabled` is false.
 
 /// The limits' part of the process state (`runtime::State`).
 #[derive(Default)]
 pub struct LimitsState {}
 
-pub mod breaker;
-pub mod budget;
 pub mod cache;
 pub mod rate;
 
@@ -42,10 +39,6 @@ pub enum LimitsError {
         retry_after: u64,
         headers: Vec<(&'static str, String)>,
     },
-    /// The budget toward OrionVM stayed full for the whole wait.
-    Busy { reason: &'static str },
-    /// The breaker of every endpoint is open.
-    Open { retry_after: u64 },
 }
 
 impl From<LimitsError> for ApiError {
@@ -68,20 +61,6 @@ impl From<LimitsError> for ApiError {
                 err.headers = headers;
                 err
             }
-            LimitsError::Busy { reason } => {
-                crate::metrics::upstream_refused("busy");
-                ApiError::new(503, "upstream_busy", "OrionVM is busy", reason).with_retry_after(1)
-            }
-            LimitsError::Open { retry_after } => {
-                crate::metrics::upstream_refused("open");
-                ApiError::new(
-                    503,
-                    "circuit_open",
-                    "OrionVM is unavailable",
-                    "OrionVM is failing; the proxy is not calling it for now",
-                )
-                .with_retry_after(retry_after)
-            }
         }
     }
 }
@@ -89,20 +68,10 @@ impl From<LimitsError> for ApiError {
 /// The limits' part of the per-request context.
 #[derive(Default)]
 pub struct RequestLimits {
-    /// The claim on an OrionVM endpoint of the current attempt.
-    pub attempt: Option<crate::upstream::Attempt>,
     /// The policies' verdicts, for the response fields.
     pub verdicts: Verdicts,
     /// The route is a cached read: charged only when it calls OrionVM.
     pub cached: bool,
-}
-
-impl RequestLimits {
-    pub fn release_budget(&mut self) {
-        if let Some(a) = self.attempt.as_mut() {
-            a.release_budget();
-        }
-    }
 }
 
 struct RoutePlan {
@@ -121,14 +90,6 @@ pub struct Limits {
     routes: HashMap<String, RoutePlan>,
     pub cache: Option<cache::Settings>,
     pub fallback: Fallback,
-}
-
-pub fn breaker_settings(c: &config::BreakerConfig) -> breaker::Settings {
-    breaker::Settings {
-        threshold: c.failure_threshold.max(1),
-        reset_timeout: Duration::from_secs_f64(c.reset_timeout_seconds.clamp(0.001, 3600.0)),
-        probes: c.half_open_probes.max(1),
-    }
 }
 
 /// `*` matches any run of characters.
@@ -285,7 +246,7 @@ impl Limits {
         if b.half_open_probes == 0 {
             errors.push("limits.breaker.half_open_probes: must be at least 1".into());
         }
-        if let Err(e) = budget::Budget::build(&c.upstream, "limits.upstream") {
+        if let Err(e) = crate::upstream::budget::validate(&c.upstream, "limits.upstream") {
             errors.extend(e);
         }
         if !errors.is_empty() {
@@ -454,10 +415,7 @@ pub async fn before_upstream(session: &mut Session, ctx: &mut Ctx) -> pingora::R
                 return Ok(true);
             }
         }
-        let err: ApiError = LimitsError::Open {
-            retry_after: tenant.account.retry_after(),
-        }
-        .into();
+        let err: ApiError = tenant.account.refuse_open().into();
         respond::error(session, ctx, err).await?;
         return Ok(true);
     }
@@ -521,8 +479,8 @@ pub async fn before_upstream(session: &mut Session, ctx: &mut Ctx) -> pingora::R
         cache::Served::Coalesced(f) => ("coalesced", f),
         cache::Served::Miss(f) => {
             if let Ok(a) = &f.outcome {
-                ctx.upstream_status = Some(a.status);
-                ctx.upstream_elapsed = Some(a.elapsed);
+                ctx.upstream.status = Some(a.status);
+                ctx.upstream.elapsed = Some(a.elapsed);
             }
             ("miss", f)
         }
@@ -578,15 +536,9 @@ pub fn response_headers(ctx: &Ctx, resp: &mut ResponseHeader) -> pingora::Result
         .apply(&rt.limits.policies, rt.limits.legacy, resp)
 }
 
-/// The upstream answer is complete: its concurrency slot is free for the next call.
-pub fn upstream_done(ctx: &mut Ctx) {
-    ctx.limits.release_budget();
-}
-
-/// At the end of the request: report the last attempt, and drop cached reads of an object
-/// that was just changed (a read that raced the change must not outlive it).
+/// At the end of the request: drop cached reads of an object that was just changed (a read
+/// that raced the change must not outlive it).
 pub fn finish(ctx: &mut Ctx, method: &http::Method) {
-    crate::upstream::peer::finish_attempt(ctx);
     if is_mutation(method)
         && let Some(t) = &ctx.tenant
         && ctx.runtime.as_ref().is_some_and(|rt| rt.limits.enabled)

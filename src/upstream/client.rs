@@ -7,6 +7,8 @@ use super::stats::Outcome;
 use bytes::Bytes;
 use std::time::Instant;
 
+/// Why a call of the proxy's own to OrionVM got no answer (`src/errors/upstream.rs` turns it
+/// into the error body).
 #[derive(Debug)]
 pub enum CallError {
     Credentials(String),
@@ -14,28 +16,7 @@ pub enum CallError {
     Timeout,
     Other(String),
     /// Refused before any call: the breaker is open or the budget is exhausted.
-    Refused(crate::limits::LimitsError),
-}
-
-impl From<CallError> for crate::errors::ApiError {
-    fn from(e: CallError) -> Self {
-        use crate::errors::ApiError;
-        match e {
-            CallError::Credentials(_) => ApiError::bad_gateway(
-                "upstream_auth_failed",
-                "the proxy could not obtain OrionVM credentials",
-            ),
-            CallError::Connect => ApiError::bad_gateway(
-                "upstream_unreachable",
-                "the proxy could not connect to OrionVM",
-            ),
-            CallError::Timeout => ApiError::gateway_timeout("OrionVM did not answer in time"),
-            CallError::Other(_) => {
-                ApiError::bad_gateway("bad_gateway", "the call to OrionVM failed")
-            }
-            CallError::Refused(e) => e.into(),
-        }
-    }
+    Refused(super::UpstreamError),
 }
 
 /// OrionVM's answer to one call.
@@ -66,7 +47,13 @@ pub async fn call(
     let mut retried = false;
     let mut avoid = None;
     loop {
-        let attempt = account.acquire(avoid).await.map_err(CallError::Refused)?;
+        let attempt = match account.acquire(avoid).await {
+            Ok(a) => a,
+            Err(e) => {
+                super::count_refusal(&e);
+                return Err(CallError::Refused(e));
+            }
+        };
         let idx = attempt.index;
         let Some(endpoint) = account.endpoints.get(idx) else {
             return Err(CallError::Other("the account has no endpoint".into()));
@@ -136,7 +123,7 @@ pub async fn call(
             }
         };
         let status = resp.status().as_u16();
-        if status == 401 && !retried && account.credentials.mode() == "oauth2" {
+        if status == 401 && !retried && account.credentials.refreshes() {
             attempt.finish(Outcome::Status(status), None);
             if let Some(a) = &auth {
                 account.credentials.invalidate(a);

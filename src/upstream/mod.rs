@@ -2,33 +2,73 @@
 //! Each tenant maps to one account, so two tenants' calls go out under different OrionVM
 //! credentials.
 
-/// The upstream concern's part of the process state (`runtime::State`): the load balancers
-/// (with their health) by account, kept across reloads while the endpoints and checks stay the
-/// same.
-#[derive(Default)]
-pub struct UpstreamState {
-    pools: parking_lot::Mutex<HashMap<String, (AccountConfig, Arc<balance::Pool>)>>,
-}
+//! The concern owns the breaker ([`breaker`]) and the budget ([`budget`]) that guard every call
+//! to OrionVM, peer selection for the proxied path ([`peer`]), the rewrite of the request that
+//! goes upstream ([`rewrite`]) and the proxy's own calls ([`client`]). It imports nothing above
+//! it (no proxy, runtime, observe or errors): it returns [`UpstreamError`] and
+//! [`client::CallError`], which `src/errors/upstream.rs` turns into the error body.
 
 pub mod balance;
+pub mod breaker;
+pub mod budget;
 pub mod client;
 pub mod credentials;
 pub mod endpoint;
+pub mod error;
 pub mod peer;
+pub mod rewrite;
 pub mod signing;
 pub mod stats;
 
+pub use error::{Failure, UpstreamError};
+pub use peer::AttemptState;
+pub use rewrite::{Outbound, rewrite_request};
+
 use crate::config::model::{AccountConfig, Config, CredentialsConfig};
-use crate::limits::LimitsError;
-use crate::limits::breaker::{self, Ticket};
-use crate::limits::budget::Budget;
+use breaker::Ticket;
+use budget::{Budget, BudgetState};
 use credentials::Credentials;
-use endpoint::Endpoint;
+use endpoint::{Endpoint, Kept};
+use parking_lot::Mutex;
 use stats::{EndpointStats, Outcome};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The upstream concern's part of the process state (`runtime::State`): what outlives one
+/// config. Building a config ([`Upstreams::build`]) only reads it, to hand over what the new
+/// config shares with the old; [`Upstreams::commit`] registers what is new and forgets what is
+/// gone.
+#[derive(Default)]
+pub struct UpstreamState {
+    /// The load balancers (with their active health) by account, kept while the account's
+    /// endpoints and checks stay the same.
+    pools: Mutex<HashMap<String, (AccountConfig, Arc<balance::Pool>)>>,
+    /// Health, breaker and counters of each endpoint, by URL.
+    endpoints: Mutex<HashMap<String, Kept>>,
+    /// The credentials (with their cached OrionVM token) by account, kept while the account's
+    /// config stays the same.
+    credentials: Mutex<HashMap<String, (AccountConfig, Arc<Credentials>)>>,
+    /// Semaphores, waiting count and global rate of the budget toward OrionVM.
+    pub budget: BudgetState,
+}
+
+impl UpstreamState {
+    /// The kept record of the endpoint at `url`, if any.
+    fn kept(&self, url: &str) -> Option<Kept> {
+        self.endpoints.lock().get(url).cloned()
+    }
+
+    /// The credentials kept for account `name`, if its config is still `ac`.
+    fn credentials_for(&self, name: &str, ac: &AccountConfig) -> Option<Arc<Credentials>> {
+        self.credentials
+            .lock()
+            .get(name)
+            .filter(|(old, _)| old == ac)
+            .map(|(_, c)| c.clone())
+    }
+}
 
 pub struct Account {
     pub name: Arc<str>,
@@ -42,7 +82,7 @@ pub struct Account {
     pub budget: Option<Arc<Budget>>,
     /// Breaker settings (None: `limits.enabled: false`, no breaker).
     pub breaker: Option<breaker::Settings>,
-    config: AccountConfig,
+    pub(crate) config: AccountConfig,
 }
 
 /// One call's claim on an endpoint: its breaker ticket and its budget permit. Report how the
@@ -149,10 +189,20 @@ impl Account {
         }
     }
 
+    /// The refusal when no endpoint would take a call ([`Account::available`] is false, the
+    /// fast check before any upstream work): counted, with the time until the first probe.
+    pub fn refuse_open(&self) -> UpstreamError {
+        let e = UpstreamError::Open {
+            retry_after: self.retry_after(),
+        };
+        count_refusal(&e);
+        e
+    }
+
     /// Claims an endpoint for one call: breaker first, then the budget (a bounded wait).
-    pub async fn acquire(&self, avoid: Option<usize>) -> Result<Attempt, LimitsError> {
+    pub async fn acquire(&self, avoid: Option<usize>) -> Result<Attempt, UpstreamError> {
         let Some((index, ticket)) = self.choose(avoid) else {
-            return Err(LimitsError::Open {
+            return Err(UpstreamError::Open {
                 retry_after: self.retry_after(),
             });
         };
@@ -171,6 +221,15 @@ impl Account {
     }
 }
 
+/// Counts a refusal in `orion_proxy_upstream_refused_total`.
+fn count_refusal(e: &UpstreamError) {
+    match e {
+        UpstreamError::Busy { .. } => crate::metrics::upstream_refused("busy"),
+        UpstreamError::Open { .. } => crate::metrics::upstream_refused("open"),
+        _ => {}
+    }
+}
+
 pub struct Tenant {
     pub name: Arc<str>,
     pub account: Arc<Account>,
@@ -182,25 +241,21 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Builds accounts and tenants. An account whose config did not change keeps its
-    /// credentials object (and so its cached OrionVM token) across reloads.
-    pub fn build(
-        config: &Config,
-        state: &UpstreamState,
-        previous: Option<&Upstreams>,
-    ) -> Result<Upstreams, Vec<String>> {
+    /// Builds accounts and tenants. Reads `state` to hand over what an unchanged account keeps
+    /// (its credentials with their cached token, its pool, its endpoints' health and breakers,
+    /// its semaphores) and never changes it: [`Upstreams::commit`] does, once the whole config
+    /// was built.
+    pub fn build(config: &Config, state: &UpstreamState) -> Result<Upstreams, Vec<String>> {
         let mut errors = Vec::new();
         let mut accounts = HashMap::new();
         if config.accounts.is_empty() {
             errors.push("accounts: at least one OrionVM account is needed".to_string());
         }
+        // Endpoints of this build by URL, so that two accounts on one URL share its record.
+        let mut staged: HashMap<String, Kept> = HashMap::new();
         for (name, ac) in &config.accounts {
             let at = format!("accounts.{name}");
-            let reuse = previous
-                .and_then(|p| p.accounts.get(name))
-                .filter(|old| old.config == *ac)
-                .map(|old| old.credentials.clone());
-            match build_account(name, ac, reuse, &config.limits, state) {
+            match build_account(name, ac, &config.limits, state, &mut staged) {
                 Ok(a) => {
                     accounts.insert(name.clone(), Arc::new(a));
                 }
@@ -235,26 +290,49 @@ impl Upstreams {
             Err(errors)
         }
     }
-}
 
-impl Upstreams {
-    /// Registers this config's pools in the state (after the whole config was built), and
-    /// forgets those of accounts that are gone.
+    /// Registers this config's pools, credentials, endpoint records and semaphores in the state
+    /// (after the whole config was built), and forgets those of accounts and endpoints that are
+    /// gone.
     pub fn commit(&self, state: &UpstreamState) {
-        let mut pools = state.pools.lock();
-        pools.retain(|name, _| self.accounts.contains_key(name));
-        for (name, account) in &self.accounts {
-            pools.insert(name.clone(), (account.config.clone(), account.pool.clone()));
+        {
+            let mut pools = state.pools.lock();
+            pools.retain(|name, _| self.accounts.contains_key(name));
+            for (name, account) in &self.accounts {
+                pools.insert(name.clone(), (account.config.clone(), account.pool.clone()));
+            }
         }
+        {
+            let mut creds = state.credentials.lock();
+            creds.retain(|name, _| self.accounts.contains_key(name));
+            for (name, account) in &self.accounts {
+                creds.insert(
+                    name.clone(),
+                    (account.config.clone(), account.credentials.clone()),
+                );
+            }
+        }
+        let mut kept = HashMap::new();
+        let mut semaphores = HashMap::new();
+        for account in self.accounts.values() {
+            for e in &account.endpoints {
+                kept.insert(e.url.clone(), e.kept());
+                if let (Some(sem), Some(b)) = (&e.budget, &account.budget) {
+                    semaphores.insert(e.url.clone(), (b.max_concurrent, sem.clone()));
+                }
+            }
+        }
+        *state.endpoints.lock() = kept;
+        state.budget.keep(semaphores);
     }
 }
 
 fn build_account(
     name: &str,
     ac: &AccountConfig,
-    reuse: Option<Arc<Credentials>>,
     limits: &crate::config::limits::LimitsConfig,
     state: &UpstreamState,
+    staged: &mut HashMap<String, Kept>,
 ) -> Result<Account, Vec<String>> {
     let mut errors = ac.health_check.validate();
     if ac.endpoints.is_empty() {
@@ -280,13 +358,19 @@ fn build_account(
     let read = Duration::from_millis(ac.read_timeout_ms.max(1));
     let mut endpoints = Vec::new();
     for (i, ec) in ac.endpoints.iter().enumerate() {
-        match Endpoint::build(ec, ca.clone(), connect, read) {
+        let kept = |url: &str, name: &str| {
+            staged
+                .entry(url.to_string())
+                .or_insert_with(|| state.kept(url).unwrap_or_else(|| Kept::new(name)))
+                .clone()
+        };
+        match Endpoint::build(ec, ca.clone(), connect, read, kept) {
             Ok(e) => endpoints.push(e),
             Err(e) => errors.push(format!("endpoints[{i}].url: {e}")),
         }
     }
     let budget = if limits.enabled {
-        match Budget::build(&limits.upstream, "limits.upstream") {
+        match Budget::build(&limits.upstream, "limits.upstream", &state.budget) {
             Ok(b) => Some(Arc::new(b)),
             Err(e) => {
                 // Reported by the limits section itself.
@@ -299,12 +383,12 @@ fn build_account(
     };
     if let Some(b) = &budget {
         for e in &mut endpoints {
-            e.budget = b.semaphore_for(&e.url);
+            e.budget = b.semaphore_for(&e.url, &state.budget);
         }
     }
     let breaker = limits
         .enabled
-        .then(|| crate::limits::breaker_settings(&limits.breaker));
+        .then(|| breaker::Settings::from_config(&limits.breaker));
     let pool = if endpoints.len() == ac.endpoints.len() && !endpoints.is_empty() {
         match pool_for(state, name, ac, &endpoints) {
             Ok(p) => Some(p),
@@ -316,7 +400,7 @@ fn build_account(
     } else {
         None
     };
-    let credentials = match reuse {
+    let credentials = match state.credentials_for(name, ac) {
         Some(c) => Some(c),
         None => {
             match build_credentials(&ac.credentials, endpoints.first(), ca_pem.as_deref(), read) {
@@ -456,10 +540,14 @@ fn build_credentials(
     }
 }
 
+/// The accounts of the config in force, as the [`Prober`] asks for them on every round.
+pub type CurrentAccounts = Box<dyn Fn() -> Vec<Arc<Account>> + Send + Sync>;
+
 /// Drives the active health checks of every account of the current config (each on its own
 /// interval) and so keeps `/ready` and the endpoint stats current.
 pub struct Prober {
-    pub state: Arc<crate::runtime::SharedState>,
+    /// The accounts of the config in force.
+    pub accounts: CurrentAccounts,
     /// How often due checks are looked for.
     pub interval: Duration,
 }
@@ -469,15 +557,12 @@ impl pingora::services::background::BackgroundService for Prober {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
         let tick = self.interval.min(Duration::from_millis(100));
         loop {
-            let rt = self.state.current();
             let mut checks = tokio::task::JoinSet::new();
-            for account in rt.upstreams.accounts.values() {
-                let account = account.clone();
+            for account in (self.accounts)() {
                 checks.spawn(async move {
                     account.pool.check_if_due(&account.endpoints).await;
                 });
             }
-            drop(rt);
             loop {
                 tokio::select! {
                     next = checks.join_next() => if next.is_none() { break },
