@@ -55,6 +55,11 @@ impl BudgetState {
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Acquire)
     }
+
+    #[cfg(test)]
+    pub(super) fn semaphores_len(&self) -> usize {
+        self.semaphores.lock().len()
+    }
 }
 
 pub struct Budget {

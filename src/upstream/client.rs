@@ -47,13 +47,7 @@ pub async fn call(
     let mut retried = false;
     let mut avoid = None;
     loop {
-        let attempt = match account.acquire(avoid).await {
-            Ok(a) => a,
-            Err(e) => {
-                super::count_refusal(&e);
-                return Err(CallError::Refused(e));
-            }
-        };
+        let attempt = account.acquire(avoid).await.map_err(CallError::Refused)?;
         let idx = attempt.index;
         let Some(endpoint) = account.endpoints.get(idx) else {
             return Err(CallError::Other("the account has no endpoint".into()));

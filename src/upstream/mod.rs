@@ -199,16 +199,22 @@ impl Account {
         e
     }
 
-    /// Claims an endpoint for one call: breaker first, then the budget (a bounded wait).
+    /// Claims an endpoint for one call: breaker first, then the budget (a bounded wait). A
+    /// refusal is counted here, whoever asked (the proxied path, a retry, the proxy's own
+    /// calls).
     pub async fn acquire(&self, avoid: Option<usize>) -> Result<Attempt, UpstreamError> {
         let Some((index, ticket)) = self.choose(avoid) else {
-            return Err(UpstreamError::Open {
-                retry_after: self.retry_after(),
-            });
+            return Err(self.refuse_open());
         };
         let endpoint = &self.endpoints[index];
         let permit = match &self.budget {
-            Some(b) => b.acquire(endpoint.budget.as_ref()).await?,
+            Some(b) => match b.acquire(endpoint.budget.as_ref()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    count_refusal(&e);
+                    return Err(e);
+                }
+            },
             None => None,
         };
         Ok(Attempt {
@@ -574,5 +580,185 @@ impl pingora::services::background::BackgroundService for Prober {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+/// Accounts built from YAML in-process, for the unit tests of this concern.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A file holding `test-token`, for secrets (one per test process, written once: tests run
+    /// in parallel).
+    pub fn secret_file() -> String {
+        static TOKEN: std::sync::OnceLock<tempfile::NamedTempFile> = std::sync::OnceLock::new();
+        TOKEN
+            .get_or_init(|| {
+                let mut f = tempfile::NamedTempFile::new().unwrap();
+                std::io::Write::write_all(&mut f, b"test-token").unwrap();
+                f
+            })
+            .path()
+            .display()
+            .to_string()
+    }
+
+    /// The YAML of a static-token credentials object.
+    pub fn static_token() -> String {
+        format!(
+            "{{type: static_token, token: {{file: \"{}\"}}}}",
+            secret_file()
+        )
+    }
+
+    /// A config with one account `a` (static token, `account_extra` lines indented four
+    /// spaces) on `urls`, one tenant `t`, and `top` appended at the top level.
+    pub fn config(urls: &[String], account_extra: &str, top: &str) -> Config {
+        config_with(urls, &static_token(), account_extra, top)
+    }
+
+    /// [`config`] with other credentials (a YAML flow map).
+    pub fn config_with(
+        urls: &[String],
+        credentials: &str,
+        account_extra: &str,
+        top: &str,
+    ) -> Config {
+        let endpoints: String = urls
+            .iter()
+            .enumerate()
+            .map(|(i, u)| format!("      - {{url: \"{u}\", name: e{i}}}\n"))
+            .collect();
+        let yaml = format!(
+            "accounts:\n  a:\n    endpoints:\n{endpoints}    credentials: {credentials}\n{account_extra}tenants:\n  t: {{account: a}}\n{top}"
+        );
+        parse(&yaml)
+    }
+
+    pub fn parse(yaml: &str) -> Config {
+        crate::config::parse(yaml).unwrap_or_else(|e| panic!("{e:?}\n{yaml}"))
+    }
+
+    /// Builds and commits the config's upstreams against `state`; returns tenant `t`.
+    pub fn tenant(config: &Config, state: &UpstreamState) -> Arc<Tenant> {
+        let u = Upstreams::build(config, state).unwrap();
+        u.commit(state);
+        u.tenants["t"].clone()
+    }
+
+    /// `n` distinct loopback URLs where nothing is expected to answer.
+    pub fn urls(n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("http://127.0.0.1:{}", 1 + i))
+            .collect()
+    }
+
+    /// `orion_proxy_upstream_refused_total{reason}` as the metrics endpoint would show it.
+    pub fn refused(reason: &str) -> u64 {
+        prometheus::gather()
+            .iter()
+            .filter(|f| f.name() == "orion_proxy_upstream_refused_total")
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| m.get_label().iter().any(|l| l.value() == reason))
+            .map(|m| m.get_counter().value() as u64)
+            .sum()
+    }
+
+    /// Tests that read the refusal counters hold this, so that no other test counts at the
+    /// same time.
+    pub static METRICS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    /// Account lines that switch the active health check off.
+    pub const NO_CHECKS: &str = "    health_check: {enabled: false}\n";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{self, NO_CHECKS};
+    use super::*;
+
+    fn semaphores(state: &UpstreamState) -> usize {
+        state.budget.semaphores_len()
+    }
+
+    #[test]
+    fn a_build_changes_nothing_in_the_state_until_commit() {
+        let state = UpstreamState::default();
+        let config = testing::config(&testing::urls(2), NO_CHECKS, "");
+        let built = Upstreams::build(&config, &state).unwrap();
+        assert!(state.pools.lock().is_empty());
+        assert!(state.endpoints.lock().is_empty());
+        assert!(state.credentials.lock().is_empty());
+        assert_eq!(semaphores(&state), 0);
+        // A rejected config (an unknown account) leaves no trace either.
+        let mut bad = config.clone();
+        bad.tenants.get_mut("t").unwrap().account = "nope".into();
+        assert!(Upstreams::build(&bad, &state).is_err());
+        assert!(state.endpoints.lock().is_empty());
+        built.commit(&state);
+        assert_eq!(state.pools.lock().len(), 1);
+        assert_eq!(state.endpoints.lock().len(), 2);
+        assert_eq!(state.credentials.lock().len(), 1);
+        assert_eq!(semaphores(&state), 2);
+    }
+
+    #[test]
+    fn unchanged_accounts_keep_their_credentials_breakers_pools_and_semaphores() {
+        let state = UpstreamState::default();
+        let config = testing::config(&testing::urls(2), NO_CHECKS, "");
+        let first = testing::tenant(&config, &state);
+        let a = &first.account;
+        let again = testing::tenant(&config, &state);
+        let b = &again.account;
+        assert!(Arc::ptr_eq(&a.credentials, &b.credentials));
+        assert!(Arc::ptr_eq(&a.pool, &b.pool));
+        for (x, y) in a.endpoints.iter().zip(&b.endpoints) {
+            assert!(Arc::ptr_eq(&x.breaker, &y.breaker));
+            assert!(Arc::ptr_eq(&x.health, &y.health));
+            assert!(Arc::ptr_eq(&x.stats, &y.stats));
+            assert!(Arc::ptr_eq(
+                x.budget.as_ref().unwrap(),
+                y.budget.as_ref().unwrap()
+            ));
+        }
+        // A changed account gets new credentials; its endpoints (same URLs) keep their records.
+        let mut changed = config.clone();
+        changed.accounts.get_mut("a").unwrap().read_timeout_ms = 1234;
+        changed.limits.upstream.max_concurrent_per_endpoint += 1;
+        let c = testing::tenant(&changed, &state).account.clone();
+        assert!(!Arc::ptr_eq(&a.credentials, &c.credentials));
+        assert!(Arc::ptr_eq(
+            &a.endpoints[0].breaker,
+            &c.endpoints[0].breaker
+        ));
+        assert!(!Arc::ptr_eq(
+            a.endpoints[0].budget.as_ref().unwrap(),
+            c.endpoints[0].budget.as_ref().unwrap()
+        ));
+        // An endpoint that is gone is forgotten at the commit.
+        let fewer = testing::config(&testing::urls(1), NO_CHECKS, "");
+        testing::tenant(&fewer, &state);
+        assert_eq!(state.endpoints.lock().len(), 1);
+        assert_eq!(semaphores(&state), 1);
+    }
+
+    #[test]
+    fn two_accounts_on_one_url_share_its_record() {
+        let state = UpstreamState::default();
+        let url = &testing::urls(1)[0];
+        let creds = testing::static_token();
+        let yaml = format!(
+            "accounts:\n  a:\n    endpoints: [{{url: \"{url}\"}}]\n    credentials: {creds}\n  b:\n    endpoints: [{{url: \"{url}\"}}]\n    credentials: {creds}\ntenants:\n  t: {{account: a}}\n"
+        );
+        let u = Upstreams::build(&testing::parse(&yaml), &state).unwrap();
+        let (a, b) = (&u.accounts["a"].endpoints[0], &u.accounts["b"].endpoints[0]);
+        assert!(Arc::ptr_eq(&a.breaker, &b.breaker));
+        assert!(Arc::ptr_eq(&a.stats, &b.stats));
+        u.commit(&state);
+        let again = Upstreams::build(&testing::parse(&yaml), &state).unwrap();
+        assert!(Arc::ptr_eq(
+            &again.accounts["b"].endpoints[0].breaker,
+            &a.breaker
+        ));
     }
 }

@@ -94,17 +94,12 @@ pub async fn peer_for(
     };
     finish_attempt(state);
     let account = &tenant.account;
-    let attempt = match account.acquire(avoid).await {
-        Ok(a) => a,
-        // A retry after a failed attempt found no other endpoint: report that failure.
-        Err(UpstreamError::Open { .. }) if avoid.is_some() => {
-            return Err(UpstreamError::NoOtherEndpoint);
-        }
-        Err(e) => {
-            super::count_refusal(&e);
-            return Err(e);
-        }
-    };
+    let attempt = account.acquire(avoid).await.map_err(|e| match e {
+        // A retry after a failed attempt found no other endpoint: report that failure (the
+        // refusal itself was counted by `acquire`).
+        UpstreamError::Open { .. } if avoid.is_some() => UpstreamError::NoOtherEndpoint,
+        e => e,
+    })?;
     let Some(endpoint) = account.endpoints.get(attempt.index) else {
         return Err(UpstreamError::Internal(
             "endpoint index out of range".into(),
@@ -177,4 +172,283 @@ pub fn retry_on_5xx(
     );
     e.set_retry(true);
     Some(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{self, METRICS, NO_CHECKS, refused};
+    use super::super::{UpstreamState, breaker};
+    use super::*;
+    use std::collections::HashSet;
+
+    const GET: http::Method = http::Method::GET;
+
+    /// An in-process OrionVM stand-in on 127.0.0.1:0 that answers every request with `status`.
+    async fn answering(status: u16) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let code = http::StatusCode::from_u16(status).unwrap();
+        let app = axum::Router::new().fallback(move || async move { code });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    /// One attempt that OrionVM answers with `status`: claimed, answered, reported.
+    async fn call(tenant: &Tenant, status: u16) -> Result<usize, UpstreamError> {
+        let mut s = AttemptState::default();
+        peer_for(&mut s, Some(tenant)).await?;
+        let i = s.endpoint.unwrap();
+        s.answered(status);
+        finish_attempt(&mut s);
+        Ok(i)
+    }
+
+    fn breaker_config(threshold: u32, reset: f64, probes: u32) -> String {
+        format!(
+            "limits:\n  breaker: {{failure_threshold: {threshold}, reset_timeout_seconds: {reset}, half_open_probes: {probes}}}\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn round_robin_over_the_healthy_endpoints() {
+        let urls = vec![
+            answering(200).await,
+            answering(503).await,
+            answering(200).await,
+        ];
+        let extra = "    health_check: {interval_ms: 60000, timeout_ms: 2000, healthy_threshold: 1, unhealthy_threshold: 1}\n";
+        let state = UpstreamState::default();
+        let tenant = testing::tenant(&testing::config(&urls, extra, ""), &state);
+        let account = &tenant.account;
+        assert!(account.pool.check_if_due(&account.endpoints).await);
+        assert!(!account.endpoints[1].health.is_up());
+        let mut picks = Vec::new();
+        for _ in 0..6 {
+            picks.push(call(&tenant, 200).await.unwrap());
+        }
+        assert_eq!(
+            picks.iter().copied().collect::<HashSet<_>>(),
+            HashSet::from([0, 2]),
+            "{picks:?}"
+        );
+        assert!(
+            picks.windows(2).all(|w| w[0] != w[1]),
+            "alternates: {picks:?}"
+        );
+        // With no endpoint healthy, the first whose breaker lets a call through is used.
+        let down = vec![answering(503).await, answering(500).await];
+        let tenant = testing::tenant(&testing::config(&down, extra, ""), &state);
+        let account = &tenant.account;
+        assert!(account.pool.check_if_due(&account.endpoints).await);
+        assert!(account.endpoints.iter().all(|e| !e.health.is_up()));
+        assert_eq!(call(&tenant, 200).await, Ok(0));
+        assert_eq!(call(&tenant, 200).await, Ok(0));
+    }
+
+    #[tokio::test]
+    async fn a_retry_avoids_the_endpoint_that_failed_and_reports_it() {
+        let state = UpstreamState::default();
+        let tenant = testing::tenant(&testing::config(&testing::urls(2), NO_CHECKS, ""), &state);
+        let account = &tenant.account;
+        for _ in 0..4 {
+            let mut s = AttemptState::default();
+            peer_for(&mut s, Some(&tenant)).await.unwrap();
+            let first = s.endpoint.unwrap();
+            assert!(
+                connect_failed(&mut s, Some(account), false),
+                "one more endpoint"
+            );
+            peer_for(&mut s, Some(&tenant)).await.unwrap();
+            assert_ne!(s.endpoint, Some(first));
+            assert_eq!(s.attempts, 2);
+            assert_eq!(s.failure, None);
+            // The second endpoint failed too: nothing left to try.
+            assert!(!connect_failed(&mut s, Some(account), true));
+            finish_attempt(&mut s);
+        }
+        for e in &account.endpoints {
+            let v = e.stats.snapshot();
+            assert_eq!(v["requests"], 4, "{v}");
+            assert_eq!(v["errors"], 4, "{v}");
+        }
+        assert_eq!(
+            account.endpoints[0].stats.snapshot()["timeouts"]
+                .as_u64()
+                .unwrap()
+                + account.endpoints[1].stats.snapshot()["timeouts"]
+                    .as_u64()
+                    .unwrap(),
+            4
+        );
+    }
+
+    #[tokio::test]
+    async fn open_breakers_refuse_with_retry_after_and_are_counted() {
+        let _one = METRICS.lock().await;
+        let state = UpstreamState::default();
+        let config = testing::config(&testing::urls(2), NO_CHECKS, &breaker_config(1, 30.0, 1));
+        let tenant = testing::tenant(&config, &state);
+        assert!(call(&tenant, 500).await.is_ok());
+        assert!(call(&tenant, 502).await.is_ok());
+        assert!(!tenant.account.available());
+        let before = refused("open");
+        let mut s = AttemptState::default();
+        match peer_for(&mut s, Some(&tenant)).await {
+            Err(UpstreamError::Open { retry_after }) => {
+                assert!((29..=30).contains(&retry_after), "{retry_after}")
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        assert_eq!(s.attempts, 0);
+        assert_eq!(refused("open"), before + 1);
+        // The fast check before any upstream work counts its refusal too.
+        assert!(matches!(
+            tenant.account.refuse_open(),
+            UpstreamError::Open { .. }
+        ));
+        assert_eq!(refused("open"), before + 2);
+    }
+
+    #[tokio::test]
+    async fn an_open_breaker_on_the_retry_path_is_counted() {
+        let _one = METRICS.lock().await;
+        let state = UpstreamState::default();
+        let config = testing::config(&testing::urls(2), NO_CHECKS, &breaker_config(1, 60.0, 1));
+        let tenant = testing::tenant(&config, &state);
+        let account = &tenant.account;
+        let settings = account.breaker.unwrap();
+        let b = &account.endpoints[1].breaker;
+        b.try_acquire(&settings).unwrap().finish(false);
+        assert_eq!(b.state(), breaker::State::Open);
+        let before = refused("open");
+        let mut s = AttemptState::default();
+        peer_for(&mut s, Some(&tenant)).await.unwrap();
+        assert_eq!(s.endpoint, Some(0), "the open endpoint is skipped");
+        assert!(connect_failed(&mut s, Some(account), false));
+        let retry = peer_for(&mut s, Some(&tenant)).await.map(|_| ());
+        assert_eq!(retry, Err(UpstreamError::NoOtherEndpoint));
+        assert_eq!(
+            refused("open"),
+            before + 1,
+            "the refusal on the retry path is counted"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_budget_refuses_with_busy_after_the_wait() {
+        let _one = METRICS.lock().await;
+        let state = UpstreamState::default();
+        let top = "limits:\n  upstream: {max_concurrent_per_endpoint: 1, max_wait_ms: 80, max_waiting: 10}\n";
+        let tenant = testing::tenant(&testing::config(&testing::urls(1), NO_CHECKS, top), &state);
+        let mut holder = AttemptState::default();
+        peer_for(&mut holder, Some(&tenant)).await.unwrap();
+        let before = refused("busy");
+        let started = Instant::now();
+        let mut s = AttemptState::default();
+        let got = peer_for(&mut s, Some(&tenant)).await.map(|_| ());
+        assert!(matches!(got, Err(UpstreamError::Busy { .. })), "{got:?}");
+        assert!(started.elapsed() >= Duration::from_millis(75));
+        assert_eq!(refused("busy"), before + 1);
+        // The answer is complete: the slot is free again.
+        holder.release_budget();
+        peer_for(&mut s, Some(&tenant)).await.unwrap();
+        assert_eq!(s.attempts, 1);
+    }
+
+    #[tokio::test]
+    async fn half_open_lets_the_probes_through_then_closes() {
+        let _one = METRICS.lock().await;
+        let state = UpstreamState::default();
+        let config = testing::config(&testing::urls(1), NO_CHECKS, &breaker_config(1, 0.05, 2));
+        let tenant = testing::tenant(&config, &state);
+        let breaker = &tenant.account.endpoints[0].breaker;
+        assert!(call(&tenant, 503).await.is_ok());
+        assert_eq!(breaker.state(), breaker::State::Open);
+        assert!(matches!(
+            call(&tenant, 200).await,
+            Err(UpstreamError::Open { .. })
+        ));
+        tokio::time::sleep(Duration::from_millis(70)).await;
+        let mut p1 = AttemptState::default();
+        let mut p2 = AttemptState::default();
+        peer_for(&mut p1, Some(&tenant)).await.unwrap();
+        peer_for(&mut p2, Some(&tenant)).await.unwrap();
+        assert_eq!(breaker.state(), breaker::State::HalfOpen);
+        let third = peer_for(&mut AttemptState::default(), Some(&tenant))
+            .await
+            .map(|_| ());
+        assert!(
+            matches!(third, Err(UpstreamError::Open { .. })),
+            "two probes only"
+        );
+        p1.answered(200);
+        finish_attempt(&mut p1);
+        assert_eq!(breaker.state(), breaker::State::HalfOpen);
+        p2.answered(204);
+        finish_attempt(&mut p2);
+        assert_eq!(breaker.state(), breaker::State::Closed);
+        assert_eq!(call(&tenant, 200).await, Ok(0));
+    }
+
+    #[tokio::test]
+    async fn a_5xx_to_a_get_is_retried_on_another_endpoint_only_when_one_can_take_it() {
+        let state = UpstreamState::default();
+        let config = testing::config(&testing::urls(2), NO_CHECKS, &breaker_config(5, 60.0, 1));
+        let tenant = testing::tenant(&config, &state);
+        let account = &tenant.account;
+        let mut s = AttemptState::default();
+        peer_for(&mut s, Some(&tenant)).await.unwrap();
+        let first = s.endpoint.unwrap();
+        for (method, status) in [(GET, 404), (http::Method::POST, 503), (GET, 499)] {
+            s.answered(status);
+            assert!(retry_on_5xx(&mut s, account, &method, status).is_none());
+        }
+        s.answered(503);
+        let e = retry_on_5xx(&mut s, account, &GET, 503).expect("retried");
+        assert!(e.retry());
+        assert_eq!(*e.etype(), UPSTREAM_5XX);
+        assert_eq!(s.failure, Some(Failure::Status5xx));
+        assert!(s.attempt.is_none(), "the failed attempt was reported");
+        let v = account.endpoints[first].stats.snapshot();
+        assert_eq!(v["server_errors"], 1, "{v}");
+        peer_for(&mut s, Some(&tenant)).await.unwrap();
+        assert_ne!(s.endpoint, Some(first));
+        // Every endpoint was tried: the 5xx goes to the caller.
+        s.answered(502);
+        assert!(retry_on_5xx(&mut s, account, &GET, 502).is_none());
+
+        // The other endpoint's breaker is open: no retry either.
+        let settings = account.breaker.unwrap();
+        let other = 1 - first;
+        for _ in 0..5 {
+            account.endpoints[other]
+                .breaker
+                .try_acquire(&settings)
+                .unwrap()
+                .finish(false);
+        }
+        let mut s = AttemptState::default();
+        peer_for(&mut s, Some(&tenant)).await.unwrap();
+        assert_eq!(s.endpoint, Some(first));
+        s.answered(503);
+        assert!(retry_on_5xx(&mut s, account, &GET, 503).is_none());
+
+        // One endpoint: nothing else to try.
+        let single = testing::tenant(
+            &testing::config(&testing::urls(1), NO_CHECKS, ""),
+            &UpstreamState::default(),
+        );
+        let mut s = AttemptState::default();
+        peer_for(&mut s, Some(&single)).await.unwrap();
+        s.answered(503);
+        assert!(retry_on_5xx(&mut s, &single.account, &GET, 503).is_none());
+    }
+
+    #[tokio::test]
+    async fn no_tenant_is_an_internal_error() {
+        let got = peer_for(&mut AttemptState::default(), None)
+            .await
+            .map(|_| ());
+        assert!(matches!(got, Err(UpstreamError::Internal(_))));
+    }
 }

@@ -118,3 +118,131 @@ impl AttemptState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::UpstreamState;
+    use super::super::testing::{self, NO_CHECKS};
+    use super::*;
+
+    fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+        req.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn outbound<'a>(
+        path: &'a str,
+        original: &'a http::Uri,
+        body: Option<&'a [u8]>,
+    ) -> Outbound<'a> {
+        Outbound {
+            path,
+            original,
+            request_id: "01REQ",
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            body,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_callers_credentials_go_and_orionvms_come_with_the_base_path() {
+        let state = UpstreamState::default();
+        let url = format!("{}/base/", testing::urls(1)[0]);
+        let tenant = testing::tenant(&testing::config(&[url], NO_CHECKS, ""), &state);
+        let account = &tenant.account;
+        let original: http::Uri = "//api/v1/instances?region=syd".parse().unwrap();
+        let mut req = RequestHeader::build("POST", b"//api/v1/instances?region=syd", None).unwrap();
+        for (k, v) in [
+            ("authorization", "Bearer caller"),
+            ("x-api-key", "caller-key"),
+            ("cookie", "session=1"),
+            ("proxy-authorization", "Basic eA=="),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "application/json"),
+        ] {
+            req.insert_header(k, v).unwrap();
+        }
+        let body = br#"{"name":"a"}"#;
+        let out = outbound("/api/v1/instances", &original, Some(body));
+        let sent = rewrite_request(&mut req, &account.endpoints[0], account, &out)
+            .await
+            .unwrap();
+        assert_eq!(sent.unwrap(), "Bearer test-token");
+        assert_eq!(req.uri.to_string(), "/base/api/v1/instances?region=syd");
+        assert_eq!(header(&req, "authorization"), Some("Bearer test-token"));
+        for gone in [
+            "x-api-key",
+            "cookie",
+            "proxy-authorization",
+            "transfer-encoding",
+        ] {
+            assert_eq!(header(&req, gone), None, "{gone}");
+        }
+        assert_eq!(header(&req, "host"), Some("127.0.0.1:1"));
+        assert_eq!(header(&req, "x-request-id"), Some("01REQ"));
+        assert_eq!(header(&req, "traceparent"), Some(out.traceparent));
+        assert_eq!(header(&req, "content-length"), Some("12"));
+        assert_eq!(header(&req, "content-type"), Some("application/json"));
+        assert_eq!(header(&req, "signature"), None);
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_target_is_kept_and_a_streamed_body_keeps_its_framing() {
+        let state = UpstreamState::default();
+        let tenant = testing::tenant(&testing::config(&testing::urls(1), NO_CHECKS, ""), &state);
+        let account = &tenant.account;
+        let original: http::Uri = "/api/v1/instances/7?x=%2F".parse().unwrap();
+        let mut req = RequestHeader::build("PUT", b"/api/v1/instances/7?x=%2F", None).unwrap();
+        req.insert_header("transfer-encoding", "chunked").unwrap();
+        let out = outbound("/api/v1/instances/7", &original, None);
+        let mut state = AttemptState {
+            endpoint: Some(0),
+            ..Default::default()
+        };
+        state.rewrite(account, &mut req, &out).await.unwrap();
+        assert_eq!(req.uri.to_string(), "/api/v1/instances/7?x=%2F");
+        assert_eq!(header(&req, "transfer-encoding"), Some("chunked"));
+        assert_eq!(header(&req, "content-length"), None);
+        assert_eq!(state.upstream_auth.unwrap(), "Bearer test-token");
+        // Without an endpoint chosen there is nothing to rewrite for.
+        let mut none = AttemptState::default();
+        let got = none.rewrite(account, &mut req, &out).await;
+        assert!(matches!(got, Err(UpstreamError::Internal(_))));
+    }
+
+    #[tokio::test]
+    async fn credentials_that_cannot_be_obtained_fail_the_attempt() {
+        let state = UpstreamState::default();
+        let secret = testing::secret_file();
+        let creds = format!(
+            "{{type: oauth2, client_id: {{file: \"{secret}\"}}, client_secret: {{file: \"{secret}\"}}}}"
+        );
+        let config = testing::config_with(
+            &testing::urls(1),
+            &creds,
+            "    connect_timeout_ms: 200\n    read_timeout_ms: 500\n    health_check: {enabled: false}\n",
+            "",
+        );
+        let tenant = testing::tenant(&config, &state);
+        let original: http::Uri = "/api/v1/regions".parse().unwrap();
+        let mut req = RequestHeader::build("GET", b"/api/v1/regions", None).unwrap();
+        req.insert_header("authorization", "Bearer caller").unwrap();
+        let mut s = AttemptState {
+            endpoint: Some(0),
+            ..Default::default()
+        };
+        let got = s
+            .rewrite(
+                &tenant.account,
+                &mut req,
+                &outbound("/api/v1/regions", &original, None),
+            )
+            .await;
+        assert!(matches!(got, Err(UpstreamError::Credentials(_))), "{got:?}");
+        assert_eq!(s.failure, Some(Failure::Credentials));
+        assert_eq!(
+            header(&req, "authorization"),
+            None,
+            "the caller's token never goes on"
+        );
+    }
+}
