@@ -54,6 +54,12 @@ impl From<CallError> for ApiError {
                 ApiError::bad_gateway("bad_gateway", "the call to OrionVM failed")
             }
             CallError::Refused(e) => e.into(),
+            CallError::TooLarge { limit } => ApiError::new(
+                502,
+                "upstream_response_too_large",
+                "OrionVM's answer is too large",
+                format!("OrionVM's answer exceeds the {limit} bytes the proxy reads"),
+            ),
         }
     }
 }

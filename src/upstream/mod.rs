@@ -82,8 +82,14 @@ pub struct Account {
     pub budget: Option<Arc<Budget>>,
     /// Breaker settings (None: `limits.enabled: false`, no breaker).
     pub breaker: Option<breaker::Settings>,
+    /// The largest successful answer read whole by [`client::call`]
+    /// (`accounts.NAME.max_response_bytes`).
+    pub max_response_bytes: usize,
     pub(crate) config: AccountConfig,
 }
+
+/// The smallest and largest `accounts.NAME.max_response_bytes`.
+pub const MAX_RESPONSE_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=(256 << 20);
 
 /// One call's claim on an endpoint: its breaker ticket and its budget permit. Report how the
 /// call ended with [`Attempt::finish`]; dropped without it, nothing is counted.
@@ -350,6 +356,13 @@ fn build_account(
     if ac.read_timeout_ms == 0 || ac.read_timeout_ms > 600_000 {
         errors.push("read_timeout_ms: must be between 1 and 600000".to_string());
     }
+    if !MAX_RESPONSE_BYTES_RANGE.contains(&ac.max_response_bytes) {
+        errors.push(format!(
+            "max_response_bytes: must be between {} and {}",
+            MAX_RESPONSE_BYTES_RANGE.start(),
+            MAX_RESPONSE_BYTES_RANGE.end()
+        ));
+    }
     let (ca, ca_pem) = match &ac.ca_file {
         Some(path) => match endpoint::load_ca(path) {
             Ok((list, pem)) => (Some(list), Some(pem)),
@@ -426,6 +439,7 @@ fn build_account(
             pool,
             budget,
             breaker,
+            max_response_bytes: ac.max_response_bytes,
             http: http_client(ca_pem.as_deref(), connect, read).map_err(|e| vec![e])?,
             config: ac.clone(),
         }),
