@@ -86,5 +86,8 @@ mod tests {
         assert_eq!((creds.status, creds.code), (502, "upstream_auth_failed"));
         let refused: ApiError = CallError::Refused(UpstreamError::Open { retry_after: 3 }).into();
         assert_eq!((refused.status, refused.retry_after), (503, Some(3)));
+        let big: ApiError = CallError::TooLarge { limit: 4096 }.into();
+        assert_eq!((big.status, big.code), (502, "upstream_response_too_large"));
+        assert!(big.detail.contains("4096"));
     }
 }
