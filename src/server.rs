@@ -66,7 +66,18 @@ pub fn build(config_path: &Path) -> Result<(Server, Arc<SharedState>), Vec<Strin
     server.add_service(background_service(
         "readiness prober",
         Prober {
-            state: state.clone(),
+            accounts: {
+                let state = state.clone();
+                Box::new(move || {
+                    state
+                        .current()
+                        .upstreams
+                        .accounts
+                        .values()
+                        .cloned()
+                        .collect()
+                })
+            },
             interval: Duration::from_secs(2),
         },
     ));

@@ -65,7 +65,10 @@ impl AdminApp {
         let query = req.uri.query().map(str::to_string);
         match (method.as_str(), path.as_str()) {
             ("GET", "/admin/config") => Ok((200, config_summary(&rt))),
-            ("GET", "/admin/endpoints/stats") => Ok((200, crate::upstream::stats::report(&rt))),
+            ("GET", "/admin/endpoints/stats") => Ok((
+                200,
+                crate::upstream::stats::report(&rt.upstreams, &rt.routes, &rt.version),
+            )),
             ("GET", "/admin/audit") => {
                 *stream = Some(crate::observe::audit::export(&rt, query.as_deref())?);
                 Ok((200, serde_json::Value::Null))

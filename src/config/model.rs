@@ -140,10 +140,20 @@ pub struct AccountConfig {
     /// Active health check of the endpoints.
     #[serde(default)]
     pub health_check: crate::config::health::HealthCheckConfig,
+    /// The largest answer the proxy reads whole from OrionVM for its own calls (facade
+    /// composites, lists it pages, filters or sorts, coalesced reads), in bytes: past it the
+    /// caller gets 502 `upstream_response_too_large`. Error answers are read up to 64 KiB.
+    /// Answers proxied as they are stream through and are not limited.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
 }
 
 fn default_connect_timeout_ms() -> u64 {
     3000
+}
+/// 8 MiB: a list of several thousand instances.
+pub fn default_max_response_bytes() -> usize {
+    8 * 1024 * 1024
 }
 fn default_read_timeout_ms() -> u64 {
     30000

@@ -23,16 +23,7 @@ impl From<LimitsError> for ApiError {
                 err.headers = headers;
                 err
             }
-            LimitsError::Busy { reason } => {
-                ApiError::new(503, "upstream_busy", "OrionVM is busy", reason).with_retry_after(1)
-            }
-            LimitsError::Open { retry_after } => ApiError::new(
-                503,
-                "circuit_open",
-                "OrionVM is unavailable",
-                "OrionVM is failing; the proxy is not calling it for now",
-            )
-            .with_retry_after(retry_after),
+            LimitsError::Upstream(e) => ApiError::from(e),
             LimitsError::Answered {
                 status,
                 body,
@@ -112,7 +103,10 @@ mod tests {
             502
         );
         assert_eq!(
-            ApiError::from(LimitsError::Open { retry_after: 3 }).retry_after,
+            ApiError::from(LimitsError::Upstream(
+                crate::upstream::UpstreamError::Open { retry_after: 3 }
+            ))
+            .retry_after,
             Some(3)
         );
     }

@@ -6,6 +6,7 @@
 //! (`error`, `error_description`, `details`).
 
 mod limits;
+pub mod upstream;
 mod validate;
 
 use bytes::Bytes;

@@ -1,18 +1,15 @@
 //! Protecting OrionVM and the proxy: rate limits per principal (or source address) with the
-//! IETF RateLimit fields, coalescing and a micro-cache for polled reads, the budget toward
-//! OrionVM and the circuit breaker of each endpoint.
+//! IETF RateLimit fields, coalescing and a micro-cache for polled reads. (The budget toward
+//! OrionVM and the circuit breaker of each endpoint are in `crate::upstream`.)
 //!
 //! The limits decide; the proxy writes. The proxy calls in from its phases with a
 //! [`RequestView`] and the request's [`RequestLimits`]: [`admit`] (rate limits, in
 //! `request_filter` before the body is read), [`before_upstream`] (breaker fallback, cached
-//! reads, invalidation; returns a [`Decision`]), [`response_fields`], [`upstream_done`] and
-//! [`finish`]. Everything is skipped when `limits.enabled` is false.
+//! reads, invalidation; returns a [`Decision`]), [`response_fields`] and [`finish`]. Everything is skipped when `limits.enabled` is false.
 //!
 //! State that outlives a request (the counters, the micro-cache and its coalescing groups) is
 //! in [`LimitsState`], owned by the process state; [`Limits::build`] reads it, never changes it.
 
-pub mod breaker;
-pub mod budget;
 pub mod cache;
 pub mod rate;
 
@@ -21,6 +18,7 @@ use crate::config::model::{Config, RouteKind};
 use crate::request::{Decision, Reply, RequestView};
 use crate::routes::RouteTable;
 use crate::store::{Counters, Stores};
+use crate::upstream::UpstreamError;
 use crate::upstream::client::CallError;
 use bytes::Bytes;
 use cache::{MicroCache, ServeError, Served};
@@ -69,10 +67,9 @@ pub enum LimitsError {
         retry_after: u64,
         headers: Vec<(&'static str, String)>,
     },
-    /// The budget toward OrionVM stayed full for the whole wait.
-    Busy { reason: &'static str },
-    /// The breaker of every endpoint is open.
-    Open { retry_after: u64 },
+    /// The upstream refused the call before any work (every endpoint's breaker is open);
+    /// counted where upstream refused it.
+    Upstream(UpstreamError),
     /// OrionVM answered a cached read with an error: its status and body as sent (the error
     /// layer normalises them), and the fields to add to the answer.
     Answered {
@@ -103,8 +100,6 @@ pub enum WaitFailure {
 /// The limits' part of the per-request context.
 #[derive(Default)]
 pub struct RequestLimits {
-    /// The claim on an OrionVM endpoint of the current attempt.
-    pub attempt: Option<crate::upstream::Attempt>,
     /// The policies' verdicts, for the response fields.
     pub verdicts: Verdicts,
     /// The route is a cached read: charged only when it calls OrionVM.
@@ -112,14 +107,6 @@ pub struct RequestLimits {
     /// OrionVM's status and the call's duration when this request's own call answered it (a
     /// cache miss), for the logs.
     pub upstream_answer: Option<(u16, Duration)>,
-}
-
-impl RequestLimits {
-    pub fn release_budget(&mut self) {
-        if let Some(a) = self.attempt.as_mut() {
-            a.release_budget();
-        }
-    }
 }
 
 struct RoutePlan {
@@ -141,14 +128,6 @@ pub struct Limits {
     /// From the state: the counter backend and the micro-cache.
     counters: Arc<dyn Counters>,
     micro: Arc<MicroCache>,
-}
-
-pub fn breaker_settings(c: &config::BreakerConfig) -> breaker::Settings {
-    breaker::Settings {
-        threshold: c.failure_threshold.max(1),
-        reset_timeout: Duration::from_secs_f64(c.reset_timeout_seconds.clamp(0.001, 3600.0)),
-        probes: c.half_open_probes.max(1),
-    }
 }
 
 /// `*` matches any run of characters.
@@ -308,7 +287,7 @@ impl Limits {
         if b.half_open_probes == 0 {
             errors.push("limits.breaker.half_open_probes: must be at least 1".into());
         }
-        if let Err(e) = budget::Budget::build(&c.upstream, "limits.upstream") {
+        if let Err(e) = crate::upstream::budget::validate(&c.upstream, "limits.upstream") {
             errors.extend(e);
         }
         if !errors.is_empty() {
@@ -529,10 +508,7 @@ pub async fn before_upstream(
                 );
             }
         }
-        crate::metrics::upstream_refused("open");
-        return Decision::Fail(LimitsError::Open {
-            retry_after: tenant.account.retry_after(),
-        });
+        return Decision::Fail(LimitsError::Upstream(tenant.account.refuse_open()));
     }
     let Some(settings) = settings else {
         return Decision::Continue;
@@ -619,11 +595,6 @@ pub fn response_fields(limits: &Limits, rl: &RequestLimits) -> Fields {
         return Fields::default();
     }
     rl.verdicts.fields(&limits.policies, limits.legacy)
-}
-
-/// The upstream answer is complete: its concurrency slot is free for the next call.
-pub fn upstream_done(rl: &mut RequestLimits) {
-    rl.release_budget();
 }
 
 /// At the end of the request: drop cached reads of an object that was just changed (a read

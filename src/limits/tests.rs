@@ -44,7 +44,7 @@ fn world(upstream: &str, limits: &str) -> World {
     let routes = RouteTable::build(&defaults.routes, &mut PermissionRegistry::default())
         .map_err(|e| e.join("; "))
         .unwrap();
-    let upstreams = Upstreams::build(&config, &UpstreamState::default(), None).unwrap();
+    let upstreams = Upstreams::build(&config, &UpstreamState::default()).unwrap();
     World {
         config,
         routes,
@@ -630,7 +630,7 @@ async fn an_open_breaker_answers_stale_or_refuses() {
     ] {
         let req = w.req(Method::GET, &target, alice.clone());
         match before(&limits, &req).await.0 {
-            Decision::Fail(LimitsError::Open { retry_after }) => {
+            Decision::Fail(LimitsError::Upstream(UpstreamError::Open { retry_after })) => {
                 assert!((1..=60).contains(&retry_after))
             }
             other => panic!("expected the breaker's refusal, got {other:?}"),
@@ -645,6 +645,6 @@ async fn an_open_breaker_answers_stale_or_refuses() {
     let strict = Limits::build(&error, Some(&w.routes), ROLES, &state).unwrap();
     assert!(matches!(
         before(&strict, &get).await.0,
-        Decision::Fail(LimitsError::Open { .. })
+        Decision::Fail(LimitsError::Upstream(UpstreamError::Open { .. }))
     ));
 }

@@ -180,24 +180,27 @@ pub fn log_request(
         line.str("user_agent.original", cut(ua, 256));
     }
     line.num("http.response.status_code", status as u64);
-    if let Some(s) = ctx.upstream_status {
+    if let Some(s) = ctx.upstream.status {
         line.num("upstream.status_code", s as u64);
     }
     if let Some(t) = &ctx.tenant
-        && let Some(e) = ctx.endpoint.and_then(|i| t.account.endpoints.get(i))
+        && let Some(e) = ctx
+            .upstream
+            .endpoint
+            .and_then(|i| t.account.endpoints.get(i))
     {
         line.str("upstream.endpoint", &e.name);
     }
     let elapsed = ctx.started.elapsed();
     line.num("event.duration", elapsed.as_nanos() as u64);
     line.millis("latency_ms", elapsed);
-    if let Some(u) = ctx.upstream_elapsed {
+    if let Some(u) = ctx.upstream.elapsed {
         line.millis("upstream.latency_ms", u);
     }
     line.num("http.request.body.bytes", ctx.request_bytes as u64);
     line.num("http.response.body.bytes", ctx.response_bytes as u64);
-    if ctx.attempts > 1 {
-        line.num("upstream.attempts", ctx.attempts as u64);
+    if ctx.upstream.attempts > 1 {
+        line.num("upstream.attempts", ctx.upstream.attempts as u64);
     }
     if let Some(err) = &ctx.error {
         line.str("error.code", err.code);
@@ -206,8 +209,8 @@ pub fn log_request(
     if let Some(r) = ctx.auth_failure {
         line.str("auth.failure", r);
     }
-    if let Some(k) = ctx.upstream_failure {
-        line.str("upstream.failure", k);
+    if let Some(k) = ctx.upstream.failure {
+        line.str("upstream.failure", k.as_str());
     }
     if let Some(e) = error {
         line.str("error.type", &format!("{:?}", e.etype()));

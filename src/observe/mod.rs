@@ -326,9 +326,9 @@ pub fn finish(session: &Session, ctx: &mut Ctx, e: Option<&pingora::Error>) {
         status,
         ctx.tenant_name(),
         elapsed.as_secs_f64(),
-        ctx.upstream_elapsed.map(|d| d.as_secs_f64()),
+        ctx.upstream.elapsed.map(|d| d.as_secs_f64()),
     );
-    match ctx.upstream_status {
+    match ctx.upstream.status {
         Some(s) if s >= 500 => metrics::upstream_error("5xx"),
         Some(401) => metrics::upstream_error("auth"),
         Some(429) => metrics::rate_limited(metrics::UPSTREAM_POLICY),

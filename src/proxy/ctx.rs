@@ -30,16 +30,8 @@ pub struct Ctx {
     /// The body as validated and rewritten (routes with a JSON body), for handlers that need
     /// the value: no second parse.
     pub validated: Option<crate::validate::Validated>,
-    /// Index of the endpoint of the current attempt, and how many attempts were made.
-    pub endpoint: Option<usize>,
-    pub attempts: u8,
-    /// The OrionVM `Authorization` value sent on the current attempt.
-    pub upstream_auth: Option<http::HeaderValue>,
-    /// The one retry after OrionVM refused the proxy's token has been used.
-    pub token_retry_used: bool,
-    pub upstream_started: Option<Instant>,
-    pub upstream_elapsed: Option<std::time::Duration>,
-    pub upstream_status: Option<u16>,
+    /// The endpoint, attempts, status and failure of the call to OrionVM (`crate::upstream`).
+    pub upstream: crate::upstream::AttemptState,
     /// The error this request was answered with, if any.
     pub error: Option<ApiError>,
     /// Upstream error bodies are buffered here and replaced by the error body.
@@ -47,11 +39,9 @@ pub struct Ctx {
     pub response_bytes: usize,
     /// Why authentication failed, for logs and metrics.
     pub auth_failure: Option<&'static str>,
-    /// Kind of upstream failure (connect, timeout, reset), for logs and metrics.
-    pub upstream_failure: Option<&'static str>,
     /// What the access log and the audit trail keep about the answer.
     pub obs: crate::observe::RequestObs,
-    /// Rate-limit verdicts, the endpoint claim of the current attempt (`crate::limits`).
+    /// Rate-limit verdicts (`crate::limits`).
     pub limits: crate::limits::RequestLimits,
 }
 
@@ -72,18 +62,11 @@ impl Ctx {
             body: None,
             request_bytes: 0,
             validated: None,
-            endpoint: None,
-            attempts: 0,
-            upstream_auth: None,
-            token_retry_used: false,
-            upstream_started: None,
-            upstream_elapsed: None,
-            upstream_status: None,
+            upstream: Default::default(),
             error: None,
             rewrite: None,
             response_bytes: 0,
             auth_failure: None,
-            upstream_failure: None,
             obs: Default::default(),
             limits: Default::default(),
         }

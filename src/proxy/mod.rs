@@ -13,6 +13,7 @@ use crate::observe::{self, request_id};
 use crate::request::{Decision, RequestView};
 use crate::routes::{Match, path};
 use crate::runtime::SharedState;
+use crate::upstream::{Failure, UpstreamError};
 use crate::validate;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -144,6 +145,16 @@ impl OrionProxy {
     }
 }
 
+/// An upstream refusal or failure before OrionVM answered: kept as the request's error (so
+/// that `fail_to_proxy` writes it) and carried out of the phase as its status.
+fn upstream_failed(ctx: &mut Ctx, e: UpstreamError) -> Box<Error> {
+    let why = e.to_string();
+    let err = ApiError::from(e);
+    let status = err.status;
+    ctx.error = Some(err);
+    Error::explain(ErrorType::HTTPStatus(status), why)
+}
+
 fn declares_empty_body(resp: &ResponseHeader) -> bool {
     resp.headers
         .get(http::header::CONTENT_LENGTH)
@@ -194,8 +205,8 @@ impl ProxyHttp for OrionProxy {
         if let Some((limits, view, rl)) = limits_parts(session.req_header(), ctx) {
             let decision = crate::limits::before_upstream(limits, &view, rl).await;
             if let Some((status, elapsed)) = ctx.limits.upstream_answer.take() {
-                ctx.upstream_status = Some(status);
-                ctx.upstream_elapsed = Some(elapsed);
+                ctx.upstream.status = Some(status);
+                ctx.upstream.elapsed = Some(elapsed);
             }
             match decision {
                 Decision::Continue => {}
@@ -239,7 +250,11 @@ impl ProxyHttp for OrionProxy {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         // Load balancer, health, breaker and budget: `crate::upstream::peer`.
-        crate::upstream::peer::peer_for(ctx).await
+        let tenant = ctx.tenant.clone();
+        match crate::upstream::peer::peer_for(&mut ctx.upstream, tenant.as_deref()).await {
+            Ok(peer) => Ok(peer),
+            Err(e) => Err(upstream_failed(ctx, e)),
+        }
     }
 
     async fn upstream_request_filter(
@@ -248,80 +263,25 @@ impl ProxyHttp for OrionProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let (Some(tenant), Some(idx)) = (ctx.tenant.clone(), ctx.endpoint) else {
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "no endpoint chosen",
+        let Some(tenant) = ctx.tenant.clone() else {
+            return Err(upstream_failed(
+                ctx,
+                UpstreamError::Internal("no tenant for an upstream call".into()),
             ));
         };
-        let account = &tenant.account;
-        let Some(endpoint) = account.endpoints.get(idx) else {
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "endpoint index out of range",
-            ));
+        // Credentials, target, Host, ids, Content-Length, signature: `crate::upstream::rewrite`.
+        let traceparent = request_id::child_traceparent(&ctx.trace_id);
+        let out = crate::upstream::Outbound {
+            path: &ctx.path,
+            original: &session.req_header().uri,
+            request_id: &ctx.request_id,
+            traceparent: &traceparent,
+            body: ctx.body.as_deref(),
         };
-        // The caller's credentials never reach OrionVM.
-        upstream.remove_header("authorization");
-        upstream.remove_header("x-api-key");
-        upstream.remove_header("cookie");
-        upstream.remove_header("proxy-authorization");
-        let auth = match account.credentials.authorization_header().await {
-            Ok(v) => v,
-            Err(e) => {
-                log::warn!("request {}: {e}", ctx.request_id);
-                ctx.upstream_failure = Some("credentials");
-                ctx.error = Some(ApiError::bad_gateway(
-                    "upstream_auth_failed",
-                    "the proxy could not obtain OrionVM credentials",
-                ));
-                return Err(Error::explain(
-                    ErrorType::HTTPStatus(502),
-                    "upstream credentials unavailable",
-                ));
-            }
-        };
-        if let Some(auth) = auth {
-            upstream.insert_header("authorization", auth.clone())?;
-            ctx.upstream_auth = Some(auth);
+        match ctx.upstream.rewrite(&tenant.account, upstream, &out).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(upstream_failed(ctx, e)),
         }
-        // The request line is rebuilt only when what was checked differs from what came in
-        // (a doubled slash, a base path, an absolute-form URI).
-        let original = &session.req_header().uri;
-        if !endpoint.base_path.is_empty()
-            || original.scheme().is_some()
-            || original.path() != ctx.path
-        {
-            let target = match original.query() {
-                Some(q) => format!("{}{}?{q}", endpoint.base_path, ctx.path),
-                None => format!("{}{}", endpoint.base_path, ctx.path),
-            };
-            let uri = target.parse::<http::Uri>().map_err(|_| {
-                Error::explain(
-                    ErrorType::HTTPStatus(400),
-                    "the request URI cannot be rebuilt",
-                )
-            })?;
-            upstream.set_uri(uri);
-        }
-        upstream.insert_header("host", endpoint.authority.as_str())?;
-        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
-        upstream.insert_header("traceparent", request_id::child_traceparent(&ctx.trace_id))?;
-        if let Some(b) = &ctx.body {
-            upstream.remove_header("transfer-encoding");
-            upstream.insert_header("content-length", b.len().to_string())?;
-        }
-        if let Some(signer) = account.credentials.signer() {
-            // Last, on the request exactly as it leaves: path, Host and body are final.
-            let body = ctx.body.as_deref().unwrap_or_default();
-            crate::upstream::signing::sign_request_header(
-                signer,
-                upstream,
-                &endpoint.authority,
-                body,
-            )?;
-        }
-        Ok(())
     }
 
     async fn request_body_filter(
@@ -351,10 +311,7 @@ impl ProxyHttp for OrionProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let status = upstream.status.as_u16();
-        ctx.upstream_status = Some(status);
-        if let Some(t) = ctx.upstream_started {
-            ctx.upstream_elapsed = Some(t.elapsed());
-        }
+        ctx.upstream.answered(status);
         if status >= 400 && declares_empty_body(upstream) {
             // No body task will follow, so the body filter could not replace it: answer the
             // error body from fail_to_proxy instead.
@@ -366,13 +323,13 @@ impl ProxyHttp for OrionProxy {
             ));
         }
         if status == 401
-            && !ctx.token_retry_used
-            && let (Some(tenant), Some(used)) = (&ctx.tenant, &ctx.upstream_auth)
-            && tenant.account.credentials.mode() == "oauth2"
+            && !ctx.upstream.token_retry_used
+            && let (Some(tenant), Some(used)) = (&ctx.tenant, &ctx.upstream.upstream_auth)
+            && tenant.account.credentials.refreshes()
         {
             tenant.account.credentials.invalidate(used);
             if !session.as_ref().retry_buffer_truncated() {
-                ctx.token_retry_used = true;
+                ctx.upstream.token_retry_used = true;
                 let mut e = Error::explain(TOKEN_REJECTED, "OrionVM refused the proxy's token");
                 e.set_retry(true);
                 return Err(e);
@@ -380,7 +337,13 @@ impl ProxyHttp for OrionProxy {
         }
         let method = &session.req_header().method;
         if !session.as_ref().retry_buffer_truncated()
-            && let Some(e) = crate::upstream::peer::retry_on_5xx(ctx, method, status)
+            && let Some(tenant) = &ctx.tenant
+            && let Some(e) = crate::upstream::peer::retry_on_5xx(
+                &mut ctx.upstream,
+                &tenant.account,
+                method,
+                status,
+            )
         {
             return Err(e);
         }
@@ -423,7 +386,8 @@ impl ProxyHttp for OrionProxy {
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
         if end_of_stream {
-            crate::limits::upstream_done(&mut ctx.limits);
+            // The upstream answer is complete: its concurrency slot is free for the next call.
+            ctx.upstream.release_budget();
         }
         if let Some(buf) = ctx.rewrite.as_mut() {
             if let Some(chunk) = body.take() {
@@ -431,7 +395,7 @@ impl ProxyHttp for OrionProxy {
                 buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
             }
             if end_of_stream {
-                let upstream_status = ctx.upstream_status.unwrap_or(502);
+                let upstream_status = ctx.upstream.status.unwrap_or(502);
                 let err = errors::from_upstream(upstream_status, buf);
                 let rendered = err.render(&ctx.request_id);
                 ctx.response_bytes += rendered.len();
@@ -452,18 +416,10 @@ impl ProxyHttp for OrionProxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        ctx.upstream_failure = Some(match e.etype() {
-            ErrorType::ConnectTimedout => "timeout",
-            _ => "connect",
-        });
-        metrics::upstream_error(ctx.upstream_failure.unwrap_or("connect"));
         // Nothing reached OrionVM: another endpoint may take it.
-        let endpoints = ctx
-            .tenant
-            .as_ref()
-            .map(|t| t.account.endpoints.len())
-            .unwrap_or(0);
-        if (ctx.attempts as usize) < endpoints {
+        let timed_out = *e.etype() == ErrorType::ConnectTimedout;
+        let account = ctx.tenant.as_ref().map(|t| &*t.account);
+        if crate::upstream::peer::connect_failed(&mut ctx.upstream, account, timed_out) {
             e.set_retry(true);
         }
         e
@@ -481,12 +437,11 @@ impl ProxyHttp for OrionProxy {
             return e;
         }
         if e.esource() == &ErrorSource::Upstream {
-            let kind = match e.etype() {
-                ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
-                _ => "reset",
-            };
-            ctx.upstream_failure = Some(kind);
-            metrics::upstream_error(kind);
+            let timed_out = matches!(
+                e.etype(),
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            );
+            crate::upstream::peer::transport_failed(&mut ctx.upstream, timed_out);
         }
         let mut e = e.more_context(format!("Peer: {peer}"));
         if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
@@ -534,7 +489,7 @@ impl ProxyHttp for OrionProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         metrics::in_flight(-1);
-        crate::upstream::peer::finish_attempt(ctx);
+        crate::upstream::peer::finish_attempt(&mut ctx.upstream);
         if let Some((limits, view, _)) = limits_parts(session.req_header(), ctx) {
             crate::limits::finish(limits, &view);
         }
@@ -611,7 +566,7 @@ fn classify(e: &Error, ctx: &mut Ctx) -> ApiError {
             | ErrorType::WriteTimedout
             | ErrorType::TLSHandshakeTimedout,
         ) => {
-            ctx.upstream_failure.get_or_insert("timeout");
+            ctx.upstream.failure.get_or_insert(Failure::Timeout);
             ApiError::gateway_timeout("OrionVM did not answer in time")
         }
         (_, t) if *t == TOKEN_REJECTED => errors::upstream_auth_failed(),
@@ -624,14 +579,14 @@ fn classify(e: &Error, ctx: &mut Ctx) -> ApiError {
             | ErrorType::InvalidCert
             | ErrorType::HandshakeError,
         ) => {
-            ctx.upstream_failure.get_or_insert("connect");
+            ctx.upstream.failure.get_or_insert(Failure::Connect);
             ApiError::bad_gateway(
                 "upstream_unreachable",
                 "the proxy could not connect to OrionVM",
             )
         }
         (ErrorSource::Upstream, _) => {
-            ctx.upstream_failure.get_or_insert("reset");
+            ctx.upstream.failure.get_or_insert(Failure::Reset);
             ApiError::bad_gateway(
                 "upstream_reset",
                 "OrionVM closed the connection before answering",

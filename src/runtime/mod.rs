@@ -60,7 +60,8 @@ impl Staged {
 }
 
 /// Validates a parsed config into a staged runtime. Reads `state`, never changes it.
-/// `previous` lets unchanged accounts and issuers keep their credentials and key caches.
+/// `previous` lets unchanged issuers keep their key caches (unchanged accounts find their
+/// credentials in `state.upstream`).
 pub fn stage(
     config: Config,
     text: &str,
@@ -87,7 +88,7 @@ pub fn stage(
             .map_err(|e| errors.extend(e))
             .ok()
     });
-    let upstreams = Upstreams::build(&config, &state.upstream, previous.map(|p| &p.upstreams))
+    let upstreams = Upstreams::build(&config, &state.upstream)
         .map_err(|e| errors.extend(e))
         .ok();
     errors.extend(crate::facade::check_config(&config.facade));
