@@ -14,7 +14,7 @@ use std::time::Instant;
 
 /// Why a call of the proxy's own to OrionVM got no answer (`src/errors/upstream.rs` turns it
 /// into the error body).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum CallError {
     Credentials(String),
     Connect,
