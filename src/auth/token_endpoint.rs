@@ -6,6 +6,7 @@
 use super::Auth;
 use super::tokens;
 use crate::config::auth::OAuthConfig;
+use crate::config::secret::Secret;
 use crate::errors::ApiError;
 use base64::Engine;
 use bytes::Bytes;
@@ -111,11 +112,12 @@ impl From<OAuthError> for ApiError {
     }
 }
 
+/// A parsed token request. The client secret is a [`Secret`]: `Debug` never shows it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct TokenRequest {
     pub grant_type: String,
     pub client_id: String,
-    pub client_secret: String,
+    pub client_secret: Secret,
     pub basic: bool,
 }
 
@@ -178,7 +180,7 @@ pub fn parse(headers: &http::HeaderMap, body: &[u8]) -> Result<TokenRequest, OAu
         (Some((id, secret)), None, None) => Ok(TokenRequest {
             grant_type,
             client_id: id,
-            client_secret: secret,
+            client_secret: Secret::new(secret),
             basic: true,
         }),
         (Some(_), _, _) => Err(OAuthError::InvalidRequest(
@@ -187,7 +189,7 @@ pub fn parse(headers: &http::HeaderMap, body: &[u8]) -> Result<TokenRequest, OAu
         (None, Some(id), Some(secret)) => Ok(TokenRequest {
             grant_type,
             client_id: id,
-            client_secret: secret,
+            client_secret: Secret::new(secret),
             basic: false,
         }),
         (None, _, _) => Err(OAuthError::InvalidClient { basic: false }),
@@ -270,9 +272,9 @@ async fn check(
         return Err(OAuthError::Busy);
     };
     let matched = tokio::task::spawn_blocking(move || match client {
-        Some(c) => c.secret_matches(&secret).then_some(c),
+        Some(c) => c.secret_matches(secret.expose()).then_some(c),
         None => {
-            tokens::burn_a_verification(&secret);
+            tokens::burn_a_verification(secret.expose());
             None
         }
     })
@@ -316,7 +318,7 @@ mod tests {
         let want = TokenRequest {
             grant_type: "client_credentials".into(),
             client_id: "ci".into(),
-            client_secret: "s e".into(),
+            client_secret: Secret::new("s e"),
             basic: false,
         };
         let json = br#"{"grant_type":"client_credentials","client_id":"ci","client_secret":"s e"}"#;
@@ -341,9 +343,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (r.client_id.as_str(), r.client_secret.as_str(), r.basic),
+            (r.client_id.as_str(), r.client_secret.expose(), r.basic),
             ("ci", "s e", true)
         );
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_client_secret() {
+        let secret = "correct-horse-battery-staple";
+        let form = format!("grant_type=client_credentials&client_id=ci&client_secret={secret}");
+        let r = parse(&h(&[]), form.as_bytes()).unwrap();
+        let shown = format!("{r:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains("ci"), "the client id may show: {shown}");
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("ci:{secret}"));
+        let r = parse(
+            &h(&[("authorization", &format!("Basic {basic}"))]),
+            b"grant_type=client_credentials",
+        )
+        .unwrap();
+        let shown = format!("{r:?} {r:#?}");
+        assert!(!shown.contains(secret), "{shown}");
     }
 
     #[test]
