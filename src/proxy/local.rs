@@ -3,7 +3,7 @@
 use super::ctx::Ctx;
 use super::respond;
 use crate::errors::ApiError;
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, State};
 use bytes::Bytes;
 use pingora::prelude::*;
 use pingora_proxy::Session;
@@ -48,8 +48,9 @@ pub async fn ready(session: &mut Session, ctx: &mut Ctx, rt: &Runtime) -> Result
     }
 }
 
-/// `POST /oauth/token`: reads the body (small), lets `auth::token_endpoint` decide.
-pub async fn oauth_token(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+/// `POST /oauth/token`: reads the body (small), lets `auth::token_endpoint` decide, writes
+/// its answer.
+pub async fn oauth_token(session: &mut Session, ctx: &mut Ctx, state: &State) -> Result<()> {
     let Some(rt) = ctx.runtime.clone() else {
         return respond::error(session, ctx, ApiError::internal("no configuration loaded")).await;
     };
@@ -65,22 +66,19 @@ pub async fn oauth_token(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
-    let outcome = crate::auth::token_endpoint::issue(
+    let outcome = crate::auth::token_endpoint::answer(
         &rt.auth,
-        &rt.config.oauth,
+        &state.auth,
+        &*state.stores.counters,
         client_ip,
         &session.req_header().headers,
         &body,
     )
     .await;
     match outcome {
-        Ok(json) => {
-            let extra = [("pragma", "no-cache".to_string())];
-            respond::json(session, ctx, 200, json, &extra).await
-        }
+        Ok(reply) => respond::json(session, ctx, 200, reply.body, &reply.headers).await,
         Err(e) => {
             ctx.auth_failure = Some(e.reason());
-            crate::metrics::auth_failure(e.reason());
             respond::error(session, ctx, e.into()).await
         }
     }

@@ -202,7 +202,7 @@ impl ProxyHttp for OrionProxy {
                 Ok(true)
             }
             Some(RouteKind::OauthToken) => {
-                local::oauth_token(session, ctx).await?;
+                local::oauth_token(session, ctx, &self.state.state).await?;
                 Ok(true)
             }
             // The facade, the API document, and mirror lists asked to page, filter or sort.

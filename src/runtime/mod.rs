@@ -50,6 +50,7 @@ impl Staged {
         let rt = self.runtime;
         rt.upstreams.commit(&state.upstream);
         rt.log.commit(&state.observe);
+        rt.auth.commit(&state.auth);
         rt
     }
 
@@ -83,7 +84,7 @@ pub fn stage(
         .map_err(|e| errors.extend(e))
         .ok();
     let auth = roles.and_then(|r| {
-        Auth::build(&config, r, previous.map(|p| &p.auth))
+        Auth::build(&config, r, &state.auth)
             .map_err(|e| errors.extend(e))
             .ok()
     });
