@@ -6,6 +6,7 @@
 //! (`error`, `error_description`, `details`).
 
 mod auth;
+pub mod facade;
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};

@@ -1,8 +1,10 @@
-//! Routes the proxy answers itself: liveness, readiness and the OAuth2 token endpoint.
+//! Routes the proxy answers itself: liveness, readiness, the OAuth2 token endpoint, and what
+//! the facade decides (its routes, the API document, mirror lists that page, filter or sort).
 
 use super::ctx::Ctx;
 use super::respond;
 use crate::errors::ApiError;
+use crate::request::{Decision, RequestView};
 use crate::runtime::{Runtime, State};
 use bytes::Bytes;
 use pingora::prelude::*;
@@ -80,6 +82,57 @@ pub async fn oauth_token(session: &mut Session, ctx: &mut Ctx, state: &State) ->
         Err(e) => {
             ctx.auth_failure = Some(e.reason());
             respond::error(session, ctx, e.into()).await
+        }
+    }
+}
+
+/// The facade, the API document, and mirror lists asked to page, filter or sort: lets
+/// `facade::answer` decide and writes its answer. `Ok(false)`: not the facade's, the request
+/// goes on to OrionVM.
+pub async fn facade(session: &mut Session, ctx: &mut Ctx, state: &State) -> Result<bool> {
+    let Some(rt) = ctx.runtime.clone() else {
+        respond::error(session, ctx, ApiError::internal("no configuration loaded")).await?;
+        return Ok(true);
+    };
+    let env = crate::facade::Env {
+        config: &rt.config.facade,
+        routes: rt.routes.routes(),
+        tasks: &state.stores.tasks,
+        describe: crate::errors::facade::task_error,
+    };
+    let client_ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let decision = {
+        let req = session.req_header();
+        let view = RequestView {
+            method: &req.method,
+            path: &ctx.path,
+            query: req.uri.query(),
+            headers: &req.headers,
+            route: ctx.route.as_ref(),
+            params: &ctx.params,
+            principal: ctx.principal.as_ref(),
+            tenant: ctx.tenant.as_ref(),
+            client_ip,
+            request_id: &ctx.request_id,
+        };
+        let body = crate::facade::Body {
+            bytes: ctx.body.as_deref(),
+            validated: ctx.validated.as_ref(),
+        };
+        crate::facade::answer(view, body, &env).await
+    };
+    match decision {
+        Decision::Continue => Ok(false),
+        Decision::Reply(r) => {
+            respond::json(session, ctx, r.status, r.body, &r.headers).await?;
+            Ok(true)
+        }
+        Decision::Fail(e) => {
+            respond::error(session, ctx, e.into()).await?;
+            Ok(true)
         }
     }
 }

@@ -207,7 +207,7 @@ impl ProxyHttp for OrionProxy {
             }
             // The facade, the API document, and mirror lists asked to page, filter or sort.
             Some(RouteKind::Facade | RouteKind::Openapi | RouteKind::Mirror) => {
-                crate::facade::answer(session, ctx).await
+                local::facade(session, ctx, &self.state.state).await
             }
             None => Ok(false),
         }
