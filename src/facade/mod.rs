@@ -19,6 +19,9 @@ pub mod lists;
 pub mod openapi;
 pub mod tasks;
 
+#[cfg(test)]
+mod handler_tests;
+
 use crate::config::model::{FacadeConfig, RouteKind};
 use crate::request::{Decision, RequestView};
 use crate::routes::Route;
