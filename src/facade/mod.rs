@@ -1,4 +1,4 @@
-//! The REST facade (`/v1`, DESIGN.md section 3): instances with lifecycle rules checked before
+//! The REST facade (`/v1`; README, "The REST facade"): instances with lifecycle rules checked before
 //! OrionVM is called, composite operations run as tasks, lists that page, filter and sort (also
 //! for the mirror's lists when asked), and the OpenAPI document.
 //!
