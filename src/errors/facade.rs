@@ -9,12 +9,7 @@ impl From<FacadeError> for ApiError {
     fn from(e: FacadeError) -> ApiError {
         match e {
             FacadeError::Call(c) => c.into(),
-            // The caller authenticated to the proxy; OrionVM refusing the proxy's own
-            // credentials (after the one retry) is the proxy's failure, as on the mirror.
-            FacadeError::Upstream(401, _) => ApiError::bad_gateway(
-                "upstream_auth_failed",
-                "OrionVM refused the proxy's credentials",
-            ),
+            // Including OrionVM's 401 to the proxy's credentials (after the one retry): 502.
             FacadeError::Upstream(status, body) => super::from_upstream(status, &body),
             FacadeError::UpstreamShape(what) => ApiError::bad_gateway(
                 "bad_gateway",

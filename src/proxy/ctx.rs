@@ -2,6 +2,7 @@
 
 use crate::auth::principal::Principal;
 use crate::errors::ApiError;
+use crate::request::RequestView;
 use crate::routes::Route;
 use crate::runtime::Runtime;
 use crate::upstream::Tenant;
@@ -14,6 +15,8 @@ pub struct Ctx {
     pub started_at: SystemTime,
     pub request_id: String,
     pub trace_id: String,
+    /// The TCP peer's address, computed once in `early_request_filter`.
+    pub client_ip: Option<std::net::IpAddr>,
     pub runtime: Option<Arc<Runtime>>,
     /// The normalised path.
     pub path: String,
@@ -59,6 +62,7 @@ impl Ctx {
             started_at: SystemTime::now(),
             request_id: String::new(),
             trace_id: String::new(),
+            client_ip: None,
             runtime: None,
             path: String::new(),
             route: None,
@@ -82,6 +86,22 @@ impl Ctx {
             upstream_failure: None,
             obs: Default::default(),
             limits: Default::default(),
+        }
+    }
+
+    /// The read-only view of the request that concerns decide on.
+    pub fn view<'a>(&'a self, req: &'a pingora::http::RequestHeader) -> RequestView<'a> {
+        RequestView {
+            method: &req.method,
+            path: &self.path,
+            query: req.uri.query(),
+            headers: &req.headers,
+            route: self.route.as_ref(),
+            params: &self.params,
+            principal: self.principal.as_ref(),
+            tenant: self.tenant.as_ref(),
+            client_ip: self.client_ip,
+            request_id: &self.request_id,
         }
     }
 

@@ -4,7 +4,7 @@
 use super::ctx::Ctx;
 use super::respond;
 use crate::errors::ApiError;
-use crate::request::{Decision, RequestView};
+use crate::request::Decision;
 use crate::runtime::{Runtime, State};
 use bytes::Bytes;
 use pingora::prelude::*;
@@ -56,18 +56,12 @@ pub async fn oauth_token(session: &mut Session, ctx: &mut Ctx, state: &State) ->
     let Some(rt) = ctx.runtime.clone() else {
         return respond::error(session, ctx, ApiError::internal("no configuration loaded")).await;
     };
-    let body =
-        match crate::validate::body::read_whole(session, crate::auth::token_endpoint::MAX_BODY)
-            .await
-        {
-            Ok(b) => b,
-            Err(e) => return respond::error(session, ctx, e.into()).await,
-        };
+    let body = match super::body::read_whole(session, crate::auth::token_endpoint::MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => return respond::error(session, ctx, e.into()).await,
+    };
     ctx.request_bytes = body.len();
-    let client_ip = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
+    let client_ip = ctx.client_ip;
     let outcome = crate::auth::token_endpoint::answer(
         &rt.auth,
         &state.auth,
@@ -100,24 +94,8 @@ pub async fn facade(session: &mut Session, ctx: &mut Ctx, state: &State) -> Resu
         tasks: &state.stores.tasks,
         describe: crate::errors::facade::task_error,
     };
-    let client_ip = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
     let decision = {
-        let req = session.req_header();
-        let view = RequestView {
-            method: &req.method,
-            path: &ctx.path,
-            query: req.uri.query(),
-            headers: &req.headers,
-            route: ctx.route.as_ref(),
-            params: &ctx.params,
-            principal: ctx.principal.as_ref(),
-            tenant: ctx.tenant.as_ref(),
-            client_ip,
-            request_id: &ctx.request_id,
-        };
+        let view = ctx.view(session.req_header());
         let body = crate::facade::Body {
             bytes: ctx.body.as_deref(),
             validated: ctx.validated.as_ref(),
