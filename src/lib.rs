@@ -18,7 +18,6 @@ pub mod request;
 pub mod routes;
 pub mod runtime;
 pub mod server;
-pub mod sim;
 pub mod store;
 pub mod upstream;
 pub mod validate;
