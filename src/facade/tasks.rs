@@ -365,6 +365,11 @@ pub fn spawn_reboot(mut run: Runner, orion: Orion, timing: Timing) {
     });
 }
 
+/// The states of a disk that is ready: `unattached` is OrionVM's word for a settled disk that
+/// no instance holds (the Go client and Packer wait for exactly it); `detached` is kept for
+/// answers that use it.
+const DISK_SETTLED: &[&str] = &["unattached", "detached", "attached"];
+
 /// Snapshot: clone every disk (named after the instance and the time), wait until the clones
 /// are ready.
 pub fn spawn_snapshot(
@@ -400,15 +405,7 @@ pub fn spawn_snapshot(
             run.step("wait_clones", async {
                 for m in &made {
                     let path = format!("/api/v1/disks/{}", m["disk"].as_str().unwrap_or_default());
-                    wait_for(
-                        &orion,
-                        describe,
-                        &path,
-                        "state",
-                        &["detached", "attached"],
-                        timing,
-                    )
-                    .await?;
+                    wait_for(&orion, describe, &path, "state", DISK_SETTLED, timing).await?;
                 }
                 Ok(())
             })
