@@ -83,9 +83,7 @@ pub fn build(config_path: &Path) -> Result<(Server, Arc<SharedState>), Vec<Strin
     ));
     server.add_service(background_service(
         "JWKS refresher",
-        crate::auth::jwt::Refresher {
-            state: state.clone(),
-        },
+        state.state.auth.refresher(),
     ));
     server.add_service(background_service(
         "SIGHUP reloader",

@@ -237,12 +237,12 @@ impl ProxyHttp for OrionProxy {
                 Ok(true)
             }
             Some(RouteKind::OauthToken) => {
-                local::oauth_token(session, ctx).await?;
+                local::oauth_token(session, ctx, &self.state.state).await?;
                 Ok(true)
             }
             // The facade, the API document, and mirror lists asked to page, filter or sort.
             Some(RouteKind::Facade | RouteKind::Openapi | RouteKind::Mirror) => {
-                crate::facade::answer(session, ctx).await
+                local::facade(session, ctx, &self.state.state).await
             }
             None => Ok(false),
         }

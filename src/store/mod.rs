@@ -6,6 +6,7 @@
 //! This module imports no concern: concerns import it, and `src/runtime/` owns the instances.
 
 pub mod memory;
+pub mod tasks;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -100,6 +101,8 @@ pub trait KvStore: Send + Sync {
 pub struct Stores {
     pub counters: Arc<dyn Counters>,
     pub kv: Arc<dyn KvStore>,
+    /// The facade's tasks (`tasks::TaskStore`).
+    pub tasks: Arc<dyn tasks::TaskStore>,
 }
 
 impl Stores {
@@ -108,6 +111,7 @@ impl Stores {
         Stores {
             counters: Arc::new(memory::MemoryCounters::default()),
             kv: Arc::new(memory::MemoryKv::new(memory::DEFAULT_KV_ENTRIES)),
+            tasks: Arc::new(tasks::MemoryTasks::default()),
         }
     }
 }
