@@ -6,6 +6,9 @@
 //! This module imports no concern: concerns import it, and `src/runtime/` owns the instances.
 
 pub mod memory;
+pub mod usage;
+
+pub use usage::UsageStore;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -94,6 +97,7 @@ pub trait KvStore: Send + Sync {
 pub struct Stores {
     pub counters: Arc<dyn Counters>,
     pub kv: Arc<dyn KvStore>,
+    pub usage: Arc<dyn UsageStore>,
 }
 
 impl Stores {
@@ -102,6 +106,7 @@ impl Stores {
         Stores {
             counters: Arc::new(memory::MemoryCounters::default()),
             kv: Arc::new(memory::MemoryKv::new(memory::DEFAULT_KV_ENTRIES)),
+            usage: Arc::new(usage::MemoryUsage::default()),
         }
     }
 }
