@@ -5,6 +5,8 @@
 //! both the RFC 9457 members and the keys that OrionVM clients parse
 //! (`error`, `error_description`, `details`).
 
+pub mod observe;
+
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 

@@ -182,6 +182,13 @@ impl ProxyHttp for OrionProxy {
             respond::error(session, ctx, err).await?;
             return Ok(true);
         }
+        // With `logging.audit.on_failure: closed`, no mutating call goes on unaudited.
+        if let Some(rt) = ctx.runtime.clone()
+            && let Err(e) = observe::audit_ready(&rt.log, &session.req_header().method)
+        {
+            respond::error(session, ctx, e.into()).await?;
+            return Ok(true);
+        }
         if crate::limits::before_upstream(session, ctx).await? {
             return Ok(true);
         }
@@ -392,7 +399,15 @@ impl ProxyHttp for OrionProxy {
             }
             ctx.rewrite = Some(BytesMut::new());
         }
-        observe::on_response_header(session, ctx, upstream);
+        if let Some((log, req, obs)) = ctx.observed(session) {
+            observe::on_response_header(
+                log,
+                &req,
+                obs,
+                upstream.status.as_u16(),
+                &upstream.headers,
+            );
+        }
         Ok(())
     }
 
@@ -429,7 +444,9 @@ impl ProxyHttp for OrionProxy {
         } else if let Some(b) = body {
             ctx.response_bytes += b.len();
         }
-        observe::on_response_body(session, ctx, body.as_ref(), end_of_stream);
+        if let Some((log, req, obs)) = ctx.observed(session) {
+            observe::on_response_body(log, &req, obs, body.as_ref(), end_of_stream);
+        }
         Ok(None)
     }
 
@@ -523,7 +540,14 @@ impl ProxyHttp for OrionProxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         metrics::in_flight(-1);
         crate::limits::finish(ctx, &session.req_header().method);
-        observe::finish(session, ctx, e);
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let error_type = e.map(|e| format!("{:?}", e.etype()));
+        if let Some((log, req, obs)) = ctx.observed(session) {
+            observe::finish(log, &req, obs, status, error_type.as_deref()).await;
+        }
     }
 }
 

@@ -28,7 +28,7 @@ impl State {
             auth: Default::default(),
             upstream: Default::default(),
             limits: Default::default(),
-            observe: Default::default(),
+            observe: crate::observe::ObserveState::new(stores.usage.clone()),
             facade: Default::default(),
             stores,
         }
