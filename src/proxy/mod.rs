@@ -183,9 +183,11 @@ impl ProxyHttp for OrionProxy {
             return Ok(true);
         }
         // With `logging.audit.on_failure: closed`, no mutating call goes on unaudited.
-        if let Some(rt) = ctx.runtime.clone()
-            && let Err(e) = observe::audit_ready(&rt.log, &session.req_header().method)
-        {
+        let refused = ctx
+            .runtime
+            .as_ref()
+            .and_then(|rt| observe::audit_ready(&rt.log, &session.req_header().method).err());
+        if let Some(e) = refused {
             respond::error(session, ctx, e.into()).await?;
             return Ok(true);
         }
