@@ -5,6 +5,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY crates ./crates
 COPY conf ./conf
 COPY schemas ./schemas
 RUN cargo build --release --locked --bin orion-proxy

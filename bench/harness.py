@@ -179,7 +179,7 @@ def fill(template, values):
 
 def write_upstream_data(work):
     """OrionVM-shaped JSON from the examples the simulator uses."""
-    with open(os.path.join(ROOT, "src/sim/orionvm-v1-examples.json")) as f:
+    with open(os.path.join(ROOT, "crates/orion-sim/src/orionvm-v1-examples.json")) as f:
         ex = json.load(f)
     inst = ex["instance"]
     data = os.path.join(work, "data")

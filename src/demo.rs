@@ -2,7 +2,7 @@
 //! credentials for every demo role, printed for a person (or as one JSON line with `--json`).
 
 use crate::config::model::{ApiKeyConfig, Config, SecretRef};
-use crate::sim::{self, SimOptions};
+use orion_sim::{self as sim, SimOptions};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};

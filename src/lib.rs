@@ -1,7 +1,8 @@
 //! orion-proxy: an edge proxy on Pingora in front of OrionVM's v1 API.
 //!
 //! Each concern has its own module; `proxy` is the one `ProxyHttp` implementation that calls
-//! into them from its phases (DESIGN.md section 4).
+//! into them from its phases and the only code that writes to a client. The module map, who
+//! owns what state, and the request's path through the phases: `docs/ARCHITECTURE.md`.
 
 pub mod admin;
 pub mod auth;
@@ -17,7 +18,6 @@ pub mod request;
 pub mod routes;
 pub mod runtime;
 pub mod server;
-pub mod sim;
 pub mod store;
 pub mod upstream;
 pub mod validate;

@@ -119,10 +119,7 @@ fn main() -> ExitCode {
             println!(
                 "OrionVM simulator on http://{listen} (demo accounts: see `orion-proxy demo`)"
             );
-            match rt.block_on(orion_proxy::sim::run(
-                listen,
-                orion_proxy::sim::SimOptions::demo(),
-            )) {
+            match rt.block_on(orion_sim::run(listen, orion_sim::SimOptions::demo())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("simulator: {e}");

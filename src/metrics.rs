@@ -241,47 +241,48 @@ pub fn init(config_version: &str) {
     }
 }
 
-/// Starts reporting endpoint health (`orion_proxy_upstream_up`) from the live config, and
-/// declares the series of configured endpoints (breaker closed until the breaker says
+/// Declares the series of configured endpoints (breaker closed until the breaker says
 /// otherwise) and GET routes (coalesced and cached answers) at zero.
-pub fn watch_endpoints(state: std::sync::Arc<crate::runtime::SharedState>) {
-    let rt = state.current();
-    for account in rt.upstreams.accounts.values() {
-        for e in &account.endpoints {
-            if let Some(g) = BREAKER_STATE.as_ref() {
-                g.with_label_values(&[&*e.name]);
-            }
-            if let Some(c) = BREAKER_TRANSITIONS.as_ref() {
-                for to in ["open", "half_open", "closed"] {
-                    c.with_label_values(&[&*e.name, to]);
-                }
+pub fn declare_series<'a>(
+    endpoints: impl Iterator<Item = &'a str>,
+    get_routes: impl Iterator<Item = &'a str>,
+) {
+    for e in endpoints {
+        if let Some(g) = BREAKER_STATE.as_ref() {
+            g.with_label_values(&[e]);
+        }
+        if let Some(c) = BREAKER_TRANSITIONS.as_ref() {
+            for to in ["open", "half_open", "closed"] {
+                c.with_label_values(&[e, to]);
             }
         }
     }
-    // Coalescing and the cache serve GET routes: their series start at zero.
-    for r in rt
-        .routes
-        .routes()
-        .iter()
-        .filter(|r| r.method == http::Method::GET)
-    {
+    for r in get_routes {
         if let Some(c) = COALESCED.as_ref() {
-            c.with_label_values(&[&*r.name]);
+            c.with_label_values(&[r]);
         }
         if let Some(c) = CACHE.as_ref() {
             for result in ["hit", "miss"] {
-                c.with_label_values(&[&*r.name, result]);
+                c.with_label_values(&[r, result]);
             }
         }
     }
-    if let Ok(c) = EndpointHealth::new(std::sync::Arc::downgrade(&state)) {
+}
+
+/// Endpoint health at scrape time: `(account, endpoint, up)` for every configured endpoint.
+pub type HealthSource = Box<dyn Fn() -> Vec<(String, String, bool)> + Send + Sync>;
+
+/// Starts reporting endpoint health (`orion_proxy_upstream_up`), read from `source` at every
+/// scrape.
+pub fn register_endpoint_health(source: HealthSource) {
+    if let Ok(c) = EndpointHealth::new(source) {
         let _ = prometheus::register(Box::new(c));
     }
 }
 
 /// A collector that reads endpoint health at scrape time.
 struct EndpointHealth {
-    state: std::sync::Weak<crate::runtime::SharedState>,
+    source: HealthSource,
     desc: prometheus::core::Desc,
 }
 
@@ -290,14 +291,14 @@ impl EndpointHealth {
     const HELP: &'static str =
         "Whether an OrionVM endpoint answered its last health probe (1) or not (0)";
 
-    fn new(state: std::sync::Weak<crate::runtime::SharedState>) -> prometheus::Result<Self> {
+    fn new(source: HealthSource) -> prometheus::Result<Self> {
         let desc = prometheus::core::Desc::new(
             Self::NAME.into(),
             Self::HELP.into(),
             vec!["account".into(), "endpoint".into()],
             Default::default(),
         )?;
-        Ok(EndpointHealth { state, desc })
+        Ok(EndpointHealth { source, desc })
     }
 }
 
@@ -307,21 +308,15 @@ impl prometheus::core::Collector for EndpointHealth {
     }
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        let Some(state) = self.state.upgrade() else {
-            return Vec::new();
-        };
         let Ok(g) = IntGaugeVec::new(
             prometheus::Opts::new(Self::NAME, Self::HELP),
             &["account", "endpoint"],
         ) else {
             return Vec::new();
         };
-        let rt = state.current();
-        for (name, account) in &rt.upstreams.accounts {
-            for e in &account.endpoints {
-                g.with_label_values(&[name.as_str(), &*e.name])
-                    .set(i64::from(e.health.is_up()));
-            }
+        for (account, endpoint, up) in (self.source)() {
+            g.with_label_values(&[account.as_str(), endpoint.as_str()])
+                .set(i64::from(up));
         }
         prometheus::core::Collector::collect(&g)
     }

@@ -22,7 +22,7 @@ pub fn build(config_path: &Path) -> Result<(Server, Arc<SharedState>), Vec<Strin
     crate::metrics::init(&runtime.version);
     let server_cfg = runtime.config.server.clone();
     drop(runtime);
-    crate::metrics::watch_endpoints(state.clone());
+    crate::runtime::watch_metrics(&state);
 
     let conf = ServerConf {
         threads: server_cfg.threads,

@@ -1,4 +1,4 @@
-//! The one error body (DESIGN.md section 5).
+//! The one error body (`docs/ARCHITECTURE.md`, "Errors").
 //!
 //! Every concern has its own error type; each converts into [`ApiError`] here, and
 //! [`ApiError::render`] is the only place that turns an error into bytes. The body carries
@@ -6,6 +6,7 @@
 //! (`error`, `error_description`, `details`).
 
 pub mod observe;
+mod validate;
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
@@ -169,7 +170,14 @@ pub fn code_for_status(status: u16) -> (&'static str, &'static str) {
 /// OrionVM's `error`, `error_description` and `details` are kept for 4xx answers, because
 /// its clients act on them. For 5xx answers the text is replaced: upstream internals are
 /// not passed through verbatim.
+///
+/// OrionVM answering 401 means it refused the proxy's own credentials (the caller had already
+/// authenticated to the proxy): that is the proxy's failure, a 502 `upstream_auth_failed`. This
+/// is the one place that rule is written.
 pub fn from_upstream(status: u16, body: &[u8]) -> ApiError {
+    if status == 401 {
+        return upstream_auth_failed();
+    }
     let (default_code, title) = code_for_status(status);
     let parsed: Option<Map<String, Value>> =
         serde_json::from_slice::<Value>(body)
@@ -197,6 +205,24 @@ pub fn from_upstream(status: u16, body: &[u8]) -> ApiError {
         err.detail = format!("OrionVM answered {status}");
     }
     err
+}
+
+/// OrionVM refused the proxy's own credentials (after the one retry with a fresh token).
+pub fn upstream_auth_failed() -> ApiError {
+    ApiError::bad_gateway(
+        "upstream_auth_failed",
+        "OrionVM refused the proxy's credentials",
+    )
+}
+
+/// The status the caller sees for an OrionVM error status (401 becomes 502, see
+/// [`from_upstream`]).
+pub fn caller_status(upstream_status: u16) -> u16 {
+    if upstream_status == 401 {
+        502
+    } else {
+        upstream_status
+    }
 }
 
 /// OrionVM's error codes are a small known vocabulary; unknown codes keep the status' code so
@@ -283,6 +309,14 @@ mod tests {
         );
         assert!(!e.detail.contains("10.0.0.3"));
         assert_eq!(e.status, 500);
+    }
+
+    #[test]
+    fn upstream_401_is_the_proxys_failure() {
+        let e = from_upstream(401, br#"{"error":"invalid_token"}"#);
+        assert_eq!((e.status, e.code), (502, "upstream_auth_failed"));
+        assert_eq!(caller_status(401), 502);
+        assert_eq!(caller_status(404), 404);
     }
 
     #[test]

@@ -15,6 +15,8 @@ use std::time::Instant;
 pub struct Ctx {
     pub request_id: String,
     pub trace_id: String,
+    /// The TCP peer's address, computed once in `early_request_filter`.
+    pub client_ip: Option<std::net::IpAddr>,
     pub runtime: Option<Arc<Runtime>>,
     /// The normalised path.
     pub path: String,
@@ -58,6 +60,7 @@ impl Ctx {
         Ctx {
             request_id: String::new(),
             trace_id: String::new(),
+            client_ip: None,
             runtime: None,
             path: String::new(),
             route: None,
@@ -84,9 +87,25 @@ impl Ctx {
         }
     }
 
-    /// For the observe hooks: the log policy in force, the request as observe sees it, and
-    /// observe's record of the request brought up to date from this context. `None` before a
-    /// config was taken.
+    /// The read-only view of the request that concerns decide on.
+    pub fn view<'a>(&'a self, req: &'a pingora::http::RequestHeader) -> RequestView<'a> {
+        RequestView {
+            method: &req.method,
+            path: &self.path,
+            query: req.uri.query(),
+            headers: &req.headers,
+            route: self.route.as_ref(),
+            params: &self.params,
+            principal: self.principal.as_ref(),
+            tenant: self.tenant.as_ref(),
+            client_ip: self.client_ip,
+            request_id: &self.request_id,
+        }
+    }
+
+    /// For the observe hooks: the log policy in force, the request as observe sees it (the raw
+    /// path when it could not be normalised), and observe's record of the request brought up
+    /// to date from this context. `None` before a config was taken.
     pub fn observed<'a>(
         &'a mut self,
         session: &'a Session,
@@ -126,10 +145,7 @@ impl Ctx {
             params: &self.params,
             principal: self.principal.as_ref(),
             tenant: self.tenant.as_ref(),
-            client_ip: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
+            client_ip: self.client_ip,
             request_id: &self.request_id,
         };
         Some((log, view, obs))

@@ -53,18 +53,12 @@ pub async fn oauth_token(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
     let Some(rt) = ctx.runtime.clone() else {
         return respond::error(session, ctx, ApiError::internal("no configuration loaded")).await;
     };
-    let body =
-        match crate::validate::body::read_whole(session, crate::auth::token_endpoint::MAX_BODY)
-            .await
-        {
-            Ok(b) => b,
-            Err(e) => return respond::error(session, ctx, e.into()).await,
-        };
+    let body = match super::body::read_whole(session, crate::auth::token_endpoint::MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => return respond::error(session, ctx, e.into()).await,
+    };
     ctx.request_bytes = body.len();
-    let client_ip = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
+    let client_ip = ctx.client_ip;
     let outcome = crate::auth::token_endpoint::issue(
         &rt.auth,
         &rt.config.oauth,

@@ -1,6 +1,7 @@
 //! The one `ProxyHttp` implementation. Each phase stays short and calls into the module that
 //! owns the concern: routes, auth, validate, upstream, errors, observe.
 
+pub mod body;
 pub mod ctx;
 pub mod local;
 pub mod respond;
@@ -88,10 +89,7 @@ impl OrionProxy {
             RouteKind::Health | RouteKind::Ready | RouteKind::Openapi | RouteKind::OauthToken => {
                 // Routes without a principal: `limits.anonymous_policy`, per source address
                 // (the token endpoint also has its own brute-force limit in auth).
-                let ip = session
-                    .client_addr()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| a.ip());
+                let ip = ctx.client_ip;
                 return Ok(crate::limits::admit(ctx, &session.req_header().method, ip));
             }
             RouteKind::Mirror | RouteKind::Facade => {}
@@ -116,21 +114,27 @@ impl OrionProxy {
             )));
         };
         ctx.tenant = Some(tenant.clone());
-        let client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        let client_ip = ctx.client_ip;
         if let Some(err) = crate::limits::admit(ctx, &session.req_header().method, client_ip) {
             return Ok(Some(err));
         }
         let signs = tenant.account.credentials.signer().is_some();
-        match validate::read_request(session, &rt, &route, signs).await {
-            Ok(r) => {
-                ctx.request_bytes = r.received;
-                ctx.body = r.body;
-                ctx.validated = r.validated;
+        let method = &session.req_header().method;
+        if let validate::BodyPlan::Read { limit, json, rules } =
+            validate::plan(method, &route, &rt.body_rules, rt.max_body_bytes, signs)
+        {
+            let read = body::read_whole(session, limit)
+                .await
+                .map_err(validate::AdmitError::Body)
+                .and_then(|bytes| validate::finish(json, rules, bytes));
+            match read {
+                Ok(r) => {
+                    ctx.request_bytes = r.received;
+                    ctx.body = r.body;
+                    ctx.validated = r.validated;
+                }
+                Err(e) => return Ok(Some(e.into())),
             }
-            Err(e) => return Ok(Some(e.into())),
         }
         Ok(None)
     }
@@ -158,6 +162,7 @@ impl ProxyHttp for OrionProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        ctx.client_ip = client_ip;
         let trusted = request_id::is_trusted(client_ip, &rt.trusted_networks);
         let headers = &session.req_header().headers;
         let inbound_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
@@ -343,15 +348,8 @@ impl ProxyHttp for OrionProxy {
         if status >= 400 && declares_empty_body(upstream) {
             // No body task will follow, so the body filter could not replace it: answer the
             // error body from fail_to_proxy instead.
-            ctx.error = Some(if status == 401 {
-                ApiError::bad_gateway(
-                    "upstream_auth_failed",
-                    "OrionVM refused the proxy's credentials",
-                )
-            } else {
-                errors::from_upstream(status, b"")
-            });
-            let code = if status == 401 { 502 } else { status };
+            ctx.error = Some(errors::from_upstream(status, b""));
+            let code = errors::caller_status(status);
             return Err(Error::explain(
                 ErrorType::HTTPStatus(code),
                 "OrionVM answered an empty error",
@@ -394,10 +392,8 @@ impl ProxyHttp for OrionProxy {
             upstream.remove_header("content-encoding");
             upstream.insert_header("transfer-encoding", "chunked")?;
             upstream.insert_header("content-type", "application/json")?;
-            if status == 401 {
-                // The caller authenticated to the proxy; OrionVM refusing the proxy's own
-                // credentials is the proxy's failure, not the caller's.
-                upstream.set_status(502)?;
+            if errors::caller_status(status) != status {
+                upstream.set_status(errors::caller_status(status))?;
             }
             ctx.rewrite = Some(BytesMut::new());
         }
@@ -430,14 +426,7 @@ impl ProxyHttp for OrionProxy {
             }
             if end_of_stream {
                 let upstream_status = ctx.upstream_status.unwrap_or(502);
-                let err = if upstream_status == 401 {
-                    ApiError::bad_gateway(
-                        "upstream_auth_failed",
-                        "OrionVM refused the proxy's credentials",
-                    )
-                } else {
-                    errors::from_upstream(upstream_status, buf)
-                };
+                let err = errors::from_upstream(upstream_status, buf);
                 let rendered = err.render(&ctx.request_id);
                 ctx.response_bytes += rendered.len();
                 ctx.error = Some(err);
@@ -566,10 +555,7 @@ fn classify(e: &Error, ctx: &mut Ctx) -> ApiError {
             ctx.upstream_failure.get_or_insert("timeout");
             ApiError::gateway_timeout("OrionVM did not answer in time")
         }
-        (_, t) if *t == TOKEN_REJECTED => ApiError::bad_gateway(
-            "upstream_auth_failed",
-            "OrionVM refused the proxy's credentials",
-        ),
+        (_, t) if *t == TOKEN_REJECTED => errors::upstream_auth_failed(),
         (
             ErrorSource::Upstream,
             ErrorType::ConnectRefused
@@ -601,3 +587,6 @@ fn classify(e: &Error, ctx: &mut Ctx) -> ApiError {
         _ => ApiError::internal("the proxy failed to handle the request"),
     }
 }
+
+#[cfg(test)]
+mod tests;

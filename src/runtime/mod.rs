@@ -133,6 +133,40 @@ pub fn load(path: &Path, state: &State, previous: Option<&Runtime>) -> Result<St
     stage(model, &text, state, previous)
 }
 
+/// Declares the metric series of the live config and reports endpoint health at scrape time.
+pub fn watch_metrics(shared: &std::sync::Arc<SharedState>) {
+    let rt = shared.current();
+    let endpoints = rt
+        .upstreams
+        .accounts
+        .values()
+        .flat_map(|a| a.endpoints.iter().map(|e| &*e.name));
+    let get_routes = rt
+        .routes
+        .routes()
+        .iter()
+        .filter(|r| r.method == http::Method::GET)
+        .map(|r| &*r.name);
+    crate::metrics::declare_series(endpoints, get_routes);
+    let weak = std::sync::Arc::downgrade(shared);
+    crate::metrics::register_endpoint_health(Box::new(move || {
+        let Some(shared) = weak.upgrade() else {
+            return Vec::new();
+        };
+        let rt = shared.current();
+        rt.upstreams
+            .accounts
+            .iter()
+            .flat_map(|(name, account)| {
+                account
+                    .endpoints
+                    .iter()
+                    .map(|e| (name.clone(), e.name.to_string(), e.health.is_up()))
+            })
+            .collect()
+    }));
+}
+
 /// Validates a file without starting anything: `orion-proxy check`.
 pub fn check(path: &Path) -> Result<String, Vec<String>> {
     let state = State::memory();

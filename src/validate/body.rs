@@ -1,11 +1,5 @@
-//! Reading a request body whole in `request_filter`. The limit is checked as bytes arrive, so a
-//! body past it is refused without being read into memory; the limit never exceeds Pingora's
-//! 64 KiB replay buffer, which is what lets the proxy hand the bytes upstream (and again on a
-//! retry) from `request_body_filter`.
-
-use crate::errors::ApiError;
-use bytes::{Bytes, BytesMut};
-use pingora_proxy::Session;
+//! The body's own checks: its size limit (enforced by the proxy as bytes arrive, see
+//! `proxy::body`), JSON parsing with a nesting bound.
 
 #[derive(Debug)]
 pub enum BodyError {
@@ -15,61 +9,6 @@ pub enum BodyError {
     InvalidJson(String),
     /// The client went away or sent a broken body.
     Read,
-}
-
-impl From<BodyError> for ApiError {
-    fn from(e: BodyError) -> ApiError {
-        match e {
-            BodyError::TooLarge { limit } => ApiError::new(
-                413,
-                "payload_too_large",
-                "Request body too large",
-                format!("the request body is larger than {limit} bytes"),
-            ),
-            BodyError::InvalidJson(msg) => {
-                ApiError::new(400, "invalid_json", "Request body is not valid JSON", msg)
-            }
-            BodyError::Read => ApiError::new(
-                400,
-                "invalid_request",
-                "The request body could not be read",
-                "the request body was cut short or malformed",
-            ),
-        }
-    }
-}
-
-/// Reads the body whole, refusing it once it passes `limit` bytes.
-pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Bytes, BodyError> {
-    if let Some(len) = declared_length(session)
-        && len > limit
-    {
-        return Err(BodyError::TooLarge { limit });
-    }
-    session.enable_retry_buffering();
-    let mut buf = BytesMut::new();
-    loop {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => {
-                if buf.len() + chunk.len() > limit {
-                    return Err(BodyError::TooLarge { limit });
-                }
-                buf.extend_from_slice(&chunk);
-            }
-            Ok(None) => break,
-            Err(_) => return Err(BodyError::Read),
-        }
-    }
-    Ok(buf.freeze())
-}
-
-fn declared_length(session: &Session) -> Option<usize> {
-    session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<usize>().ok())
 }
 
 /// Maximum nesting of arrays and objects accepted in a JSON body.

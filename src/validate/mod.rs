@@ -12,7 +12,6 @@ pub mod rewrite;
 pub mod schema;
 
 use crate::config::model::{RouteConfig, ValidationConfig};
-use crate::errors::ApiError;
 use bytes::Bytes;
 use rewrite::Rewrite;
 use schema::{Compiler, Schema};
@@ -134,32 +133,11 @@ pub struct ValidationError {
     pub count: usize,
 }
 
-impl From<ValidationError> for ApiError {
-    fn from(e: ValidationError) -> ApiError {
-        let detail = if e.count > 1 {
-            format!("{} (and {} more)", e.first, e.count - 1)
-        } else {
-            e.first
-        };
-        ApiError::new(422, "validation_failed", "Request body is invalid", detail)
-            .with_details(e.details)
-    }
-}
-
 /// Why a body was refused: too large, unreadable or not JSON (413/400), or not valid (422).
 #[derive(Debug)]
 pub enum AdmitError {
     Body(body::BodyError),
     Invalid(ValidationError),
-}
-
-impl From<AdmitError> for ApiError {
-    fn from(e: AdmitError) -> ApiError {
-        match e {
-            AdmitError::Body(e) => e.into(),
-            AdmitError::Invalid(e) => e.into(),
-        }
-    }
 }
 
 /// A request body as `request_filter` leaves it.
@@ -173,35 +151,54 @@ pub struct ReadBody {
     pub validated: Option<Validated>,
 }
 
-/// The body step of `request_filter`. Methods with a body (POST, PUT, PATCH) on routes with
-/// JSON bodies (`json_body`, a schema or rewrite rules) are read whole within
-/// `server.max_body_bytes`, parsed, validated and rewritten; when the account signs its
-/// requests (`signs`), every body is read whole so that its digest can be signed. Anything
-/// else is left to stream through untouched.
-pub async fn read_request(
-    session: &mut pingora_proxy::Session,
-    rt: &crate::runtime::Runtime,
+/// What the body step of `request_filter` must do for a request: nothing (the body streams
+/// through untouched), or read it whole within `limit` bytes and then call [`finish`].
+#[derive(Debug, Clone, Copy)]
+pub enum BodyPlan<'a> {
+    Stream,
+    Read {
+        limit: usize,
+        /// The body is JSON: parse, validate and rewrite it.
+        json: bool,
+        rules: Option<&'a RouteBody>,
+    },
+}
+
+/// Methods with a body (POST, PUT, PATCH) on routes with JSON bodies (`json_body`, a schema or
+/// rewrite rules) are read whole within `server.max_body_bytes`, parsed, validated and
+/// rewritten; when the account signs its requests (`signs`), every body is read whole so that
+/// its digest can be signed. Anything else is left to stream through untouched.
+pub fn plan<'a>(
+    method: &http::Method,
     route: &crate::routes::Route,
+    rules: &'a BodyRules,
+    max_body_bytes: usize,
     signs: bool,
-) -> Result<ReadBody, AdmitError> {
+) -> BodyPlan<'a> {
     let has_body = matches!(
-        session.req_header().method,
+        *method,
         http::Method::POST | http::Method::PUT | http::Method::PATCH
     );
-    let rules = has_body.then(|| rt.body_rules.get(&route.name)).flatten();
+    let rules = has_body.then(|| rules.get(&route.name)).flatten();
     let json = has_body && (route.json_body || rules.is_some());
     if !json && !signs {
-        return Ok(ReadBody::default());
+        return BodyPlan::Stream;
     }
-    let bytes = body::read_whole(session, rt.max_body_bytes)
-        .await
-        .map_err(AdmitError::Body)?;
+    BodyPlan::Read {
+        limit: max_body_bytes,
+        json,
+        rules: rules.map(|r| &**r),
+    }
+}
+
+/// The body step after the proxy read the bytes of a [`BodyPlan::Read`].
+pub fn finish(json: bool, rules: Option<&RouteBody>, bytes: Bytes) -> Result<ReadBody, AdmitError> {
     let mut out = ReadBody {
         received: bytes.len(),
         ..Default::default()
     };
     if json {
-        let a = admit(rules.map(|r| &**r), &bytes)?;
+        let a = admit(rules, &bytes)?;
         out.body = a.body;
         out.validated = Some(a.validated);
     }
@@ -391,9 +388,6 @@ mod tests {
             assert!(d.contains_key(k), "{k} missing in {d:?}");
         }
         assert_eq!(d["memory"][0], "100 is less than the minimum of 512");
-        let api: ApiError = err.into();
-        assert_eq!(api.status, 422);
-        assert_eq!(api.code, "validation_failed");
     }
 
     #[test]

@@ -1,0 +1,34 @@
+//! The integration tests, in one binary: the OrionVM simulator in-process and the proxy binary
+//! as a child process, talking HTTP on loopback ports. One module per area; `harness` holds
+//! what they share.
+
+mod harness;
+
+mod bad_requests;
+mod body_pipeline;
+mod config_check;
+mod demo_and_readme;
+mod deploy_files;
+mod errors;
+mod facade_instances;
+mod facade_lifecycle;
+mod facade_lists;
+mod facade_readme;
+mod identity_demo;
+mod identity_jwt;
+mod identity_permissions;
+mod identity_tokens;
+mod limits_budget;
+mod limits_cache;
+mod limits_endpoints;
+mod limits_rate;
+mod mirror_lifecycle;
+mod observe_audit;
+mod observe_logs;
+mod observe_metrics;
+mod openapi_document;
+mod reload;
+mod secrets;
+mod signing_e2e;
+mod sim_contract;
+mod tls_upstream;
