@@ -3,32 +3,20 @@
 //! refused before it reaches OrionVM while the trail cannot be written, and with `open` it is
 //! served anyway.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 
 /// The mutation the tests repeat: idempotent, so it can be sent any number of times.
 const UPDATE: &str = "/api/v1/instances/{id}/context";
 
-/// The value of a series, written as the exposition names it (0 when absent).
+/// The value of an unlabelled series, or of the series with these labels (0 when absent).
 async fn metric(h: &Harness, name: &str) -> f64 {
-    let text = h
-        .http
-        .get(format!("{}/metrics", h.proxy.metrics_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| {
-            let (n, v) = l.split_once(' ')?;
-            (n == name).then(|| v.trim().parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
+    metric_with(h, name, &[]).await
+}
+
+async fn metric_with(h: &Harness, name: &str, labels: &[(&str, &str)]) -> f64 {
+    h.proxy.scrape().await.value(name, labels)
 }
 
 async fn wait_metric(h: &Harness, name: &str, want: f64) {
@@ -42,30 +30,12 @@ async fn wait_metric(h: &Harness, name: &str, want: f64) {
 
 /// Replaces the audit settings of the running config and reloads through the admin API.
 async fn reload_with_audit(h: &Harness, audit_yaml: &str) {
-    let text = std::fs::read_to_string(&h.proxy.config_path).unwrap();
-    let start = text.find("  audit: {").expect("audit line");
-    let end = start + text[start..].find('\n').unwrap();
-    let text = format!("{}  audit: {audit_yaml}{}", &text[..start], &text[end..]);
-    std::fs::write(&h.proxy.config_path, text).unwrap();
-    let r = h
-        .http
-        .post(format!("{}/admin/reload", h.proxy.admin_url))
-        .bearer_auth(h.key("admin"))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    assert_eq!(status, 200, "{}", r.text().await.unwrap());
-}
-
-async fn an_instance(h: &Harness) -> String {
-    let list: Value = h
-        .get(h.key("admin"), "/api/v1/instances")
-        .await
-        .json()
-        .await
-        .unwrap();
-    list[0]["id"].as_str().unwrap().to_string()
+    h.proxy.edit_config(|text| {
+        let start = text.find("  audit: {").expect("audit line");
+        let end = start + text[start..].find('\n').expect("end of line");
+        format!("{}  audit: {audit_yaml}{}", &text[..start], &text[end..])
+    });
+    h.reload_ok().await;
 }
 
 /// Sets the instance's context; returns the status, request id and body.
@@ -103,7 +73,7 @@ fn records_with(path: &std::path::Path, rid: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fsync_durability_flushes_each_batch_before_the_answer() {
     let h = Harness::start().await;
-    let id = an_instance(&h).await;
+    let id = h.first_instance(h.key("admin")).await;
     let audit = h.proxy.audit_log_path();
     // Buffered (the default): written before the answer, never flushed to the disk.
     let (status, rid, _) = update(&h, &id).await;
@@ -162,7 +132,7 @@ async fn fsync_durability_flushes_each_batch_before_the_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_refuses_mutations_while_the_trail_cannot_be_written_and_open_serves() {
     let h = Harness::start().await;
-    let id = an_instance(&h).await;
+    let id = h.first_instance(h.key("admin")).await;
     let trail_dir = h.proxy.dir.path().join("trail");
     std::fs::create_dir(&trail_dir).unwrap();
     let audit = trail_dir.join("audit.log");
@@ -217,7 +187,7 @@ async fn closed_refuses_mutations_while_the_trail_cannot_be_written_and_open_ser
     .await;
     break_trail();
     wait_metric(&h, "orion_proxy_audit_writable", 0.0).await;
-    let errors = |h| metric(h, "orion_proxy_audit_records_total{result=\"error\"}");
+    let errors = |h| metric_with(h, "orion_proxy_audit_records_total", &[("result", "error")]);
     let errors_before = errors(&h).await;
     let (status, _, body) = update(&h, &id).await;
     assert_eq!(status, 200, "{body}");
