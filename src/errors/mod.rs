@@ -5,7 +5,8 @@
 //! both the RFC 9457 members and the keys that OrionVM clients parse
 //! (`error`, `error_description`, `details`).
 
-pub mod observe;
+mod limits;
+mod observe;
 mod validate;
 
 use bytes::Bytes;

@@ -10,6 +10,7 @@ use crate::config::model::RouteKind;
 use crate::errors::{self, ApiError};
 use crate::metrics;
 use crate::observe::{self, request_id};
+use crate::request::{Decision, RequestView};
 use crate::routes::{Match, path};
 use crate::runtime::SharedState;
 use crate::validate;
@@ -89,8 +90,11 @@ impl OrionProxy {
             RouteKind::Health | RouteKind::Ready | RouteKind::Openapi | RouteKind::OauthToken => {
                 // Routes without a principal: `limits.anonymous_policy`, per source address
                 // (the token endpoint also has its own brute-force limit in auth).
-                let ip = ctx.client_ip;
-                return Ok(crate::limits::admit(ctx, &session.req_header().method, ip));
+                let (view, rl) = limits_view(session.req_header(), ctx);
+                return Ok(crate::limits::admit(&rt.limits, &view, rl)
+                    .await
+                    .err()
+                    .map(ApiError::from));
             }
             RouteKind::Mirror | RouteKind::Facade => {}
         }
@@ -114,9 +118,9 @@ impl OrionProxy {
             )));
         };
         ctx.tenant = Some(tenant.clone());
-        let client_ip = ctx.client_ip;
-        if let Some(err) = crate::limits::admit(ctx, &session.req_header().method, client_ip) {
-            return Ok(Some(err));
+        let (view, rl) = limits_view(session.req_header(), ctx);
+        if let Err(e) = crate::limits::admit(&rt.limits, &view, rl).await {
+            return Ok(Some(e.into()));
         }
         let signs = tenant.account.credentials.signer().is_some();
         let method = &session.req_header().method;
@@ -196,8 +200,23 @@ impl ProxyHttp for OrionProxy {
             respond::error(session, ctx, e.into()).await?;
             return Ok(true);
         }
-        if crate::limits::before_upstream(session, ctx).await? {
-            return Ok(true);
+        if let Some((limits, view, rl)) = limits_parts(session.req_header(), ctx) {
+            let decision = crate::limits::before_upstream(limits, &view, rl).await;
+            if let Some((status, elapsed)) = ctx.limits.upstream_answer.take() {
+                ctx.upstream_status = Some(status);
+                ctx.upstream_elapsed = Some(elapsed);
+            }
+            match decision {
+                Decision::Continue => {}
+                Decision::Reply(r) => {
+                    respond::json(session, ctx, r.status, r.body, &r.headers).await?;
+                    return Ok(true);
+                }
+                Decision::Fail(e) => {
+                    respond::error(session, ctx, e.into()).await?;
+                    return Ok(true);
+                }
+            }
         }
         match ctx.route.as_ref().map(|r| r.kind) {
             Some(RouteKind::Health) => {
@@ -384,7 +403,11 @@ impl ProxyHttp for OrionProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
-        crate::limits::response_headers(ctx, upstream)?;
+        if let Some(rt) = ctx.runtime.as_ref() {
+            for (name, value) in crate::limits::response_fields(&rt.limits, &ctx.limits) {
+                upstream.insert_header(name, value)?;
+            }
+        }
         let status = upstream.status.as_u16();
         if status >= 400 {
             // Every error reaches the caller in the one error body, whatever OrionVM sent.
@@ -417,7 +440,7 @@ impl ProxyHttp for OrionProxy {
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
         if end_of_stream {
-            crate::limits::upstream_done(ctx);
+            crate::limits::upstream_done(&mut ctx.limits);
         }
         if let Some(buf) = ctx.rewrite.as_mut() {
             if let Some(chunk) = body.take() {
@@ -530,7 +553,10 @@ impl ProxyHttp for OrionProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         metrics::in_flight(-1);
-        crate::limits::finish(ctx, &session.req_header().method);
+        crate::upstream::peer::finish_attempt(ctx);
+        if let Some((limits, view, _)) = limits_parts(session.req_header(), ctx) {
+            crate::limits::finish(limits, &view);
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
@@ -540,6 +566,65 @@ impl ProxyHttp for OrionProxy {
             observe::finish(log, &req, obs, status, error_type.as_deref()).await;
         }
     }
+}
+
+/// The concerns' view of the request, and the limits' part of the context beside it
+/// (borrowed apart, so a concern reads one while it writes the other).
+fn limits_view<'a>(
+    req: &'a RequestHeader,
+    ctx: &'a mut Ctx,
+) -> (RequestView<'a>, &'a mut crate::limits::RequestLimits) {
+    let (_, view, rl) = split(req, ctx);
+    (view, rl)
+}
+
+/// The runtime's limits (without cloning the runtime's `Arc` on the hot path), the view and
+/// the limits' part of the context; `None` without a runtime.
+fn limits_parts<'a>(
+    req: &'a RequestHeader,
+    ctx: &'a mut Ctx,
+) -> Option<(
+    &'a crate::limits::Limits,
+    RequestView<'a>,
+    &'a mut crate::limits::RequestLimits,
+)> {
+    let (rt, view, rl) = split(req, ctx);
+    Some((&rt?.limits, view, rl))
+}
+
+fn split<'a>(
+    req: &'a RequestHeader,
+    ctx: &'a mut Ctx,
+) -> (
+    Option<&'a crate::runtime::Runtime>,
+    RequestView<'a>,
+    &'a mut crate::limits::RequestLimits,
+) {
+    let Ctx {
+        client_ip,
+        runtime,
+        path,
+        route,
+        params,
+        principal,
+        tenant,
+        request_id,
+        limits,
+        ..
+    } = ctx;
+    let view = RequestView {
+        method: &req.method,
+        path: path.as_str(),
+        query: req.uri.query(),
+        headers: &req.headers,
+        route: route.as_ref(),
+        params: params.as_slice(),
+        principal: principal.as_ref(),
+        tenant: tenant.as_ref(),
+        client_ip: *client_ip,
+        request_id: request_id.as_str(),
+    };
+    (runtime.as_deref(), view, limits)
 }
 
 /// A transport failure as the error body: timeouts are 504, everything else toward OrionVM 502.

@@ -98,7 +98,7 @@ pub fn stage(
         .map_err(|e| errors.extend(e))
         .ok();
     let role_names: Vec<&str> = role_map.keys().map(String::as_str).collect();
-    let limits = crate::limits::Limits::build(&config, routes.as_ref(), &role_names)
+    let limits = crate::limits::Limits::build(&config, routes.as_ref(), &role_names, &state.limits)
         .map_err(|e| errors.extend(e))
         .ok();
 

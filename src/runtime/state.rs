@@ -27,7 +27,7 @@ impl State {
         State {
             auth: Default::default(),
             upstream: Default::default(),
-            limits: Default::default(),
+            limits: crate::limits::LimitsState::new(&stores),
             observe: crate::observe::ObserveState::new(stores.usage.clone()),
             facade: Default::default(),
             stores,

@@ -73,6 +73,12 @@ pub trait Counters: Send + Sync {
         window: Duration,
         key: &str,
     ) -> Result<WindowCount, StoreError>;
+
+    /// The in-process backend, when this is it: a hot-path caller may then count synchronously
+    /// (`MemoryCounters::window_of`) instead of through the async calls.
+    fn as_memory(&self) -> Option<&memory::MemoryCounters> {
+        None
+    }
 }
 
 /// A key-value store with expiry: idempotency keys, runtime-managed credentials.

@@ -7,7 +7,7 @@ use super::stats::Outcome;
 use bytes::Bytes;
 use std::time::Instant;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum CallError {
     Credentials(String),
     Connect,
