@@ -96,9 +96,9 @@ pub fn build(config_path: &Path) -> Result<(Server, Arc<SharedState>), Vec<Strin
 
 /// Runs the server until SIGTERM (graceful) or SIGINT (at once).
 pub fn run(config_path: &Path) -> Result<(), Vec<String>> {
-    let (server, _state) = build(config_path)?;
+    let (server, state) = build(config_path)?;
     server.run(RunArgs::default());
-    crate::observe::access::flush_all();
+    state.state.observe.flush_all();
     Ok(())
 }
 

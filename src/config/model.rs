@@ -331,6 +331,10 @@ pub struct AuditConfig {
     pub path: String,
     /// Size-based rotation of the audit file.
     pub rotate: RotateConfig,
+    /// How far a record has gone before the caller gets the last byte of the answer.
+    pub durability: AuditDurability,
+    /// What happens to a mutating call when the trail cannot take its record.
+    pub on_failure: AuditOnFailure,
 }
 
 impl Default for AuditConfig {
@@ -338,8 +342,35 @@ impl Default for AuditConfig {
         AuditConfig {
             path: "off".into(),
             rotate: RotateConfig::default(),
+            durability: AuditDurability::default(),
+            on_failure: AuditOnFailure::default(),
         }
     }
+}
+
+/// `logging.audit.durability`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditDurability {
+    /// The audit writer has handed the record to the kernel (it survives the proxy crashing,
+    /// not the machine losing power).
+    #[default]
+    Buffered,
+    /// The audit writer has also flushed the file to the disk (`fdatasync`), so the record
+    /// survives a power loss.
+    Fsync,
+}
+
+/// `logging.audit.on_failure`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOnFailure {
+    /// Serve the call anyway; the lost record is logged and counted.
+    #[default]
+    Open,
+    /// Refuse mutating calls with 503 `audit_unavailable`, before they reach OrionVM, while the
+    /// trail cannot be written.
+    Closed,
 }
 
 /// One route: a method and a path template, what serves it and what it needs.

@@ -8,6 +8,7 @@
 mod auth;
 pub mod facade;
 mod limits;
+mod observe;
 pub mod upstream;
 mod validate;
 

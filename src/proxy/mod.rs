@@ -202,6 +202,15 @@ impl ProxyHttp for OrionProxy {
             respond::error(session, ctx, err).await?;
             return Ok(true);
         }
+        // With `logging.audit.on_failure: closed`, no mutating call goes on unaudited.
+        let refused = ctx
+            .runtime
+            .as_ref()
+            .and_then(|rt| observe::audit_ready(&rt.log, &session.req_header().method).err());
+        if let Some(e) = refused {
+            respond::error(session, ctx, e.into()).await?;
+            return Ok(true);
+        }
         if let Some((limits, view, rl)) = limits_parts(session.req_header(), ctx) {
             let decision = crate::limits::before_upstream(limits, &view, rl).await;
             if let Some((status, elapsed)) = ctx.limits.upstream_answer.take() {
@@ -374,7 +383,15 @@ impl ProxyHttp for OrionProxy {
             }
             ctx.rewrite = Some(BytesMut::new());
         }
-        observe::on_response_header(session, ctx, upstream);
+        if let Some((log, req, obs)) = ctx.observed(session) {
+            observe::on_response_header(
+                log,
+                &req,
+                obs,
+                upstream.status.as_u16(),
+                &upstream.headers,
+            );
+        }
         Ok(())
     }
 
@@ -405,7 +422,9 @@ impl ProxyHttp for OrionProxy {
         } else if let Some(b) = body {
             ctx.response_bytes += b.len();
         }
-        observe::on_response_body(session, ctx, body.as_ref(), end_of_stream);
+        if let Some((log, req, obs)) = ctx.observed(session) {
+            observe::on_response_body(log, &req, obs, body.as_ref(), end_of_stream);
+        }
         Ok(None)
     }
 
@@ -493,7 +512,14 @@ impl ProxyHttp for OrionProxy {
         if let Some((limits, view, _)) = limits_parts(session.req_header(), ctx) {
             crate::limits::finish(limits, &view);
         }
-        observe::finish(session, ctx, e);
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let error_type = e.map(|e| format!("{:?}", e.etype()));
+        if let Some((log, req, obs)) = ctx.observed(session) {
+            observe::finish(log, &req, obs, status, error_type.as_deref()).await;
+        }
     }
 }
 

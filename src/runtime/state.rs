@@ -28,7 +28,7 @@ impl State {
             auth: Default::default(),
             upstream: Default::default(),
             limits: crate::limits::LimitsState::new(&stores),
-            observe: Default::default(),
+            observe: crate::observe::ObserveState::new(stores.usage.clone()),
             facade: Default::default(),
             stores,
         }

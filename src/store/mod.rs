@@ -7,6 +7,9 @@
 
 pub mod memory;
 pub mod tasks;
+pub mod usage;
+
+pub use usage::UsageStore;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -103,6 +106,7 @@ pub struct Stores {
     pub kv: Arc<dyn KvStore>,
     /// The facade's tasks (`tasks::TaskStore`).
     pub tasks: Arc<dyn tasks::TaskStore>,
+    pub usage: Arc<dyn UsageStore>,
 }
 
 impl Stores {
@@ -112,6 +116,7 @@ impl Stores {
             counters: Arc::new(memory::MemoryCounters::default()),
             kv: Arc::new(memory::MemoryKv::new(memory::DEFAULT_KV_ENTRIES)),
             tasks: Arc::new(tasks::MemoryTasks::default()),
+            usage: Arc::new(usage::MemoryUsage::default()),
         }
     }
 }
