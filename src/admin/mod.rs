@@ -4,6 +4,7 @@
 
 use crate::errors::ApiError;
 use crate::observe::request_id;
+use crate::routes::RouteError;
 use crate::runtime::SharedState;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -53,14 +54,8 @@ impl AdminApp {
                 "the admin API needs the admin role",
             ));
         }
-        let path = crate::routes::path::normalize(req.uri.path()).map_err(|e| {
-            ApiError::new(
-                400,
-                "invalid_path",
-                "The request path is invalid",
-                e.to_string(),
-            )
-        })?;
+        let path = crate::routes::path::normalize(req.uri.path())
+            .map_err(|e| ApiError::from(RouteError::InvalidPath(e)))?;
         let method = req.method.clone();
         let query = req.uri.query().map(str::to_string);
         match (method.as_str(), path.as_str()) {
@@ -110,10 +105,10 @@ impl AdminApp {
                     }
                 }
             }
-            (_, p) if p.starts_with("/admin/") || p == "/admin" => {
-                Err(ApiError::not_found_route(p))
+            (_, p) => Err(RouteError::NotFound {
+                path: p.to_string(),
             }
-            (_, p) => Err(ApiError::not_found_route(p)),
+            .into()),
         }
     }
 }

@@ -9,6 +9,7 @@ mod auth;
 pub mod facade;
 mod limits;
 mod observe;
+mod routes;
 pub mod upstream;
 mod validate;
 
@@ -105,24 +106,6 @@ impl ApiError {
     }
 
     // Errors that several concerns share.
-
-    pub fn not_found_route(path: &str) -> Self {
-        ApiError::new(
-            404,
-            "not_found",
-            "No route matches",
-            format!("no route for {path}"),
-        )
-    }
-
-    pub fn method_not_allowed(method: &str, path: &str) -> Self {
-        ApiError::new(
-            405,
-            "method_not_allowed",
-            "Method not allowed",
-            format!("{method} is not allowed on {path}"),
-        )
-    }
 
     pub fn internal(detail: impl Into<String>) -> Self {
         ApiError::new(500, "internal_error", "Internal proxy error", detail)

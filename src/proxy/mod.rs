@@ -11,8 +11,8 @@ use crate::errors::{self, ApiError};
 use crate::metrics;
 use crate::observe::{self, request_id};
 use crate::request::{Decision, RequestView};
-use crate::routes::{Match, path};
-use crate::runtime::SharedState;
+use crate::routes::{self, Route, RouteError};
+use crate::runtime::{Runtime, SharedState};
 use crate::upstream::{Failure, UpstreamError};
 use crate::validate;
 use async_trait::async_trait;
@@ -46,58 +46,18 @@ impl OrionProxy {
         let Some(rt) = ctx.runtime.clone() else {
             return Ok(Some(ApiError::internal("no configuration loaded")));
         };
-        let req = session.req_header();
-        let normalised = match path::normalize(req.uri.path()) {
-            Ok(p) => p,
-            Err(e) => {
-                return Ok(Some(ApiError::new(
-                    400,
-                    "invalid_path",
-                    "The request path is invalid",
-                    e.to_string(),
-                )));
-            }
+        let route = match resolve_route(session.req_header(), &rt, ctx) {
+            Ok(route) => route,
+            Err(e) => return Ok(Some(e.into())),
         };
-        let header_bytes: usize = req
-            .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 4)
-            .sum();
-        if header_bytes > rt.config.server.max_header_bytes {
-            return Ok(Some(ApiError::new(
-                431,
-                "headers_too_large",
-                "Request headers too large",
-                format!(
-                    "the request headers exceed {} bytes",
-                    rt.config.server.max_header_bytes
-                ),
-            )));
-        }
-        ctx.path = normalised;
-        let (route, params) = match rt.routes.find(&req.method, &ctx.path) {
-            Match::Found(route, params) => (route.clone(), params),
-            Match::WrongMethod => {
-                return Ok(Some(ApiError::method_not_allowed(
-                    req.method.as_str(),
-                    &ctx.path,
-                )));
-            }
-            Match::NotFound => return Ok(Some(ApiError::not_found_route(&ctx.path))),
-        };
-        ctx.route = Some(route.clone());
-        ctx.params = params;
-        match route.kind {
-            RouteKind::Health | RouteKind::Ready | RouteKind::Openapi | RouteKind::OauthToken => {
-                // Routes without a principal: `limits.anonymous_policy`, per source address
-                // (the token endpoint also has its own brute-force limit in auth).
-                let (view, rl) = limits_view(session.req_header(), ctx);
-                return Ok(crate::limits::admit(&rt.limits, &view, rl)
-                    .await
-                    .err()
-                    .map(ApiError::from));
-            }
-            RouteKind::Mirror | RouteKind::Facade => {}
+        if !route.needs_principal() {
+            // Routes without a principal: `limits.anonymous_policy`, per source address
+            // (the token endpoint also has its own brute-force limit in auth).
+            let (view, rl) = limits_view(session.req_header(), ctx);
+            return Ok(crate::limits::admit(&rt.limits, &view, rl)
+                .await
+                .err()
+                .map(ApiError::from));
         }
         let principal = match rt.auth.authenticate(&session.req_header().headers).await {
             Ok(p) => p,
@@ -142,6 +102,31 @@ impl OrionProxy {
             }
         }
         Ok(None)
+    }
+}
+
+/// The routing step (`crate::routes::resolve`): keeps the normalised path, the route and its
+/// parameters in the context. A refusal after normalisation still leaves the normalised path
+/// for the logs.
+fn resolve_route(
+    req: &RequestHeader,
+    rt: &Runtime,
+    ctx: &mut Ctx,
+) -> std::result::Result<Arc<Route>, RouteError> {
+    let max = rt.config.server.max_header_bytes;
+    match routes::resolve(&rt.routes, &req.method, req.uri.path(), &req.headers, max) {
+        Ok(r) => {
+            ctx.path = r.path;
+            ctx.route = Some(r.route.clone());
+            ctx.params = r.params;
+            Ok(r.route)
+        }
+        Err(e) => {
+            if let Some(path) = e.path() {
+                ctx.path = path.to_string();
+            }
+            Err(e)
+        }
     }
 }
 

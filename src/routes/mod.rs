@@ -4,8 +4,10 @@
 
 pub mod handler;
 pub mod path;
+mod resolve;
 
 pub use handler::Handler;
+pub use resolve::{Resolved, RouteError, header_bytes, resolve};
 
 use crate::auth::permissions::{PermissionId, PermissionRegistry};
 use crate::config::model::{RouteConfig, RouteKind};
@@ -27,6 +29,19 @@ pub struct Route {
     pub list: bool,
     /// The JSON Schema its body must match (`validate`), by the name the config gives.
     pub schema: Option<Arc<str>>,
+}
+
+impl Route {
+    /// Whether the caller must authenticate: every route but liveness, readiness, the API
+    /// document and the token endpoint (those are limited per source address instead).
+    pub fn needs_principal(&self) -> bool {
+        match self.kind {
+            RouteKind::Health | RouteKind::Ready | RouteKind::Openapi | RouteKind::OauthToken => {
+                false
+            }
+            RouteKind::Mirror | RouteKind::Facade => true,
+        }
+    }
 }
 
 pub enum Match<'a> {
