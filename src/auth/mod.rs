@@ -49,7 +49,7 @@ use principal::Principal;
 use std::sync::Arc;
 
 /// Why authentication or authorization failed. `reason()` feeds logs and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum AuthError {
     Missing,
     Malformed(&'static str),
@@ -60,8 +60,11 @@ pub enum AuthError {
         reason: &'static str,
         detail: &'static str,
     },
+    /// The caller authenticated but lacks the route's permission; `principal` is who they are
+    /// (the access log, the audit trail and usage name them).
     Forbidden {
         permission: Arc<str>,
+        principal: Arc<Principal>,
     },
 }
 
@@ -74,6 +77,14 @@ impl AuthError {
             AuthError::DisabledKey => "disabled_key",
             AuthError::Token { reason, .. } => reason,
             AuthError::Forbidden { .. } => "forbidden",
+        }
+    }
+
+    /// Who was refused, when they authenticated (a refusal for a missing permission).
+    pub fn principal(&self) -> Option<&Arc<Principal>> {
+        match self {
+            AuthError::Forbidden { principal, .. } => Some(principal),
+            _ => None,
         }
     }
 }
@@ -191,19 +202,36 @@ impl Auth {
         }
     }
 
-    /// Checks a principal against the permission a route needs.
-    pub fn authorize(
+    /// The caller of a route that needs a principal: authenticated from its headers and
+    /// authorized for the route's permission (`needed`). A refusal is counted in
+    /// `orion_proxy_auth_failures_total` here, by its [`AuthError::reason`].
+    pub async fn admit(
         &self,
-        principal: &Principal,
+        headers: &http::HeaderMap,
         needed: Option<&(PermissionId, Arc<str>)>,
-    ) -> Result<(), AuthError> {
-        match needed {
-            None => Ok(()),
-            Some((id, _)) if principal.permissions.contains(*id) => Ok(()),
-            Some((_, name)) => Err(AuthError::Forbidden {
-                permission: name.clone(),
-            }),
+    ) -> Result<Arc<Principal>, AuthError> {
+        let admitted = match self.authenticate(headers).await {
+            Ok(principal) => authorize(principal, needed),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &admitted {
+            crate::metrics::auth_failure(e.reason());
         }
+        admitted
+    }
+}
+
+/// Checks a principal against the permission a route needs.
+fn authorize(
+    principal: Arc<Principal>,
+    needed: Option<&(PermissionId, Arc<str>)>,
+) -> Result<Arc<Principal>, AuthError> {
+    match needed {
+        Some((id, name)) if !principal.permissions.contains(*id) => Err(AuthError::Forbidden {
+            permission: name.clone(),
+            principal,
+        }),
+        _ => Ok(principal),
     }
 }
 
@@ -338,6 +366,69 @@ mod tests {
         h
     }
 
+    /// An `Auth` with one enabled API key (role `viewer`: every `*:read` permission) and one
+    /// disabled key, both of tenant `acme`; the permissions `instances:read` and
+    /// `instances:delete`.
+    fn auth_with_keys(
+        viewer: &str,
+        disabled: &str,
+    ) -> (Auth, (PermissionId, Arc<str>), (PermissionId, Arc<str>)) {
+        let hash = |k: &str| hex::encode(api_keys::hash_key(k));
+        let yaml = format!(
+            "accounts:\n  a:\n    endpoints: [{{url: \"http://127.0.0.1:9\"}}]\n    \
+             credentials: {{type: static_token, token: {{env: UNUSED}}}}\n\
+             tenants:\n  acme: {{account: a}}\n\
+             api_keys:\n  - {{name: v, hash: \"sha256:{}\", roles: [viewer], tenant: acme}}\n  \
+             - {{name: d, hash: \"sha256:{}\", roles: [viewer], tenant: acme, enabled: false}}\n",
+            hash(viewer),
+            hash(disabled),
+        );
+        let config = crate::config::parse(&yaml).unwrap();
+        let mut reg = permissions::PermissionRegistry::default();
+        let read = reg.intern("instances:read").unwrap();
+        let delete = reg.intern("instances:delete").unwrap();
+        let mut r = std::collections::BTreeMap::new();
+        r.insert("viewer".to_string(), vec!["*:read".to_string()]);
+        let roles = Roles::build(&r, &reg).unwrap();
+        let auth = Auth::build(&config, roles, &AuthState::default()).unwrap();
+        (
+            auth,
+            (read, "instances:read".into()),
+            (delete, "instances:delete".into()),
+        )
+    }
+
+    #[tokio::test]
+    async fn admit_authenticates_then_authorizes_in_one_call() {
+        let (viewer, disabled) = (api_keys::generate(), api_keys::generate());
+        let (auth, read, delete) = auth_with_keys(&viewer, &disabled);
+        let bearer = |k: &str| headers(&[("authorization", &format!("Bearer {k}"))]);
+        let p = auth.admit(&bearer(&viewer), Some(&read)).await.unwrap();
+        assert_eq!((&*p.id, &*p.tenant), ("key:v", "acme"));
+        // A route without a permission takes any authenticated caller.
+        assert!(auth.admit(&bearer(&viewer), None).await.is_ok());
+        // A refused permission names it, and who was refused.
+        let e = auth
+            .admit(&bearer(&viewer), Some(&delete))
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "forbidden");
+        assert!(
+            matches!(&e, AuthError::Forbidden { permission, .. } if &**permission == "instances:delete")
+        );
+        assert_eq!(e.principal().map(|p| &*p.id), Some("key:v"));
+        // Refused before authorization: no principal.
+        let e = auth.admit(&headers(&[]), Some(&read)).await.unwrap_err();
+        assert_eq!((e.reason(), e.principal().is_none()), ("missing", true));
+        let e = auth.admit(&bearer(&disabled), None).await.unwrap_err();
+        assert_eq!(e.reason(), "disabled_key");
+        let e = auth
+            .admit(&bearer(&api_keys::generate()), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "unknown_key");
+    }
+
     #[test]
     fn credential_sources() {
         assert_eq!(
@@ -352,10 +443,10 @@ mod tests {
             credential_from(&headers(&[("x-api-key", "k1")])).unwrap(),
             "k1"
         );
-        assert_eq!(
+        assert!(matches!(
             credential_from(&headers(&[])).unwrap_err(),
             AuthError::Missing
-        );
+        ));
         assert!(credential_from(&headers(&[("authorization", "Basic abc")])).is_err());
         assert!(credential_from(&headers(&[("authorization", "Bearer")])).is_err());
         assert!(

@@ -32,7 +32,7 @@ impl From<AuthError> for ApiError {
                 ApiError::new(401, "invalid_token", "Invalid credentials", detail)
                     .with_header("www-authenticate", CHALLENGE)
             }
-            AuthError::Forbidden { permission } => ApiError::new(
+            AuthError::Forbidden { permission, .. } => ApiError::new(
                 403,
                 "forbidden",
                 "Forbidden",
@@ -137,8 +137,15 @@ mod tests {
         let api = ApiError::from(AuthError::Missing);
         assert_eq!((api.status, api.code), (401, "unauthorized"));
         assert!(api.headers.iter().any(|(k, _)| *k == "www-authenticate"));
+        let principal = crate::auth::api_keys::principal_for_key(
+            "v",
+            &["viewer".to_string()],
+            "acme",
+            Default::default(),
+        );
         let api = ApiError::from(AuthError::Forbidden {
             permission: "instances:delete".into(),
+            principal: std::sync::Arc::new(principal),
         });
         assert_eq!((api.status, api.code), (403, "forbidden"));
         assert_eq!(api.details["permission"][0], "instances:delete");

@@ -59,20 +59,17 @@ impl OrionProxy {
                 .err()
                 .map(ApiError::from));
         }
-        let principal = match rt.auth.authenticate(&session.req_header().headers).await {
+        let headers = &session.req_header().headers;
+        let principal = match rt.auth.admit(headers, route.permission.as_ref()).await {
             Ok(p) => p,
             Err(e) => {
+                // For the logs: why, and who (when they authenticated).
                 ctx.auth_failure = Some(e.reason());
-                metrics::auth_failure(e.reason());
+                ctx.principal = e.principal().cloned();
                 return Ok(Some(e.into()));
             }
         };
         ctx.principal = Some(principal.clone());
-        if let Err(e) = rt.auth.authorize(&principal, route.permission.as_ref()) {
-            ctx.auth_failure = Some(e.reason());
-            metrics::auth_failure(e.reason());
-            return Ok(Some(e.into()));
-        }
         let Some(tenant) = rt.upstreams.tenants.get(&*principal.tenant) else {
             return Ok(Some(ApiError::internal(
                 "the caller's tenant is not configured",
