@@ -33,6 +33,9 @@ impl From<UpstreamError> for ApiError {
                 "The request is invalid",
                 "the request URI cannot be rebuilt",
             ),
+            UpstreamError::UnknownTenant { .. } => {
+                ApiError::internal("the caller's tenant is not configured")
+            }
             UpstreamError::Internal(m) => ApiError::internal(m),
         }
     }
@@ -86,6 +89,12 @@ mod tests {
         assert_eq!((creds.status, creds.code), (502, "upstream_auth_failed"));
         let refused: ApiError = CallError::Refused(UpstreamError::Open { retry_after: 3 }).into();
         assert_eq!((refused.status, refused.retry_after), (503, Some(3)));
+        let tenant: ApiError = UpstreamError::UnknownTenant {
+            tenant: "gone".into(),
+        }
+        .into();
+        assert_eq!((tenant.status, tenant.code), (500, "internal_error"));
+        assert_eq!(tenant.detail, "the caller's tenant is not configured");
         let big: ApiError = CallError::TooLarge { limit: 4096 }.into();
         assert_eq!((big.status, big.code), (502, "upstream_response_too_large"));
         assert!(big.detail.contains("4096"));

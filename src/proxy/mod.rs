@@ -70,10 +70,9 @@ impl OrionProxy {
             }
         };
         ctx.principal = Some(principal.clone());
-        let Some(tenant) = rt.upstreams.tenants.get(&*principal.tenant) else {
-            return Ok(Some(ApiError::internal(
-                "the caller's tenant is not configured",
-            )));
+        let tenant = match rt.upstreams.tenant_for(&principal) {
+            Ok(t) => t,
+            Err(e) => return Ok(Some(e.into())),
         };
         ctx.tenant = Some(tenant.clone());
         let (view, rl) = limits_view(session.req_header(), ctx);

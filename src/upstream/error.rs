@@ -17,6 +17,9 @@ pub enum UpstreamError {
     Credentials(String),
     /// The request target cannot be rebuilt for OrionVM (400).
     BadTarget,
+    /// The caller's tenant has no OrionVM account in the config in force: the config checks
+    /// make this impossible, so it is a proxy bug (500).
+    UnknownTenant { tenant: std::sync::Arc<str> },
     /// The request could not be prepared for OrionVM (a header or signature could not be
     /// built) or the proxy lost track of the call (no tenant, no endpoint): a proxy bug (500).
     Internal(String),
@@ -37,6 +40,9 @@ impl std::fmt::Display for UpstreamError {
             }
             UpstreamError::Credentials(m) => write!(f, "OrionVM credentials unavailable: {m}"),
             UpstreamError::BadTarget => f.write_str("the request URI cannot be rebuilt"),
+            UpstreamError::UnknownTenant { tenant } => {
+                write!(f, "tenant '{tenant}' is not configured")
+            }
             UpstreamError::Internal(m) => write!(f, "upstream call failed: {m}"),
         }
     }

@@ -24,6 +24,7 @@ pub use error::{Failure, UpstreamError};
 pub use peer::AttemptState;
 pub use rewrite::{Outbound, rewrite_request};
 
+use crate::auth::principal::Principal;
 use crate::config::model::{AccountConfig, Config, CredentialsConfig};
 use breaker::Ticket;
 use budget::{Budget, BudgetState};
@@ -301,6 +302,16 @@ impl Upstreams {
         } else {
             Err(errors)
         }
+    }
+
+    /// The tenant (and so the OrionVM account) a caller's requests go out under.
+    pub fn tenant_for(&self, principal: &Principal) -> Result<Arc<Tenant>, UpstreamError> {
+        self.tenants
+            .get(&*principal.tenant)
+            .cloned()
+            .ok_or_else(|| UpstreamError::UnknownTenant {
+                tenant: principal.tenant.clone(),
+            })
     }
 
     /// Registers this config's pools, credentials, endpoint records and semaphores in the state
@@ -693,6 +704,25 @@ mod tests {
 
     fn semaphores(state: &UpstreamState) -> usize {
         state.budget.semaphores_len()
+    }
+
+    #[test]
+    fn a_callers_tenant_or_the_refusal_naming_it() {
+        let state = UpstreamState::default();
+        let config = testing::config(&testing::urls(1), NO_CHECKS, "");
+        let built = Upstreams::build(&config, &state).unwrap();
+        let who = |tenant: &str| {
+            crate::auth::api_keys::principal_for_key("k", &[], tenant, Default::default())
+        };
+        let t = built.tenant_for(&who("t")).unwrap();
+        assert_eq!(&*t.name, "t");
+        assert!(Arc::ptr_eq(&t.account, &built.accounts["a"]));
+        assert_eq!(
+            built.tenant_for(&who("gone")).err(),
+            Some(UpstreamError::UnknownTenant {
+                tenant: "gone".into()
+            })
+        );
     }
 
     #[test]
