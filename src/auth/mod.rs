@@ -366,13 +366,13 @@ mod tests {
         h
     }
 
+    /// A route's permission, as `Auth::admit` takes it.
+    type Needed = (PermissionId, Arc<str>);
+
     /// An `Auth` with one enabled API key (role `viewer`: every `*:read` permission) and one
     /// disabled key, both of tenant `acme`; the permissions `instances:read` and
     /// `instances:delete`.
-    fn auth_with_keys(
-        viewer: &str,
-        disabled: &str,
-    ) -> (Auth, (PermissionId, Arc<str>), (PermissionId, Arc<str>)) {
+    fn auth_with_keys(viewer: &str, disabled: &str) -> (Auth, Needed, Needed) {
         let hash = |k: &str| hex::encode(api_keys::hash_key(k));
         let yaml = format!(
             "accounts:\n  a:\n    endpoints: [{{url: \"http://127.0.0.1:9\"}}]\n    \
