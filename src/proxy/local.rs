@@ -3,13 +3,28 @@
 
 use super::ctx::Ctx;
 use super::respond;
+use crate::config::model::RouteKind;
 use crate::errors::ApiError;
-use crate::request::Decision;
-use crate::runtime::{Runtime, State};
+use crate::runtime::State;
 use bytes::Bytes;
 use pingora::prelude::*;
 use pingora_proxy::Session;
 use serde_json::json;
+
+/// The routes the proxy answers itself, by the kind of the request's route. `Ok(false)`: not
+/// answered here, the request goes on to OrionVM.
+pub async fn answer(session: &mut Session, ctx: &mut Ctx, state: &State) -> Result<bool> {
+    match ctx.route.as_ref().map(|r| r.kind) {
+        Some(RouteKind::Health) => health(session, ctx).await.map(|()| true),
+        Some(RouteKind::Ready) => ready(session, ctx).await.map(|()| true),
+        Some(RouteKind::OauthToken) => oauth_token(session, ctx, state).await.map(|()| true),
+        // The facade, the API document, and mirror lists asked to page, filter or sort.
+        Some(RouteKind::Facade | RouteKind::Openapi | RouteKind::Mirror) => {
+            facade(session, ctx, state).await
+        }
+        None => Ok(false),
+    }
+}
 
 pub async fn health(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
     respond::json(
@@ -24,7 +39,10 @@ pub async fn health(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
 
 /// Ready when the config is loaded and every account has an endpoint that answered the
 /// last probe.
-pub async fn ready(session: &mut Session, ctx: &mut Ctx, rt: &Runtime) -> Result<()> {
+pub async fn ready(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+    let Some(rt) = ctx.runtime.clone() else {
+        return respond::error(session, ctx, ApiError::internal("no configuration loaded")).await;
+    };
     let mut accounts = serde_json::Map::new();
     let mut all_ready = true;
     for (name, account) in &rt.upstreams.accounts {
@@ -102,15 +120,5 @@ pub async fn facade(session: &mut Session, ctx: &mut Ctx, state: &State) -> Resu
         };
         crate::facade::answer(view, body, &env).await
     };
-    match decision {
-        Decision::Continue => Ok(false),
-        Decision::Reply(r) => {
-            respond::json(session, ctx, r.status, r.body, &r.headers).await?;
-            Ok(true)
-        }
-        Decision::Fail(e) => {
-            respond::error(session, ctx, e.into()).await?;
-            Ok(true)
-        }
-    }
+    respond::decision(session, ctx, decision).await
 }

@@ -1,20 +1,22 @@
 //! The one `ProxyHttp` implementation. Each phase stays short and calls into the module that
-//! owns the concern: routes, auth, validate, upstream, errors, observe.
+//! owns the concern: routes, auth, limits, validate, upstream, facade, errors, observe
+//! (`docs/ARCHITECTURE.md`, section 3). `admit` is `request_filter`'s sequence of decisions,
+//! `local` the routes the proxy answers itself, `failure` how a failed request is answered,
+//! `respond` the only code that writes an answer.
 
+mod admit;
 pub mod body;
 pub mod ctx;
+mod failure;
 pub mod local;
 pub mod respond;
 
-use crate::config::model::RouteKind;
 use crate::errors::{self, ApiError};
 use crate::metrics;
 use crate::observe::{self, request_id};
-use crate::request::{Decision, RequestView};
-use crate::routes::{self, Route, RouteError};
-use crate::runtime::{Runtime, SharedState};
-use crate::upstream::{Failure, UpstreamError};
-use crate::validate;
+use crate::request::RequestView;
+use crate::runtime::SharedState;
+use crate::upstream::UpstreamError;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use ctx::Ctx;
@@ -25,9 +27,6 @@ use pingora::{ErrorSource, ErrorType};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
 
-/// Raised from `upstream_response_filter` when OrionVM refuses the proxy's own token, so that
-/// Pingora retries the request once with a fresh one.
-const TOKEN_REJECTED: ErrorType = ErrorType::Custom("upstream_token_rejected");
 /// Largest upstream error body buffered for normalisation.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
@@ -39,91 +38,6 @@ impl OrionProxy {
     pub fn new(state: Arc<SharedState>) -> Self {
         OrionProxy { state }
     }
-
-    /// Everything before the upstream: path, route, identity, permission, body.
-    /// `Ok(None)` means go upstream; `Ok(Some(err))` answer with that error.
-    async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Option<ApiError>> {
-        let Some(rt) = ctx.runtime.clone() else {
-            return Ok(Some(ApiError::internal("no configuration loaded")));
-        };
-        let route = match resolve_route(session.req_header(), &rt, ctx) {
-            Ok(route) => route,
-            Err(e) => return Ok(Some(e.into())),
-        };
-        if !route.needs_principal() {
-            // Routes without a principal: `limits.anonymous_policy`, per source address
-            // (the token endpoint also has its own brute-force limit in auth).
-            let (view, rl) = limits_view(session.req_header(), ctx);
-            return Ok(crate::limits::admit(&rt.limits, &view, rl)
-                .await
-                .err()
-                .map(ApiError::from));
-        }
-        let headers = &session.req_header().headers;
-        let principal = match rt.auth.admit(headers, route.permission.as_ref()).await {
-            Ok(p) => p,
-            Err(e) => {
-                // For the logs: why, and who (when they authenticated).
-                ctx.auth_failure = Some(e.reason());
-                ctx.principal = e.principal().cloned();
-                return Ok(Some(e.into()));
-            }
-        };
-        ctx.principal = Some(principal.clone());
-        let tenant = match rt.upstreams.tenant_for(&principal) {
-            Ok(t) => t,
-            Err(e) => return Ok(Some(e.into())),
-        };
-        ctx.tenant = Some(tenant.clone());
-        let (view, rl) = limits_view(session.req_header(), ctx);
-        if let Err(e) = crate::limits::admit(&rt.limits, &view, rl).await {
-            return Ok(Some(e.into()));
-        }
-        let signs = tenant.account.credentials.signer().is_some();
-        let method = &session.req_header().method;
-        if let validate::BodyPlan::Read { limit, json, rules } =
-            validate::plan(method, &route, &rt.body_rules, rt.max_body_bytes, signs)
-        {
-            let read = body::read_whole(session, limit)
-                .await
-                .map_err(validate::AdmitError::Body)
-                .and_then(|bytes| validate::finish(json, rules, bytes));
-            match read {
-                Ok(r) => {
-                    ctx.request_bytes = r.received;
-                    ctx.body = r.body;
-                    ctx.validated = r.validated;
-                }
-                Err(e) => return Ok(Some(e.into())),
-            }
-        }
-        Ok(None)
-    }
-}
-
-/// The routing step (`crate::routes::resolve`): keeps the normalised path, the route and its
-/// parameters in the context. A refusal after normalisation still leaves the normalised path
-/// for the logs.
-fn resolve_route(
-    req: &RequestHeader,
-    rt: &Runtime,
-    ctx: &mut Ctx,
-) -> std::result::Result<Arc<Route>, RouteError> {
-    let max = rt.config.server.max_header_bytes;
-    match routes::resolve(&rt.routes, &req.method, req.uri.path(), &req.headers, max) {
-        Ok(r) => {
-            ctx.path = r.path;
-            ctx.route = Some(r.route.clone());
-            ctx.params = r.params;
-            Ok(r.route)
-        }
-        Err(e) => {
-            if let Some(path) = e.path() {
-                ctx.path = path.to_string();
-            }
-            Err(e)
-        }
-    }
 }
 
 /// An upstream refusal or failure before OrionVM answered: kept as the request's error (so
@@ -134,6 +48,44 @@ fn upstream_failed(ctx: &mut Ctx, e: UpstreamError) -> Box<Error> {
     let status = err.status;
     ctx.error = Some(err);
     Error::explain(ErrorType::HTTPStatus(status), why)
+}
+
+/// The limits' decision before any upstream work (`crate::limits::before_upstream`): drop
+/// cached reads of an object being changed, answer from the cache or a shared call, answer
+/// fast when every breaker is open. `Ok(true)`: answered.
+async fn before_upstream(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    let Some((limits, view, rl)) = limits_parts(session.req_header(), ctx) else {
+        return Ok(false);
+    };
+    let decision = crate::limits::before_upstream(limits, &view, rl).await;
+    if let Some((status, elapsed)) = ctx.limits.upstream_answer.take() {
+        ctx.upstream.status = Some(status);
+        ctx.upstream.elapsed = Some(elapsed);
+    }
+    respond::decision(session, ctx, decision).await
+}
+
+/// OrionVM answered 401 to the proxy's own token: drop that token and, once per request while
+/// the body can be replayed, retry with a fresh one (`None`: answer the 401 as it is, which
+/// `errors::from_upstream` turns into 502 `upstream_auth_failed`).
+fn token_rejected(ctx: &mut Ctx, replayable: bool) -> Option<Box<Error>> {
+    if ctx.upstream.token_retry_used {
+        return None;
+    }
+    let (Some(tenant), Some(used)) = (&ctx.tenant, &ctx.upstream.upstream_auth) else {
+        return None;
+    };
+    if !tenant.account.credentials.refreshes() {
+        return None;
+    }
+    tenant.account.credentials.invalidate(used);
+    if !replayable {
+        return None;
+    }
+    ctx.upstream.token_retry_used = true;
+    let mut e = Error::explain(failure::TOKEN_REJECTED, "OrionVM refused the proxy's token");
+    e.set_retry(true);
+    Some(e)
 }
 
 fn declares_empty_body(resp: &ResponseHeader) -> bool {
@@ -179,63 +131,17 @@ impl ProxyHttp for OrionProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        if let Some(err) = self.admit(session, ctx).await? {
+        // Path and route, identity and tenant, rate limits, body, audit: `admit`.
+        if let Err(err) = admit::admit(session, ctx).await {
             respond::error(session, ctx, err).await?;
             return Ok(true);
         }
-        // With `logging.audit.on_failure: closed`, no mutating call goes on unaudited.
-        let refused = ctx
-            .runtime
-            .as_ref()
-            .and_then(|rt| observe::audit_ready(&rt.log, &session.req_header().method).err());
-        if let Some(e) = refused {
-            respond::error(session, ctx, e.into()).await?;
+        if before_upstream(session, ctx).await? {
             return Ok(true);
         }
-        if let Some((limits, view, rl)) = limits_parts(session.req_header(), ctx) {
-            let decision = crate::limits::before_upstream(limits, &view, rl).await;
-            if let Some((status, elapsed)) = ctx.limits.upstream_answer.take() {
-                ctx.upstream.status = Some(status);
-                ctx.upstream.elapsed = Some(elapsed);
-            }
-            match decision {
-                Decision::Continue => {}
-                Decision::Reply(r) => {
-                    respond::json(session, ctx, r.status, r.body, &r.headers).await?;
-                    return Ok(true);
-                }
-                Decision::Fail(e) => {
-                    respond::error(session, ctx, e.into()).await?;
-                    return Ok(true);
-                }
-            }
-        }
-        match ctx.route.as_ref().map(|r| r.kind) {
-            Some(RouteKind::Health) => {
-                local::health(session, ctx).await?;
-                Ok(true)
-            }
-            Some(RouteKind::Ready) => {
-                let rt = ctx.runtime.clone();
-                match rt {
-                    Some(rt) => local::ready(session, ctx, &rt).await?,
-                    None => {
-                        respond::error(session, ctx, ApiError::internal("no configuration loaded"))
-                            .await?
-                    }
-                }
-                Ok(true)
-            }
-            Some(RouteKind::OauthToken) => {
-                local::oauth_token(session, ctx, &self.state.state).await?;
-                Ok(true)
-            }
-            // The facade, the API document, and mirror lists asked to page, filter or sort.
-            Some(RouteKind::Facade | RouteKind::Openapi | RouteKind::Mirror) => {
-                local::facade(session, ctx, &self.state.state).await
-            }
-            None => Ok(false),
-        }
+        // Health, readiness, the token endpoint, the facade, the API document, mirror lists
+        // asked to page, filter or sort; everything else goes on to OrionVM.
+        local::answer(session, ctx, &self.state.state).await
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -312,21 +218,14 @@ impl ProxyHttp for OrionProxy {
                 "OrionVM answered an empty error",
             ));
         }
+        let replayable = !session.as_ref().retry_buffer_truncated();
         if status == 401
-            && !ctx.upstream.token_retry_used
-            && let (Some(tenant), Some(used)) = (&ctx.tenant, &ctx.upstream.upstream_auth)
-            && tenant.account.credentials.refreshes()
+            && let Some(e) = token_rejected(ctx, replayable)
         {
-            tenant.account.credentials.invalidate(used);
-            if !session.as_ref().retry_buffer_truncated() {
-                ctx.upstream.token_retry_used = true;
-                let mut e = Error::explain(TOKEN_REJECTED, "OrionVM refused the proxy's token");
-                e.set_retry(true);
-                return Err(e);
-            }
+            return Err(e);
         }
         let method = &session.req_header().method;
-        if !session.as_ref().retry_buffer_truncated()
+        if replayable
             && let Some(tenant) = &ctx.tenant
             && let Some(e) = crate::upstream::peer::retry_on_5xx(
                 &mut ctx.upstream,
@@ -433,7 +332,9 @@ impl ProxyHttp for OrionProxy {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
-        if *e.etype() == TOKEN_REJECTED || *e.etype() == crate::upstream::peer::UPSTREAM_5XX {
+        if *e.etype() == failure::TOKEN_REJECTED
+            || *e.etype() == crate::upstream::peer::UPSTREAM_5XX
+        {
             return e;
         }
         if e.esource() == &ErrorSource::Upstream {
@@ -454,22 +355,16 @@ impl ProxyHttp for OrionProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let err = match (ctx.error.take(), e.etype()) {
-            (Some(err), _) => err,
-            (None, ErrorType::HTTPStatus(code)) => {
-                let (c, t) = errors::code_for_status(*code);
-                ApiError::new(*code, c, t, t)
+        let err = ctx.error.take().unwrap_or_else(|| {
+            let (err, failure) = failure::classify(e.esource(), e.etype());
+            if let Some(f) = failure {
+                ctx.upstream.failure.get_or_insert(f);
             }
-            (None, _) => classify(e, ctx),
-        };
+            err
+        });
         let status = err.status;
-        let writable = session.response_written().is_none();
-        let downstream_dead = e.esource() == &ErrorSource::Downstream
-            && matches!(
-                e.etype(),
-                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
-            );
-        if writable && !downstream_dead {
+        let downstream_gone = failure::downstream_gone(e);
+        if session.response_written().is_none() && !downstream_gone {
             // Pingora closes the connection after a failed proxy attempt: say so.
             session.as_downstream_mut().set_keepalive(None);
             if let Err(we) = respond::error(session, ctx, err).await {
@@ -482,7 +377,7 @@ impl ProxyHttp for OrionProxy {
             ctx.error = Some(err);
         }
         FailToProxy {
-            error_code: if downstream_dead { 0 } else { status },
+            error_code: if downstream_gone { 0 } else { status },
             can_reuse_downstream: false,
         }
     }
@@ -561,52 +456,6 @@ fn split<'a>(
         request_id: request_id.as_str(),
     };
     (runtime.as_deref(), view, limits)
-}
-
-/// A transport failure as the error body: timeouts are 504, everything else toward OrionVM 502.
-fn classify(e: &Error, ctx: &mut Ctx) -> ApiError {
-    match (e.esource(), e.etype()) {
-        (
-            _,
-            ErrorType::ConnectTimedout
-            | ErrorType::ReadTimedout
-            | ErrorType::WriteTimedout
-            | ErrorType::TLSHandshakeTimedout,
-        ) => {
-            ctx.upstream.failure.get_or_insert(Failure::Timeout);
-            ApiError::gateway_timeout("OrionVM did not answer in time")
-        }
-        (_, t) if *t == TOKEN_REJECTED => errors::upstream_auth_failed(),
-        (
-            ErrorSource::Upstream,
-            ErrorType::ConnectRefused
-            | ErrorType::ConnectNoRoute
-            | ErrorType::ConnectError
-            | ErrorType::TLSHandshakeFailure
-            | ErrorType::InvalidCert
-            | ErrorType::HandshakeError,
-        ) => {
-            ctx.upstream.failure.get_or_insert(Failure::Connect);
-            ApiError::bad_gateway(
-                "upstream_unreachable",
-                "the proxy could not connect to OrionVM",
-            )
-        }
-        (ErrorSource::Upstream, _) => {
-            ctx.upstream.failure.get_or_insert(Failure::Reset);
-            ApiError::bad_gateway(
-                "upstream_reset",
-                "OrionVM closed the connection before answering",
-            )
-        }
-        (ErrorSource::Downstream, _) => ApiError::new(
-            400,
-            "invalid_request",
-            "The request is invalid",
-            "the request could not be read",
-        ),
-        _ => ApiError::internal("the proxy failed to handle the request"),
-    }
 }
 
 #[cfg(test)]

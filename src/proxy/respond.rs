@@ -2,6 +2,7 @@
 
 use super::ctx::Ctx;
 use crate::errors::ApiError;
+use crate::request::Decision;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
@@ -48,4 +49,27 @@ pub async fn error(session: &mut Session, ctx: &mut Ctx, err: ApiError) -> Resul
         session.as_downstream_mut().set_keepalive(None);
     }
     json(session, ctx, status, body, &extra).await
+}
+
+/// Acts on a concern's decision: its reply or its refusal written, or nothing (`Continue`).
+/// `Ok(true)`: answered.
+pub async fn decision<E>(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    decision: Decision<E>,
+) -> Result<bool>
+where
+    ApiError: From<E>,
+{
+    match decision {
+        Decision::Continue => Ok(false),
+        Decision::Reply(r) => {
+            json(session, ctx, r.status, r.body, &r.headers).await?;
+            Ok(true)
+        }
+        Decision::Fail(e) => {
+            error(session, ctx, e.into()).await?;
+            Ok(true)
+        }
+    }
 }

@@ -1,0 +1,78 @@
+//! How a request that ended in a Pingora error is answered: the pure classification of the
+//! error (its type and source) into the error body and the kind of upstream failure, used by
+//! `fail_to_proxy`. Unit tests in `super::tests`.
+
+use crate::errors::{self, ApiError};
+use crate::upstream::Failure;
+use pingora::{Error, ErrorSource, ErrorType};
+
+/// Raised from `upstream_response_filter` when OrionVM refuses the proxy's own token, so that
+/// Pingora retries the request once with a fresh one.
+pub const TOKEN_REJECTED: ErrorType = ErrorType::Custom("upstream_token_rejected");
+
+/// What a failed request is answered with, and how its attempt toward OrionVM failed (`None`
+/// when the failure was not the upstream's).
+pub fn classify(source: &ErrorSource, etype: &ErrorType) -> (ApiError, Option<Failure>) {
+    match (source, etype) {
+        // A status a phase raised without keeping its own error body.
+        (_, ErrorType::HTTPStatus(code)) => {
+            let (c, t) = errors::code_for_status(*code);
+            (ApiError::new(*code, c, t, t), None)
+        }
+        (
+            _,
+            ErrorType::ConnectTimedout
+            | ErrorType::ReadTimedout
+            | ErrorType::WriteTimedout
+            | ErrorType::TLSHandshakeTimedout,
+        ) => (
+            ApiError::gateway_timeout("OrionVM did not answer in time"),
+            Some(Failure::Timeout),
+        ),
+        (_, t) if *t == TOKEN_REJECTED => (errors::upstream_auth_failed(), None),
+        (
+            ErrorSource::Upstream,
+            ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::TLSHandshakeFailure
+            | ErrorType::InvalidCert
+            | ErrorType::HandshakeError,
+        ) => (
+            ApiError::bad_gateway(
+                "upstream_unreachable",
+                "the proxy could not connect to OrionVM",
+            ),
+            Some(Failure::Connect),
+        ),
+        (ErrorSource::Upstream, _) => (
+            ApiError::bad_gateway(
+                "upstream_reset",
+                "OrionVM closed the connection before answering",
+            ),
+            Some(Failure::Reset),
+        ),
+        (ErrorSource::Downstream, _) => (
+            ApiError::new(
+                400,
+                "invalid_request",
+                "The request is invalid",
+                "the request could not be read",
+            ),
+            None,
+        ),
+        _ => (
+            ApiError::internal("the proxy failed to handle the request"),
+            None,
+        ),
+    }
+}
+
+/// The caller's connection is gone (read or write failed, closed): nothing can be written.
+pub fn downstream_gone(e: &Error) -> bool {
+    e.esource() == &ErrorSource::Downstream
+        && matches!(
+            e.etype(),
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+        )
+}
