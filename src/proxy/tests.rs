@@ -4,7 +4,10 @@
 
 use super::OrionProxy;
 use super::ctx::Ctx;
+use super::failure::{TOKEN_REJECTED, classify};
 use crate::runtime::{SharedState, State};
+use crate::upstream::Failure;
+use pingora::{Error, ErrorSource, ErrorType};
 use pingora_proxy::{ProxyHttp, Session};
 use serde_json::Value;
 use std::sync::Arc;
@@ -63,7 +66,8 @@ enum Outcome {
     Upstream(Box<Ctx>),
 }
 
-async fn run(proxy: &OrionProxy, request: &[u8]) -> Outcome {
+/// A Pingora session whose request (`request`, written by the client end) is read.
+async fn session(request: &[u8]) -> (Session, tokio::net::TcpStream) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -73,6 +77,31 @@ async fn run(proxy: &OrionProxy, request: &[u8]) -> Outcome {
         Box::new(pingora::protocols::l4::stream::Stream::from(server));
     let mut session = Session::new_h1(stream);
     assert!(session.read_request().await.unwrap());
+    (session, client)
+}
+
+/// The answer the proxy wrote on `session`, as its client reads it: status, lower-cased head
+/// and JSON body.
+async fn read_answer(
+    mut session: Session,
+    client: &mut tokio::net::TcpStream,
+) -> (u16, String, Value) {
+    session.as_downstream_mut().shutdown().await;
+    drop(session);
+    let mut raw = Vec::new();
+    client.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        head.to_ascii_lowercase(),
+        serde_json::from_str(body).unwrap(),
+    )
+}
+
+async fn run(proxy: &OrionProxy, request: &[u8]) -> Outcome {
+    let (mut session, mut client) = session(request).await;
     let mut ctx = proxy.new_ctx();
     proxy
         .early_request_filter(&mut session, &mut ctx)
@@ -82,18 +111,8 @@ async fn run(proxy: &OrionProxy, request: &[u8]) -> Outcome {
     if !answered {
         return Outcome::Upstream(Box::new(ctx));
     }
-    session.as_downstream_mut().shutdown().await;
-    drop(session);
-    let mut raw = Vec::new();
-    client.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    Outcome::Answered {
-        status,
-        head: head.to_ascii_lowercase(),
-        body: serde_json::from_str(body).unwrap(),
-    }
+    let (status, head, body) = read_answer(session, &mut client).await;
+    Outcome::Answered { status, head, body }
 }
 
 fn answered(o: Outcome) -> (u16, String, Value) {
@@ -223,5 +242,102 @@ async fn a_body_over_the_limit_is_413_without_reading_it() {
     let (status, head, body) = answered(run(&f.proxy, req.as_bytes()).await);
     assert_eq!(status, 413);
     assert_error(&body, &head, 413, "payload_too_large");
+    assert!(head.contains("connection: close"), "{head}");
+}
+
+// How a request that ended in a Pingora error is answered (`fail_to_proxy`): the error's type
+// and source decide the error body and the kind of upstream failure kept for the logs.
+
+fn classified(source: ErrorSource, etype: ErrorType) -> (u16, &'static str, Option<Failure>) {
+    let (err, failure) = classify(&source, &etype);
+    (err.status, err.code, failure)
+}
+
+#[test]
+fn a_refused_connection_is_502_upstream_unreachable() {
+    for etype in [
+        ErrorType::ConnectRefused,
+        ErrorType::ConnectNoRoute,
+        ErrorType::TLSHandshakeFailure,
+    ] {
+        assert_eq!(
+            classified(ErrorSource::Upstream, etype),
+            (502, "upstream_unreachable", Some(Failure::Connect))
+        );
+    }
+}
+
+#[test]
+fn a_timeout_is_504_upstream_timeout() {
+    for etype in [
+        ErrorType::ReadTimedout,
+        ErrorType::WriteTimedout,
+        ErrorType::ConnectTimedout,
+    ] {
+        assert_eq!(
+            classified(ErrorSource::Upstream, etype),
+            (504, "upstream_timeout", Some(Failure::Timeout))
+        );
+    }
+}
+
+#[test]
+fn a_connection_reset_by_orionvm_is_502_upstream_reset() {
+    for etype in [ErrorType::ConnectionClosed, ErrorType::ReadError] {
+        assert_eq!(
+            classified(ErrorSource::Upstream, etype),
+            (502, "upstream_reset", Some(Failure::Reset))
+        );
+    }
+}
+
+#[test]
+fn a_rejected_proxy_token_is_502_upstream_auth_failed() {
+    for source in [ErrorSource::Unset, ErrorSource::Upstream] {
+        assert_eq!(
+            classified(source, TOKEN_REJECTED),
+            (502, "upstream_auth_failed", None)
+        );
+    }
+}
+
+#[test]
+fn a_raised_status_unreadable_request_or_proxy_fault() {
+    assert_eq!(
+        classified(ErrorSource::Unset, ErrorType::HTTPStatus(503)),
+        (503, "upstream_unavailable", None)
+    );
+    assert_eq!(
+        classified(ErrorSource::Downstream, ErrorType::InvalidHTTPHeader),
+        (400, "invalid_request", None)
+    );
+    assert_eq!(
+        classified(ErrorSource::Internal, ErrorType::InternalError),
+        (500, "internal_error", None)
+    );
+}
+
+/// `fail_to_proxy` over a loopback session: the classified error body is written (with the
+/// request id, the connection closed) and the failure kind kept for the logs.
+#[tokio::test]
+async fn fail_to_proxy_writes_the_classified_error() {
+    let f = fixture();
+    let (mut session, mut client) = session(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut ctx = f.proxy.new_ctx();
+    f.proxy
+        .early_request_filter(&mut session, &mut ctx)
+        .await
+        .unwrap();
+    let e = Error::new_up(ErrorType::ConnectRefused);
+    let out = f.proxy.fail_to_proxy(&mut session, &e, &mut ctx).await;
+    assert_eq!(out.error_code, 502);
+    assert_eq!(ctx.upstream.failure, Some(Failure::Connect));
+    assert_eq!(
+        ctx.error.as_ref().map(|e| e.code),
+        Some("upstream_unreachable")
+    );
+    let (status, head, body) = read_answer(session, &mut client).await;
+    assert_eq!(status, 502);
+    assert_error(&body, &head, 502, "upstream_unreachable");
     assert!(head.contains("connection: close"), "{head}");
 }
