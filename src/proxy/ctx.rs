@@ -36,7 +36,7 @@ pub struct Ctx {
     /// Upstream error bodies are buffered here and replaced by the error body.
     pub rewrite: Option<BytesMut>,
     pub response_bytes: usize,
-    /// Why authentication failed, for logs and metrics.
+    /// Why authentication failed, for the logs (`auth::Auth::admit` counts it in the metrics).
     pub auth_failure: Option<&'static str>,
     /// What the access log and the audit trail keep about the answer.
     pub obs: crate::observe::RequestObs,
