@@ -2,6 +2,10 @@
 //! as a child process, talking HTTP on loopback ports. One module per area; `harness` holds
 //! what they share.
 
+// The whole binary is test code: a failed unwrap is a failed test (the workspace denies them
+// everywhere else).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 
 mod bad_requests;
