@@ -352,7 +352,7 @@ pub fn spawn_snapshot(
             step(&id, "wait_clones", async {
                 for m in &made {
                     let path = format!("/api/v1/disks/{}", m["disk"].as_str().unwrap_or_default());
-                    wait_for(&orion, &path, "state", &["detached", "attached"], timing).await?;
+                    wait_for(&orion, &path, "state", &["unattached", "attached"], timing).await?;
                 }
                 Ok(())
             })
