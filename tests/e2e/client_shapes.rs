@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 /// Whose headers a request carries (`{…}` are filled from the saved values).
 #[derive(Clone, Copy, Debug)]
-enum Client {
+enum Caller {
     /// hypercloud-go-client's `_request`: `req.Header["User-agent"]` and `["Content-type"]`
     /// are literal keys, so net/http adds `User-Agent: Go-http-client/1.1` as well.
     GoClient,
@@ -42,25 +42,25 @@ enum Client {
     Java,
 }
 
-impl Client {
+impl Caller {
     fn headers(self) -> &'static str {
         match self {
-            Client::GoClient => {
+            Caller::GoClient => {
                 "User-Agent: Go-http-client/1.1\r\nAuthorization: Bearer {api_key}\r\nUser-agent: Generated Client (golang)\r\nContent-type: application/json\r\nAccept: application/json\r\nAccept-Encoding: gzip\r\n"
             }
-            Client::ApiclientGo => {
+            Caller::ApiclientGo => {
                 "User-Agent: Go-http-client/1.1\r\nAccept: application/json\r\nContent-Type: application/json\r\nAuthorization: Bearer {go_token}\r\nAccept-Encoding: gzip\r\n"
             }
-            Client::ApiclientGoToken => {
+            Caller::ApiclientGoToken => {
                 "User-Agent: Go-http-client/1.1\r\nAccept: application/json\r\nContent-Type: application/json\r\nAccept-Encoding: gzip\r\n"
             }
-            Client::Python => {
+            Caller::Python => {
                 "User-agent: Generated Client (Python)\r\nAccept-Encoding: gzip, deflate\r\nAccept: application/json\r\nAuthorization: Bearer {py_token}\r\nContent-type: application/json\r\n"
             }
-            Client::PythonToken => {
+            Caller::PythonToken => {
                 "User-Agent: python-requests/2.31.0\r\nAccept-Encoding: gzip, deflate\r\nAccept: */*\r\nContent-Type: application/x-www-form-urlencoded\r\n"
             }
-            Client::Java => {
+            Caller::Java => {
                 "Content-Type: application/json; charset=UTF-8\r\nAuthorization: Bearer {api_key}\r\nUser-Agent: Java/17.0.9\r\nAccept: text/html, image/gif, image/jpeg, *; q=.2, */*; q=.2\r\n"
             }
         }
@@ -103,7 +103,7 @@ enum Want {
 }
 
 struct Row {
-    client: Client,
+    client: Caller,
     what: &'static str,
     method: &'static str,
     path: &'static str,
@@ -118,7 +118,7 @@ struct Row {
 }
 
 fn row(
-    client: Client,
+    client: Caller,
     what: &'static str,
     method: &'static str,
     path: &'static str,
@@ -172,7 +172,7 @@ impl Row {
 }
 
 fn table() -> Vec<Row> {
-    use Client::*;
+    use Caller::*;
     use Want::*;
     const TOKEN_JSON: &str = r#"{"grant_type":"client_credentials","client_id":"acme-terraform","client_secret":"{tf_secret}"}"#;
     const TOKEN_FORM: &str =
@@ -393,10 +393,9 @@ fn judge(
             if t.len() != 64 {
                 return Err(format!("access_token of {} characters, want 64", t.len()));
             }
-            if v["token_type"] != "bearer"
-                || !v["expires_in"].as_i64().is_some_and(|s| s > 120)
-                || !v.get("refresh_token").is_some_and(Value::is_null)
-                || v["scope"] != ""
+            let expires_in = v["expires_in"].as_i64().unwrap_or(0);
+            let refresh_null = v.get("refresh_token").is_some_and(Value::is_null);
+            if v["token_type"] != "bearer" || expires_in <= 120 || !refresh_null || v["scope"] != ""
             {
                 return Err("not OrionVM's token answer".into());
             }
@@ -564,7 +563,7 @@ fn the_table_covers_every_client_and_shape() {
         "a bare POST"
     );
     assert!(
-        has(&|r| r.method == "DELETE" && matches!(r.client, Client::ApiclientGo)),
+        has(&|r| r.method == "DELETE" && matches!(r.client, Caller::ApiclientGo)),
         "Content-Type on a DELETE"
     );
     assert!(
@@ -576,14 +575,14 @@ fn the_table_covers_every_client_and_shape() {
         "an assemble without disks"
     );
     assert!(
-        has(&|r| r.shape == Shape::Token && matches!(r.client, Client::PythonToken)),
+        has(&|r| r.shape == Shape::Token && matches!(r.client, Caller::PythonToken)),
         "a form token request"
     );
     assert!(
-        has(&|r| r.shape == Shape::Token && matches!(r.client, Client::ApiclientGoToken)),
+        has(&|r| r.shape == Shape::Token && matches!(r.client, Caller::ApiclientGoToken)),
         "a JSON token request"
     );
-    let go = Client::GoClient.headers();
+    let go = Caller::GoClient.headers();
     assert!(
         go.contains("User-Agent:") && go.contains("User-agent:") && go.contains("Content-type:")
     );
