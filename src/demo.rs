@@ -220,7 +220,7 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
         "api_keys": keys,
         "clients": clients,
     });
-    let (server, _state) = crate::server::build(&config_path).map_err(|e| e.join("\n"))?;
+    let (server, state) = crate::server::build(&config_path).map_err(|e| e.join("\n"))?;
     let mut out = std::io::stdout().lock();
     if opts.json {
         let _ = writeln!(out, "{info}");
@@ -230,7 +230,7 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
     let _ = out.flush();
     drop(out);
     server.run(pingora::server::RunArgs::default());
-    crate::observe::access::flush_all();
+    state.state.observe.flush_all();
     drop(dir);
     Ok(())
 }

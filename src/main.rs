@@ -85,8 +85,7 @@ fn main() -> ExitCode {
             Err(errors) => report(&config, &errors),
         },
         Command::Check { config } => {
-            match orion_proxy::runtime::load(&config, &orion_proxy::runtime::State::memory(), None)
-            {
+            match orion_proxy::runtime::load(&config, &orion_proxy::runtime::State::memory()) {
                 Ok(staged) => {
                     let rt = staged.inspect();
                     println!(

@@ -85,6 +85,22 @@ static AUDIT_RECORDS: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
     .ok()
 });
 
+static AUDIT_WRITABLE: Lazy<Option<IntGauge>> = Lazy::new(|| {
+    register_int_gauge!(
+        "orion_proxy_audit_writable",
+        "1 while the audit trail takes records, 0 while it cannot be written"
+    )
+    .ok()
+});
+
+static AUDIT_SYNCS: Lazy<Option<IntCounter>> = Lazy::new(|| {
+    register_int_counter!(
+        "orion_proxy_audit_fsyncs_total",
+        "Flushes of the audit file to the disk (logging.audit.durability: fsync; one per batch of records)"
+    )
+    .ok()
+});
+
 static LOG_DROPPED: Lazy<Option<IntCounter>> = Lazy::new(|| {
     register_int_counter!(
         "orion_proxy_access_log_dropped_total",
@@ -202,6 +218,7 @@ pub fn init(config_version: &str) {
     Lazy::force(&COALESCED);
     Lazy::force(&CACHE);
     Lazy::force(&LOG_DROPPED);
+    Lazy::force(&AUDIT_SYNCS);
     // Known label values start at zero, so that rate() and alerts see them before the first event.
     for r in ["ok", "error"] {
         if let Some(c) = RELOADS.as_ref() {
@@ -358,6 +375,19 @@ pub fn audit_written(ok: bool) {
     if let Some(c) = AUDIT_RECORDS.as_ref() {
         c.with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
+    }
+}
+
+/// The audit writer found the trail writable (or not).
+pub fn audit_writable(ok: bool) {
+    if let Some(g) = AUDIT_WRITABLE.as_ref() {
+        g.set(i64::from(ok));
+    }
+}
+
+pub fn audit_synced() {
+    if let Some(c) = AUDIT_SYNCS.as_ref() {
+        c.inc();
     }
 }
 

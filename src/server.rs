@@ -66,15 +66,24 @@ pub fn build(config_path: &Path) -> Result<(Server, Arc<SharedState>), Vec<Strin
     server.add_service(background_service(
         "readiness prober",
         Prober {
-            state: state.clone(),
+            accounts: {
+                let state = state.clone();
+                Box::new(move || {
+                    state
+                        .current()
+                        .upstreams
+                        .accounts
+                        .values()
+                        .cloned()
+                        .collect()
+                })
+            },
             interval: Duration::from_secs(2),
         },
     ));
     server.add_service(background_service(
         "JWKS refresher",
-        crate::auth::jwt::Refresher {
-            state: state.clone(),
-        },
+        state.state.auth.refresher(),
     ));
     server.add_service(background_service(
         "SIGHUP reloader",
@@ -87,9 +96,9 @@ pub fn build(config_path: &Path) -> Result<(Server, Arc<SharedState>), Vec<Strin
 
 /// Runs the server until SIGTERM (graceful) or SIGINT (at once).
 pub fn run(config_path: &Path) -> Result<(), Vec<String>> {
-    let (server, _state) = build(config_path)?;
+    let (server, state) = build(config_path)?;
     server.run(RunArgs::default());
-    crate::observe::access::flush_all();
+    state.state.observe.flush_all();
     Ok(())
 }
 

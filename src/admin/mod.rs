@@ -65,12 +65,25 @@ impl AdminApp {
         let query = req.uri.query().map(str::to_string);
         match (method.as_str(), path.as_str()) {
             ("GET", "/admin/config") => Ok((200, config_summary(&rt))),
-            ("GET", "/admin/endpoints/stats") => Ok((200, crate::upstream::stats::report(&rt))),
+            ("GET", "/admin/endpoints/stats") => Ok((
+                200,
+                crate::upstream::stats::report(&rt.upstreams, &rt.routes, &rt.version),
+            )),
             ("GET", "/admin/audit") => {
-                *stream = Some(crate::observe::audit::export(&rt, query.as_deref())?);
+                let export = crate::observe::audit::export(&rt.log, query.as_deref())?;
+                *stream = Some(Streamed {
+                    content_type: export.content_type,
+                    chunks: export.chunks,
+                });
                 Ok((200, serde_json::Value::Null))
             }
-            ("GET", "/admin/usage") => Ok((200, crate::observe::usage::report(query.as_deref())?)),
+            ("GET", "/admin/usage") => {
+                let usage = self.state.state.observe.usage();
+                Ok((
+                    200,
+                    crate::observe::usage::report(&**usage, query.as_deref()).await?,
+                ))
+            }
             ("POST", "/admin/reload") => {
                 let state = self.state.clone();
                 let result = tokio::task::spawn_blocking(move || state.reload())
@@ -202,7 +215,33 @@ impl HttpServerApp for AdminApp {
             Err(e) => (e.status, Some(e.code)),
         };
         let rt = self.state.current();
-        crate::observe::audit::record_admin(&rt, &session, &rid, started, status, code).await;
+        let req = session.req_header();
+        if crate::observe::audit::wants_record(&rt.log, &req.method) {
+            // Authenticated again, so that refused calls are recorded with whoever they claimed
+            // to be when the credential was valid.
+            let principal = rt.auth.authenticate(&req.headers).await.ok();
+            let path = crate::routes::path::normalize(req.uri.path()).unwrap_or_default();
+            let view = crate::request::RequestView {
+                method: &req.method,
+                path: if path.is_empty() {
+                    req.uri.path()
+                } else {
+                    &path
+                },
+                query: req.uri.query(),
+                headers: &req.headers,
+                route: None,
+                params: &[],
+                principal: principal.as_ref(),
+                tenant: None,
+                client_ip: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+                request_id: &rid,
+            };
+            crate::observe::audit::record_admin(&rt.log, &view, started, status, code).await;
+        }
         let written = match (outcome, stream) {
             (Ok(_), Some(stream)) => write_stream(&mut session, stream, &rid).await,
             (Ok((status, value)), None) => {

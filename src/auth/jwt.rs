@@ -117,7 +117,7 @@ impl KeySet {
 
 /// A JWKS fetched over HTTP(S). Lives across reloads while its settings stay the same.
 pub struct RemoteJwks {
-    settings: (String, Option<String>, u64, u64),
+    settings: JwksSettings,
     url: String,
     client: reqwest::Client,
     keys: ArcSwap<KeySet>,
@@ -159,12 +159,7 @@ impl RemoteJwks {
             .build()
             .map_err(|e| format!("cannot build the JWKS client: {e}"))?;
         Ok(RemoteJwks {
-            settings: (
-                url.to_string(),
-                ic.ca_file.clone(),
-                ic.jwks_refresh_seconds,
-                ic.jwks_min_refetch_seconds,
-            ),
+            settings: settings_of(ic, url),
             url: url.to_string(),
             client,
             keys: ArcSwap::from_pointee(KeySet::default()),
@@ -263,6 +258,55 @@ impl RemoteJwks {
     }
 }
 
+/// What decides whether a remote key set can be handed over to a new config: the URL, the CA,
+/// and the refresh settings.
+type JwksSettings = (String, Option<String>, u64, u64);
+
+fn settings_of(ic: &IssuerConfig, url: &str) -> JwksSettings {
+    (
+        url.to_string(),
+        ic.ca_file.clone(),
+        ic.jwks_refresh_seconds,
+        ic.jwks_min_refetch_seconds,
+    )
+}
+
+/// The remote key sets of the config in force, by issuer (`iss`), kept in the process state
+/// (`AuthState`) so that a reload neither drops keys nor fetches them again.
+///
+/// [`Jwt::build`] only reads it (an unchanged issuer gets the same [`RemoteJwks`]);
+/// [`Jwt::commit`], once the whole config was built, makes the new config's sets the
+/// registered ones. The [`Refresher`] refreshes exactly the registered sets, so a config that
+/// failed to build never fetches anything.
+#[derive(Default)]
+pub struct JwksRegistry {
+    by_issuer: parking_lot::Mutex<HashMap<String, Arc<RemoteJwks>>>,
+}
+
+impl JwksRegistry {
+    /// The registered key set of `iss`, if its settings are the same.
+    fn kept(&self, iss: &str, settings: &JwksSettings) -> Option<Arc<RemoteJwks>> {
+        self.by_issuer
+            .lock()
+            .get(iss)
+            .filter(|r| r.settings == *settings)
+            .cloned()
+    }
+
+    /// The registered key sets, for the refresher and for tests.
+    pub fn sets(&self) -> Vec<Arc<RemoteJwks>> {
+        self.by_issuer.lock().values().cloned().collect()
+    }
+
+    /// Runs the scheduled refreshes that are due.
+    pub async fn refresh_due(&self) {
+        // The lock is not held across the fetches.
+        for r in self.sets() {
+            r.refresh_if_due().await;
+        }
+    }
+}
+
 fn is_loopback(url: &url::Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
@@ -321,13 +365,13 @@ pub struct Jwt {
 }
 
 impl Jwt {
-    /// Validates the `jwt` section. Remote key sets of `previous` with the same settings are
-    /// kept, so that a reload neither drops keys nor refetches them.
+    /// Validates the `jwt` section. An issuer whose remote key set is registered in `kept`
+    /// with the same settings gets that set (keys and all); `kept` is only read.
     pub fn build(
         cfg: &JwtConfig,
         roles: &Roles,
         tenants: &HashSet<&str>,
-        previous: Option<&Jwt>,
+        kept: &JwksRegistry,
         errors: &mut Vec<String>,
     ) -> Jwt {
         let mut issuers = Vec::new();
@@ -338,15 +382,9 @@ impl Jwt {
             if !names.insert(ic.name.clone()) {
                 errors.push(format!("{at}.name: duplicate issuer name"));
             }
-            if let Some(issuer) = build_issuer(
-                ic,
-                cfg.leeway_seconds,
-                roles,
-                tenants,
-                previous,
-                &at,
-                errors,
-            ) {
+            if let Some(issuer) =
+                build_issuer(ic, cfg.leeway_seconds, roles, tenants, kept, &at, errors)
+            {
                 let issuer = Arc::new(issuer);
                 if by_iss.insert(ic.issuer.clone(), issuer.clone()).is_some() {
                     errors.push(format!("{at}.issuer: '{}' is configured twice", ic.issuer));
@@ -371,6 +409,18 @@ impl Jwt {
         self.issuers.is_empty()
     }
 
+    /// Makes this config's remote key sets the registered ones (those of issuers that are
+    /// gone are forgotten). Called once the whole config was built.
+    pub fn commit(&self, registry: &JwksRegistry) {
+        let mut map = registry.by_issuer.lock();
+        map.clear();
+        for i in &self.issuers {
+            if let Some(r) = i.remote() {
+                map.insert(i.iss.clone(), r.clone());
+            }
+        }
+    }
+
     /// How many tokens needed a signature check (the rest came from the cache).
     pub fn signature_checks(&self) -> u64 {
         self.signature_checks.load(Ordering::Relaxed)
@@ -378,15 +428,6 @@ impl Jwt {
 
     pub fn issuers(&self) -> &[Arc<Issuer>] {
         &self.issuers
-    }
-
-    /// Runs the scheduled JWKS refreshes that are due.
-    pub async fn refresh_due(&self) {
-        for i in &self.issuers {
-            if let Some(r) = i.remote() {
-                r.refresh_if_due().await;
-            }
-        }
     }
 
     /// Verifies a JWT and maps it to a principal.
@@ -593,7 +634,7 @@ fn build_issuer(
     leeway: u64,
     roles: &Roles,
     tenants: &HashSet<&str>,
-    previous: Option<&Jwt>,
+    kept: &JwksRegistry,
     at: &str,
     errors: &mut Vec<String>,
 ) -> Option<Issuer> {
@@ -671,23 +712,7 @@ fn build_issuer(
         ));
     }
     let keys = if let Some(url) = &ic.jwks_url {
-        let reuse = previous.and_then(|p| {
-            p.issuers.iter().find_map(|i| match &i.keys {
-                Keys::Remote(r)
-                    if r.settings
-                        == (
-                            url.clone(),
-                            ic.ca_file.clone(),
-                            ic.jwks_refresh_seconds,
-                            ic.jwks_min_refetch_seconds,
-                        ) =>
-                {
-                    Some(r.clone())
-                }
-                _ => None,
-            })
-        });
-        match reuse {
+        match kept.kept(&ic.issuer, &settings_of(ic, url)) {
             Some(r) => Some(Keys::Remote(r)),
             None => match RemoteJwks::new(ic, url) {
                 Ok(r) => Some(Keys::Remote(Arc::new(r))),
@@ -771,9 +796,10 @@ impl std::fmt::Debug for Issuer {
     }
 }
 
-/// Background service: runs the scheduled JWKS refreshes of the live config.
+/// Background service: runs the scheduled refreshes of the registered JWKS (those of the
+/// config in force).
 pub struct Refresher {
-    pub state: Arc<crate::runtime::SharedState>,
+    pub registry: Arc<JwksRegistry>,
 }
 
 #[async_trait::async_trait]
@@ -782,7 +808,7 @@ impl pingora::services::background::BackgroundService for Refresher {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = tick.tick() => self.state.current().auth.jwt.refresh_due().await,
+                _ = tick.tick() => self.registry.refresh_due().await,
                 _ = shutdown.changed() => return,
             }
         }
@@ -847,7 +873,13 @@ mod tests {
         let roles = roles();
         let tenants: HashSet<&str> = ["acme"].into_iter().collect();
         let mut errors = Vec::new();
-        let jwt = Jwt::build(&cfg, &roles, &tenants, None, &mut errors);
+        let jwt = Jwt::build(
+            &cfg,
+            &roles,
+            &tenants,
+            &JwksRegistry::default(),
+            &mut errors,
+        );
         assert!(errors.is_empty(), "{errors:?}");
         let mut h = Header::new(Algorithm::EdDSA);
         h.kid = Some("ed".into());
@@ -883,7 +915,13 @@ mod tests {
         let roles = roles();
         let tenants: HashSet<&str> = ["acme", "globex"].into_iter().collect();
         let mut errors = Vec::new();
-        let jwt = Jwt::build(&cfg, &roles, &tenants, None, &mut errors);
+        let jwt = Jwt::build(
+            &cfg,
+            &roles,
+            &tenants,
+            &JwksRegistry::default(),
+            &mut errors,
+        );
         assert!(errors.is_empty(), "{errors:?}");
         let mut h = Header::new(Algorithm::ES256);
         h.kid = Some("k1".into());
@@ -928,7 +966,13 @@ mod tests {
         let roles = roles();
         let tenants: HashSet<&str> = ["acme"].into_iter().collect();
         let mut errors = Vec::new();
-        let jwt = Jwt::build(&cfg, &roles, &tenants, None, &mut errors);
+        let jwt = Jwt::build(
+            &cfg,
+            &roles,
+            &tenants,
+            &JwksRegistry::default(),
+            &mut errors,
+        );
         assert!(errors.is_empty(), "{errors:?}");
         let claims = serde_json::json!({"iss": "https://hs.test", "aud": "proxy", "sub": 7,
             "exp": now() + 300, "roles": "ops"});
@@ -967,8 +1011,60 @@ mod tests {
                 ..Default::default()
             };
             let mut errors = Vec::new();
-            Jwt::build(&cfg, &roles, &tenants, None, &mut errors);
+            Jwt::build(
+                &cfg,
+                &roles,
+                &tenants,
+                &JwksRegistry::default(),
+                &mut errors,
+            );
             assert!(!errors.is_empty(), "{} should be refused", bad.name);
         }
+    }
+
+    #[test]
+    fn remote_key_sets_are_handed_over_on_commit_only() {
+        let roles = roles();
+        let tenants: HashSet<&str> = ["acme"].into_iter().collect();
+        let mut ic = issuer("remote");
+        ic.jwks_url = Some("http://127.0.0.1:9/jwks.json".into());
+        let cfg = JwtConfig {
+            issuers: vec![ic.clone()],
+            ..Default::default()
+        };
+        let registry = JwksRegistry::default();
+        let remote_of = |jwt: &Jwt| jwt.issuers()[0].remote().unwrap().clone();
+        let build = |cfg: &JwtConfig| {
+            let mut errors = Vec::new();
+            let jwt = Jwt::build(cfg, &roles, &tenants, &registry, &mut errors);
+            assert!(errors.is_empty(), "{errors:?}");
+            jwt
+        };
+
+        // Built but not committed (a reload that failed elsewhere): nothing registered, and
+        // the next build does not get its key set.
+        let first = build(&cfg);
+        assert!(registry.sets().is_empty());
+        let second = build(&cfg);
+        assert!(!Arc::ptr_eq(&remote_of(&first), &remote_of(&second)));
+
+        // Committed: an unchanged issuer gets the same key set (keys and fetch schedule).
+        second.commit(&registry);
+        assert_eq!(registry.sets().len(), 1);
+        let third = build(&cfg);
+        assert!(Arc::ptr_eq(&remote_of(&second), &remote_of(&third)));
+
+        // Changed settings: a new key set.
+        let mut changed = ic.clone();
+        changed.jwks_refresh_seconds += 1;
+        let fourth = build(&JwtConfig {
+            issuers: vec![changed],
+            ..Default::default()
+        });
+        assert!(!Arc::ptr_eq(&remote_of(&second), &remote_of(&fourth)));
+
+        // A config without the issuer forgets it once committed.
+        build(&JwtConfig::default()).commit(&registry);
+        assert!(registry.sets().is_empty());
     }
 }

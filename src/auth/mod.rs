@@ -5,9 +5,34 @@
 //! from external identity providers (`jwt`). The credential's shape picks the check; each
 //! gives the same [`principal::Principal`] with roles and a tenant.
 
-/// The authentication concern's part of the process state (`runtime::State`).
-#[derive(Default)]
-pub struct AuthState {}
+/// The authentication concern's part of the process state (`runtime::State`): what outlives
+/// one config. The token endpoint's per-address counters are in the state's `Counters` store
+/// (`token_endpoint`).
+pub struct AuthState {
+    /// Remote JWKS of the config in force, by issuer: handed over to an unchanged issuer on
+    /// reload, refreshed by [`jwt::Refresher`].
+    pub jwks: Arc<jwt::JwksRegistry>,
+    /// Secret checks (Argon2, deliberately slow) running at once, whatever the source.
+    checking: tokio::sync::Semaphore,
+}
+
+impl Default for AuthState {
+    fn default() -> Self {
+        AuthState {
+            jwks: Arc::default(),
+            checking: tokio::sync::Semaphore::new(token_endpoint::MAX_CONCURRENT_CHECKS),
+        }
+    }
+}
+
+impl AuthState {
+    /// The background service that refreshes the registered JWKS.
+    pub fn refresher(&self) -> jwt::Refresher {
+        jwt::Refresher {
+            registry: self.jwks.clone(),
+        }
+    }
+}
 
 pub mod api_keys;
 pub mod jwt;
@@ -16,8 +41,8 @@ pub mod principal;
 pub mod token_endpoint;
 pub mod tokens;
 
+use crate::config::auth::OAuthConfig;
 use crate::config::model::Config;
-use crate::errors::ApiError;
 use api_keys::{ApiKeys, KeyState};
 use permissions::{PermissionId, Roles};
 use principal::Principal;
@@ -53,58 +78,20 @@ impl AuthError {
     }
 }
 
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> ApiError {
-        const CHALLENGE: &str = "Bearer realm=\"orion-proxy\"";
-        match e {
-            AuthError::Missing => ApiError::new(
-                401,
-                "unauthorized",
-                "Authentication required",
-                "send an API key or token as 'Authorization: Bearer ...' or 'X-API-Key: ...'",
-            )
-            .with_header("www-authenticate", CHALLENGE),
-            AuthError::Malformed(what) => {
-                ApiError::new(401, "invalid_token", "Invalid credentials", what)
-                    .with_header("www-authenticate", CHALLENGE)
-            }
-            AuthError::UnknownKey | AuthError::DisabledKey => ApiError::new(
-                401,
-                "invalid_token",
-                "Invalid credentials",
-                "the API key or token is not valid",
-            )
-            .with_header("www-authenticate", CHALLENGE),
-            AuthError::Token { detail, .. } => {
-                ApiError::new(401, "invalid_token", "Invalid credentials", detail)
-                    .with_header("www-authenticate", CHALLENGE)
-            }
-            AuthError::Forbidden { permission } => ApiError::new(
-                403,
-                "forbidden",
-                "Forbidden",
-                format!("this operation needs the permission '{permission}'"),
-            )
-            .with_detail_entry("permission", permission.to_string()),
-        }
-    }
-}
-
 /// The authentication runtime built from one config load.
 pub struct Auth {
     pub roles: Roles,
     keys: ApiKeys,
     issued: tokens::Issued,
     pub jwt: jwt::Jwt,
+    /// The token endpoint's settings (lifetime, per-address limits).
+    pub oauth: OAuthConfig,
 }
 
 impl Auth {
-    /// Validates keys, clients and issuers. `previous` lets remote JWKS caches survive.
-    pub fn build(
-        config: &Config,
-        roles: Roles,
-        previous: Option<&Auth>,
-    ) -> Result<Auth, Vec<String>> {
+    /// Validates keys, clients and issuers. Reads `state` (an unchanged issuer keeps its remote
+    /// JWKS), never changes it: [`Auth::commit`] does, once the whole config was built.
+    pub fn build(config: &Config, roles: Roles, state: &AuthState) -> Result<Auth, Vec<String>> {
         let mut errors = Vec::new();
         let mut keys = ApiKeys::default();
         for (i, k) in config.api_keys.iter().enumerate() {
@@ -138,23 +125,24 @@ impl Auth {
         }
         let issued = build_clients(config, &roles, &mut errors);
         let tenants = config.tenants.keys().map(String::as_str).collect();
-        let jwt = jwt::Jwt::build(
-            &config.jwt,
-            &roles,
-            &tenants,
-            previous.map(|p| &p.jwt),
-            &mut errors,
-        );
+        let jwt = jwt::Jwt::build(&config.jwt, &roles, &tenants, &state.jwks, &mut errors);
         if errors.is_empty() {
             Ok(Auth {
                 roles,
                 keys,
                 issued,
                 jwt,
+                oauth: config.oauth.clone(),
             })
         } else {
             Err(errors)
         }
+    }
+
+    /// Registers what this config keeps in the state (its remote JWKS). Called by the runtime
+    /// after the whole config was built, before it is swapped in.
+    pub fn commit(&self, state: &AuthState) {
+        self.jwt.commit(&state.jwks);
     }
 
     /// The registered clients and the token keys.

@@ -2,28 +2,33 @@
 //! it, so that OrionVM clients fetch their token from the proxy unchanged. Credentials come in
 //! a JSON or form body, or as HTTP Basic. Errors carry the RFC 6749 codes in the one error
 //! body. A per-source-address limit guards against guessing secrets.
+//!
+//! [`answer`] decides: it takes the caller's address, headers and body and returns the 200
+//! answer or the error; the proxy reads the body and writes the answer. The per-address
+//! counters are in the state's [`Counters`] store, the secret-check slots in [`AuthState`].
 
-use super::Auth;
 use super::tokens;
-use crate::config::auth::OAuthConfig;
-use crate::errors::ApiError;
+use super::{Auth, AuthState};
+use crate::config::secret::Secret;
+use crate::store::{Counters, StoreError, WindowCount};
 use base64::Engine;
 use bytes::Bytes;
-use once_cell::sync::Lazy;
-use pingora_limits::rate::Rate;
 use std::net::IpAddr;
 use std::time::Duration;
 
 /// Largest token request body read.
 pub const MAX_BODY: usize = 8 * 1024;
 
-static REQUESTS: Lazy<Rate> = Lazy::new(|| Rate::new(Duration::from_secs(60)));
-static FAILURES: Lazy<Rate> = Lazy::new(|| Rate::new(Duration::from_secs(60)));
 /// Secret checks (Argon2, deliberately slow) running at once, whatever the source: the
 /// proxy's CPU stays with the API under a distributed guessing attempt.
-const MAX_CONCURRENT_CHECKS: usize = 4;
-static CHECKING: Lazy<tokio::sync::Semaphore> =
-    Lazy::new(|| tokio::sync::Semaphore::new(MAX_CONCURRENT_CHECKS));
+pub const MAX_CONCURRENT_CHECKS: usize = 4;
+/// How long a request waits for a secret-check slot before it is 503.
+const CHECK_WAIT: Duration = Duration::from_secs(2);
+
+/// Counter scopes in the [`Counters`] store, counted per source address (its text).
+const REQUESTS: &str = "token.requests";
+const FAILURES: &str = "token.failures";
+const WINDOW: Duration = Duration::from_secs(60);
 
 /// RFC 6749 section 5.2 errors, plus the limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,66 +61,12 @@ impl OAuthError {
     }
 }
 
-impl From<OAuthError> for ApiError {
-    fn from(e: OAuthError) -> ApiError {
-        let no_store = |e: ApiError| {
-            e.with_header("cache-control", "no-store")
-                .with_header("pragma", "no-cache")
-        };
-        match e {
-            OAuthError::InvalidRequest(what) => no_store(ApiError::new(
-                400,
-                "invalid_request",
-                "The token request is invalid",
-                what,
-            )),
-            OAuthError::InvalidClient { basic } => {
-                let e = ApiError::new(
-                    401,
-                    "invalid_client",
-                    "Client authentication failed",
-                    "unknown client, wrong secret, or the client is disabled",
-                );
-                let e = if basic {
-                    e.with_header("www-authenticate", "Basic realm=\"orion-proxy\"")
-                } else {
-                    e
-                };
-                no_store(e)
-            }
-            OAuthError::UnsupportedGrantType(g) => no_store(ApiError::new(
-                400,
-                "unsupported_grant_type",
-                "Unsupported grant type",
-                format!("grant_type '{g}' is not supported; use client_credentials"),
-            )),
-            OAuthError::TooManyRequests { retry_after } => no_store(
-                ApiError::new(
-                    429,
-                    "rate_limited",
-                    "Too many token requests",
-                    "too many token requests from this address; try again later",
-                )
-                .with_retry_after(retry_after),
-            ),
-            OAuthError::Busy => ApiError::unavailable(
-                "temporarily_unavailable",
-                "the token endpoint is busy; try again",
-            )
-            .with_retry_after(1),
-            OAuthError::NotConfigured => ApiError::unavailable(
-                "temporarily_unavailable",
-                "the token endpoint has no signing key configured",
-            ),
-        }
-    }
-}
-
+/// A parsed token request. The client secret is a [`Secret`]: `Debug` never shows it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct TokenRequest {
     pub grant_type: String,
     pub client_id: String,
-    pub client_secret: String,
+    pub client_secret: Secret,
     pub basic: bool,
 }
 
@@ -178,7 +129,7 @@ pub fn parse(headers: &http::HeaderMap, body: &[u8]) -> Result<TokenRequest, OAu
         (Some((id, secret)), None, None) => Ok(TokenRequest {
             grant_type,
             client_id: id,
-            client_secret: secret,
+            client_secret: Secret::new(secret),
             basic: true,
         }),
         (Some(_), _, _) => Err(OAuthError::InvalidRequest(
@@ -187,7 +138,7 @@ pub fn parse(headers: &http::HeaderMap, body: &[u8]) -> Result<TokenRequest, OAu
         (None, Some(id), Some(secret)) => Ok(TokenRequest {
             grant_type,
             client_id: id,
-            client_secret: secret,
+            client_secret: Secret::new(secret),
             basic: false,
         }),
         (None, _, _) => Err(OAuthError::InvalidClient { basic: false }),
@@ -223,56 +174,116 @@ fn basic_credentials(headers: &http::HeaderMap) -> Result<Option<(String, String
     Ok(Some((dec(id)?, dec(secret)?)))
 }
 
-/// Sliding estimate of events in the last minute.
-fn per_minute(rate: &Rate, ip: &IpAddr) -> f64 {
-    rate.rate_with(ip, |c| {
-        c.prev_samples as f64 * (1.0 - c.current_interval_fraction) + c.curr_samples as f64
-    })
+/// The 200 answer to a token request (RFC 6749 section 5.1): the JSON body and its extra
+/// headers (`Pragma: no-cache`; the proxy sends `Cache-Control: no-store` on every answer it
+/// makes itself). The body holds the token, so `Debug` shows only its length.
+pub struct TokenReply {
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Bytes,
 }
 
-/// Answers a token request: the JSON body of a 200, or the error.
-pub async fn issue(
+impl std::fmt::Debug for TokenReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenReply")
+            .field("headers", &self.headers)
+            .field(
+                "body",
+                &format_args!("[{} bytes, redacted]", self.body.len()),
+            )
+            .finish()
+    }
+}
+
+/// Seconds until a counter's window ends, at least 1: the `Retry-After` of a 429.
+fn seconds_left(c: &WindowCount) -> u64 {
+    let d = c.resets_in;
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
+/// A counter the store could not read or count does not refuse the request (like a rate
+/// limiter whose store is down in Kong or Envoy); the failure is logged.
+fn counted(what: &str, r: Result<WindowCount, StoreError>) -> Option<WindowCount> {
+    match r {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log::warn!("token endpoint: {what} not counted: {e}");
+            None
+        }
+    }
+}
+
+/// Answers a token request from `client_ip`: the 200 answer, or the error (counted in the
+/// `auth_failures` metric). Per source address and one-minute window: past
+/// `oauth.max_failures_per_minute` failed attempts every request is 429 until the window ends;
+/// past `oauth.max_requests_per_minute` requests, too.
+pub async fn answer(
     auth: &Auth,
-    oauth: &OAuthConfig,
+    state: &AuthState,
+    counters: &dyn Counters,
     client_ip: Option<IpAddr>,
     headers: &http::HeaderMap,
     body: &[u8],
-) -> Result<Bytes, OAuthError> {
-    let ip = client_ip.unwrap_or(IpAddr::from([0u8, 0, 0, 0]));
-    if per_minute(&FAILURES, &ip) >= oauth.max_failures_per_minute as f64 {
-        return Err(OAuthError::TooManyRequests { retry_after: 60 });
+) -> Result<TokenReply, OAuthError> {
+    let result = limited(auth, state, counters, client_ip, headers, body).await;
+    if let Err(e) = &result {
+        crate::metrics::auth_failure(e.reason());
     }
-    REQUESTS.observe(&ip, 1);
-    if per_minute(&REQUESTS, &ip) > oauth.max_requests_per_minute as f64 {
-        return Err(OAuthError::TooManyRequests { retry_after: 60 });
+    result
+}
+
+async fn limited(
+    auth: &Auth,
+    state: &AuthState,
+    counters: &dyn Counters,
+    client_ip: Option<IpAddr>,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Result<TokenReply, OAuthError> {
+    let oauth = &auth.oauth;
+    let key = client_ip
+        .unwrap_or(IpAddr::from([0u8, 0, 0, 0]))
+        .to_string();
+    if let Some(c) = counted("failures", counters.peek(FAILURES, WINDOW, &key).await)
+        && c.count >= u64::from(oauth.max_failures_per_minute)
+    {
+        return Err(OAuthError::TooManyRequests {
+            retry_after: seconds_left(&c),
+        });
     }
-    let result = check(auth, oauth, headers, body).await;
+    if let Some(c) = counted("requests", counters.hit(REQUESTS, WINDOW, &key, 1).await)
+        && c.count > u64::from(oauth.max_requests_per_minute)
+    {
+        return Err(OAuthError::TooManyRequests {
+            retry_after: seconds_left(&c),
+        });
+    }
+    let result = check(auth, state, headers, body).await;
     if let Err(e) = &result
         && !matches!(e, OAuthError::NotConfigured | OAuthError::Busy)
     {
-        FAILURES.observe(&ip, 1);
+        counted("a failure", counters.hit(FAILURES, WINDOW, &key, 1).await);
     }
     result
 }
 
 async fn check(
     auth: &Auth,
-    oauth: &OAuthConfig,
+    state: &AuthState,
     headers: &http::HeaderMap,
     body: &[u8],
-) -> Result<Bytes, OAuthError> {
+) -> Result<TokenReply, OAuthError> {
+    let oauth = &auth.oauth;
     let req = parse(headers, body)?;
     let issued = auth.issued();
     let client = issued.client(&req.client_id).cloned();
     let secret = req.client_secret;
-    let Ok(Ok(_permit)) = tokio::time::timeout(Duration::from_secs(2), CHECKING.acquire()).await
-    else {
+    let Ok(Ok(_permit)) = tokio::time::timeout(CHECK_WAIT, state.checking.acquire()).await else {
         return Err(OAuthError::Busy);
     };
     let matched = tokio::task::spawn_blocking(move || match client {
-        Some(c) => c.secret_matches(&secret).then_some(c),
+        Some(c) => c.secret_matches(secret.expose()).then_some(c),
         None => {
-            tokens::burn_a_verification(&secret);
+            tokens::burn_a_verification(secret.expose());
             None
         }
     })
@@ -296,7 +307,10 @@ async fn check(
         "refresh_token": null,
         "scope": "",
     });
-    Ok(Bytes::from(body.to_string()))
+    Ok(TokenReply {
+        headers: vec![("pragma", "no-cache".to_string())],
+        body: Bytes::from(body.to_string()),
+    })
 }
 
 #[cfg(test)]
@@ -316,7 +330,7 @@ mod tests {
         let want = TokenRequest {
             grant_type: "client_credentials".into(),
             client_id: "ci".into(),
-            client_secret: "s e".into(),
+            client_secret: Secret::new("s e"),
             basic: false,
         };
         let json = br#"{"grant_type":"client_credentials","client_id":"ci","client_secret":"s e"}"#;
@@ -341,21 +355,38 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (r.client_id.as_str(), r.client_secret.as_str(), r.basic),
+            (r.client_id.as_str(), r.client_secret.expose(), r.basic),
             ("ci", "s e", true)
         );
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_client_secret() {
+        let secret = "correct-horse-battery-staple";
+        let form = format!("grant_type=client_credentials&client_id=ci&client_secret={secret}");
+        let r = parse(&h(&[]), form.as_bytes()).unwrap();
+        let shown = format!("{r:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains("ci"), "the client id may show: {shown}");
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("ci:{secret}"));
+        let r = parse(
+            &h(&[("authorization", &format!("Basic {basic}"))]),
+            b"grant_type=client_credentials",
+        )
+        .unwrap();
+        let shown = format!("{r:?} {r:#?}");
+        assert!(!shown.contains(secret), "{shown}");
     }
 
     #[test]
     fn errors_follow_rfc_6749() {
         let e = parse(&h(&[]), b"grant_type=password&client_id=a&client_secret=b").unwrap_err();
         assert_eq!(e.reason(), "unsupported_grant_type");
-        assert_eq!(ApiError::from(e).status, 400);
+        // The statuses (400 here, 401 for invalid_client): `errors::auth` tests.
         let e = parse(&h(&[]), b"client_id=a&client_secret=b").unwrap_err();
         assert_eq!(e.reason(), "invalid_request");
         let e = parse(&h(&[]), b"grant_type=client_credentials").unwrap_err();
-        assert_eq!(e.reason(), "invalid_client");
-        assert_eq!(ApiError::from(e).status, 401);
+        assert_eq!(e, OAuthError::InvalidClient { basic: false });
         let e = parse(
             &h(&[]),
             b"grant_type=client_credentials&client_id=a&client_id=b&client_secret=c",
@@ -364,5 +395,159 @@ mod tests {
         assert_eq!(e.reason(), "invalid_request");
         let e = parse(&h(&[("content-type", "application/json")]), b"[1]").unwrap_err();
         assert_eq!(e.reason(), "invalid_request");
+    }
+
+    mod decide {
+        use super::super::*;
+        use crate::auth::permissions::{PermissionRegistry, Roles};
+        use crate::store::memory::MemoryCounters;
+        use std::collections::BTreeMap;
+
+        const SECRET: &str = "the-right-secret";
+
+        /// An `Auth` with one client `ci` (secret [`SECRET`]) and the given limits.
+        fn auth(dir: &std::path::Path, requests: u32, failures: u32) -> Auth {
+            let key = dir.join("signing-key");
+            std::fs::write(&key, "k".repeat(48)).unwrap();
+            let hash = tokens::hash_secret(SECRET).unwrap();
+            let yaml = format!(
+                "accounts:\n  a:\n    endpoints: [{{url: \"http://127.0.0.1:9\"}}]\n    \
+                 credentials: {{type: static_token, token: {{env: UNUSED}}}}\n\
+                 tenants:\n  acme: {{account: a}}\n\
+                 oauth:\n  signing_key: {{file: \"{}\"}}\n  max_requests_per_minute: {requests}\n  \
+                 max_failures_per_minute: {failures}\n\
+                 clients:\n  - {{client_id: ci, secret_hash: '{hash}', roles: [viewer], tenant: acme}}\n",
+                key.display()
+            );
+            let config = crate::config::parse(&yaml).unwrap();
+            let mut reg = PermissionRegistry::default();
+            reg.intern("instances:read").unwrap();
+            let mut r = BTreeMap::new();
+            r.insert("viewer".to_string(), vec!["*:read".to_string()]);
+            let roles = Roles::build(&r, &reg).unwrap();
+            Auth::build(&config, roles, &AuthState::default()).unwrap()
+        }
+
+        fn form(secret: &str) -> Vec<u8> {
+            format!("grant_type=client_credentials&client_id=ci&client_secret={secret}")
+                .into_bytes()
+        }
+
+        fn ip(last: u8) -> Option<IpAddr> {
+            Some(IpAddr::from([192, 0, 2, last]))
+        }
+
+        #[tokio::test]
+        async fn issues_a_64_character_token_kept_out_of_caches_and_logs() {
+            let dir = tempfile::tempdir().unwrap();
+            let auth = auth(dir.path(), 10, 10);
+            let (state, counters) = (AuthState::default(), MemoryCounters::default());
+            let headers = http::HeaderMap::new();
+            let reply = answer(&auth, &state, &counters, ip(1), &headers, &form(SECRET))
+                .await
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+            let token = v["access_token"].as_str().unwrap();
+            assert_eq!(token.len(), 64);
+            assert_eq!(
+                (v["token_type"].as_str(), v["expires_in"].as_u64()),
+                (Some("bearer"), Some(3600))
+            );
+            assert!(v["refresh_token"].is_null() && v["scope"] == "");
+            assert_eq!(reply.headers, vec![("pragma", "no-cache".to_string())]);
+            let shown = format!("{reply:?}");
+            assert!(!shown.contains(token), "{shown}");
+        }
+
+        #[tokio::test]
+        async fn requests_per_address_are_counted_under_the_address_text() {
+            let dir = tempfile::tempdir().unwrap();
+            let auth = auth(dir.path(), 2, 10);
+            let (state, counters) = (AuthState::default(), MemoryCounters::default());
+            let headers = http::HeaderMap::new();
+            for _ in 0..2 {
+                answer(&auth, &state, &counters, ip(1), &headers, &form(SECRET))
+                    .await
+                    .unwrap();
+            }
+            match answer(&auth, &state, &counters, ip(1), &headers, &form(SECRET)).await {
+                Err(OAuthError::TooManyRequests { retry_after }) => {
+                    assert!((1..=60).contains(&retry_after), "{retry_after}")
+                }
+                other => panic!("{other:?}"),
+            }
+            // The key is the address as text, stable across processes.
+            let c = counters.peek(REQUESTS, WINDOW, "192.0.2.1").await.unwrap();
+            assert_eq!(c.count, 3);
+            // Another address is not limited.
+            assert!(
+                answer(&auth, &state, &counters, ip(2), &headers, &form(SECRET))
+                    .await
+                    .is_ok()
+            );
+        }
+
+        #[tokio::test]
+        async fn failed_attempts_lock_the_address_out_even_with_the_right_secret() {
+            let dir = tempfile::tempdir().unwrap();
+            let auth = auth(dir.path(), 100, 2);
+            let (state, counters) = (AuthState::default(), MemoryCounters::default());
+            let headers = http::HeaderMap::new();
+            for guess in ["guess-1", "guess-2"] {
+                assert_eq!(
+                    answer(&auth, &state, &counters, ip(3), &headers, &form(guess))
+                        .await
+                        .unwrap_err(),
+                    OAuthError::InvalidClient { basic: false }
+                );
+            }
+            let c = counters.peek(FAILURES, WINDOW, "192.0.2.3").await.unwrap();
+            assert_eq!(c.count, 2);
+            assert!(matches!(
+                answer(&auth, &state, &counters, ip(3), &headers, &form(SECRET)).await,
+                Err(OAuthError::TooManyRequests { .. })
+            ));
+            // Counters belong to the state that was handed in: another store knows nothing.
+            let fresh = MemoryCounters::default();
+            assert!(
+                answer(&auth, &state, &fresh, ip(3), &headers, &form(SECRET))
+                    .await
+                    .is_ok()
+            );
+        }
+
+        #[tokio::test]
+        async fn secret_checks_are_bounded_per_state() {
+            let dir = tempfile::tempdir().unwrap();
+            let auth = auth(dir.path(), 100, 100);
+            let (state, counters) = (AuthState::default(), MemoryCounters::default());
+            let headers = http::HeaderMap::new();
+            let all = state
+                .checking
+                .acquire_many(MAX_CONCURRENT_CHECKS as u32)
+                .await
+                .unwrap();
+            assert_eq!(
+                answer(&auth, &state, &counters, ip(4), &headers, &form(SECRET))
+                    .await
+                    .unwrap_err(),
+                OAuthError::Busy
+            );
+            drop(all);
+            // A busy endpoint is not the caller's failure.
+            let c = counters.peek(FAILURES, WINDOW, "192.0.2.4").await.unwrap();
+            assert_eq!(c.count, 0);
+            // Another state has its own slots.
+            let other = AuthState::default();
+            let _held = state
+                .checking
+                .acquire_many(MAX_CONCURRENT_CHECKS as u32)
+                .await;
+            assert!(
+                answer(&auth, &other, &counters, ip(4), &headers, &form(SECRET))
+                    .await
+                    .is_ok()
+            );
+        }
     }
 }

@@ -20,10 +20,10 @@ pub struct OAuthConfig {
     pub previous_signing_keys: Vec<SecretRef>,
     /// Lifetime of an issued token in seconds (`expires_in` of the answer).
     pub expires_in: u64,
-    /// Token requests per source address per minute (sliding estimate); 429 past it.
+    /// Token requests per source address per one-minute window; 429 past it.
     pub max_requests_per_minute: u32,
     /// Failed token requests (unknown client, wrong secret, malformed) per source address per
-    /// minute; past it every token request from that address is 429 until the rate falls.
+    /// minute; past it every token request from that address is 429 until the window ends.
     pub max_failures_per_minute: u32,
 }
 

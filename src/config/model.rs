@@ -140,10 +140,20 @@ pub struct AccountConfig {
     /// Active health check of the endpoints.
     #[serde(default)]
     pub health_check: crate::config::health::HealthCheckConfig,
+    /// The largest answer the proxy reads whole from OrionVM for its own calls (facade
+    /// composites, lists it pages, filters or sorts, coalesced reads), in bytes: past it the
+    /// caller gets 502 `upstream_response_too_large`. Error answers are read up to 64 KiB.
+    /// Answers proxied as they are stream through and are not limited.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
 }
 
 fn default_connect_timeout_ms() -> u64 {
     3000
+}
+/// 8 MiB: a list of several thousand instances.
+pub fn default_max_response_bytes() -> usize {
+    8 * 1024 * 1024
 }
 fn default_read_timeout_ms() -> u64 {
     30000
@@ -321,6 +331,10 @@ pub struct AuditConfig {
     pub path: String,
     /// Size-based rotation of the audit file.
     pub rotate: RotateConfig,
+    /// How far a record has gone before the caller gets the last byte of the answer.
+    pub durability: AuditDurability,
+    /// What happens to a mutating call when the trail cannot take its record.
+    pub on_failure: AuditOnFailure,
 }
 
 impl Default for AuditConfig {
@@ -328,8 +342,35 @@ impl Default for AuditConfig {
         AuditConfig {
             path: "off".into(),
             rotate: RotateConfig::default(),
+            durability: AuditDurability::default(),
+            on_failure: AuditOnFailure::default(),
         }
     }
+}
+
+/// `logging.audit.durability`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditDurability {
+    /// The audit writer has handed the record to the kernel (it survives the proxy crashing,
+    /// not the machine losing power).
+    #[default]
+    Buffered,
+    /// The audit writer has also flushed the file to the disk (`fdatasync`), so the record
+    /// survives a power loss.
+    Fsync,
+}
+
+/// `logging.audit.on_failure`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOnFailure {
+    /// Serve the call anyway; the lost record is logged and counted.
+    #[default]
+    Open,
+    /// Refuse mutating calls with 503 `audit_unavailable`, before they reach OrionVM, while the
+    /// trail cannot be written.
+    Closed,
 }
 
 /// One route: a method and a path template, what serves it and what it needs.

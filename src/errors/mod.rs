@@ -5,6 +5,11 @@
 //! both the RFC 9457 members and the keys that OrionVM clients parse
 //! (`error`, `error_description`, `details`).
 
+mod auth;
+pub mod facade;
+mod limits;
+mod observe;
+pub mod upstream;
 mod validate;
 
 use bytes::Bytes;

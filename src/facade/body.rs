@@ -139,17 +139,16 @@ pub struct SnapshotRequest {
 /// The request's body as `T`: the value the route's schema already checked (`validate`), else
 /// the bytes read in `request_filter`. Every problem is a 422 naming the member's path.
 pub fn from_request<T: for<'de> Deserialize<'de>>(
-    ctx: &crate::proxy::ctx::Ctx,
+    body: super::Body<'_>,
     empty_ok: bool,
 ) -> Result<T, FacadeError> {
-    let blank = ctx
-        .body
-        .as_ref()
+    let blank = body
+        .bytes
         .is_none_or(|b| b.iter().all(u8::is_ascii_whitespace));
-    match &ctx.validated {
+    match body.validated {
         _ if blank && !empty_ok => Err(FacadeError::invalid("(body)", "a JSON object is required")),
         Some(v) => from_value(v.value.clone()),
-        None => parse(ctx.body.as_deref(), empty_ok),
+        None => parse(body.bytes, empty_ok),
     }
 }
 

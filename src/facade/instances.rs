@@ -3,44 +3,48 @@
 use super::body::{self, AdapterPatch, CreateInstance, InstancePatch, SnapshotRequest};
 use super::lifecycle::{self, Action};
 use super::lists::{ListKind, ListQuery};
-use super::tasks::{self, Timing};
-use super::{FacadeError, Handler, Orion, Reply, list_reply, orion_of};
-use crate::proxy::ctx::Ctx;
+use super::tasks::{self, Kind, Runner, Timing};
+use super::{Call, FacadeError, Orion, Reply, list_reply, orion_of};
+use crate::routes::Handler;
 use http::Method;
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 
-pub async fn handle(h: Handler, ctx: &Ctx, query: Option<&str>) -> Result<Reply, FacadeError> {
-    let orion = orion_of(ctx)?;
+pub(crate) async fn handle(h: Handler, c: &Call<'_>) -> Result<Reply, FacadeError> {
+    let orion = orion_of(&c.req)?;
+    let tenant = &*orion.tenant.name;
+    let store = &**c.env.tasks;
     match h {
         Handler::InstancesList => {
-            let q = ListQuery::parse(ListKind::Instances, query)?;
+            let q = ListQuery::parse(ListKind::Instances, c.req.query)?;
             let items = orion.list("/api/v1/instances").await?;
-            Ok(list_reply(&q, &ctx.path, items))
+            Ok(list_reply(&q, c.req.path, items))
         }
-        Handler::InstancesCreate => create(ctx, &orion).await,
-        Handler::InstancesGet => Ok(Reply::new(200, instance(&orion, ctx).await?.1)),
-        Handler::InstancesPatch => patch(ctx, &orion).await,
+        Handler::InstancesCreate => create(c, &orion).await,
+        Handler::InstancesGet => Ok(Reply::new(200, instance(&orion, c).await?.1)),
+        Handler::InstancesPatch => patch(c, &orion).await,
         Handler::InstancesDelete => {
-            let (id, inst) = instance(&orion, ctx).await?;
+            let (id, inst) = instance(&orion, c).await?;
             lifecycle::check(Action::Delete, state_of(&inst))?;
             let out = orion
                 .call(Method::DELETE, &format!("/api/v1/instances/{id}"), None)
                 .await?;
             Ok(Reply::new(202, out))
         }
-        Handler::InstancesPoweron => power(ctx, &orion, Action::Poweron, "start").await,
-        Handler::InstancesPoweroff => power(ctx, &orion, Action::Poweroff, "stop").await,
+        Handler::InstancesPoweron => power(c, &orion, Action::Poweron, "start").await,
+        Handler::InstancesPoweroff => power(c, &orion, Action::Poweroff, "stop").await,
         Handler::InstancesReboot => {
-            let (id, inst) = instance(&orion, ctx).await?;
+            let (id, inst) = instance(&orion, c).await?;
             lifecycle::check(Action::Reboot, state_of(&inst))?;
-            let task = tasks::store().create(&orion.tenant.name, "reboot", &id, max_tasks(ctx));
-            tasks::spawn_reboot(&task, orion.clone(), timing(ctx));
-            Ok(task_reply(&task))
+            let task = tasks::create(store, tenant, Kind::Reboot, &id, max_tasks(c)).await?;
+            let reply = task_reply(&task);
+            let run = Runner::new(c.env.tasks.clone(), tenant, task, c.env.describe);
+            tasks::spawn_reboot(run, orion.clone(), timing(c));
+            Ok(reply)
         }
         Handler::InstancesSnapshot => {
-            let req: SnapshotRequest = body::from_request(ctx, true)?;
-            let (id, inst) = instance(&orion, ctx).await?;
+            let req: SnapshotRequest = body::from_request(c.body, true)?;
+            let (id, inst) = instance(&orion, c).await?;
             lifecycle::check(Action::Snapshot, state_of(&inst))?;
             let disks: Vec<(String, String)> = inst["disks"]
                 .as_array()
@@ -66,64 +70,49 @@ pub async fn handle(h: Handler, ctx: &Ctx, query: Option<&str>) -> Result<Reply,
                 .filter(|n| !n.trim().is_empty())
                 .or_else(|| inst["name"].as_str().map(str::to_string))
                 .unwrap_or_else(|| id.clone());
-            let task = tasks::store().create(&orion.tenant.name, "snapshot", &id, max_tasks(ctx));
-            tasks::spawn_snapshot(&task, orion.clone(), disks, prefix, timing(ctx));
-            Ok(task_reply(&task))
+            let task = tasks::create(store, tenant, Kind::Snapshot, &id, max_tasks(c)).await?;
+            let reply = task_reply(&task);
+            let run = Runner::new(c.env.tasks.clone(), tenant, task, c.env.describe);
+            tasks::spawn_snapshot(run, orion.clone(), disks, prefix, timing(c));
+            Ok(reply)
         }
         Handler::TasksList => {
-            let q = ListQuery::parse(ListKind::Tasks, query)?;
-            let items = tasks::store()
-                .list(&orion.tenant.name)
+            let q = ListQuery::parse(ListKind::Tasks, c.req.query)?;
+            let items = tasks::list(store, tenant)
+                .await?
                 .iter()
-                .map(|t| serde_json::to_value(t).unwrap_or(Value::Null))
+                .map(tasks::Task::to_value)
                 .collect();
-            Ok(list_reply(&q, &ctx.path, items))
+            Ok(list_reply(&q, c.req.path, items))
         }
         Handler::TasksGet => {
-            let id = param(ctx, "id", "task")?;
-            match tasks::store().get(&orion.tenant.name, &id) {
-                Some(t) => Ok(Reply::new(
-                    200,
-                    serde_json::to_value(&t).unwrap_or(Value::Null),
-                )),
+            let id = param(c, "id", "task")?;
+            match tasks::get(store, tenant, &id).await? {
+                Some(t) => Ok(Reply::new(200, t.to_value())),
                 None => Err(FacadeError::NotFound("task", id)),
             }
         }
     }
 }
 
-fn timing(ctx: &Ctx) -> Timing {
-    let c = ctx
-        .runtime
-        .as_ref()
-        .map(|rt| rt.config.facade.clone())
-        .unwrap_or_default();
+fn timing(c: &Call<'_>) -> Timing {
     Timing {
-        timeout: Duration::from_millis(c.transition_timeout_ms),
-        poll: Duration::from_millis(c.poll_interval_ms),
+        timeout: Duration::from_millis(c.env.config.transition_timeout_ms),
+        poll: Duration::from_millis(c.env.config.poll_interval_ms),
     }
 }
 
-fn max_tasks(ctx: &Ctx) -> usize {
-    ctx.runtime
-        .as_ref()
-        .map(|rt| rt.config.facade.max_tasks)
-        .unwrap_or(10_000)
+fn max_tasks(c: &Call<'_>) -> usize {
+    c.env.config.max_tasks
 }
 
 fn task_reply(task: &tasks::Task) -> Reply {
-    Reply::new(202, serde_json::to_value(task).unwrap_or(Value::Null))
-        .header("location", format!("/v1/tasks/{}", task.id))
+    Reply::new(202, task.to_value()).header("location", format!("/v1/tasks/{}", task.id))
 }
 
 /// A path parameter that must be a UUID (OrionVM's ids); anything else is not found.
-fn param(ctx: &Ctx, name: &str, what: &'static str) -> Result<String, FacadeError> {
-    let v = ctx
-        .params
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
+fn param(c: &Call<'_>, name: &str, what: &'static str) -> Result<String, FacadeError> {
+    let v = c.req.param(name).unwrap_or_default().to_string();
     match uuid::Uuid::parse_str(&v) {
         Ok(u) => Ok(u.hyphenated().to_string()),
         Err(_) => Err(FacadeError::NotFound(what, v.chars().take(64).collect())),
@@ -131,8 +120,8 @@ fn param(ctx: &Ctx, name: &str, what: &'static str) -> Result<String, FacadeErro
 }
 
 /// The instance of the path, as OrionVM has it now.
-async fn instance(orion: &Orion, ctx: &Ctx) -> Result<(String, Value), FacadeError> {
-    let id = param(ctx, "id", "instance")?;
+async fn instance(orion: &Orion, c: &Call<'_>) -> Result<(String, Value), FacadeError> {
+    let id = param(c, "id", "instance")?;
     let inst = orion.get(&format!("/api/v1/instances/{id}")).await?;
     Ok((id, inst))
 }
@@ -141,8 +130,13 @@ fn state_of(inst: &Value) -> &str {
     inst["state"].as_str().unwrap_or("unknown")
 }
 
-async fn power(ctx: &Ctx, orion: &Orion, action: Action, verb: &str) -> Result<Reply, FacadeError> {
-    let (id, inst) = instance(orion, ctx).await?;
+async fn power(
+    c: &Call<'_>,
+    orion: &Orion,
+    action: Action,
+    verb: &str,
+) -> Result<Reply, FacadeError> {
+    let (id, inst) = instance(orion, c).await?;
     lifecycle::check(action, state_of(&inst))?;
     let out = orion
         .call(
@@ -202,8 +196,8 @@ async fn key_ids(
     Ok(out)
 }
 
-async fn create(ctx: &Ctx, orion: &Orion) -> Result<Reply, FacadeError> {
-    let req: CreateInstance = body::from_request(ctx, false)?;
+async fn create(c: &Call<'_>, orion: &Orion) -> Result<Reply, FacadeError> {
+    let req: CreateInstance = body::from_request(c.body, false)?;
     body::check_create(&req)?;
     let mut errs: Vec<(String, String)> = Vec::new();
     let regions = orion.list("/api/v1/regions").await?;
@@ -275,7 +269,7 @@ async fn create(ctx: &Ctx, orion: &Orion) -> Result<Reply, FacadeError> {
     let id = inst["id"]
         .as_str()
         .ok_or_else(|| FacadeError::UpstreamShape("the created instance has no id".into()))?;
-    let location = format!("{}/{id}", ctx.path.trim_end_matches('/'));
+    let location = format!("{}/{id}", c.req.path.trim_end_matches('/'));
     Ok(Reply::new(201, inst).header("location", location))
 }
 
@@ -324,9 +318,9 @@ fn scalar<T: serde::Serialize>(
     }
 }
 
-async fn patch(ctx: &Ctx, orion: &Orion) -> Result<Reply, FacadeError> {
-    let p: InstancePatch = body::from_request(ctx, false)?;
-    let (id, inst) = instance(orion, ctx).await?;
+async fn patch(c: &Call<'_>, orion: &Orion) -> Result<Reply, FacadeError> {
+    let p: InstancePatch = body::from_request(c.body, false)?;
+    let (id, inst) = instance(orion, c).await?;
     let mut errs = Vec::new();
     let mut put = Map::new();
     scalar("name", p.name, &inst, &mut put, &mut errs);

@@ -1,11 +1,14 @@
-//! The REST facade (`/v1`, DESIGN.md section 3): instances with lifecycle rules checked before
+//! The REST facade (`/v1`; README, "The REST facade"): instances with lifecycle rules checked before
 //! OrionVM is called, composite operations run as tasks, lists that page, filter and sort (also
 //! for the mirror's lists when asked), and the OpenAPI document.
 //!
 //! Everything here talks to OrionVM through [`crate::upstream::client::call`], as the caller's
-//! tenant. `request_filter` makes one call into [`answer`].
+//! tenant. The facade decides and the proxy writes: `request_filter` makes one call into
+//! [`answer`] with the request's view, its body and what the facade needs of the runtime
+//! ([`Env`]), and writes the [`Decision`] it gets back.
 
-/// The facade's part of the process state (`runtime::State`).
+/// The facade's part of the process state (`runtime::State`). Its tasks are in the state's
+/// task store (`state.stores.tasks`), so that another backend can hold them.
 #[derive(Default)]
 pub struct FacadeState {}
 
@@ -16,81 +19,22 @@ pub mod lists;
 pub mod openapi;
 pub mod tasks;
 
-use crate::config::model::{FacadeConfig, RouteConfig, RouteKind};
-use crate::errors::ApiError;
-use crate::proxy::ctx::Ctx;
-use crate::proxy::respond;
+#[cfg(test)]
+mod handler_tests;
+
+use crate::config::model::{FacadeConfig, RouteKind};
+use crate::request::{Decision, RequestView};
+use crate::routes::Route;
+use crate::store::StoreError;
+use crate::store::tasks::TaskStore;
 use crate::upstream::Tenant;
 use crate::upstream::client::{self, CallError};
+use crate::validate::Validated;
 use bytes::Bytes;
 use lists::{ListKind, ListQuery};
-use pingora_proxy::Session;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::sync::Arc;
-
-/// The facade's operations; a `kind: facade` route names one as its `handler`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Handler {
-    InstancesList,
-    InstancesCreate,
-    InstancesGet,
-    InstancesPatch,
-    InstancesDelete,
-    InstancesPoweron,
-    InstancesPoweroff,
-    InstancesReboot,
-    InstancesSnapshot,
-    TasksList,
-    TasksGet,
-}
-
-impl Handler {
-    pub const ALL: &'static [(&'static str, Handler)] = &[
-        ("instances.list", Handler::InstancesList),
-        ("instances.create", Handler::InstancesCreate),
-        ("instances.get", Handler::InstancesGet),
-        ("instances.patch", Handler::InstancesPatch),
-        ("instances.delete", Handler::InstancesDelete),
-        ("instances.poweron", Handler::InstancesPoweron),
-        ("instances.poweroff", Handler::InstancesPoweroff),
-        ("instances.reboot", Handler::InstancesReboot),
-        ("instances.snapshot", Handler::InstancesSnapshot),
-        ("tasks.list", Handler::TasksList),
-        ("tasks.get", Handler::TasksGet),
-    ];
-
-    pub fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, h)| *h == self)
-            .map(|(n, _)| *n)
-            .unwrap_or("unknown")
-    }
-
-    /// The handler of a configured route, checked: facade routes need a known one, other
-    /// routes have none; only a mirror `GET` can be a `list`.
-    pub fn for_route(rc: &RouteConfig) -> Result<Option<Handler>, String> {
-        if rc.list && (rc.kind != RouteKind::Mirror || rc.method != "GET") {
-            return Err("list: only a mirror GET route can be a list".into());
-        }
-        match (rc.kind, &rc.handler) {
-            (RouteKind::Facade, Some(name)) => Self::ALL
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, h)| Some(*h))
-                .ok_or_else(|| {
-                    let known: Vec<&str> = Self::ALL.iter().map(|(n, _)| *n).collect();
-                    format!(
-                        "handler: '{name}' is not a facade operation (known: {})",
-                        known.join(", ")
-                    )
-                }),
-            (RouteKind::Facade, None) => Err("handler: a facade route needs one".into()),
-            (_, Some(_)) => Err("handler: only facade routes have a handler".into()),
-            (_, None) => Ok(None),
-        }
-    }
-}
+use tasks::DescribeError;
 
 /// Checks the `facade` section of the config.
 pub fn check_config(c: &FacadeConfig) -> Vec<String> {
@@ -131,6 +75,8 @@ pub enum FacadeError {
     /// The request body is wrong: (path, message) pairs.
     Invalid(Vec<(String, String)>),
     NotFound(&'static str, String),
+    /// The task store failed (a remote backend timed out or is gone).
+    Store(StoreError),
 }
 
 impl FacadeError {
@@ -155,74 +101,9 @@ impl From<CallError> for FacadeError {
     }
 }
 
-impl From<FacadeError> for ApiError {
-    fn from(e: FacadeError) -> ApiError {
-        match e {
-            FacadeError::Call(c) => c.into(),
-            // The caller authenticated to the proxy; OrionVM refusing the proxy's own
-            // credentials (after the one retry) is the proxy's failure, as on the mirror.
-            FacadeError::Upstream(401, _) => ApiError::bad_gateway(
-                "upstream_auth_failed",
-                "OrionVM refused the proxy's credentials",
-            ),
-            FacadeError::Upstream(status, body) => crate::errors::from_upstream(status, &body),
-            FacadeError::UpstreamShape(what) => ApiError::bad_gateway(
-                "bad_gateway",
-                format!("OrionVM answered unexpectedly: {what}"),
-            ),
-            FacadeError::InvalidState {
-                action,
-                state,
-                allowed,
-                retry_after,
-            } => {
-                let allowed_text = if allowed.is_empty() {
-                    "none".to_string()
-                } else {
-                    allowed.join(", ")
-                };
-                let mut details = Map::new();
-                details.insert("state".into(), json!([state]));
-                details.insert("allowed_actions".into(), json!(allowed));
-                let mut err = ApiError::new(
-                    409,
-                    "invalid_state",
-                    "The instance's state does not allow this action",
-                    format!(
-                        "{action} is not allowed while the instance is {state}; allowed: {allowed_text}"
-                    ),
-                )
-                .with_details(details);
-                if let Some(s) = retry_after {
-                    err = err.with_retry_after(s);
-                }
-                err
-            }
-            FacadeError::BadParameter { name, message } => ApiError::new(
-                400,
-                "invalid_parameter",
-                "A query parameter is invalid",
-                format!("{name}: {message}"),
-            )
-            .with_detail_entry(name, message),
-            FacadeError::Invalid(list) => {
-                let detail = list
-                    .iter()
-                    .map(|(p, m)| format!("{p}: {m}"))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                list.into_iter().fold(
-                    ApiError::new(422, "validation_failed", "Request body is invalid", detail),
-                    |e, (p, m)| e.with_detail_entry(p, m),
-                )
-            }
-            FacadeError::NotFound(what, id) => ApiError::new(
-                404,
-                "not_found",
-                "Not found",
-                format!("{what} {id} not found"),
-            ),
-        }
+impl From<StoreError> for FacadeError {
+    fn from(e: StoreError) -> Self {
+        FacadeError::Store(e)
     }
 }
 
@@ -266,7 +147,7 @@ impl Orion {
     }
 }
 
-/// What a facade operation answers.
+/// What a facade operation answers: a JSON value, serialised once at the end.
 pub struct Reply {
     pub status: u16,
     pub body: Value,
@@ -286,51 +167,89 @@ impl Reply {
         self.headers.push((name, value.into()));
         self
     }
+
+    /// The reply the proxy writes.
+    pub fn into_reply(self) -> crate::request::Reply {
+        // Serialising a `Value` cannot fail.
+        let body = Bytes::from(serde_json::to_vec(&self.body).unwrap_or_default());
+        crate::request::Reply {
+            status: self.status,
+            headers: self.headers,
+            body,
+        }
+    }
+}
+
+/// What the facade needs from the runtime in force, for one request.
+pub struct Env<'a> {
+    /// Task timing and the cap on kept tasks.
+    pub config: &'a FacadeConfig,
+    /// The route table in force: the API document describes it.
+    pub routes: &'a [Arc<Route>],
+    /// Where tasks live (`state.stores.tasks`).
+    pub tasks: &'a Arc<dyn TaskStore>,
+    /// How a task records a failed step: `errors::facade::task_error`.
+    pub describe: DescribeError,
+}
+
+/// The request body as the proxy read it: the bytes, and the value that the route's schema
+/// checked (`validate`), when the route has a JSON body.
+#[derive(Clone, Copy, Default)]
+pub struct Body<'a> {
+    pub bytes: Option<&'a [u8]>,
+    pub validated: Option<&'a Validated>,
+}
+
+/// One request as the facade's handlers see it.
+pub(crate) struct Call<'a> {
+    pub req: RequestView<'a>,
+    pub body: Body<'a>,
+    pub env: &'a Env<'a>,
 }
 
 /// Answers facade routes, the API document, and mirror lists asked to page, filter or sort.
-/// `Ok(false)`: not ours, the request goes on to OrionVM untouched.
-pub async fn answer(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-    let Some(route) = ctx.route.clone() else {
-        return Ok(false);
+/// `Continue`: not ours, the request goes on to OrionVM untouched.
+pub async fn answer<'a>(
+    req: RequestView<'a>,
+    body: Body<'a>,
+    env: &'a Env<'a>,
+) -> Decision<FacadeError> {
+    let Some(route) = req.route else {
+        return Decision::Continue;
     };
-    let query = session.req_header().uri.query().map(str::to_string);
+    let call = Call { req, body, env };
     let result = match route.kind {
-        RouteKind::Openapi => {
-            let doc = match &ctx.runtime {
-                Some(rt) => openapi::document(rt.routes.routes()),
-                None => openapi::document(&[]),
-            };
-            Ok(Reply::new(200, doc))
-        }
+        RouteKind::Openapi => Ok(Reply::new(200, openapi::document(env.routes))),
         RouteKind::Facade => match route.handler {
-            Some(h) => instances::handle(h, ctx, query.as_deref()).await,
+            Some(h) => instances::handle(h, &call).await,
             None => Err(FacadeError::NotFound("operation", route.name.to_string())),
         },
         RouteKind::Mirror
             if route.list
-                && session.req_header().method == http::Method::GET
-                && ListKind::Instances.asked(query.as_deref()) =>
+                && *req.method == http::Method::GET
+                && ListKind::Instances.asked(req.query) =>
         {
-            mirror_list(ctx, query.as_deref()).await
+            mirror_list(&call).await
         }
-        _ => return Ok(false),
+        _ => return Decision::Continue,
     };
     match result {
-        Ok(reply) => {
-            let body = Bytes::from(serde_json::to_vec(&reply.body).unwrap_or_default());
-            respond::json(session, ctx, reply.status, body, &reply.headers).await?;
+        Ok(reply) => Decision::Reply(reply.into_reply()),
+        Err(e) => {
+            if let FacadeError::Store(why) = &e {
+                log::warn!("request {}: task store: {why}", req.request_id);
+            }
+            Decision::Fail(e)
         }
-        Err(e) => respond::error(session, ctx, e.into()).await?,
     }
-    Ok(true)
 }
 
-fn orion_of(ctx: &Ctx) -> Result<Orion, FacadeError> {
-    match &ctx.tenant {
+/// OrionVM as the caller's tenant.
+pub(crate) fn orion_of(req: &RequestView<'_>) -> Result<Orion, FacadeError> {
+    match req.tenant {
         Some(t) => Ok(Orion {
             tenant: t.clone(),
-            request_id: ctx.request_id.clone(),
+            request_id: req.request_id.to_string(),
         }),
         None => Err(FacadeError::Call(CallError::Other("no tenant".into()))),
     }
@@ -338,13 +257,13 @@ fn orion_of(ctx: &Ctx) -> Result<Orion, FacadeError> {
 
 /// A mirror list with list parameters: the whole bare array from OrionVM, shaped here, still a
 /// bare array, with `X-Total-Count` and `Link`.
-async fn mirror_list(ctx: &Ctx, query: Option<&str>) -> Result<Reply, FacadeError> {
-    let q = ListQuery::parse(ListKind::Instances, query)?;
-    let items = orion_of(ctx)?.list(&ctx.path).await?;
+async fn mirror_list(call: &Call<'_>) -> Result<Reply, FacadeError> {
+    let q = ListQuery::parse(ListKind::Instances, call.req.query)?;
+    let items = orion_of(&call.req)?.list(call.req.path).await?;
     let page = q.apply(items);
     Ok(Reply::new(200, Value::Array(page.items))
         .header("x-total-count", page.total.to_string())
-        .header("link", q.link_header(&ctx.path, page.total)))
+        .header("link", q.link_header(call.req.path, page.total)))
 }
 
 /// The facade's list body with its headers.
@@ -362,46 +281,6 @@ pub fn list_reply(q: &ListQuery, path: &str, items: Vec<Value>) -> Reply {
 mod tests {
     use super::*;
 
-    fn route(kind: RouteKind, handler: Option<&str>, list: bool) -> RouteConfig {
-        RouteConfig {
-            name: "r".into(),
-            method: "GET".into(),
-            path: "/v1/x".into(),
-            kind,
-            permission: None,
-            json_body: false,
-            handler: handler.map(str::to_string),
-            list,
-            schema: None,
-            strict: None,
-            rewrite: None,
-        }
-    }
-
-    #[test]
-    fn routes_name_known_handlers() {
-        let ok = route(RouteKind::Facade, Some("tasks.get"), false);
-        assert_eq!(Handler::for_route(&ok), Ok(Some(Handler::TasksGet)));
-        for (r, needle) in [
-            (
-                route(RouteKind::Facade, Some("instances.explode"), false),
-                "instances.explode",
-            ),
-            (route(RouteKind::Facade, None, false), "needs one"),
-            (
-                route(RouteKind::Mirror, Some("tasks.get"), false),
-                "only facade",
-            ),
-            (route(RouteKind::Facade, Some("tasks.get"), true), "list:"),
-        ] {
-            let e = Handler::for_route(&r).unwrap_err();
-            assert!(e.contains(needle), "{e}");
-        }
-        for (name, h) in Handler::ALL {
-            assert_eq!(h.name(), *name);
-        }
-    }
-
     #[test]
     fn config_errors_name_their_key() {
         let bad = FacadeConfig {
@@ -418,22 +297,5 @@ mod tests {
             assert!(errs.contains(key), "{errs}");
         }
         assert!(check_config(&FacadeConfig::default()).is_empty());
-    }
-
-    #[test]
-    fn refused_transition_is_a_409_naming_state_and_actions() {
-        let e: ApiError = lifecycle::check(lifecycle::Action::Poweron, "running")
-            .unwrap_err()
-            .into();
-        assert_eq!((e.status, e.code), (409, "invalid_state"));
-        assert_eq!(e.details["state"], json!(["running"]));
-        assert_eq!(
-            e.details["allowed_actions"],
-            json!(["poweroff", "reboot", "snapshot", "patch", "delete"])
-        );
-        assert!(e.detail.contains("poweron") && e.detail.contains("running"));
-        assert_eq!(e.retry_after, None);
-        let e: ApiError = FacadeError::Upstream(401, Bytes::new()).into();
-        assert_eq!((e.status, e.code), (502, "upstream_auth_failed"));
     }
 }

@@ -5,9 +5,9 @@
 //! Served at `/openapi.json`; `openapi.json` at the top of the repository is this document for
 //! the shipped routes (`orion-proxy openapi` prints it).
 
-use super::Handler;
 use super::body::{CreateInstance, InstancePatch, SnapshotRequest};
 use crate::config::model::RouteKind;
+use crate::routes::Handler;
 use crate::routes::Route;
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};

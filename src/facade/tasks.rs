@@ -1,20 +1,24 @@
 //! Tasks: the composite operations (reboot, snapshot) run in the background and are polled with
-//! `GET /v1/tasks/{id}`. The store is process-wide, outside the runtime, so tasks survive config
-//! reloads; each task belongs to a tenant, and another tenant never sees it. At most
-//! `facade.max_tasks` are kept: the oldest finished ones are forgotten first.
+//! `GET /v1/tasks/{id}`. They live in the state's task store (`store::tasks::TaskStore`), not in
+//! the runtime, so they survive config reloads; each belongs to a tenant, and another tenant
+//! never sees it. At most `facade.max_tasks` are kept: the oldest finished ones are forgotten
+//! first.
+//!
+//! A task is written by one runner only, which holds the task and saves the whole of it after
+//! every change (a step begins or ends, the task finishes).
 
 use super::{FacadeError, Orion};
-use once_cell::sync::Lazy;
-use parking_lot::Mutex;
-use serde::Serialize;
-use serde_json::{Value, json};
-use std::collections::{HashMap, VecDeque};
+use crate::store::StoreError;
+use crate::store::tasks::{TaskRecord, TaskStore};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Pending,
@@ -23,7 +27,15 @@ pub enum Status {
     Failed,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// The composite operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Reboot,
+    Snapshot,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Step {
     pub name: String,
     pub status: Status,
@@ -31,24 +43,66 @@ pub struct Step {
     pub finished_at: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// Why a task failed, as its owner reads it: the keys of the error body (`error`,
+/// `error_description`, `details`) and the status the failed call would have had.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskError {
+    #[serde(rename = "error")]
+    pub code: String,
+    #[serde(rename = "error_description")]
+    pub message: String,
+    pub status: u16,
+    pub details: Map<String, Value>,
+}
+
+/// How a failed step's [`FacadeError`] becomes a [`TaskError`]: the conversion into the error
+/// body, which lives in `src/errors/facade.rs` (the facade does not import `errors`), handed in
+/// by the caller.
+pub type DescribeError = fn(FacadeError) -> TaskError;
+
+/// A task as its owner sees it (`GET /v1/tasks/{id}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     pub id: String,
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: Kind,
     pub status: Status,
     pub instance_id: String,
     /// The names of the steps that completed, in order.
     pub steps_done: Vec<String>,
     pub steps: Vec<Step>,
     pub result: Option<Value>,
-    /// `{"error": code, "error_description": text}` when the task failed.
-    pub error: Option<Value>,
+    pub error: Option<TaskError>,
     pub created_at: String,
     pub updated_at: String,
     pub finished_at: Option<String>,
-    #[serde(skip)]
-    pub tenant: Arc<str>,
+}
+
+impl Task {
+    pub fn is_finished(&self) -> bool {
+        matches!(self.status, Status::Completed | Status::Failed)
+    }
+
+    fn record(&self, tenant: &str) -> Result<TaskRecord, StoreError> {
+        let data = serde_json::to_vec(self).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(TaskRecord {
+            id: self.id.clone(),
+            tenant: tenant.to_string(),
+            finished: self.is_finished(),
+            data: Bytes::from(data),
+        })
+    }
+
+    fn from_record(r: &TaskRecord) -> Result<Task, StoreError> {
+        serde_json::from_slice(&r.data)
+            .map_err(|e| StoreError::Corrupt(format!("task {}: {e}", r.id)))
+    }
+
+    /// The task as JSON (the body of `GET /v1/tasks/{id}`).
+    pub fn to_value(&self) -> Value {
+        // Serialising strings, numbers and `Value`s cannot fail.
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
 }
 
 /// OrionVM's timestamp form: `2016-05-10T03:36:34.615Z`.
@@ -60,141 +114,162 @@ pub fn now_text() -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
 }
 
-#[derive(Default)]
-struct Inner {
-    tasks: HashMap<String, Task>,
-    order: VecDeque<String>,
+/// Adds a new pending task of `tenant` to the store (at most `max` kept).
+pub async fn create(
+    store: &dyn TaskStore,
+    tenant: &str,
+    kind: Kind,
+    instance_id: &str,
+    max: usize,
+) -> Result<Task, FacadeError> {
+    let now = now_text();
+    let task = Task {
+        id: uuid::Uuid::new_v4().to_string(),
+        kind,
+        status: Status::Pending,
+        instance_id: instance_id.to_string(),
+        steps_done: Vec::new(),
+        steps: Vec::new(),
+        result: None,
+        error: None,
+        created_at: now.clone(),
+        updated_at: now,
+        finished_at: None,
+    };
+    store.create(task.record(tenant)?, max).await?;
+    Ok(task)
 }
 
-/// The process-wide task store.
-pub struct Store {
-    inner: Mutex<Inner>,
+/// A task as its tenant sees it; another tenant's task does not exist.
+pub async fn get(
+    store: &dyn TaskStore,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<Task>, FacadeError> {
+    match store.get(tenant, id).await? {
+        Some(r) => Ok(Some(Task::from_record(&r)?)),
+        None => Ok(None),
+    }
 }
 
-static STORE: Lazy<Store> = Lazy::new(|| Store {
-    inner: Mutex::new(Inner::default()),
-});
-
-pub fn store() -> &'static Store {
-    &STORE
+/// A tenant's tasks, oldest first.
+pub async fn list(store: &dyn TaskStore, tenant: &str) -> Result<Vec<Task>, FacadeError> {
+    store
+        .list(tenant)
+        .await?
+        .iter()
+        .map(|r| Task::from_record(r).map_err(FacadeError::from))
+        .collect()
 }
 
-impl Store {
-    /// A new pending task of `tenant`; forgets the oldest finished tasks past `max`.
-    pub fn create(
-        &self,
-        tenant: &Arc<str>,
-        kind: &'static str,
-        instance_id: &str,
-        max: usize,
-    ) -> Task {
-        let now = now_text();
-        let task = Task {
-            id: uuid::Uuid::new_v4().to_string(),
-            kind,
-            status: Status::Pending,
-            instance_id: instance_id.to_string(),
-            steps_done: Vec::new(),
-            steps: Vec::new(),
-            result: None,
-            error: None,
-            created_at: now.clone(),
-            updated_at: now,
-            finished_at: None,
-            tenant: tenant.clone(),
+/// The one writer of a task: holds it and saves the whole task after each change.
+pub struct Runner {
+    store: Arc<dyn TaskStore>,
+    tenant: String,
+    task: Task,
+    describe: DescribeError,
+}
+
+impl Runner {
+    pub fn new(
+        store: Arc<dyn TaskStore>,
+        tenant: &str,
+        task: Task,
+        describe: DescribeError,
+    ) -> Runner {
+        Runner {
+            store,
+            tenant: tenant.to_string(),
+            task,
+            describe,
+        }
+    }
+
+    /// Saves the task; a store that fails is logged, and the task goes on (its owner sees the
+    /// last state that was saved).
+    async fn save(&mut self) {
+        self.task.updated_at = now_text();
+        let outcome = match self.task.record(&self.tenant) {
+            Ok(r) => self.store.update(r).await,
+            Err(e) => Err(e),
         };
-        let mut inner = self.inner.lock();
-        while inner.order.len() >= max.max(1) {
-            let victim = inner
-                .order
-                .iter()
-                .position(|id| {
-                    inner
-                        .tasks
-                        .get(id)
-                        .is_none_or(|t| matches!(t.status, Status::Completed | Status::Failed))
-                })
-                .unwrap_or(0);
-            if let Some(id) = inner.order.remove(victim) {
-                inner.tasks.remove(&id);
-            }
-        }
-        inner.order.push_back(task.id.clone());
-        inner.tasks.insert(task.id.clone(), task.clone());
-        task
-    }
-
-    /// A task as its tenant sees it; another tenant's task does not exist.
-    pub fn get(&self, tenant: &str, id: &str) -> Option<Task> {
-        self.inner
-            .lock()
-            .tasks
-            .get(id)
-            .filter(|t| &*t.tenant == tenant)
-            .cloned()
-    }
-
-    /// A tenant's tasks, oldest first.
-    pub fn list(&self, tenant: &str) -> Vec<Task> {
-        let inner = self.inner.lock();
-        inner
-            .order
-            .iter()
-            .filter_map(|id| inner.tasks.get(id))
-            .filter(|t| &*t.tenant == tenant)
-            .cloned()
-            .collect()
-    }
-
-    fn update(&self, id: &str, f: impl FnOnce(&mut Task)) {
-        if let Some(t) = self.inner.lock().tasks.get_mut(id) {
-            f(t);
-            t.updated_at = now_text();
+        match outcome {
+            Ok(true) => {}
+            Ok(false) => log::debug!("task {} was forgotten to make room", self.task.id),
+            Err(e) => log::warn!("task {}: progress not saved: {e}", self.task.id),
         }
     }
 
-    fn step_begin(&self, id: &str, name: &str) {
-        self.update(id, |t| {
-            t.status = Status::Running;
-            t.steps.push(Step {
-                name: name.to_string(),
-                status: Status::Running,
-                started_at: now_text(),
-                finished_at: None,
-            });
+    async fn step_begin(&mut self, name: &str) {
+        self.task.status = Status::Running;
+        self.task.steps.push(Step {
+            name: name.to_string(),
+            status: Status::Running,
+            started_at: now_text(),
+            finished_at: None,
         });
+        self.save().await;
     }
 
-    fn step_end(&self, id: &str, ok: bool) {
-        self.update(id, |t| {
-            if let Some(s) = t.steps.last_mut() {
-                s.status = if ok {
-                    Status::Completed
-                } else {
-                    Status::Failed
-                };
-                s.finished_at = Some(now_text());
-                if ok {
-                    t.steps_done.push(s.name.clone());
-                }
+    async fn step_end(&mut self, ok: bool) {
+        if let Some(s) = self.task.steps.last_mut() {
+            s.status = if ok {
+                Status::Completed
+            } else {
+                Status::Failed
+            };
+            s.finished_at = Some(now_text());
+            if ok {
+                self.task.steps_done.push(s.name.clone());
             }
-        });
+        }
+        self.save().await;
     }
 
-    fn finish(&self, id: &str, outcome: Result<Option<Value>, Value>) {
-        self.update(id, |t| {
-            t.finished_at = Some(now_text());
-            match outcome {
-                Ok(result) => {
-                    t.status = Status::Completed;
-                    t.result = result;
-                }
-                Err(error) => {
-                    t.status = Status::Failed;
-                    t.error = Some(error);
-                }
+    async fn finish(&mut self, outcome: Result<Option<Value>, TaskError>) {
+        self.task.finished_at = Some(now_text());
+        match outcome {
+            Ok(result) => {
+                self.task.status = Status::Completed;
+                self.task.result = result;
             }
-        });
+            Err(error) => {
+                self.task.status = Status::Failed;
+                self.task.error = Some(error);
+            }
+        }
+        self.save().await;
+    }
+
+    /// One step of a task: its name and its work. A failing step fails the task.
+    async fn step<T>(
+        &mut self,
+        name: &str,
+        work: impl std::future::Future<Output = Result<T, TaskError>>,
+    ) -> Result<T, TaskError> {
+        self.step_begin(name).await;
+        let r = work.await;
+        self.step_end(r.is_ok()).await;
+        r
+    }
+
+    /// One call to OrionVM as a step.
+    async fn call_step(
+        &mut self,
+        name: &str,
+        orion: &Orion,
+        method: http::Method,
+        path: &str,
+        body: Value,
+    ) -> Result<Value, TaskError> {
+        let describe = self.describe;
+        self.step(name, async {
+            orion
+                .call(method, path, Some(&body))
+                .await
+                .map_err(describe)
+        })
+        .await
     }
 }
 
@@ -205,33 +280,15 @@ pub struct Timing {
     pub poll: Duration,
 }
 
-/// One step of a task: its name and its work. A failing step fails the task.
-async fn step<T>(
-    id: &str,
-    name: &str,
-    work: impl std::future::Future<Output = Result<T, Value>>,
-) -> Result<T, Value> {
-    store().step_begin(id, name);
-    let r = work.await;
-    store().step_end(id, r.is_ok());
-    r
-}
-
-/// The error object of a failed step, from a facade error.
-fn error_value(e: FacadeError) -> Value {
-    let api: crate::errors::ApiError = e.into();
-    json!({"error": api.code, "error_description": api.detail, "status": api.status,
-           "details": Value::Object(api.details)})
-}
-
 /// Polls `path` until `field` has one of `wanted`; fails after the timeout naming the last state.
 async fn wait_for(
     orion: &Orion,
+    describe: DescribeError,
     path: &str,
     field: &str,
     wanted: &[&str],
     timing: Timing,
-) -> Result<(), Value> {
+) -> Result<(), TaskError> {
     let deadline = Instant::now() + timing.timeout;
     let mut last = String::from("unknown");
     loop {
@@ -245,121 +302,117 @@ async fn wait_for(
                 }
             }
             Err(FacadeError::Upstream(404, b)) => {
-                return Err(error_value(FacadeError::Upstream(404, b)));
+                return Err(describe(FacadeError::Upstream(404, b)));
             }
             // A failed poll is retried until the deadline.
             Err(_) => {}
         }
         if Instant::now() + timing.poll > deadline {
-            return Err(json!({
-                "error": "transition_timeout",
-                "error_description": format!(
+            let mut details = Map::new();
+            details.insert(field.to_string(), json!([last]));
+            return Err(TaskError {
+                code: "transition_timeout".into(),
+                message: format!(
                     "{path} did not reach {} within {} ms (last {field}: {last})",
                     wanted.join(" or "),
                     timing.timeout.as_millis()
                 ),
-                "status": 504,
-                "details": {field: [last]},
-            }));
+                status: 504,
+                details,
+            });
         }
         tokio::time::sleep(timing.poll).await;
     }
 }
 
 /// Reboot: stop, wait until `stopped`, start, wait until `running`.
-pub fn spawn_reboot(task: &Task, orion: Orion, timing: Timing) {
-    let id = task.id.clone();
-    let inst = task.instance_id.clone();
+pub fn spawn_reboot(mut run: Runner, orion: Orion, timing: Timing) {
     tokio::spawn(async move {
-        let base = format!("/api/v1/instances/{inst}");
+        let base = format!("/api/v1/instances/{}", run.task.instance_id);
         let state = format!("{base}/state");
-        let run = async {
-            step(&id, "stop", async {
-                orion
-                    .call(
-                        http::Method::POST,
-                        &format!("{base}/stop"),
-                        Some(&json!({})),
-                    )
-                    .await
-                    .map_err(error_value)
-            })
-            .await?;
-            step(
-                &id,
-                "wait_stopped",
-                wait_for(&orion, &state, "state", &["stopped"], timing),
+        let describe = run.describe;
+        let outcome = async {
+            run.call_step(
+                "stop",
+                &orion,
+                http::Method::POST,
+                &format!("{base}/stop"),
+                json!({}),
             )
             .await?;
-            step(&id, "start", async {
-                orion
-                    .call(
-                        http::Method::POST,
-                        &format!("{base}/start"),
-                        Some(&json!({})),
-                    )
-                    .await
-                    .map_err(error_value)
-            })
+            run.step(
+                "wait_stopped",
+                wait_for(&orion, describe, &state, "state", &["stopped"], timing),
+            )
             .await?;
-            step(
-                &id,
+            run.call_step(
+                "start",
+                &orion,
+                http::Method::POST,
+                &format!("{base}/start"),
+                json!({}),
+            )
+            .await?;
+            run.step(
                 "wait_running",
-                wait_for(&orion, &state, "state", &["running"], timing),
+                wait_for(&orion, describe, &state, "state", &["running"], timing),
             )
             .await?;
             Ok(None)
-        };
-        let outcome = run.await;
-        store().finish(&id, outcome);
+        }
+        .await;
+        run.finish(outcome).await;
     });
 }
+
+/// The states of a disk that is ready: `unattached` is OrionVM's word for a settled disk that
+/// no instance holds (the Go client and Packer wait for exactly it); `detached` is kept for
+/// answers that use it.
+const DISK_SETTLED: &[&str] = &["unattached", "detached", "attached"];
 
 /// Snapshot: clone every disk (named after the instance and the time), wait until the clones
 /// are ready.
 pub fn spawn_snapshot(
-    task: &Task,
+    mut run: Runner,
     orion: Orion,
     disks: Vec<(String, String)>,
     prefix: String,
     timing: Timing,
 ) {
-    let id = task.id.clone();
     tokio::spawn(async move {
         let stamp = OffsetDateTime::now_utc()
             .format(format_description!(
                 "[year][month][day]T[hour][minute][second]Z"
             ))
             .unwrap_or_default();
-        let run = async {
+        let describe = run.describe;
+        let outcome = async {
             let mut made = Vec::new();
             for (n, (disk_id, disk_name)) in disks.iter().enumerate() {
                 let name = format!("{prefix}-{stamp}-{n}");
-                let clone = step(&id, &format!("clone {disk_name}"), async {
-                    orion
-                        .call(
-                            http::Method::POST,
-                            &format!("/api/v1/disks/{disk_id}/clone"),
-                            Some(&json!({"name": name})),
-                        )
-                        .await
-                        .map_err(error_value)
-                })
-                .await?;
+                let clone = run
+                    .call_step(
+                        &format!("clone {disk_name}"),
+                        &orion,
+                        http::Method::POST,
+                        &format!("/api/v1/disks/{disk_id}/clone"),
+                        json!({"name": name}),
+                    )
+                    .await?;
                 let new_id = clone["id"].as_str().unwrap_or_default().to_string();
                 made.push(json!({"source_disk": disk_id, "disk": new_id, "name": name}));
             }
-            step(&id, "wait_clones", async {
+            run.step("wait_clones", async {
                 for m in &made {
                     let path = format!("/api/v1/disks/{}", m["disk"].as_str().unwrap_or_default());
-                    wait_for(&orion, &path, "state", &["unattached", "attached"], timing).await?;
+                    wait_for(&orion, describe, &path, "state", DISK_SETTLED, timing).await?;
                 }
                 Ok(())
             })
             .await?;
             Ok(Some(json!({"snapshots": made})))
-        };
-        let outcome = run.await;
-        store().finish(&id, outcome);
+        }
+        .await;
+        run.finish(outcome).await;
     });
 }

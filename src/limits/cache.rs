@@ -4,18 +4,21 @@
 //! entries are grouped per tenant and object id so that a mutation of an object through the
 //! proxy drops every cached read of it at once.
 //!
+//! The map is owned by [`MicroCache`], which the process state holds (`LimitsState`), so it
+//! outlives reloads and two states in one process share nothing.
+//!
 //! The flight runs in its own task through [`crate::upstream::client::call`] (same account,
 //! endpoints, credentials, breaker and budget as the proxied path), so a caller that goes away
 //! never strands the others waiting on it. The last good answer of each key is also kept for
 //! `stale_seconds`, for `breaker.fallback: stale`.
 
-use crate::errors::ApiError;
+use super::rate::Verdicts;
 use crate::upstream::Account;
-use crate::upstream::client::{self, Answer};
+use crate::upstream::client::{self, Answer, CallError};
 use bytes::Bytes;
-use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -28,16 +31,24 @@ pub struct Settings {
     pub max_body: usize,
 }
 
-/// What a flight brought back.
+/// What a flight brought back: OrionVM's answer (any status), or why the call failed.
 #[derive(Debug)]
 pub struct Filled {
     pub at: Instant,
-    pub outcome: Result<Answer, ApiError>,
+    pub outcome: Result<Answer, CallError>,
 }
 
 impl Filled {
     fn good(&self) -> bool {
         matches!(&self.outcome, Ok(a) if (200..300).contains(&a.status))
+    }
+
+    /// The status and body bytes of an answer (shared, not copied).
+    pub fn body(&self) -> Option<(u16, Bytes)> {
+        self.outcome
+            .as_ref()
+            .ok()
+            .map(|a| (a.status, a.body.clone()))
     }
 }
 
@@ -55,9 +66,14 @@ struct Store {
     entries: usize,
 }
 
-static STORE: Lazy<Mutex<Store>> = Lazy::new(Default::default);
+/// The micro-cache and its coalescing groups (one per process state).
+#[derive(Default)]
+pub struct MicroCache {
+    store: Mutex<Store>,
+}
 
 /// How a cacheable read was answered.
+#[derive(Debug)]
 pub enum Served {
     /// From the cache, no OrionVM call.
     Hit(Arc<Filled>),
@@ -65,6 +81,19 @@ pub enum Served {
     Coalesced(Arc<Filled>),
     /// By this caller's own call (charged to its quota).
     Miss(Arc<Filled>),
+}
+
+/// Why a cacheable read got no answer from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServeError {
+    /// The caller's quota refused the call it would have started (see the charged verdicts).
+    Refused,
+    /// The call waited on did not end within the wait limit.
+    Timeout,
+    /// The call waited on was dropped before it answered.
+    Abandoned,
+    /// The call waited on ended without an answer.
+    Lost,
 }
 
 pub fn group_key(tenant: &str, object: &str) -> String {
@@ -75,119 +104,174 @@ pub fn group_key(tenant: &str, object: &str) -> String {
     k
 }
 
-/// Drops every cached read of one object of one tenant.
-pub fn invalidate(tenant: &str, object: &str) {
-    let key = group_key(tenant, object);
-    let mut store = STORE.lock();
-    if let Some(g) = store.groups.remove(&key) {
-        store.entries = store.entries.saturating_sub(g.len());
-    }
-}
-
-/// The last good answer of `path`, if younger than the stale window.
-pub fn stale(settings: &Settings, group: &str, path: &str) -> Option<Arc<Filled>> {
-    let store = STORE.lock();
-    let e = store.groups.get(group)?.get(path)?;
-    e.last_good
-        .as_ref()
-        .filter(|f| f.at.elapsed() <= settings.stale)
-        .cloned()
-}
-
 enum Step {
     Ready(Served),
     Wait(watch::Receiver<Option<Arc<Filled>>>, bool),
+    /// Nothing to join: the caller must be charged before it starts a call.
+    Charge,
 }
 
-/// Answers a cacheable GET: from the cache, by joining an identical call in flight, or by
-/// starting one. `charge` runs (under the map lock, without awaiting) only when this caller
-/// starts a call; when it refuses, nothing starts and its error is returned.
-pub async fn serve(
-    settings: &Settings,
-    account: &Arc<Account>,
-    group: String,
-    path: String,
-    request_id: &str,
-    wait_limit: Duration,
-    charge: impl FnOnce() -> Result<(), Box<ApiError>>,
-) -> Result<Served, ApiError> {
-    let step = {
-        let mut store = STORE.lock();
-        let now = Instant::now();
-        let found = store
-            .groups
-            .get(&group)
-            .and_then(|g| g.get(&path))
-            .map(|e| e.current.clone());
-        let mut step = None;
-        if let Some(slot) = found {
-            let current = slot.borrow().clone();
-            match current {
-                None => step = Some(Step::Wait(slot.subscribe(), false)),
-                Some(f) if f.good() && now.duration_since(f.at) < settings.ttl => {
-                    step = Some(Step::Ready(Served::Hit(f)))
-                }
-                Some(_) => {}
-            }
+impl MicroCache {
+    /// Drops every cached read of one object of one tenant.
+    pub fn invalidate(&self, tenant: &str, object: &str) {
+        let key = group_key(tenant, object);
+        let mut store = self.store.lock();
+        if let Some(g) = store.groups.remove(&key) {
+            store.entries = store.entries.saturating_sub(g.len());
         }
-        match step {
-            Some(s) => s,
-            None => {
-                charge().map_err(|e| *e)?;
-                if store.entries >= settings.max_entries {
-                    sweep(&mut store, settings);
+    }
+
+    /// The last good answer of `path`, if younger than the stale window.
+    pub fn stale(&self, settings: &Settings, group: &str, path: &str) -> Option<Arc<Filled>> {
+        let store = self.store.lock();
+        let e = store.groups.get(group)?.get(path)?;
+        e.last_good
+            .as_ref()
+            .filter(|f| f.at.elapsed() <= settings.stale)
+            .cloned()
+    }
+
+    /// Entries held (over all tenants).
+    pub fn len(&self) -> usize {
+        self.store.lock().entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Answers a cacheable GET: from the cache, by joining an identical call in flight, or by
+    /// starting one. The caller is charged only when it starts a call: `charge_now` runs under
+    /// the map lock, without awaiting (exact: two callers never both start the same call);
+    /// when it cannot count synchronously (it returns `None`, a remote counter backend),
+    /// `charge_later` is awaited outside the lock and the map is looked at again (a caller
+    /// charged there may then join a call another one started meanwhile). The verdicts
+    /// charged are left in `charged`; when they refuse, nothing starts.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn serve(
+        self: &Arc<Self>,
+        settings: &Settings,
+        account: &Arc<Account>,
+        group: String,
+        path: String,
+        request_id: &str,
+        wait_limit: Duration,
+        charged: &mut Option<Verdicts>,
+        charge_now: impl FnOnce() -> Option<Verdicts>,
+        charge_later: impl Future<Output = Verdicts>,
+    ) -> Result<Served, ServeError> {
+        let step = {
+            let mut store = self.store.lock();
+            match lookup(&store, settings, &group, &path) {
+                Some(step) => step,
+                None => match charge_now() {
+                    Some(v) => {
+                        let refused = v.refusal().is_some();
+                        *charged = Some(v);
+                        if refused {
+                            return Err(ServeError::Refused);
+                        }
+                        let rx =
+                            self.start(&mut store, settings, account, &group, &path, request_id);
+                        Step::Wait(rx, true)
+                    }
+                    None => Step::Charge,
+                },
+            }
+        };
+        let step = match step {
+            Step::Charge => {
+                let v = charge_later.await;
+                let refused = v.refusal().is_some();
+                *charged = Some(v);
+                if refused {
+                    return Err(ServeError::Refused);
                 }
-                let (tx, rx) = watch::channel(None);
-                let slot = Arc::new(tx);
-                let group_map = store.groups.entry(group.clone()).or_default();
-                let mut added = false;
-                match group_map.get_mut(&path) {
-                    Some(e) => e.current = slot.clone(),
+                let mut store = self.store.lock();
+                match lookup(&store, settings, &group, &path) {
+                    Some(step) => step,
                     None => {
-                        group_map.insert(
-                            path.clone(),
-                            Entry {
-                                current: slot.clone(),
-                                last_good: None,
-                            },
-                        );
-                        added = true;
+                        let rx =
+                            self.start(&mut store, settings, account, &group, &path, request_id);
+                        Step::Wait(rx, true)
                     }
                 }
-                if added {
-                    store.entries += 1;
+            }
+            other => other,
+        };
+        match step {
+            Step::Ready(s) => Ok(s),
+            Step::Charge => Err(ServeError::Lost),
+            Step::Wait(mut rx, leader) => {
+                let got = tokio::time::timeout(wait_limit, rx.wait_for(Option::is_some)).await;
+                match got {
+                    Ok(Ok(v)) => match v.as_ref() {
+                        Some(f) if leader => Ok(Served::Miss(f.clone())),
+                        Some(f) => Ok(Served::Coalesced(f.clone())),
+                        None => Err(ServeError::Lost),
+                    },
+                    Ok(Err(_)) => Err(ServeError::Abandoned),
+                    Err(_) => Err(ServeError::Timeout),
                 }
-                spawn_flight(
-                    settings.clone(),
-                    account.clone(),
-                    group,
-                    path,
-                    request_id.to_string(),
-                    slot,
+            }
+        }
+    }
+
+    /// Registers a new flight for `path` and starts it; returns where its answer will come.
+    fn start(
+        self: &Arc<Self>,
+        store: &mut Store,
+        settings: &Settings,
+        account: &Arc<Account>,
+        group: &str,
+        path: &str,
+        request_id: &str,
+    ) -> watch::Receiver<Option<Arc<Filled>>> {
+        if store.entries >= settings.max_entries {
+            sweep(store, settings);
+        }
+        let (tx, rx) = watch::channel(None);
+        let slot = Arc::new(tx);
+        let group_map = store.groups.entry(group.to_string()).or_default();
+        let mut added = false;
+        match group_map.get_mut(path) {
+            Some(e) => e.current = slot.clone(),
+            None => {
+                group_map.insert(
+                    path.to_string(),
+                    Entry {
+                        current: slot.clone(),
+                        last_good: None,
+                    },
                 );
-                Step::Wait(rx, true)
+                added = true;
             }
         }
-    };
-    match step {
-        Step::Ready(s) => Ok(s),
-        Step::Wait(mut rx, leader) => {
-            let got = tokio::time::timeout(wait_limit, rx.wait_for(Option::is_some)).await;
-            match got {
-                Ok(Ok(v)) => match v.as_ref() {
-                    Some(f) if leader => Ok(Served::Miss(f.clone())),
-                    Some(f) => Ok(Served::Coalesced(f.clone())),
-                    None => Err(ApiError::internal(
-                        "the shared call ended without an answer",
-                    )),
-                },
-                Ok(Err(_)) => Err(ApiError::bad_gateway(
-                    "bad_gateway",
-                    "the call to OrionVM was abandoned",
-                )),
-                Err(_) => Err(ApiError::gateway_timeout("OrionVM did not answer in time")),
-            }
+        if added {
+            store.entries += 1;
         }
+        let flight = Flight {
+            cache: self.clone(),
+            settings: settings.clone(),
+            account: account.clone(),
+            group: group.to_string(),
+            path: path.to_string(),
+            request_id: request_id.to_string(),
+            slot,
+        };
+        tokio::spawn(flight.run());
+        rx
+    }
+}
+
+/// The current entry of `path`: a fresh good answer, or a call in flight to join.
+fn lookup(store: &Store, settings: &Settings, group: &str, path: &str) -> Option<Step> {
+    let slot = store.groups.get(group)?.get(path)?.current.clone();
+    let current = slot.borrow().clone();
+    match current {
+        None => Some(Step::Wait(slot.subscribe(), false)),
+        Some(f) if f.good() && f.at.elapsed() < settings.ttl => Some(Step::Ready(Served::Hit(f))),
+        Some(_) => None,
     }
 }
 
@@ -215,46 +299,52 @@ fn sweep(store: &mut Store, settings: &Settings) {
     }
 }
 
-fn spawn_flight(
+/// One call to OrionVM that the callers of one key share.
+struct Flight {
+    cache: Arc<MicroCache>,
     settings: Settings,
     account: Arc<Account>,
     group: String,
     path: String,
     request_id: String,
     slot: Arc<Slot>,
-) {
-    tokio::spawn(async move {
-        let outcome = client::call(&account, http::Method::GET, &path, None, &request_id)
-            .await
-            .map_err(ApiError::from);
+}
+
+impl Flight {
+    async fn run(self) {
+        let outcome = client::call(
+            &self.account,
+            http::Method::GET,
+            &self.path,
+            None,
+            &self.request_id,
+        )
+        .await;
         let filled = Arc::new(Filled {
             at: Instant::now(),
             outcome,
         });
         let good = filled.good();
-        let keep = good && matches!(&filled.outcome, Ok(a) if a.body.len() <= settings.max_body);
+        let keep =
+            good && matches!(&filled.outcome, Ok(a) if a.body.len() <= self.settings.max_body);
         {
-            let mut guard = STORE.lock();
+            let mut guard = self.cache.store.lock();
             let Store { groups, entries } = &mut *guard;
-            if let Some(g) = groups.get_mut(&group)
-                && g.get(&path).is_some_and(|e| Arc::ptr_eq(&e.current, &slot))
+            if let Some(g) = groups.get_mut(&self.group)
+                && g.get(&self.path)
+                    .is_some_and(|e| Arc::ptr_eq(&e.current, &self.slot))
             {
                 if keep {
-                    if let Some(e) = g.get_mut(&path) {
+                    if let Some(e) = g.get_mut(&self.path) {
                         e.last_good = Some(filled.clone());
                     }
                 } else if good {
                     // Too big to keep: the callers waiting get it, later ones call again.
-                    g.remove(&path);
+                    g.remove(&self.path);
                     *entries = entries.saturating_sub(1);
                 }
             }
         }
-        slot.send_replace(Some(filled));
-    });
-}
-
-/// The body bytes of a good answer (shared, not copied).
-pub fn body(f: &Filled) -> Option<(u16, Bytes)> {
-    f.outcome.as_ref().ok().map(|a| (a.status, a.body.clone()))
+        self.slot.send_replace(Some(filled));
+    }
 }

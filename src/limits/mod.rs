@@ -1,39 +1,64 @@
 //! Protecting OrionVM and the proxy: rate limits per principal (or source address) with the
-//! IETF RateLimit fields, coalescing and a micro-cache for polled reads, the budget toward
-//! OrionVM and the circuit breaker of each endpoint.
+//! IETF RateLimit fields, coalescing and a micro-cache for polled reads. (The budget toward
+//! OrionVM and the circuit breaker of each endpoint are in `crate::upstream`.)
 //!
-//! The proxy calls in from its phases: [`admit`] (rate limits, in `request_filter` before the
-//! body is read), [`before_upstream`] (breaker fallback, cached reads, invalidation),
-//! [`response_headers`], [`upstream_done`] and [`finish`]. Everything is skipped when
-//! `limits.enabled` is false.
+//! The limits decide; the proxy writes. The proxy calls in from its phases with a
+//! [`RequestView`] and the request's [`RequestLimits`]: [`admit`] (rate limits, in
+//! `request_filter` before the body is read), [`before_upstream`] (breaker fallback, cached
+//! reads, invalidation; returns a [`Decision`]), [`response_fields`] and [`finish`]. Everything is skipped when `limits.enabled` is false.
+//!
+//! State that outlives a request (the counters, the micro-cache and its coalescing groups) is
+//! in [`LimitsState`], owned by the process state; [`Limits::build`] reads it, never changes it.
 
-/// The limits' part of the process state (`runtime::State`).
-#[derive(Default)]
-pub struct LimitsState {}
-
-pub mod breaker;
-pub mod budget;
 pub mod cache;
 pub mod rate;
 
 use crate::config::limits::{self as config, Fallback, LimitsConfig};
 use crate::config::model::{Config, RouteKind};
-use crate::errors::{self, ApiError};
-use crate::proxy::ctx::Ctx;
-use crate::proxy::respond;
+use crate::request::{Decision, Reply, RequestView};
 use crate::routes::RouteTable;
-use pingora::http::ResponseHeader;
-use pingora_proxy::Session;
-use rate::{Policy, Verdicts};
+use crate::store::{Counters, Stores};
+use crate::upstream::UpstreamError;
+use crate::upstream::client::CallError;
+use bytes::Bytes;
+use cache::{MicroCache, ServeError, Served};
+use rate::{Fields, Policy, Verdicts};
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-static KEY_HASHER: once_cell::sync::Lazy<std::collections::hash_map::RandomState> =
-    once_cell::sync::Lazy::new(Default::default);
+/// The limits' part of the process state (`runtime::State`): the rate counters (through the
+/// state's counter backend) and the micro-cache with its coalescing groups. Both outlive
+/// reloads: a reload hands out no fresh quota and keeps the cached reads.
+pub struct LimitsState {
+    counters: Arc<dyn Counters>,
+    cache: Arc<MicroCache>,
+}
 
-/// Why the limits refused a request.
+impl LimitsState {
+    /// The limits' state over the process' backends.
+    pub fn new(stores: &Stores) -> LimitsState {
+        LimitsState {
+            counters: stores.counters.clone(),
+            cache: Default::default(),
+        }
+    }
+
+    /// The micro-cache (for tests and reports).
+    pub fn cache(&self) -> &MicroCache {
+        &self.cache
+    }
+}
+
+impl Default for LimitsState {
+    /// In-memory counters of its own.
+    fn default() -> Self {
+        LimitsState::new(&Stores::memory())
+    }
+}
+
+/// Why the limits refused a request, or why a cached read got no good answer.
 #[derive(Debug, Clone)]
 pub enum LimitsError {
     /// A rate-limit policy's quota is used up.
@@ -42,67 +67,46 @@ pub enum LimitsError {
         retry_after: u64,
         headers: Vec<(&'static str, String)>,
     },
-    /// The budget toward OrionVM stayed full for the whole wait.
-    Busy { reason: &'static str },
-    /// The breaker of every endpoint is open.
-    Open { retry_after: u64 },
+    /// The upstream refused the call before any work (every endpoint's breaker is open);
+    /// counted where upstream refused it.
+    Upstream(UpstreamError),
+    /// OrionVM answered a cached read with an error: its status and body as sent (the error
+    /// layer normalises them), and the fields to add to the answer.
+    Answered {
+        status: u16,
+        body: Bytes,
+        headers: Vec<(&'static str, String)>,
+    },
+    /// The shared call of a cached read failed.
+    Call {
+        error: Box<CallError>,
+        headers: Vec<(&'static str, String)>,
+    },
+    /// Waiting for the shared call of a cached read failed.
+    Wait(WaitFailure),
 }
 
-impl From<LimitsError> for ApiError {
-    fn from(e: LimitsError) -> ApiError {
-        match e {
-            LimitsError::RateLimited {
-                policy,
-                retry_after,
-                headers,
-            } => {
-                crate::metrics::rate_limited(&policy);
-                let mut err = ApiError::new(
-                    429,
-                    "rate_limited",
-                    "Too many requests",
-                    format!("the quota of policy '{policy}' is used up; retry in {retry_after} s"),
-                )
-                .with_detail_entry("policy", policy.to_string())
-                .with_retry_after(retry_after);
-                err.headers = headers;
-                err
-            }
-            LimitsError::Busy { reason } => {
-                crate::metrics::upstream_refused("busy");
-                ApiError::new(503, "upstream_busy", "OrionVM is busy", reason).with_retry_after(1)
-            }
-            LimitsError::Open { retry_after } => {
-                crate::metrics::upstream_refused("open");
-                ApiError::new(
-                    503,
-                    "circuit_open",
-                    "OrionVM is unavailable",
-                    "OrionVM is failing; the proxy is not calling it for now",
-                )
-                .with_retry_after(retry_after)
-            }
-        }
-    }
+/// How waiting for a shared call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitFailure {
+    /// It did not end within the wait limit.
+    Timeout,
+    /// It was dropped before it answered.
+    Abandoned,
+    /// It ended without an answer.
+    Lost,
 }
 
 /// The limits' part of the per-request context.
 #[derive(Default)]
 pub struct RequestLimits {
-    /// The claim on an OrionVM endpoint of the current attempt.
-    pub attempt: Option<crate::upstream::Attempt>,
     /// The policies' verdicts, for the response fields.
     pub verdicts: Verdicts,
     /// The route is a cached read: charged only when it calls OrionVM.
     pub cached: bool,
-}
-
-impl RequestLimits {
-    pub fn release_budget(&mut self) {
-        if let Some(a) = self.attempt.as_mut() {
-            a.release_budget();
-        }
-    }
+    /// OrionVM's status and the call's duration when this request's own call answered it (a
+    /// cache miss), for the logs.
+    pub upstream_answer: Option<(u16, Duration)>,
 }
 
 struct RoutePlan {
@@ -121,14 +125,9 @@ pub struct Limits {
     routes: HashMap<String, RoutePlan>,
     pub cache: Option<cache::Settings>,
     pub fallback: Fallback,
-}
-
-pub fn breaker_settings(c: &config::BreakerConfig) -> breaker::Settings {
-    breaker::Settings {
-        threshold: c.failure_threshold.max(1),
-        reset_timeout: Duration::from_secs_f64(c.reset_timeout_seconds.clamp(0.001, 3600.0)),
-        probes: c.half_open_probes.max(1),
-    }
+    /// From the state: the counter backend and the micro-cache.
+    counters: Arc<dyn Counters>,
+    micro: Arc<MicroCache>,
 }
 
 /// `*` matches any run of characters.
@@ -148,10 +147,13 @@ fn glob(pattern: &str, name: &str) -> bool {
 }
 
 impl Limits {
+    /// Validates the `limits:` section into the limits of one config. Reads `state` (the
+    /// counters and the micro-cache are handed over), never changes it.
     pub fn build(
         config: &Config,
         routes: Option<&RouteTable>,
         role_names: &[&str],
+        state: &LimitsState,
     ) -> Result<Limits, Vec<String>> {
         let c: &LimitsConfig = &config.limits;
         let mut errors = Vec::new();
@@ -285,7 +287,7 @@ impl Limits {
         if b.half_open_probes == 0 {
             errors.push("limits.breaker.half_open_probes: must be at least 1".into());
         }
-        if let Err(e) = budget::Budget::build(&c.upstream, "limits.upstream") {
+        if let Err(e) = crate::upstream::budget::validate(&c.upstream, "limits.upstream") {
             errors.extend(e);
         }
         if !errors.is_empty() {
@@ -306,307 +308,305 @@ impl Limits {
                 max_body: cc.max_body_bytes,
             }),
             fallback: b.fallback,
+            counters: state.counters.clone(),
+            micro: state.cache.clone(),
         })
     }
 
-    /// Charges (or, with `count` false, only reads) every policy that applies to the request.
-    fn judge(&self, ctx: &Ctx, client_ip: Option<IpAddr>, count: bool) -> Verdicts {
-        let mut out = Verdicts::default();
-        let route_policies = ctx
+    /// The policies that apply to the request: the caller's (by role, else the default;
+    /// without a principal the anonymous policy) and the route's.
+    fn applying<'a>(&'a self, req: &RequestView<'_>) -> impl Iterator<Item = u16> + 'a {
+        let route: &[u16] = req
             .route
-            .as_ref()
             .and_then(|r| self.routes.get(&*r.name))
             .map(|p| p.policies.as_slice())
             .unwrap_or(&[]);
-        #[derive(Hash)]
-        enum Key<'a> {
-            Principal(&'a str),
-            Addr(Option<IpAddr>),
+        let base: &[u16] = match req.principal {
+            Some(p) => p
+                .roles
+                .iter()
+                .find_map(|r| self.roles.get(&**r))
+                .map(Vec::as_slice)
+                .unwrap_or(&self.default_policy),
+            None => &self.anonymous_policy,
+        };
+        base.iter().chain(route.iter()).copied()
+    }
+
+    /// Charges (or, with `count` false, only reads) every policy that applies, when the
+    /// counter backend counts synchronously (memory); `None` otherwise.
+    fn judge_now(&self, req: &RequestView<'_>, count: bool) -> Option<Verdicts> {
+        let memory = self.counters.as_memory()?;
+        let mut out = Verdicts::default();
+        let mut key = None;
+        for i in self.applying(req) {
+            let Some(p) = self.policies.get(i as usize) else {
+                continue;
+            };
+            let key = key.get_or_insert_with(|| counter_key(req));
+            let w = p.memory_window(memory);
+            let c = if count { w.hit(key, 1) } else { w.peek(key) };
+            out.push(p.verdict(i, c, count));
         }
-        // Hashed once here; the sketch then hashes a u64 instead of the id, four times.
-        let hashed = |k: Key| -> u64 {
-            use std::hash::BuildHasher;
-            KEY_HASHER.hash_one(k)
-        };
-        let (base, key): (&[u16], u64) = match &ctx.principal {
-            Some(p) => {
-                let by_role = p
-                    .roles
-                    .iter()
-                    .find_map(|r| self.roles.get(&**r))
-                    .map(Vec::as_slice);
-                (
-                    by_role.unwrap_or(&self.default_policy),
-                    hashed(Key::Principal(&p.id)),
-                )
-            }
-            None => (&self.anonymous_policy, hashed(Key::Addr(client_ip))),
-        };
-        for &i in base.iter().chain(route_policies.iter()) {
-            if let Some(p) = self.policies.get(i as usize) {
-                out.push(if count {
-                    p.charge(i, &key)
-                } else {
-                    p.peek(i, &key)
-                });
+        Some(out)
+    }
+
+    /// Charges (or only reads) every policy that applies, through whatever backend. A policy
+    /// whose backend fails is not enforced for this request (logged): an unreachable counter
+    /// store does not take the API down.
+    async fn judge(&self, req: &RequestView<'_>, count: bool) -> Verdicts {
+        if let Some(v) = self.judge_now(req, count) {
+            return v;
+        }
+        let mut out = Verdicts::default();
+        let key = counter_key(req);
+        for i in self.applying(req) {
+            let Some(p) = self.policies.get(i as usize) else {
+                continue;
+            };
+            let got = if count {
+                self.counters.hit(&p.name, p.window, &key, 1).await
+            } else {
+                self.counters.peek(&p.name, p.window, &key).await
+            };
+            match got {
+                Ok(c) => out.push(p.verdict(i, c, count)),
+                Err(e) => log::warn!(
+                    "request {}: rate-limit policy '{}' not counted: {e}",
+                    req.request_id,
+                    p.name
+                ),
             }
         }
         out
     }
 
-    fn refusal(&self, v: &Verdicts) -> Option<LimitsError> {
+    /// The refusal of charged verdicts, if any, counted in the metrics here.
+    fn refuse(&self, v: &Verdicts) -> Option<LimitsError> {
         let r = v.refusal()?;
+        let policy = self.policies.get(r.policy as usize)?.name.clone();
+        crate::metrics::rate_limited(&policy);
         Some(LimitsError::RateLimited {
-            policy: self.policies.get(r.policy as usize)?.name.clone(),
+            policy,
             retry_after: r.reset,
             headers: v.headers(&self.policies, self.legacy),
         })
     }
+
+    /// Whether the route's GETs are coalesced and cached.
+    fn is_cached_read(&self, req: &RequestView<'_>) -> bool {
+        *req.method == http::Method::GET
+            && req
+                .route
+                .and_then(|r| self.routes.get(&*r.name))
+                .is_some_and(|p| p.cached)
+    }
+}
+
+/// The stable key that a request is counted under: the principal's id, or the source address
+/// for requests without one. Never a per-process hash: a shared backend counts the same key on
+/// every node.
+fn counter_key(req: &RequestView<'_>) -> String {
+    match req.principal {
+        Some(p) => {
+            let mut k = String::with_capacity(10 + p.id.len());
+            k.push_str("principal:");
+            k.push_str(&p.id);
+            k
+        }
+        None => {
+            let mut k = String::with_capacity(5 + 39);
+            k.push_str("addr:");
+            match req.client_ip {
+                Some(ip) => {
+                    let _ = write!(k, "{ip}");
+                }
+                None => k.push_str("unknown"),
+            }
+            k
+        }
+    }
 }
 
 /// Rate limits, before the body is read. Cached reads are charged later, only when they call
-/// OrionVM. Returns the 429 to answer with, if any.
-pub fn admit(ctx: &mut Ctx, method: &http::Method, client_ip: Option<IpAddr>) -> Option<ApiError> {
-    let (verdicts, refused) = {
-        let limits = &ctx.runtime.as_ref()?.limits;
-        if !limits.enabled {
-            return None;
-        }
-        let plan = ctx.route.as_ref().and_then(|r| limits.routes.get(&*r.name));
-        if *method == http::Method::GET && plan.is_some_and(|p| p.cached) {
-            ctx.limits.cached = true;
-            return None;
-        }
-        let verdicts = limits.judge(ctx, client_ip, true);
-        let refused = limits.refusal(&verdicts);
-        (verdicts, refused)
-    };
-    ctx.limits.verdicts = verdicts;
-    refused.map(ApiError::from)
+/// OrionVM ([`before_upstream`]). `Err`: answer with the refusal (429).
+pub async fn admit(
+    limits: &Limits,
+    req: &RequestView<'_>,
+    rl: &mut RequestLimits,
+) -> Result<(), LimitsError> {
+    if !limits.enabled {
+        return Ok(());
+    }
+    if limits.is_cached_read(req) {
+        rl.cached = true;
+        return Ok(());
+    }
+    rl.verdicts = limits.judge(req, true).await;
+    match limits.refuse(&rl.verdicts) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
-fn object_of(ctx: &Ctx) -> &str {
-    ctx.params
-        .iter()
-        .find(|(k, _)| k == "id")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("")
-}
-
-fn is_mutation(m: &http::Method) -> bool {
-    !matches!(
-        *m,
-        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
-    )
+fn object_of<'a>(req: &RequestView<'a>) -> &'a str {
+    req.param("id").unwrap_or("")
 }
 
 /// Before any upstream work: drop cached reads of an object being changed, answer fast when
-/// every endpoint's breaker is open, and answer cached reads. `Ok(true)`: answered.
-pub async fn before_upstream(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-    // The common case (limits on, breaker closed, not a cached read) without a clone.
-    {
-        let Some(rt) = ctx.runtime.as_ref() else {
-            return Ok(false);
-        };
-        if !rt.limits.enabled {
-            return Ok(false);
-        }
-        let (Some(route), Some(tenant)) = (ctx.route.as_ref(), ctx.tenant.as_ref()) else {
-            return Ok(false);
-        };
-        // Mirror and facade mutations alike drop the object's cached reads.
-        if is_mutation(&session.req_header().method) {
-            cache::invalidate(&tenant.name, object_of(ctx));
-        }
-        if route.kind != RouteKind::Mirror {
-            return Ok(false);
-        }
-        if !ctx.limits.cached && tenant.account.available() {
-            return Ok(false);
-        }
+/// every endpoint's breaker is open (with the last good answer under `fallback: stale`), and
+/// answer cached reads (from the cache, a shared call or this request's own call).
+pub async fn before_upstream(
+    limits: &Limits,
+    req: &RequestView<'_>,
+    rl: &mut RequestLimits,
+) -> Decision<LimitsError> {
+    if !limits.enabled {
+        return Decision::Continue;
     }
-    let (Some(rt), Some(tenant)) = (ctx.runtime.clone(), ctx.tenant.clone()) else {
-        return Ok(false);
+    let (Some(route), Some(tenant)) = (req.route, req.tenant) else {
+        return Decision::Continue;
     };
-    let limits = &rt.limits;
-    let cached = ctx.limits.cached.then_some(limits.cache.as_ref()).flatten();
-    let cache_path = |session: &Session, ctx: &Ctx| {
-        let mut path = ctx.path.clone();
-        if let Some(q) = session.req_header().uri.query() {
+    // Mirror and facade mutations alike drop the object's cached reads.
+    if req.is_mutation() {
+        limits.micro.invalidate(&tenant.name, object_of(req));
+    }
+    if route.kind != RouteKind::Mirror {
+        return Decision::Continue;
+    }
+    let available = tenant.account.available();
+    if !rl.cached && available {
+        return Decision::Continue;
+    }
+    let settings = if rl.cached {
+        limits.cache.as_ref()
+    } else {
+        None
+    };
+    let cache_path = || {
+        let mut path = String::with_capacity(req.path.len() + 1 + req.query.map_or(0, str::len));
+        path.push_str(req.path);
+        if let Some(q) = req.query {
             path.push('?');
             path.push_str(q);
         }
         path
     };
-    if !tenant.account.available() {
-        if let (Some(settings), Fallback::Stale) = (cached, limits.fallback) {
-            let group = cache::group_key(&tenant.name, object_of(ctx));
-            if let Some(f) = cache::stale(settings, &group, &cache_path(session, ctx))
-                && let Some((status, body)) = cache::body(&f)
+    if !available {
+        if let (Some(settings), Fallback::Stale) = (settings, limits.fallback) {
+            let group = cache::group_key(&tenant.name, object_of(req));
+            if let Some((status, body)) = limits
+                .micro
+                .stale(settings, &group, &cache_path())
+                .and_then(|f| f.body())
             {
-                let extra = [
-                    ("x-cache", "stale".to_string()),
-                    ("warning", "110 - \"Response is Stale\"".to_string()),
-                ];
-                let route_name = ctx.route.as_ref().map(|r| &*r.name).unwrap_or("unmatched");
-                crate::metrics::cache_lookup(route_name, "stale");
-                respond::json(session, ctx, status, body, &extra).await?;
-                return Ok(true);
+                crate::metrics::cache_lookup(req.route_name(), "stale");
+                return Decision::Reply(
+                    Reply::json(status, body)
+                        .with_header("x-cache", "stale")
+                        .with_header("warning", "110 - \"Response is Stale\""),
+                );
             }
         }
-        let err: ApiError = LimitsError::Open {
-            retry_after: tenant.account.retry_after(),
-        }
-        .into();
-        respond::error(session, ctx, err).await?;
-        return Ok(true);
+        return Decision::Fail(LimitsError::Upstream(tenant.account.refuse_open()));
     }
-    let Some(settings) = cached else {
-        return Ok(false);
+    let Some(settings) = settings else {
+        return Decision::Continue;
     };
-    let client_ip = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
-    let group = cache::group_key(&tenant.name, object_of(ctx));
-    let path = cache_path(session, ctx);
-    let wait = tenant
-        .account
+    let account = &tenant.account;
+    let wait = account
         .endpoints
         .first()
         .map(|e| e.connect_timeout + e.read_timeout)
         .unwrap_or(Duration::from_secs(30))
-        + tenant
-            .account
+        + account
             .budget
             .as_ref()
             .map(|b| b.max_wait)
             .unwrap_or_default()
         + Duration::from_secs(1);
     let mut charged = None;
-    let served = {
-        let ctx_ref: &Ctx = ctx;
-        cache::serve(
+    let served = limits
+        .micro
+        .serve(
             settings,
-            &tenant.account,
-            group,
-            path,
-            &ctx_ref.request_id,
+            account,
+            cache::group_key(&tenant.name, object_of(req)),
+            cache_path(),
+            req.request_id,
             wait,
-            || {
-                let v = limits.judge(ctx_ref, client_ip, true);
-                let refused = limits.refusal(&v);
-                charged = Some(v);
-                match refused {
-                    Some(e) => Err(Box::new(e.into())),
-                    None => Ok(()),
-                }
-            },
+            &mut charged,
+            || limits.judge_now(req, true),
+            limits.judge(req, true),
         )
-        .await
-    };
-    ctx.limits.verdicts = match charged {
+        .await;
+    rl.verdicts = match charged {
         Some(v) => v,
-        None => limits.judge(ctx, client_ip, false),
-    };
-    let served = match served {
-        Ok(s) => s,
-        Err(err) => {
-            respond::error(session, ctx, err).await?;
-            return Ok(true);
-        }
+        None => limits.judge(req, false).await,
     };
     let (label, filled) = match served {
-        cache::Served::Hit(f) => ("hit", f),
-        cache::Served::Coalesced(f) => ("coalesced", f),
-        cache::Served::Miss(f) => {
+        Ok(Served::Hit(f)) => ("hit", f),
+        Ok(Served::Coalesced(f)) => ("coalesced", f),
+        Ok(Served::Miss(f)) => {
             if let Ok(a) = &f.outcome {
-                ctx.upstream_status = Some(a.status);
-                ctx.upstream_elapsed = Some(a.elapsed);
+                rl.upstream_answer = Some((a.status, a.elapsed));
             }
             ("miss", f)
         }
-    };
-    let route_name = ctx.route.as_ref().map(|r| &*r.name).unwrap_or("unmatched");
-    match label {
-        "coalesced" => crate::metrics::coalesced(route_name),
-        other => crate::metrics::cache_lookup(route_name, other),
-    }
-    let mut extra = limits.response_fields(&ctx.limits.verdicts);
-    extra.push(("x-cache", label.to_string()));
-    match &filled.outcome {
-        Ok(a) if a.status < 400 => {
-            respond::json(session, ctx, a.status, a.body.clone(), &extra).await?;
-        }
-        Ok(a) => {
-            let mut err = if a.status == 401 {
-                ApiError::bad_gateway(
-                    "upstream_auth_failed",
-                    "OrionVM refused the proxy's credentials",
-                )
-            } else {
-                errors::from_upstream(a.status, &a.body)
+        Err(ServeError::Refused) => {
+            return match limits.refuse(&rl.verdicts) {
+                Some(e) => Decision::Fail(e),
+                None => Decision::Fail(LimitsError::Wait(WaitFailure::Lost)),
             };
-            err.headers.extend(extra);
-            respond::error(session, ctx, err).await?;
         }
-        Err(e) => {
-            let mut err = e.clone();
-            err.headers.extend(extra);
-            respond::error(session, ctx, err).await?;
+        Err(ServeError::Timeout) => return Decision::Fail(LimitsError::Wait(WaitFailure::Timeout)),
+        Err(ServeError::Abandoned) => {
+            return Decision::Fail(LimitsError::Wait(WaitFailure::Abandoned));
         }
-    }
-    Ok(true)
-}
-
-impl Limits {
-    fn response_fields(&self, v: &Verdicts) -> Vec<(&'static str, String)> {
-        v.headers(&self.policies, self.legacy)
-    }
-}
-
-/// Adds the rate-limit fields to an answer from OrionVM.
-pub fn response_headers(ctx: &Ctx, resp: &mut ResponseHeader) -> pingora::Result<()> {
-    if ctx.limits.verdicts.is_empty() {
-        return Ok(());
-    }
-    let Some(rt) = ctx.runtime.as_ref() else {
-        return Ok(());
+        Err(ServeError::Lost) => return Decision::Fail(LimitsError::Wait(WaitFailure::Lost)),
     };
-    ctx.limits
-        .verdicts
-        .apply(&rt.limits.policies, rt.limits.legacy, resp)
+    match label {
+        "coalesced" => crate::metrics::coalesced(req.route_name()),
+        other => crate::metrics::cache_lookup(req.route_name(), other),
+    }
+    let mut headers = rl.verdicts.headers(&limits.policies, limits.legacy);
+    headers.push(("x-cache", label.to_string()));
+    match &filled.outcome {
+        Ok(a) if a.status < 400 => Decision::Reply(Reply {
+            status: a.status,
+            headers,
+            body: a.body.clone(),
+        }),
+        Ok(a) => Decision::Fail(LimitsError::Answered {
+            status: a.status,
+            body: a.body.clone(),
+            headers,
+        }),
+        Err(e) => Decision::Fail(LimitsError::Call {
+            error: Box::new(e.clone()),
+            headers,
+        }),
+    }
 }
 
-/// The upstream answer is complete: its concurrency slot is free for the next call.
-pub fn upstream_done(ctx: &mut Ctx) {
-    ctx.limits.release_budget();
+/// The rate-limit fields for an answer from OrionVM (none when no policy applied).
+pub fn response_fields(limits: &Limits, rl: &RequestLimits) -> Fields {
+    if rl.verdicts.is_empty() || !limits.enabled {
+        return Fields::default();
+    }
+    rl.verdicts.fields(&limits.policies, limits.legacy)
 }
 
-/// At the end of the request: report the last attempt, and drop cached reads of an object
-/// that was just changed (a read that raced the change must not outlive it).
-pub fn finish(ctx: &mut Ctx, method: &http::Method) {
-    crate::upstream::peer::finish_attempt(ctx);
-    if is_mutation(method)
-        && let Some(t) = &ctx.tenant
-        && ctx.runtime.as_ref().is_some_and(|rt| rt.limits.enabled)
+/// At the end of the request: drop cached reads of an object that was just changed (a read
+/// that raced the change must not outlive it).
+pub fn finish(limits: &Limits, req: &RequestView<'_>) {
+    if limits.enabled
+        && req.is_mutation()
+        && let Some(t) = req.tenant
     {
-        cache::invalidate(&t.name, object_of(ctx));
+        limits.micro.invalidate(&t.name, object_of(req));
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::glob;
-
-    #[test]
-    fn patterns() {
-        assert!(glob("instances.*", "instances.start"));
-        assert!(glob("*", "anything"));
-        assert!(glob("*.state", "disks.state"));
-        assert!(glob("instances.*.get", "instances.context.get"));
-        assert!(!glob("instances.*", "disks.get"));
-        assert!(glob("instances.start", "instances.start"));
-        assert!(!glob("instances.start", "instances.stop"));
-    }
-}
+mod tests;

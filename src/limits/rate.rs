@@ -1,71 +1,28 @@
 //! Rate-limit policies: a quota per fixed window, counted per principal (or per source
-//! address) with pingora-limits' `Rate`, and the IETF RateLimit fields
-//! (draft-ietf-httpapi-ratelimit-headers-11) that report them.
+//! address) through the `store::Counters` backend of the process state, and the IETF RateLimit
+//! fields (draft-ietf-httpapi-ratelimit-headers-11) that report them.
+//!
+//! A policy's counters are the backend's scope named after the policy, with the policy's
+//! window: a reload that keeps a policy's name and window keeps its counts (no fresh quota).
 
-use once_cell::sync::Lazy;
-use parking_lot::Mutex;
-use pingora_limits::rate::Rate;
-use std::collections::HashMap;
+use crate::store::WindowCount;
+use crate::store::memory::{MemoryCounters, MemoryWindow};
+use http::HeaderValue;
 use std::fmt::Write;
-use std::hash::Hash;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
-
-/// A `Rate` and a clock that follows its windows. `Rate` starts a new window lazily, at the
-/// first event past the end of the current one; the clock applies the same rule at the same
-/// calls, so that the time left in the window (`t`) costs no second look-up in the sketch.
-struct Counter {
-    start: Instant,
-    rate: Rate,
-    window_ms: u64,
-    window_start_ms: AtomicU64,
-}
-
-impl Counter {
-    fn new(window: Duration) -> Counter {
-        let start = Instant::now();
-        Counter {
-            start,
-            rate: Rate::new(window),
-            window_ms: window.as_millis() as u64,
-            window_start_ms: AtomicU64::new(0),
-        }
-    }
-
-    /// Milliseconds left in the current window.
-    fn left_ms(&self) -> u64 {
-        let now = self.start.elapsed().as_millis() as u64;
-        let mut begun = self.window_start_ms.load(Ordering::Acquire);
-        if now.saturating_sub(begun) >= self.window_ms {
-            begun = match self.window_start_ms.compare_exchange(
-                begun,
-                now,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => now,
-                Err(other) => other,
-            };
-        }
-        (begun + self.window_ms).saturating_sub(now)
-    }
-}
-
-/// Counters by policy name and window, kept across reloads (a reload does not hand out a
-/// fresh quota).
-type Counters = Mutex<HashMap<(String, u64), Arc<Counter>>>;
-static COUNTERS: Lazy<Counters> = Lazy::new(Default::default);
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 pub struct Policy {
     pub name: Arc<str>,
     pub quota: u64,
     pub window: Duration,
-    counter: Arc<Counter>,
+    /// The memory backend's counters of this policy, taken at the first request (building a
+    /// policy changes nothing in the state).
+    memory: OnceLock<MemoryWindow>,
     /// `"name";q=600;w=60`, built once.
     item: String,
     /// The same as a header value (cloning it shares the bytes).
-    item_value: http::HeaderValue,
+    item_value: HeaderValue,
 }
 
 /// One policy's verdict on one request.
@@ -81,52 +38,33 @@ pub struct Verdict {
 
 impl Policy {
     pub fn new(name: &str, quota: u64, window_seconds: u64) -> Policy {
-        let counter = COUNTERS
-            .lock()
-            .entry((name.to_string(), window_seconds))
-            .or_insert_with(|| Arc::new(Counter::new(Duration::from_secs(window_seconds))))
-            .clone();
+        let item = format!("\"{name}\";q={quota};w={window_seconds}");
         Policy {
             name: name.into(),
             quota,
             window: Duration::from_secs(window_seconds),
-            counter,
-            item: format!("\"{name}\";q={quota};w={window_seconds}"),
-            item_value: http::HeaderValue::from_str(&format!(
-                "\"{name}\";q={quota};w={window_seconds}"
-            ))
-            .unwrap_or_else(|_| http::HeaderValue::from_static("\"policy\"")),
+            memory: OnceLock::new(),
+            item_value: HeaderValue::from_str(&item)
+                .unwrap_or_else(|_| HeaderValue::from_static("\"policy\"")),
+            item,
         }
     }
 
-    fn reset_seconds(&self, left_ms: u64) -> u64 {
-        left_ms
-            .div_ceil(1000)
-            .clamp(1, self.window.as_secs().max(1))
+    /// The counters of this policy in the memory backend (looked up once).
+    pub fn memory_window(&self, counters: &MemoryCounters) -> &MemoryWindow {
+        self.memory
+            .get_or_init(|| counters.window_of(&self.name, self.window))
     }
 
-    /// Counts one request of `key` and says whether it fits.
-    pub fn charge<K: Hash>(&self, index: u16, key: &K) -> Verdict {
-        let count = self.counter.rate.observe(key, 1).max(0) as u64;
+    /// The verdict on a count: `charged` says whether this request was counted in it.
+    pub fn verdict(&self, index: u16, c: WindowCount, charged: bool) -> Verdict {
         Verdict {
             policy: index,
-            remaining: self.quota.saturating_sub(count),
-            reset: self.reset_seconds(self.counter.left_ms()),
-            refused: count > self.quota,
-        }
-    }
-
-    /// Where `key` stands, without counting anything.
-    pub fn peek<K: Hash>(&self, index: u16, key: &K) -> Verdict {
-        let count = self
-            .counter
-            .rate
-            .rate_with(key, |c| c.curr_samples.max(0) as u64);
-        Verdict {
-            policy: index,
-            remaining: self.quota.saturating_sub(count),
-            reset: self.reset_seconds(self.counter.left_ms()),
-            refused: false,
+            remaining: self.quota.saturating_sub(c.count),
+            reset: (c.resets_in.as_millis() as u64)
+                .div_ceil(1000)
+                .clamp(1, self.window.as_secs().max(1)),
+            refused: charged && c.count > self.quota,
         }
     }
 
@@ -159,14 +97,10 @@ impl Verdicts {
         self.iter().filter(|v| v.refused).max_by_key(|v| v.reset)
     }
 
-    /// Adds the fields to a response header; the usual single-policy case without formatting
-    /// machinery.
-    pub fn apply(
-        &self,
-        policies: &[Policy],
-        legacy: bool,
-        resp: &mut pingora::http::ResponseHeader,
-    ) -> pingora::Result<()> {
+    /// The response fields as header values, for an answer from OrionVM: the usual
+    /// single-policy case without formatting machinery.
+    pub fn fields(&self, policies: &[Policy], legacy: bool) -> Fields {
+        let mut out = Fields::default();
         if let (Some(v), None, false) = (self.items[0], self.items[1], legacy)
             && let Some(p) = policies.get(v.policy as usize)
         {
@@ -177,14 +111,18 @@ impl Verdicts {
             push_u64(&mut limit, v.remaining);
             limit.push_str(";t=");
             push_u64(&mut limit, v.reset);
-            resp.insert_header("ratelimit-policy", p.item_value.clone())?;
-            resp.insert_header("ratelimit", limit)?;
-            return Ok(());
+            out.push("ratelimit-policy", p.item_value.clone());
+            if let Ok(value) = HeaderValue::try_from(limit) {
+                out.push("ratelimit", value);
+            }
+            return out;
         }
         for (name, value) in self.headers(policies, legacy) {
-            resp.insert_header(name, value)?;
+            if let Ok(value) = HeaderValue::try_from(value) {
+                out.push(name, value);
+            }
         }
-        Ok(())
+        out
     }
 
     /// The response fields: `RateLimit-Policy`, `RateLimit` and, when asked, the legacy
@@ -224,6 +162,34 @@ impl Verdicts {
     }
 }
 
+/// The rate-limit fields of one answer (at most five), as header values.
+#[derive(Debug, Default)]
+pub struct Fields {
+    items: [Option<(&'static str, HeaderValue)>; 5],
+}
+
+impl Fields {
+    fn push(&mut self, name: &'static str, value: HeaderValue) {
+        if let Some(slot) = self.items.iter_mut().find(|s| s.is_none()) {
+            *slot = Some((name, value));
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items[0].is_none()
+    }
+}
+
+impl IntoIterator for Fields {
+    type Item = (&'static str, HeaderValue);
+    type IntoIter =
+        std::iter::Flatten<std::array::IntoIter<Option<(&'static str, HeaderValue)>, 5>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.items.into_iter().flatten()
+    }
+}
+
 fn push_u64(out: &mut String, mut n: u64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
@@ -244,17 +210,22 @@ mod tests {
 
     #[test]
     fn counts_per_key_and_refuses_past_the_quota() {
+        let counters = MemoryCounters::default();
         let p = Policy::new("unit-test-a", 3, 60);
-        let a: Vec<Verdict> = (0..4).map(|_| p.charge(0, &"alice")).collect();
+        let w = p.memory_window(&counters);
+        let charge = |key: &str| p.verdict(0, w.hit(key, 1), true);
+        let a: Vec<Verdict> = (0..4).map(|_| charge("alice")).collect();
         assert_eq!(
             a.iter().map(|v| v.remaining).collect::<Vec<_>>(),
             vec![2, 1, 0, 0]
         );
         assert!(!a[2].refused && a[3].refused);
         assert!(a[3].reset >= 1 && a[3].reset <= 60);
-        let b = p.charge(0, &"bob");
+        let b = charge("bob");
         assert_eq!((b.remaining, b.refused), (2, false));
-        assert_eq!(p.peek(0, &"bob").remaining, 2);
+        assert_eq!(p.verdict(0, w.peek("bob"), false).remaining, 2);
+        // A peek past the quota reports, never refuses.
+        assert!(!p.verdict(0, w.peek("alice"), false).refused);
     }
 
     #[test]
@@ -299,10 +270,14 @@ mod tests {
             reset: 7,
             refused: false,
         });
-        let mut resp = pingora::http::ResponseHeader::build(200, None).unwrap();
-        one.apply(&policies, false, &mut resp).unwrap();
-        assert_eq!(resp.headers["ratelimit"], "\"default\";r=1200;t=7");
-        assert_eq!(resp.headers["ratelimit-policy"], "\"default\";q=600;w=60");
+        let fields: std::collections::HashMap<_, _> =
+            one.fields(&policies, false).into_iter().collect();
+        assert_eq!(fields["ratelimit"], "\"default\";r=1200;t=7");
+        assert_eq!(fields["ratelimit-policy"], "\"default\";q=600;w=60");
+        // Several policies (or the legacy fields) take the general path, with the same values.
+        let many: Vec<_> = v.fields(&policies, true).into_iter().collect();
+        assert_eq!(many.len(), 5);
+        assert_eq!(many[1].1, h[1].1.as_str());
         let mut s = String::new();
         push_u64(&mut s, 0);
         push_u64(&mut s, 18446744073709551615);

@@ -2,31 +2,67 @@
 //! request path only formats and enqueues. Field names follow ECS so that ELK, Loki and Datadog
 //! ingest the lines without a parser.
 
+use super::RequestObs;
 use super::rotate::{RotatePolicy, RotatingFile};
-use once_cell::sync::Lazy;
+use crate::request::RequestView;
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// How often the writer thread takes the pending lines.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 /// Lines waiting for the writer beyond this are dropped (and counted), never blocking requests.
 const MAX_PENDING: usize = 16 * 1024 * 1024;
+/// How often a file that cannot be opened is tried again.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 
+/// One access-log target (`stdout` or a file) and its writer thread.
+///
+/// A sink is made by [`super::LogPolicy::build`] without any side effect (no file, no thread);
+/// [`Sink::start`] (from `LogPolicy::commit`) opens the file and starts the writer. A config
+/// that names the same target again is handed the same sink. A sink the committed config no
+/// longer names is retired: its writer keeps writing what requests of the old config still
+/// send, then flushes, closes the file and ends once nothing but the writer holds the sink.
 pub struct Sink {
     target: String,
     /// Lines appended by requests, taken whole by the writer thread every `FLUSH_INTERVAL`:
     /// a request costs an uncontended lock and a copy, never a thread wake-up or a syscall.
     pending: Mutex<Vec<u8>>,
-    dropped: std::sync::atomic::AtomicU64,
-    /// Rotation of a file target, updated on reload: (max_bytes, max_files).
-    rotate: Arc<Mutex<RotatePolicy>>,
-    out: Mutex<Out>,
+    dropped: AtomicU64,
+    /// Rotation of a file target, set at commit.
+    rotate: Mutex<RotatePolicy>,
+    /// `None` until the file is open (or while it cannot be opened).
+    out: Mutex<Output>,
+    /// The writer should end once nothing else holds the sink.
+    retired: AtomicBool,
+    /// The writer thread is running.
+    running: AtomicBool,
+}
+
+struct Output {
+    out: Option<Out>,
+    last_open_attempt: Option<Instant>,
 }
 
 impl Sink {
+    /// A sink for `stdout` or a file path: memory only, nothing opened or started.
+    pub fn new(target: &str, rotate: RotatePolicy) -> Arc<Sink> {
+        Arc::new(Sink {
+            target: target.to_string(),
+            pending: Mutex::new(Vec::with_capacity(256 * 1024)),
+            dropped: Default::default(),
+            rotate: Mutex::new(rotate),
+            out: Mutex::new(Output {
+                out: None,
+                last_open_attempt: None,
+            }),
+            retired: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+        })
+    }
+
     /// Queues one line (a newline is added). Never blocks on I/O: past `MAX_PENDING` the line
     /// is dropped and counted, rather than slowing requests down.
     pub fn write(&self, line: Vec<u8>) {
@@ -37,13 +73,83 @@ impl Sink {
             return;
         }
         drop(pending);
-        self.dropped
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.dropped.fetch_add(1, Ordering::Relaxed);
         crate::metrics::log_line_dropped();
     }
 
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// Whether the writer thread runs.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_rotate(&self, rotate: RotatePolicy) {
+        *self.rotate.lock() = rotate;
+    }
+
+    /// Opens the target and starts the writer thread (once). A file that cannot be opened is
+    /// logged and tried again by the writer every second.
+    pub(super) fn start(self: &Arc<Self>) {
+        if self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.open_if_closed(&mut self.out.lock());
+        let sink = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || sink.run());
+        if let Err(e) = spawned {
+            self.running.store(false, Ordering::Release);
+            log::error!("access log {}: cannot start the writer: {e}", self.target);
+        }
+    }
+
+    /// The config in force no longer names this sink: its writer ends once the requests of
+    /// the old config are done with it.
+    pub(super) fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    fn run(self: Arc<Self>) {
+        loop {
+            self.flush();
+            // Only this thread holds the sink: no request can add a line any more.
+            if self.retired.load(Ordering::Acquire) && Arc::strong_count(&self) == 1 {
+                self.flush();
+                self.out.lock().out = None;
+                self.running.store(false, Ordering::Release);
+                return;
+            }
+            std::thread::sleep(FLUSH_INTERVAL);
+        }
+    }
+
+    fn open_if_closed(&self, out: &mut Output) {
+        if out.out.is_some()
+            || out
+                .last_open_attempt
+                .is_some_and(|t| t.elapsed() < REOPEN_INTERVAL)
+        {
+            return;
+        }
+        out.last_open_attempt = Some(Instant::now());
+        out.out = if self.target == "stdout" {
+            Some(Out::Stdout(std::io::BufWriter::with_capacity(
+                64 * 1024,
+                std::io::stdout(),
+            )))
+        } else {
+            match RotatingFile::open(std::path::Path::new(&self.target), *self.rotate.lock()) {
+                Ok(f) => Some(Out::File(f)),
+                Err(e) => {
+                    log::error!("access log: cannot open {}: {e}", self.target);
+                    None
+                }
+            }
+        };
     }
 
     /// Writes what is pending now (the writer thread, and shutdown).
@@ -53,68 +159,26 @@ impl Sink {
             return;
         }
         let mut out = self.out.lock();
-        match &mut *out {
-            Out::Stdout(w) => {
+        self.open_if_closed(&mut out);
+        match &mut out.out {
+            Some(Out::Stdout(w)) => {
                 let _ = w.write_all(&batch);
                 let _ = w.flush();
             }
-            Out::File(f) => {
+            Some(Out::File(f)) => {
                 f.policy = *self.rotate.lock();
                 if let Err(e) = f.write_lines(&batch) {
                     log::warn!("access log {}: {e}", f.path().display());
                 }
             }
-        }
-    }
-}
-
-static SINKS: Lazy<Mutex<HashMap<String, Arc<Sink>>>> = Lazy::new(Default::default);
-
-/// The sink for `stdout` or a file path, shared by every config that names it (a reload keeps
-/// the writer and takes the new rotation settings).
-pub fn sink_for(target: &str, rotate: RotatePolicy) -> Result<Arc<Sink>, String> {
-    let mut sinks = SINKS.lock();
-    if let Some(s) = sinks.get(target) {
-        *s.rotate.lock() = rotate;
-        return Ok(s.clone());
-    }
-    let out = if target == "stdout" {
-        Out::Stdout(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stdout(),
-        ))
-    } else {
-        let f = RotatingFile::open(std::path::Path::new(target), rotate)
-            .map_err(|e| format!("cannot open {target}: {e}"))?;
-        Out::File(f)
-    };
-    let sink = Arc::new(Sink {
-        target: target.to_string(),
-        pending: Mutex::new(Vec::with_capacity(256 * 1024)),
-        dropped: Default::default(),
-        rotate: Arc::new(Mutex::new(rotate)),
-        out: Mutex::new(out),
-    });
-    let writer = Arc::downgrade(&sink);
-    std::thread::Builder::new()
-        .name("access-log".into())
-        .spawn(move || {
-            while let Some(sink) = writer.upgrade() {
-                sink.flush();
-                drop(sink);
-                std::thread::sleep(FLUSH_INTERVAL);
+            None => {
+                let lines = batch.iter().filter(|b| **b == b'\n').count() as u64;
+                self.dropped.fetch_add(lines, Ordering::Relaxed);
+                for _ in 0..lines {
+                    crate::metrics::log_line_dropped();
+                }
             }
-        })
-        .map_err(|e| format!("cannot start the log writer: {e}"))?;
-    sinks.insert(target.to_string(), sink.clone());
-    Ok(sink)
-}
-
-/// Writes every sink's pending lines; called once the server has stopped.
-pub fn flush_all() {
-    let sinks: Vec<Arc<Sink>> = SINKS.lock().values().cloned().collect();
-    for s in sinks {
-        s.flush();
+        }
     }
 }
 
@@ -132,18 +196,29 @@ pub fn timestamp(t: std::time::SystemTime) -> String {
     dt.format(&fmt).unwrap_or_default()
 }
 
-/// Formats and queues the access-log line of one request.
+/// Formats and queues the access-log line of one request. `status` is what the caller got (0:
+/// no answer); `error_type` the kind of error that ended the request early, if any.
 pub fn log_request(
     policy: &super::LogPolicy,
-    session: &pingora_proxy::Session,
-    ctx: &crate::proxy::ctx::Ctx,
+    req: &RequestView<'_>,
+    obs: &RequestObs,
     status: u16,
-    error: Option<&pingora::Error>,
+    error_type: Option<&str>,
 ) {
     let Some(sink) = &policy.sink else { return };
-    let req = session.req_header();
+    sink.write(line(policy, req, obs, status, error_type));
+}
+
+/// The access-log line of one request.
+fn line(
+    policy: &super::LogPolicy,
+    req: &RequestView<'_>,
+    obs: &RequestObs,
+    status: u16,
+    error_type: Option<&str>,
+) -> Vec<u8> {
     let mut line = Line::with_capacity(640);
-    line.str("@timestamp", &timestamp(ctx.started_at));
+    line.str("@timestamp", &timestamp(obs.started_at));
     line.str(
         "log.level",
         if status >= 500 || status == 0 {
@@ -155,22 +230,18 @@ pub fn log_request(
         },
     );
     line.str("event.dataset", "orion_proxy.access");
-    line.str("http.request.id", &ctx.request_id);
-    line.str("trace.id", &ctx.trace_id);
-    if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()) {
-        line.display("client.ip", &ip.ip());
+    line.str("http.request.id", req.request_id);
+    line.str("trace.id", &obs.trace_id);
+    if let Some(ip) = req.client_ip {
+        line.display("client.ip", &ip);
     }
     line.str("http.request.method", req.method.as_str());
-    if ctx.path.is_empty() {
-        line.str("url.path", cut(req.uri.path(), 256));
-    } else {
-        line.str("url.path", &ctx.path);
-    }
-    if let Some(q) = req.uri.query() {
+    line.str("url.path", cut(req.path, 256));
+    if let Some(q) = req.query {
         line.str("url.query", cut(&policy.redact_query(q), 512));
     }
-    line.str("route", ctx.route_name());
-    if let Some(p) = &ctx.principal {
+    line.str("route", req.route_name());
+    if let Some(p) = req.principal {
         line.str("user.id", &p.id);
         line.str_list("user.roles", p.roles.iter().map(|r| &**r));
         line.str("organization.id", &p.tenant);
@@ -180,66 +251,64 @@ pub fn log_request(
         line.str("user_agent.original", cut(ua, 256));
     }
     line.num("http.response.status_code", status as u64);
-    if let Some(s) = ctx.upstream_status {
+    if let Some(s) = obs.upstream_status {
         line.num("upstream.status_code", s as u64);
     }
-    if let Some(t) = &ctx.tenant
-        && let Some(e) = ctx.endpoint.and_then(|i| t.account.endpoints.get(i))
-    {
-        line.str("upstream.endpoint", &e.name);
+    if let Some(e) = &obs.upstream_endpoint {
+        line.str("upstream.endpoint", e);
     }
-    let elapsed = ctx.started.elapsed();
+    let elapsed = obs.started.elapsed();
     line.num("event.duration", elapsed.as_nanos() as u64);
     line.millis("latency_ms", elapsed);
-    if let Some(u) = ctx.upstream_elapsed {
+    if let Some(u) = obs.upstream_elapsed {
         line.millis("upstream.latency_ms", u);
     }
-    line.num("http.request.body.bytes", ctx.request_bytes as u64);
-    line.num("http.response.body.bytes", ctx.response_bytes as u64);
-    if ctx.attempts > 1 {
-        line.num("upstream.attempts", ctx.attempts as u64);
+    line.num("http.request.body.bytes", obs.request_bytes as u64);
+    line.num("http.response.body.bytes", obs.response_bytes as u64);
+    if obs.attempts > 1 {
+        line.num("upstream.attempts", obs.attempts as u64);
     }
-    if let Some(err) = &ctx.error {
+    if let Some(err) = &obs.error {
         line.str("error.code", err.code);
         line.str("error.message", cut(&err.detail, 256));
     }
-    if let Some(r) = ctx.auth_failure {
+    if let Some(r) = obs.auth_failure {
         line.str("auth.failure", r);
     }
-    if let Some(k) = ctx.upstream_failure {
+    if let Some(k) = obs.upstream_failure {
         line.str("upstream.failure", k);
     }
-    if let Some(e) = error {
-        line.str("error.type", &format!("{:?}", e.etype()));
+    if let Some(e) = error_type {
+        line.str("error.type", e);
     }
     if policy.request_headers {
         line.value(
             "http.request.headers",
-            &policy.redactor.headers(&req.headers),
+            &policy.redactor.headers(req.headers),
         );
     }
-    if let Some(h) = &ctx.obs.response_headers {
+    if let Some(h) = &obs.response_headers {
         line.value("http.response.headers", h);
     }
     if policy.request_body
-        && let Some(b) = super::request_body(session, ctx)
+        && let Some(b) = &obs.request_body
     {
-        let (text, truncated) = policy.body_for_log(&b, false);
+        let (text, truncated) = policy.body_for_log(b, false);
         line.str("http.request.body.content", &text);
         if truncated {
             line.raw("http.request.body.truncated", "true");
         }
     }
     if policy.response_body
-        && let Some(b) = &ctx.obs.response_body
+        && let Some(b) = &obs.response_body
     {
-        let (text, truncated) = policy.body_for_log(b, ctx.obs.response_body_overflow);
+        let (text, truncated) = policy.body_for_log(b, obs.response_body_overflow);
         line.str("http.response.body.content", &text);
         if truncated {
             line.raw("http.response.body.truncated", "true");
         }
     }
-    sink.write(line.finish());
+    line.finish()
 }
 
 /// A JSON object written straight into bytes: keys are trusted ASCII literals, values are

@@ -1,72 +1,30 @@
 //! The audit trail: one JSON record per mutating call (POST, PUT, PATCH, DELETE), whatever
-//! its outcome, appended to its own size-rotated file and flushed to the kernel before the
-//! caller has the end of the answer. `GET /admin/audit` streams it back, filtered, as JSON
-//! lines or CSV, reading the rotated files oldest first one line at a time.
+//! its outcome, appended to its own size-rotated file by its writer thread
+//! ([`super::audit_writer`]) before the caller has the end of the answer. `GET /admin/audit`
+//! streams it back, filtered, as JSON lines or CSV, reading the rotated files oldest first one
+//! line at a time.
 
-use super::ObserveError;
-use super::rotate::{self, RotatePolicy, RotatingFile};
-use crate::admin::Streamed;
-use crate::proxy::ctx::Ctx;
-use crate::runtime::Runtime;
+use super::audit_writer::{AuditWriter, Ticket, Written};
+use super::{LogPolicy, ObserveError, RequestObs};
+use crate::auth::principal::Principal;
+use crate::request::RequestView;
 use bytes::Bytes;
-use once_cell::sync::Lazy;
-use parking_lot::Mutex;
-use pingora_proxy::Session;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-/// An audit file, shared by every config load that names it, so that a reload keeps one writer
-/// (and one lock) per file.
-pub struct AuditLog {
-    path: PathBuf,
-    file: Mutex<RotatingFile>,
+/// Whether a call with this method gets an audit record.
+pub fn is_audited(method: &http::Method) -> bool {
+    !matches!(
+        *method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
+    )
 }
 
-static LOGS: Lazy<Mutex<HashMap<PathBuf, Arc<AuditLog>>>> = Lazy::new(Default::default);
-
-impl AuditLog {
-    pub fn open(path: &str, policy: RotatePolicy) -> Result<Arc<AuditLog>, String> {
-        let path = PathBuf::from(path);
-        let mut logs = LOGS.lock();
-        if let Some(log) = logs.get(&path) {
-            log.file.lock().policy = policy;
-            return Ok(log.clone());
-        }
-        let file = RotatingFile::open(&path, policy)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let log = Arc::new(AuditLog {
-            path: path.clone(),
-            file: Mutex::new(file),
-        });
-        logs.insert(path, log.clone());
-        Ok(log)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Appends one record (a newline is added) with a single write.
-    pub fn append(&self, mut line: Vec<u8>) -> std::io::Result<()> {
-        line.push(b'\n');
-        self.file.lock().write(&line)
-    }
-
-    /// Opens every file of the trail, oldest first. Done under the writer's lock so that no
-    /// rotation happens in between; the open handles then stay valid across later rotations.
-    fn open_all(&self) -> std::io::Result<Vec<File>> {
-        let guard = self.file.lock();
-        rotate::files_oldest_first(&self.path, guard.policy.max_files)
-            .iter()
-            .map(File::open)
-            .collect()
-    }
+/// Whether this policy writes a record for a call with this method.
+pub fn wants_record(policy: &LogPolicy, method: &http::Method) -> bool {
+    policy.audit.is_some() && is_audited(method)
 }
 
 /// What became of the call, for the `audit.result` field.
@@ -84,10 +42,10 @@ pub fn result_of(status: u16, failed: bool) -> &'static str {
 
 /// `sha256:<hex>` of the body with its secret fields redacted (so that the digest cannot be
 /// used to guess a secret); `None` without a JSON body.
-pub fn body_digest(rt: &Runtime, body: Option<&Bytes>) -> Option<String> {
+pub fn body_digest(policy: &LogPolicy, body: Option<&Bytes>) -> Option<String> {
     let body = body?;
     let mut v: Value = serde_json::from_slice(body).ok()?;
-    rt.log.redactor.json(&mut v);
+    policy.redactor.json(&mut v);
     let canonical = serde_json::to_vec(&v).ok()?;
     Some(format!(
         "sha256:{}",
@@ -102,7 +60,7 @@ pub struct Entry<'a> {
     pub action: &'a str,
     pub request_id: &'a str,
     pub trace_id: Option<&'a str>,
-    pub principal: Option<&'a crate::auth::principal::Principal>,
+    pub principal: Option<&'a Principal>,
     pub client_ip: Option<std::net::IpAddr>,
     pub method: &'a str,
     pub path: &'a str,
@@ -114,7 +72,7 @@ pub struct Entry<'a> {
 }
 
 impl Entry<'_> {
-    fn to_line(&self) -> Option<Vec<u8>> {
+    pub fn to_line(&self) -> Option<Vec<u8>> {
         let result = result_of(self.status, self.failed);
         let mut rec = Map::with_capacity(20);
         rec.insert(
@@ -164,135 +122,143 @@ impl Entry<'_> {
         serde_json::to_vec(&Value::Object(rec)).ok()
     }
 
-    /// Appends the record to the trail and counts the result.
-    pub fn write(&self, log: &AuditLog) {
-        let Some(line) = self.to_line() else {
-            return;
-        };
-        match log.append(line) {
-            Ok(()) => crate::metrics::audit_written(true),
-            Err(err) => {
-                crate::metrics::audit_written(false);
-                log::error!(
-                    "audit trail {}: cannot write the record of request {}: {err}",
-                    log.path().display(),
-                    self.request_id
-                );
+    /// Hands the record to the trail's writer.
+    pub fn submit(&self, writer: &AuditWriter) -> Option<Ticket> {
+        Some(writer.submit(self.to_line()?))
+    }
+}
+
+/// Logs a record that a request waited for and did not get written.
+fn report(writer: &AuditWriter, request_id: &str, written: Written) {
+    match written {
+        Written::Yes => {}
+        Written::Failed => log::error!(
+            "audit trail {}: the record of request {request_id} was not written",
+            writer.path().display()
+        ),
+        Written::Unknown => {
+            if writer.is_healthy() {
+                // It did not answer in time: stalled until it completes a batch.
+                writer.note_timeout();
             }
+            log::error!(
+                "audit trail {}: the record of request {request_id} may not be written (the writer is failing or did not answer in time)",
+                writer.path().display()
+            );
         }
     }
 }
 
-/// Writes the audit record of this request, once, if the call mutates and the trail is on.
-/// `e` is the error that ended the request early, from the `logging` phase.
-pub fn record(session: &Session, ctx: &mut Ctx, e: Option<&pingora::Error>) {
-    if ctx.obs.audited {
-        return;
+/// Hands the audit record of this request to the writer, once, if the call is audited and the
+/// trail is on. `failed`: an error ended the request early (from the `logging` phase).
+/// Returns the ticket to wait on (`None` when no record was made).
+pub fn submit(
+    policy: &LogPolicy,
+    req: &RequestView<'_>,
+    obs: &mut RequestObs,
+    failed: bool,
+) -> Option<Ticket> {
+    if obs.audited || !is_audited(req.method) {
+        return None;
     }
-    let req = session.req_header();
-    if !super::is_mutating(&req.method) {
-        return;
-    }
-    let Some(rt) = ctx.runtime.clone() else {
-        return;
-    };
-    let Some(log) = rt.log.audit.as_ref() else {
-        return;
-    };
-    ctx.obs.audited = true;
-    let status = ctx
-        .obs
-        .status
-        .or_else(|| session.response_written().map(|r| r.status.as_u16()))
-        .unwrap_or(0);
-    let resource = ctx
-        .params
-        .iter()
-        .find(|(k, _)| k == "id")
-        .map(|(_, v)| v.clone())
-        .or_else(|| created_id(ctx, status));
+    let writer = policy.audit.as_ref()?;
+    obs.audited = true;
+    let status = obs.status.unwrap_or(0);
+    let resource = req
+        .param("id")
+        .map(str::to_string)
+        .or_else(|| created_id(obs, status));
     Entry {
-        started_at: ctx.started_at,
-        started: ctx.started,
-        action: ctx.route_name(),
-        request_id: &ctx.request_id,
-        trace_id: Some(&ctx.trace_id),
-        principal: ctx.principal.as_deref(),
-        client_ip: session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip()),
+        started_at: obs.started_at,
+        started: obs.started,
+        action: req.route_name(),
+        request_id: req.request_id,
+        trace_id: Some(&obs.trace_id),
+        principal: req.principal.map(|p| &**p),
+        client_ip: req.client_ip,
         method: req.method.as_str(),
-        path: if ctx.path.is_empty() {
-            req.uri.path()
-        } else {
-            &ctx.path
-        },
+        path: req.path,
         resource,
-        body_digest: body_digest(&rt, super::request_body(session, ctx).as_ref()),
+        body_digest: body_digest(policy, obs.request_body.as_ref()),
         status,
-        failed: e.is_some(),
-        error_code: ctx.error.as_ref().map(|err| err.code),
+        failed,
+        error_code: obs.error.as_ref().map(|e| e.code),
     }
-    .write(log);
+    .submit(writer)
+}
+
+/// Writes the audit record of this request and waits (blocking, without doing I/O itself)
+/// until the writer has it in the file: for the proxy's synchronous body filter.
+pub fn record(policy: &LogPolicy, req: &RequestView<'_>, obs: &mut RequestObs, failed: bool) {
+    if let Some(ticket) = submit(policy, req, obs, failed)
+        && let Some(writer) = &policy.audit
+    {
+        report(writer, req.request_id, ticket.wait());
+    }
+}
+
+/// [`record`] for async callers: waits without blocking the thread.
+pub async fn record_async(
+    policy: &LogPolicy,
+    req: &RequestView<'_>,
+    obs: &mut RequestObs,
+    failed: bool,
+) {
+    if let Some(ticket) = submit(policy, req, obs, failed)
+        && let Some(writer) = &policy.audit
+    {
+        report(writer, req.request_id, ticket.wait_async().await);
+    }
 }
 
 /// The audit record of a mutating call to the admin listener (`POST /admin/reload`), written
-/// before its answer. The caller is authenticated again here, so that refused calls are
-/// recorded as well, with whoever they claimed to be when the credential was valid.
+/// before its answer. `req.principal` is whoever the caller authenticated as, when the
+/// credential was valid, so that refused calls are recorded with who they claimed to be.
 pub async fn record_admin(
-    rt: &Runtime,
-    session: &pingora::protocols::http::ServerSession,
-    request_id: &str,
+    policy: &LogPolicy,
+    req: &RequestView<'_>,
     started: (std::time::SystemTime, std::time::Instant),
     status: u16,
     error_code: Option<&str>,
 ) {
-    let req = session.req_header();
-    if !super::is_mutating(&req.method) {
+    if !is_audited(req.method) {
         return;
     }
-    let Some(log) = rt.log.audit.as_ref() else {
+    let Some(writer) = policy.audit.as_ref() else {
         return;
     };
-    let principal = rt.auth.authenticate(&req.headers).await.ok();
-    let path = crate::routes::path::normalize(req.uri.path()).unwrap_or_default();
-    let action = match path.as_str() {
+    let action = match req.path {
         "/admin/reload" => "admin.reload",
         _ => "admin.unmatched",
     };
-    Entry {
+    let ticket = Entry {
         started_at: started.0,
         started: started.1,
         action,
-        request_id,
+        request_id: req.request_id,
         trace_id: None,
-        principal: principal.as_deref(),
-        client_ip: session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip()),
+        principal: req.principal.map(|p| &**p),
+        client_ip: req.client_ip,
         method: req.method.as_str(),
-        path: if path.is_empty() {
-            req.uri.path()
-        } else {
-            &path
-        },
+        path: req.path,
         resource: None,
         body_digest: None,
         status,
         failed: false,
         error_code,
     }
-    .write(log);
+    .submit(writer);
+    if let Some(ticket) = ticket {
+        report(writer, req.request_id, ticket.wait_async().await);
+    }
 }
 
 /// The id of the resource a successful create answered with.
-fn created_id(ctx: &Ctx, status: u16) -> Option<String> {
-    if !(200..300).contains(&status) || ctx.obs.response_body_overflow {
+fn created_id(obs: &RequestObs, status: u16) -> Option<String> {
+    if !(200..300).contains(&status) || obs.response_body_overflow {
         return None;
     }
-    let body = ctx.obs.response_body.as_ref()?;
+    let body = obs.response_body.as_ref()?;
     let v: Value = serde_json::from_slice(body).ok()?;
     v.get("id")?.as_str().map(|s| s.chars().take(128).collect())
 }
@@ -579,14 +545,21 @@ pub fn stream_records(
     Ok(sent)
 }
 
+/// A streamed export: its content type and its chunks, produced by a blocking task. A chunk
+/// that is an `Err` ends the export early.
+pub struct Export {
+    pub content_type: &'static str,
+    pub chunks: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
+}
+
 /// `GET /admin/audit`: checks the query, then streams the trail from a blocking task.
-pub fn export(rt: &Runtime, query: Option<&str>) -> Result<Streamed, ObserveError> {
+pub fn export(policy: &LogPolicy, query: Option<&str>) -> Result<Export, ObserveError> {
     let q = parse_query(query)?;
-    let Some(log) = rt.log.audit.clone() else {
+    let Some(writer) = policy.audit.clone() else {
         return Err(ObserveError::AuditOff);
     };
-    let files = log.open_all().map_err(|e| {
-        log::error!("audit trail {}: {e}", log.path().display());
+    let files = writer.open_all().map_err(|e| {
+        log::error!("audit trail {}: {e}", writer.path().display());
         ObserveError::AuditUnreadable
     })?;
     let content_type = match q.format {
@@ -599,11 +572,11 @@ pub fn export(rt: &Runtime, query: Option<&str>) -> Result<Streamed, ObserveErro
         if let Err(e) = result {
             let _ = tx.blocking_send(Err(format!(
                 "reading the audit trail {}: {e}",
-                log.path().display()
+                writer.path().display()
             )));
         }
     });
-    Ok(Streamed {
+    Ok(Export {
         content_type,
         chunks: rx,
     })

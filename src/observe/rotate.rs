@@ -1,9 +1,10 @@
 //! A file that rotates by size: once a write would take `FILE` past `max_bytes`, `FILE` becomes
 //! `FILE.1`, `FILE.1` becomes `FILE.2`, and so on; files past `FILE.<max_files>` are removed.
-//! Used by the access log (from its writer thread) and the audit trail (under its lock).
+//! Used by the access log and the audit trail, always from their writer threads.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +17,8 @@ pub struct RotatingFile {
     path: PathBuf,
     file: File,
     size: u64,
+    /// (device, inode) of the open file, to tell whether the path still names it.
+    id: (u64, u64),
     pub policy: RotatePolicy,
 }
 
@@ -55,17 +58,31 @@ impl RotatingFile {
             ));
         }
         let file = open_append(path)?;
-        let size = file.metadata()?.len();
+        let meta = file.metadata()?;
         Ok(RotatingFile {
             path: path.to_path_buf(),
             file,
-            size,
+            size: meta.len(),
+            id: (meta.dev(), meta.ino()),
             policy,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the path still names the open file (it was not removed, renamed away or
+    /// replaced since it was opened). One `stat`.
+    pub fn is_current(&self) -> bool {
+        std::fs::metadata(&self.path)
+            .map(|m| (m.dev(), m.ino()) == self.id)
+            .unwrap_or(false)
+    }
+
+    /// Flushes the file's data to the disk (`fdatasync`).
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
     }
 
     /// Writes `bytes` with one `write_all` (no user-space buffer: the bytes are with the kernel
@@ -122,6 +139,8 @@ impl RotatingFile {
         }
         std::fs::rename(&self.path, numbered(&self.path, 1))?;
         self.file = open_append(&self.path)?;
+        let meta = self.file.metadata()?;
+        self.id = (meta.dev(), meta.ino());
         self.size = 0;
         Ok(())
     }
@@ -181,6 +200,26 @@ mod tests {
             .collect();
         assert_eq!(contents, vec!["line2\n", "line3\n", "line4\n"]);
         assert!(!numbered(&path, 3).exists());
+    }
+
+    #[test]
+    fn knows_when_its_path_names_another_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("z.log");
+        let policy = RotatePolicy {
+            max_bytes: 8,
+            max_files: 2,
+        };
+        let mut f = RotatingFile::open(&path, policy).unwrap();
+        assert!(f.is_current());
+        f.write(b"0123456\n").unwrap();
+        f.write(b"abc\n").unwrap(); // rotated: the path names the new file, still ours
+        assert!(f.is_current());
+        f.sync().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(!f.is_current());
+        std::fs::write(&path, "someone else's\n").unwrap();
+        assert!(!f.is_current());
     }
 
     #[test]

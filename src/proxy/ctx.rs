@@ -2,17 +2,16 @@
 
 use crate::auth::principal::Principal;
 use crate::errors::ApiError;
+use crate::observe::{self, ErrorNote, LogPolicy, RequestObs};
 use crate::request::RequestView;
 use crate::routes::Route;
 use crate::runtime::Runtime;
 use crate::upstream::Tenant;
 use bytes::{Bytes, BytesMut};
+use pingora_proxy::Session;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
 pub struct Ctx {
-    pub started: Instant,
-    pub started_at: SystemTime,
     pub request_id: String,
     pub trace_id: String,
     /// The TCP peer's address, computed once in `early_request_filter`.
@@ -30,16 +29,8 @@ pub struct Ctx {
     /// The body as validated and rewritten (routes with a JSON body), for handlers that need
     /// the value: no second parse.
     pub validated: Option<crate::validate::Validated>,
-    /// Index of the endpoint of the current attempt, and how many attempts were made.
-    pub endpoint: Option<usize>,
-    pub attempts: u8,
-    /// The OrionVM `Authorization` value sent on the current attempt.
-    pub upstream_auth: Option<http::HeaderValue>,
-    /// The one retry after OrionVM refused the proxy's token has been used.
-    pub token_retry_used: bool,
-    pub upstream_started: Option<Instant>,
-    pub upstream_elapsed: Option<std::time::Duration>,
-    pub upstream_status: Option<u16>,
+    /// The endpoint, attempts, status and failure of the call to OrionVM (`crate::upstream`).
+    pub upstream: crate::upstream::AttemptState,
     /// The error this request was answered with, if any.
     pub error: Option<ApiError>,
     /// Upstream error bodies are buffered here and replaced by the error body.
@@ -47,19 +38,15 @@ pub struct Ctx {
     pub response_bytes: usize,
     /// Why authentication failed, for logs and metrics.
     pub auth_failure: Option<&'static str>,
-    /// Kind of upstream failure (connect, timeout, reset), for logs and metrics.
-    pub upstream_failure: Option<&'static str>,
     /// What the access log and the audit trail keep about the answer.
     pub obs: crate::observe::RequestObs,
-    /// Rate-limit verdicts, the endpoint claim of the current attempt (`crate::limits`).
+    /// Rate-limit verdicts (`crate::limits`).
     pub limits: crate::limits::RequestLimits,
 }
 
 impl Ctx {
     pub fn new() -> Self {
         Ctx {
-            started: Instant::now(),
-            started_at: SystemTime::now(),
             request_id: String::new(),
             trace_id: String::new(),
             client_ip: None,
@@ -72,18 +59,11 @@ impl Ctx {
             body: None,
             request_bytes: 0,
             validated: None,
-            endpoint: None,
-            attempts: 0,
-            upstream_auth: None,
-            token_retry_used: false,
-            upstream_started: None,
-            upstream_elapsed: None,
-            upstream_status: None,
+            upstream: Default::default(),
             error: None,
             rewrite: None,
             response_bytes: 0,
             auth_failure: None,
-            upstream_failure: None,
             obs: Default::default(),
             limits: Default::default(),
         }
@@ -105,6 +85,54 @@ impl Ctx {
         }
     }
 
+    /// For the observe hooks: the log policy in force, the request as observe sees it (the raw
+    /// path when it could not be normalised), and observe's record of the request brought up
+    /// to date from this context. `None` before a config was taken.
+    pub fn observed<'a>(
+        &'a mut self,
+        session: &'a Session,
+    ) -> Option<(&'a LogPolicy, RequestView<'a>, &'a mut RequestObs)> {
+        let log = &self.runtime.as_deref()?.log;
+        let req = session.req_header();
+        let obs = &mut self.obs;
+        obs.trace_id.clone_from(&self.trace_id);
+        obs.request_bytes = self.request_bytes;
+        obs.response_bytes = self.response_bytes;
+        obs.upstream_status = self.upstream.status;
+        obs.upstream_elapsed = self.upstream.elapsed;
+        obs.attempts = self.upstream.attempts;
+        obs.auth_failure = self.auth_failure;
+        obs.upstream_failure = self.upstream.failure.map(|f| f.as_str());
+        obs.upstream_endpoint = match (&self.tenant, self.upstream.endpoint) {
+            (Some(t), Some(i)) => t.account.endpoints.get(i).map(|e| e.name.clone()),
+            _ => None,
+        };
+        obs.error = self.error.as_ref().map(|e| ErrorNote {
+            code: e.code,
+            detail: e.detail.clone(),
+        });
+        if obs.request_body.is_none() && observe::wants_request_body(log, &req.method) {
+            obs.request_body = self.body.clone().or_else(|| received_body(session));
+        }
+        let view = RequestView {
+            method: &req.method,
+            path: if self.path.is_empty() {
+                req.uri.path()
+            } else {
+                &self.path
+            },
+            query: req.uri.query(),
+            headers: &req.headers,
+            route: self.route.as_ref(),
+            params: &self.params,
+            principal: self.principal.as_ref(),
+            tenant: self.tenant.as_ref(),
+            client_ip: self.client_ip,
+            request_id: &self.request_id,
+        };
+        Some((log, view, obs))
+    }
+
     pub fn route_name(&self) -> &str {
         self.route.as_ref().map(|r| &*r.name).unwrap_or("unmatched")
     }
@@ -115,6 +143,18 @@ impl Ctx {
             .map(|p| &*p.tenant)
             .unwrap_or("none")
     }
+}
+
+/// For a body the proxy read and refused, the JSON bytes it received (Pingora keeps them in
+/// its retry buffer). `None` when there is no complete JSON body.
+fn received_body(session: &Session) -> Option<Bytes> {
+    let downstream = session.as_ref();
+    if downstream.retry_buffer_truncated()
+        || !observe::is_json_request(&session.req_header().headers)
+    {
+        return None;
+    }
+    downstream.get_retry_buffer().filter(|b| !b.is_empty())
 }
 
 impl Default for Ctx {

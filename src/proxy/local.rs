@@ -1,9 +1,11 @@
-//! Routes the proxy answers itself: liveness, readiness and the OAuth2 token endpoint.
+//! Routes the proxy answers itself: liveness, readiness, the OAuth2 token endpoint, and what
+//! the facade decides (its routes, the API document, mirror lists that page, filter or sort).
 
 use super::ctx::Ctx;
 use super::respond;
 use crate::errors::ApiError;
-use crate::runtime::Runtime;
+use crate::request::Decision;
+use crate::runtime::{Runtime, State};
 use bytes::Bytes;
 use pingora::prelude::*;
 use pingora_proxy::Session;
@@ -48,8 +50,9 @@ pub async fn ready(session: &mut Session, ctx: &mut Ctx, rt: &Runtime) -> Result
     }
 }
 
-/// `POST /oauth/token`: reads the body (small), lets `auth::token_endpoint` decide.
-pub async fn oauth_token(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+/// `POST /oauth/token`: reads the body (small), lets `auth::token_endpoint` decide, writes
+/// its answer.
+pub async fn oauth_token(session: &mut Session, ctx: &mut Ctx, state: &State) -> Result<()> {
     let Some(rt) = ctx.runtime.clone() else {
         return respond::error(session, ctx, ApiError::internal("no configuration loaded")).await;
     };
@@ -59,23 +62,55 @@ pub async fn oauth_token(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
     };
     ctx.request_bytes = body.len();
     let client_ip = ctx.client_ip;
-    let outcome = crate::auth::token_endpoint::issue(
+    let outcome = crate::auth::token_endpoint::answer(
         &rt.auth,
-        &rt.config.oauth,
+        &state.auth,
+        &*state.stores.counters,
         client_ip,
         &session.req_header().headers,
         &body,
     )
     .await;
     match outcome {
-        Ok(json) => {
-            let extra = [("pragma", "no-cache".to_string())];
-            respond::json(session, ctx, 200, json, &extra).await
-        }
+        Ok(reply) => respond::json(session, ctx, 200, reply.body, &reply.headers).await,
         Err(e) => {
             ctx.auth_failure = Some(e.reason());
-            crate::metrics::auth_failure(e.reason());
             respond::error(session, ctx, e.into()).await
+        }
+    }
+}
+
+/// The facade, the API document, and mirror lists asked to page, filter or sort: lets
+/// `facade::answer` decide and writes its answer. `Ok(false)`: not the facade's, the request
+/// goes on to OrionVM.
+pub async fn facade(session: &mut Session, ctx: &mut Ctx, state: &State) -> Result<bool> {
+    let Some(rt) = ctx.runtime.clone() else {
+        respond::error(session, ctx, ApiError::internal("no configuration loaded")).await?;
+        return Ok(true);
+    };
+    let env = crate::facade::Env {
+        config: &rt.config.facade,
+        routes: rt.routes.routes(),
+        tasks: &state.stores.tasks,
+        describe: crate::errors::facade::task_error,
+    };
+    let decision = {
+        let view = ctx.view(session.req_header());
+        let body = crate::facade::Body {
+            bytes: ctx.body.as_deref(),
+            validated: ctx.validated.as_ref(),
+        };
+        crate::facade::answer(view, body, &env).await
+    };
+    match decision {
+        Decision::Continue => Ok(false),
+        Decision::Reply(r) => {
+            respond::json(session, ctx, r.status, r.body, &r.headers).await?;
+            Ok(true)
+        }
+        Decision::Fail(e) => {
+            respond::error(session, ctx, e.into()).await?;
+            Ok(true)
         }
     }
 }

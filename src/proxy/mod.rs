@@ -10,8 +10,10 @@ use crate::config::model::RouteKind;
 use crate::errors::{self, ApiError};
 use crate::metrics;
 use crate::observe::{self, request_id};
+use crate::request::{Decision, RequestView};
 use crate::routes::{Match, path};
 use crate::runtime::SharedState;
+use crate::upstream::{Failure, UpstreamError};
 use crate::validate;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -89,8 +91,11 @@ impl OrionProxy {
             RouteKind::Health | RouteKind::Ready | RouteKind::Openapi | RouteKind::OauthToken => {
                 // Routes without a principal: `limits.anonymous_policy`, per source address
                 // (the token endpoint also has its own brute-force limit in auth).
-                let ip = ctx.client_ip;
-                return Ok(crate::limits::admit(ctx, &session.req_header().method, ip));
+                let (view, rl) = limits_view(session.req_header(), ctx);
+                return Ok(crate::limits::admit(&rt.limits, &view, rl)
+                    .await
+                    .err()
+                    .map(ApiError::from));
             }
             RouteKind::Mirror | RouteKind::Facade => {}
         }
@@ -114,9 +119,9 @@ impl OrionProxy {
             )));
         };
         ctx.tenant = Some(tenant.clone());
-        let client_ip = ctx.client_ip;
-        if let Some(err) = crate::limits::admit(ctx, &session.req_header().method, client_ip) {
-            return Ok(Some(err));
+        let (view, rl) = limits_view(session.req_header(), ctx);
+        if let Err(e) = crate::limits::admit(&rt.limits, &view, rl).await {
+            return Ok(Some(e.into()));
         }
         let signs = tenant.account.credentials.signer().is_some();
         let method = &session.req_header().method;
@@ -138,6 +143,16 @@ impl OrionProxy {
         }
         Ok(None)
     }
+}
+
+/// An upstream refusal or failure before OrionVM answered: kept as the request's error (so
+/// that `fail_to_proxy` writes it) and carried out of the phase as its status.
+fn upstream_failed(ctx: &mut Ctx, e: UpstreamError) -> Box<Error> {
+    let why = e.to_string();
+    let err = ApiError::from(e);
+    let status = err.status;
+    ctx.error = Some(err);
+    Error::explain(ErrorType::HTTPStatus(status), why)
 }
 
 fn declares_empty_body(resp: &ResponseHeader) -> bool {
@@ -187,8 +202,32 @@ impl ProxyHttp for OrionProxy {
             respond::error(session, ctx, err).await?;
             return Ok(true);
         }
-        if crate::limits::before_upstream(session, ctx).await? {
+        // With `logging.audit.on_failure: closed`, no mutating call goes on unaudited.
+        let refused = ctx
+            .runtime
+            .as_ref()
+            .and_then(|rt| observe::audit_ready(&rt.log, &session.req_header().method).err());
+        if let Some(e) = refused {
+            respond::error(session, ctx, e.into()).await?;
             return Ok(true);
+        }
+        if let Some((limits, view, rl)) = limits_parts(session.req_header(), ctx) {
+            let decision = crate::limits::before_upstream(limits, &view, rl).await;
+            if let Some((status, elapsed)) = ctx.limits.upstream_answer.take() {
+                ctx.upstream.status = Some(status);
+                ctx.upstream.elapsed = Some(elapsed);
+            }
+            match decision {
+                Decision::Continue => {}
+                Decision::Reply(r) => {
+                    respond::json(session, ctx, r.status, r.body, &r.headers).await?;
+                    return Ok(true);
+                }
+                Decision::Fail(e) => {
+                    respond::error(session, ctx, e.into()).await?;
+                    return Ok(true);
+                }
+            }
         }
         match ctx.route.as_ref().map(|r| r.kind) {
             Some(RouteKind::Health) => {
@@ -207,12 +246,12 @@ impl ProxyHttp for OrionProxy {
                 Ok(true)
             }
             Some(RouteKind::OauthToken) => {
-                local::oauth_token(session, ctx).await?;
+                local::oauth_token(session, ctx, &self.state.state).await?;
                 Ok(true)
             }
             // The facade, the API document, and mirror lists asked to page, filter or sort.
             Some(RouteKind::Facade | RouteKind::Openapi | RouteKind::Mirror) => {
-                crate::facade::answer(session, ctx).await
+                local::facade(session, ctx, &self.state.state).await
             }
             None => Ok(false),
         }
@@ -220,7 +259,11 @@ impl ProxyHttp for OrionProxy {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         // Load balancer, health, breaker and budget: `crate::upstream::peer`.
-        crate::upstream::peer::peer_for(ctx).await
+        let tenant = ctx.tenant.clone();
+        match crate::upstream::peer::peer_for(&mut ctx.upstream, tenant.as_deref()).await {
+            Ok(peer) => Ok(peer),
+            Err(e) => Err(upstream_failed(ctx, e)),
+        }
     }
 
     async fn upstream_request_filter(
@@ -229,80 +272,25 @@ impl ProxyHttp for OrionProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let (Some(tenant), Some(idx)) = (ctx.tenant.clone(), ctx.endpoint) else {
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "no endpoint chosen",
+        let Some(tenant) = ctx.tenant.clone() else {
+            return Err(upstream_failed(
+                ctx,
+                UpstreamError::Internal("no tenant for an upstream call".into()),
             ));
         };
-        let account = &tenant.account;
-        let Some(endpoint) = account.endpoints.get(idx) else {
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "endpoint index out of range",
-            ));
+        // Credentials, target, Host, ids, Content-Length, signature: `crate::upstream::rewrite`.
+        let traceparent = request_id::child_traceparent(&ctx.trace_id);
+        let out = crate::upstream::Outbound {
+            path: &ctx.path,
+            original: &session.req_header().uri,
+            request_id: &ctx.request_id,
+            traceparent: &traceparent,
+            body: ctx.body.as_deref(),
         };
-        // The caller's credentials never reach OrionVM.
-        upstream.remove_header("authorization");
-        upstream.remove_header("x-api-key");
-        upstream.remove_header("cookie");
-        upstream.remove_header("proxy-authorization");
-        let auth = match account.credentials.authorization_header().await {
-            Ok(v) => v,
-            Err(e) => {
-                log::warn!("request {}: {e}", ctx.request_id);
-                ctx.upstream_failure = Some("credentials");
-                ctx.error = Some(ApiError::bad_gateway(
-                    "upstream_auth_failed",
-                    "the proxy could not obtain OrionVM credentials",
-                ));
-                return Err(Error::explain(
-                    ErrorType::HTTPStatus(502),
-                    "upstream credentials unavailable",
-                ));
-            }
-        };
-        if let Some(auth) = auth {
-            upstream.insert_header("authorization", auth.clone())?;
-            ctx.upstream_auth = Some(auth);
+        match ctx.upstream.rewrite(&tenant.account, upstream, &out).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(upstream_failed(ctx, e)),
         }
-        // The request line is rebuilt only when what was checked differs from what came in
-        // (a doubled slash, a base path, an absolute-form URI).
-        let original = &session.req_header().uri;
-        if !endpoint.base_path.is_empty()
-            || original.scheme().is_some()
-            || original.path() != ctx.path
-        {
-            let target = match original.query() {
-                Some(q) => format!("{}{}?{q}", endpoint.base_path, ctx.path),
-                None => format!("{}{}", endpoint.base_path, ctx.path),
-            };
-            let uri = target.parse::<http::Uri>().map_err(|_| {
-                Error::explain(
-                    ErrorType::HTTPStatus(400),
-                    "the request URI cannot be rebuilt",
-                )
-            })?;
-            upstream.set_uri(uri);
-        }
-        upstream.insert_header("host", endpoint.authority.as_str())?;
-        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
-        upstream.insert_header("traceparent", request_id::child_traceparent(&ctx.trace_id))?;
-        if let Some(b) = &ctx.body {
-            upstream.remove_header("transfer-encoding");
-            upstream.insert_header("content-length", b.len().to_string())?;
-        }
-        if let Some(signer) = account.credentials.signer() {
-            // Last, on the request exactly as it leaves: path, Host and body are final.
-            let body = ctx.body.as_deref().unwrap_or_default();
-            crate::upstream::signing::sign_request_header(
-                signer,
-                upstream,
-                &endpoint.authority,
-                body,
-            )?;
-        }
-        Ok(())
     }
 
     async fn request_body_filter(
@@ -332,10 +320,7 @@ impl ProxyHttp for OrionProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let status = upstream.status.as_u16();
-        ctx.upstream_status = Some(status);
-        if let Some(t) = ctx.upstream_started {
-            ctx.upstream_elapsed = Some(t.elapsed());
-        }
+        ctx.upstream.answered(status);
         if status >= 400 && declares_empty_body(upstream) {
             // No body task will follow, so the body filter could not replace it: answer the
             // error body from fail_to_proxy instead.
@@ -347,13 +332,13 @@ impl ProxyHttp for OrionProxy {
             ));
         }
         if status == 401
-            && !ctx.token_retry_used
-            && let (Some(tenant), Some(used)) = (&ctx.tenant, &ctx.upstream_auth)
-            && tenant.account.credentials.mode() == "oauth2"
+            && !ctx.upstream.token_retry_used
+            && let (Some(tenant), Some(used)) = (&ctx.tenant, &ctx.upstream.upstream_auth)
+            && tenant.account.credentials.refreshes()
         {
             tenant.account.credentials.invalidate(used);
             if !session.as_ref().retry_buffer_truncated() {
-                ctx.token_retry_used = true;
+                ctx.upstream.token_retry_used = true;
                 let mut e = Error::explain(TOKEN_REJECTED, "OrionVM refused the proxy's token");
                 e.set_retry(true);
                 return Err(e);
@@ -361,7 +346,13 @@ impl ProxyHttp for OrionProxy {
         }
         let method = &session.req_header().method;
         if !session.as_ref().retry_buffer_truncated()
-            && let Some(e) = crate::upstream::peer::retry_on_5xx(ctx, method, status)
+            && let Some(tenant) = &ctx.tenant
+            && let Some(e) = crate::upstream::peer::retry_on_5xx(
+                &mut ctx.upstream,
+                &tenant.account,
+                method,
+                status,
+            )
         {
             return Err(e);
         }
@@ -375,7 +366,11 @@ impl ProxyHttp for OrionProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
-        crate::limits::response_headers(ctx, upstream)?;
+        if let Some(rt) = ctx.runtime.as_ref() {
+            for (name, value) in crate::limits::response_fields(&rt.limits, &ctx.limits) {
+                upstream.insert_header(name, value)?;
+            }
+        }
         let status = upstream.status.as_u16();
         if status >= 400 {
             // Every error reaches the caller in the one error body, whatever OrionVM sent.
@@ -388,7 +383,15 @@ impl ProxyHttp for OrionProxy {
             }
             ctx.rewrite = Some(BytesMut::new());
         }
-        observe::on_response_header(session, ctx, upstream);
+        if let Some((log, req, obs)) = ctx.observed(session) {
+            observe::on_response_header(
+                log,
+                &req,
+                obs,
+                upstream.status.as_u16(),
+                &upstream.headers,
+            );
+        }
         Ok(())
     }
 
@@ -400,7 +403,8 @@ impl ProxyHttp for OrionProxy {
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
         if end_of_stream {
-            crate::limits::upstream_done(ctx);
+            // The upstream answer is complete: its concurrency slot is free for the next call.
+            ctx.upstream.release_budget();
         }
         if let Some(buf) = ctx.rewrite.as_mut() {
             if let Some(chunk) = body.take() {
@@ -408,7 +412,7 @@ impl ProxyHttp for OrionProxy {
                 buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
             }
             if end_of_stream {
-                let upstream_status = ctx.upstream_status.unwrap_or(502);
+                let upstream_status = ctx.upstream.status.unwrap_or(502);
                 let err = errors::from_upstream(upstream_status, buf);
                 let rendered = err.render(&ctx.request_id);
                 ctx.response_bytes += rendered.len();
@@ -418,7 +422,9 @@ impl ProxyHttp for OrionProxy {
         } else if let Some(b) = body {
             ctx.response_bytes += b.len();
         }
-        observe::on_response_body(session, ctx, body.as_ref(), end_of_stream);
+        if let Some((log, req, obs)) = ctx.observed(session) {
+            observe::on_response_body(log, &req, obs, body.as_ref(), end_of_stream);
+        }
         Ok(None)
     }
 
@@ -429,18 +435,10 @@ impl ProxyHttp for OrionProxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        ctx.upstream_failure = Some(match e.etype() {
-            ErrorType::ConnectTimedout => "timeout",
-            _ => "connect",
-        });
-        metrics::upstream_error(ctx.upstream_failure.unwrap_or("connect"));
         // Nothing reached OrionVM: another endpoint may take it.
-        let endpoints = ctx
-            .tenant
-            .as_ref()
-            .map(|t| t.account.endpoints.len())
-            .unwrap_or(0);
-        if (ctx.attempts as usize) < endpoints {
+        let timed_out = *e.etype() == ErrorType::ConnectTimedout;
+        let account = ctx.tenant.as_ref().map(|t| &*t.account);
+        if crate::upstream::peer::connect_failed(&mut ctx.upstream, account, timed_out) {
             e.set_retry(true);
         }
         e
@@ -458,12 +456,11 @@ impl ProxyHttp for OrionProxy {
             return e;
         }
         if e.esource() == &ErrorSource::Upstream {
-            let kind = match e.etype() {
-                ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
-                _ => "reset",
-            };
-            ctx.upstream_failure = Some(kind);
-            metrics::upstream_error(kind);
+            let timed_out = matches!(
+                e.etype(),
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            );
+            crate::upstream::peer::transport_failed(&mut ctx.upstream, timed_out);
         }
         let mut e = e.more_context(format!("Peer: {peer}"));
         if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
@@ -511,9 +508,78 @@ impl ProxyHttp for OrionProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         metrics::in_flight(-1);
-        crate::limits::finish(ctx, &session.req_header().method);
-        observe::finish(session, ctx, e);
+        crate::upstream::peer::finish_attempt(&mut ctx.upstream);
+        if let Some((limits, view, _)) = limits_parts(session.req_header(), ctx) {
+            crate::limits::finish(limits, &view);
+        }
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let error_type = e.map(|e| format!("{:?}", e.etype()));
+        if let Some((log, req, obs)) = ctx.observed(session) {
+            observe::finish(log, &req, obs, status, error_type.as_deref()).await;
+        }
     }
+}
+
+/// The concerns' view of the request, and the limits' part of the context beside it
+/// (borrowed apart, so a concern reads one while it writes the other).
+fn limits_view<'a>(
+    req: &'a RequestHeader,
+    ctx: &'a mut Ctx,
+) -> (RequestView<'a>, &'a mut crate::limits::RequestLimits) {
+    let (_, view, rl) = split(req, ctx);
+    (view, rl)
+}
+
+/// The runtime's limits (without cloning the runtime's `Arc` on the hot path), the view and
+/// the limits' part of the context; `None` without a runtime.
+fn limits_parts<'a>(
+    req: &'a RequestHeader,
+    ctx: &'a mut Ctx,
+) -> Option<(
+    &'a crate::limits::Limits,
+    RequestView<'a>,
+    &'a mut crate::limits::RequestLimits,
+)> {
+    let (rt, view, rl) = split(req, ctx);
+    Some((&rt?.limits, view, rl))
+}
+
+fn split<'a>(
+    req: &'a RequestHeader,
+    ctx: &'a mut Ctx,
+) -> (
+    Option<&'a crate::runtime::Runtime>,
+    RequestView<'a>,
+    &'a mut crate::limits::RequestLimits,
+) {
+    let Ctx {
+        client_ip,
+        runtime,
+        path,
+        route,
+        params,
+        principal,
+        tenant,
+        request_id,
+        limits,
+        ..
+    } = ctx;
+    let view = RequestView {
+        method: &req.method,
+        path: path.as_str(),
+        query: req.uri.query(),
+        headers: &req.headers,
+        route: route.as_ref(),
+        params: params.as_slice(),
+        principal: principal.as_ref(),
+        tenant: tenant.as_ref(),
+        client_ip: *client_ip,
+        request_id: request_id.as_str(),
+    };
+    (runtime.as_deref(), view, limits)
 }
 
 /// A transport failure as the error body: timeouts are 504, everything else toward OrionVM 502.
@@ -526,7 +592,7 @@ fn classify(e: &Error, ctx: &mut Ctx) -> ApiError {
             | ErrorType::WriteTimedout
             | ErrorType::TLSHandshakeTimedout,
         ) => {
-            ctx.upstream_failure.get_or_insert("timeout");
+            ctx.upstream.failure.get_or_insert(Failure::Timeout);
             ApiError::gateway_timeout("OrionVM did not answer in time")
         }
         (_, t) if *t == TOKEN_REJECTED => errors::upstream_auth_failed(),
@@ -539,14 +605,14 @@ fn classify(e: &Error, ctx: &mut Ctx) -> ApiError {
             | ErrorType::InvalidCert
             | ErrorType::HandshakeError,
         ) => {
-            ctx.upstream_failure.get_or_insert("connect");
+            ctx.upstream.failure.get_or_insert(Failure::Connect);
             ApiError::bad_gateway(
                 "upstream_unreachable",
                 "the proxy could not connect to OrionVM",
             )
         }
         (ErrorSource::Upstream, _) => {
-            ctx.upstream_failure.get_or_insert("reset");
+            ctx.upstream.failure.get_or_insert(Failure::Reset);
             ApiError::bad_gateway(
                 "upstream_reset",
                 "OrionVM closed the connection before answering",

@@ -24,7 +24,9 @@ pub async fn json(
         header.append_header(*name, value.as_str())?;
     }
     ctx.response_bytes = body.len();
-    crate::observe::on_local_answer(session, ctx, &header, &body);
+    if let Some((log, req, obs)) = ctx.observed(session) {
+        crate::observe::on_local_answer(log, &req, obs, status, &header.headers, &body).await;
+    }
     session
         .write_response_header(Box::new(header), false)
         .await?;

@@ -43,7 +43,7 @@ logging: {{access_log: "off"}}
     );
     let model = crate::config::parse(&text).unwrap();
     let state = Arc::new(State::memory());
-    let staged = crate::runtime::stage(model, &text, &state, None).unwrap();
+    let staged = crate::runtime::stage(model, &text, &state).unwrap();
     let shared = SharedState::from_staged(dir.path().join("orion-proxy.yaml"), staged, state);
     Fixture {
         proxy: OrionProxy::new(Arc::new(shared)),

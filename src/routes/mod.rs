@@ -2,7 +2,10 @@
 //! Built once per config load from [`crate::config::model::RouteConfig`]; matching is a radix
 //! tree lookup per method.
 
+pub mod handler;
 pub mod path;
+
+pub use handler::Handler;
 
 use crate::auth::permissions::{PermissionId, PermissionRegistry};
 use crate::config::model::{RouteConfig, RouteKind};
@@ -19,7 +22,7 @@ pub struct Route {
     pub permission: Option<(PermissionId, Arc<str>)>,
     pub json_body: bool,
     /// For facade routes: the operation that answers.
-    pub handler: Option<crate::facade::Handler>,
+    pub handler: Option<Handler>,
     /// A mirror list that the list query parameters may shape.
     pub list: bool,
     /// The JSON Schema its body must match (`validate`), by the name the config gives.
@@ -82,7 +85,7 @@ impl RouteTable {
                 },
                 None => None,
             };
-            let handler = match crate::facade::Handler::for_route(rc) {
+            let handler = match Handler::for_route(rc) {
                 Ok(h) => h,
                 Err(e) => {
                     errors.push(format!("{at}.{e}"));

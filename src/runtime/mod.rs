@@ -50,6 +50,7 @@ impl Staged {
         let rt = self.runtime;
         rt.upstreams.commit(&state.upstream);
         rt.log.commit(&state.observe);
+        rt.auth.commit(&state.auth);
         rt
     }
 
@@ -59,14 +60,10 @@ impl Staged {
     }
 }
 
-/// Validates a parsed config into a staged runtime. Reads `state`, never changes it.
-/// `previous` lets unchanged accounts and issuers keep their credentials and key caches.
-pub fn stage(
-    config: Config,
-    text: &str,
-    state: &State,
-    previous: Option<&Runtime>,
-) -> Result<Staged, Vec<String>> {
+/// Validates a parsed config into a staged runtime. Reads `state`, never changes it: what the
+/// new config shares with the old (unchanged accounts' credentials and pools, unchanged
+/// issuers' key sets, open sinks) is found there and handed over at commit.
+pub fn stage(config: Config, text: &str, state: &State) -> Result<Staged, Vec<String>> {
     let mut errors = Vec::new();
     let defaults = defaults().map_err(|e| vec![e])?;
     let trusted_networks = config::check_server(&config)
@@ -83,11 +80,11 @@ pub fn stage(
         .map_err(|e| errors.extend(e))
         .ok();
     let auth = roles.and_then(|r| {
-        Auth::build(&config, r, previous.map(|p| &p.auth))
+        Auth::build(&config, r, &state.auth)
             .map_err(|e| errors.extend(e))
             .ok()
     });
-    let upstreams = Upstreams::build(&config, &state.upstream, previous.map(|p| &p.upstreams))
+    let upstreams = Upstreams::build(&config, &state.upstream)
         .map_err(|e| errors.extend(e))
         .ok();
     errors.extend(crate::facade::check_config(&config.facade));
@@ -98,7 +95,7 @@ pub fn stage(
         .map_err(|e| errors.extend(e))
         .ok();
     let role_names: Vec<&str> = role_map.keys().map(String::as_str).collect();
-    let limits = crate::limits::Limits::build(&config, routes.as_ref(), &role_names)
+    let limits = crate::limits::Limits::build(&config, routes.as_ref(), &role_names, &state.limits)
         .map_err(|e| errors.extend(e))
         .ok();
 
@@ -127,10 +124,10 @@ pub fn stage(
 
 /// Reads, parses and validates a file into a staged runtime: what `orion-proxy check` runs
 /// (with a fresh `State` that is then dropped, so it has no side effects).
-pub fn load(path: &Path, state: &State, previous: Option<&Runtime>) -> Result<Staged, Vec<String>> {
+pub fn load(path: &Path, state: &State) -> Result<Staged, Vec<String>> {
     let text = config::read_file(path)?;
     let model = config::parse(&text)?;
-    stage(model, &text, state, previous)
+    stage(model, &text, state)
 }
 
 /// Declares the metric series of the live config and reports endpoint health at scrape time.
@@ -170,5 +167,5 @@ pub fn watch_metrics(shared: &std::sync::Arc<SharedState>) {
 /// Validates a file without starting anything: `orion-proxy check`.
 pub fn check(path: &Path) -> Result<String, Vec<String>> {
     let state = State::memory();
-    load(path, &state, None).map(|s| s.inspect().version.clone())
+    load(path, &state).map(|s| s.inspect().version.clone())
 }

@@ -18,7 +18,7 @@ pub struct SharedState {
 impl SharedState {
     /// Loads and commits the first runtime from `path`.
     pub fn start(path: &Path, state: Arc<State>) -> Result<SharedState, Vec<String>> {
-        let staged = super::load(path, &state, None)?;
+        let staged = super::load(path, &state)?;
         Ok(Self::from_staged(path.to_path_buf(), staged, state))
     }
 
@@ -41,7 +41,7 @@ impl SharedState {
     pub fn reload(&self) -> Result<String, Vec<String>> {
         let _one_at_a_time = self.reload_lock.lock();
         let old = self.current();
-        match super::load(&self.path, &self.state, Some(&old)) {
+        match super::load(&self.path, &self.state) {
             Ok(staged) => {
                 let rt = staged.commit(&self.state);
                 let version = rt.version.clone();

@@ -27,8 +27,8 @@ impl State {
         State {
             auth: Default::default(),
             upstream: Default::default(),
-            limits: Default::default(),
-            observe: Default::default(),
+            limits: crate::limits::LimitsState::new(&stores),
+            observe: crate::observe::ObserveState::new(stores.usage.clone()),
             facade: Default::default(),
             stores,
         }

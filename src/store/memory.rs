@@ -52,41 +52,72 @@ impl Window {
     }
 }
 
+/// The sketches of one scope, by window length (a scope has one or a few).
+type ScopeWindows = Vec<(Duration, Arc<Window>)>;
+
 /// Counters in process memory, one sketch per (scope, window).
 #[derive(Default)]
 pub struct MemoryCounters {
-    windows: Mutex<HashMap<(String, Duration), Arc<Window>>>,
+    windows: Mutex<HashMap<String, ScopeWindows>>,
+}
+
+/// One counter family (a scope and its window length) of [`MemoryCounters`], for a hot-path
+/// caller that holds it so that counting costs no look-up in the scope map.
+#[derive(Clone)]
+pub struct MemoryWindow(Arc<Window>);
+
+impl MemoryWindow {
+    /// [`Counters::hit`] on this family.
+    pub fn hit(&self, key: &str, cost: u64) -> WindowCount {
+        let count = self.0.rate.observe(&key, cost as isize).max(0) as u64;
+        WindowCount {
+            count,
+            resets_in: self.0.left(),
+        }
+    }
+
+    /// [`Counters::peek`] on this family.
+    pub fn peek(&self, key: &str) -> WindowCount {
+        let count = self
+            .0
+            .rate
+            .rate_with(&key, |c| c.curr_samples.max(0) as u64);
+        WindowCount {
+            count,
+            resets_in: self.0.left(),
+        }
+    }
 }
 
 impl MemoryCounters {
     fn window(&self, scope: &str, window: Duration) -> Arc<Window> {
         let mut map = self.windows.lock();
-        if let Some(w) = map.get(&(scope.to_string(), window)) {
-            return w.clone();
+        if let Some(w) = map
+            .get(scope)
+            .and_then(|ws| ws.iter().find(|(d, _)| *d == window))
+        {
+            return w.1.clone();
         }
         let w = Arc::new(Window::new(window));
-        map.insert((scope.to_string(), window), w.clone());
+        map.entry(scope.to_string())
+            .or_default()
+            .push((window, w.clone()));
         w
+    }
+
+    /// The counters of `scope` with `window`, to hold (the same ones every call returns).
+    pub fn window_of(&self, scope: &str, window: Duration) -> MemoryWindow {
+        MemoryWindow(self.window(scope, window))
     }
 
     /// Synchronous form of [`Counters::hit`] for callers on the hot path that know the
     /// backend is memory.
     pub fn hit_now(&self, scope: &str, window: Duration, key: &str, cost: u64) -> WindowCount {
-        let w = self.window(scope, window);
-        let count = w.rate.observe(&key, cost as isize).max(0) as u64;
-        WindowCount {
-            count,
-            resets_in: w.left(),
-        }
+        self.window_of(scope, window).hit(key, cost)
     }
 
     pub fn peek_now(&self, scope: &str, window: Duration, key: &str) -> WindowCount {
-        let w = self.window(scope, window);
-        let count = w.rate.rate_with(&key, |c| c.curr_samples.max(0) as u64);
-        WindowCount {
-            count,
-            resets_in: w.left(),
-        }
+        self.window_of(scope, window).peek(key)
     }
 }
 
@@ -109,6 +140,10 @@ impl Counters for MemoryCounters {
         key: &str,
     ) -> Result<WindowCount, StoreError> {
         Ok(self.peek_now(scope, window, key))
+    }
+
+    fn as_memory(&self) -> Option<&MemoryCounters> {
+        Some(self)
     }
 }
 

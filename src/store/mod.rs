@@ -6,6 +6,10 @@
 //! This module imports no concern: concerns import it, and `src/runtime/` owns the instances.
 
 pub mod memory;
+pub mod tasks;
+pub mod usage;
+
+pub use usage::UsageStore;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -70,6 +74,12 @@ pub trait Counters: Send + Sync {
         window: Duration,
         key: &str,
     ) -> Result<WindowCount, StoreError>;
+
+    /// The in-process backend, when this is it: a hot-path caller may then count synchronously
+    /// (`MemoryCounters::window_of`) instead of through the async calls.
+    fn as_memory(&self) -> Option<&memory::MemoryCounters> {
+        None
+    }
 }
 
 /// A key-value store with expiry: idempotency keys, runtime-managed credentials.
@@ -94,6 +104,9 @@ pub trait KvStore: Send + Sync {
 pub struct Stores {
     pub counters: Arc<dyn Counters>,
     pub kv: Arc<dyn KvStore>,
+    /// The facade's tasks (`tasks::TaskStore`).
+    pub tasks: Arc<dyn tasks::TaskStore>,
+    pub usage: Arc<dyn UsageStore>,
 }
 
 impl Stores {
@@ -102,6 +115,8 @@ impl Stores {
         Stores {
             counters: Arc::new(memory::MemoryCounters::default()),
             kv: Arc::new(memory::MemoryKv::new(memory::DEFAULT_KV_ENTRIES)),
+            tasks: Arc::new(tasks::MemoryTasks::default()),
+            usage: Arc::new(usage::MemoryUsage::default()),
         }
     }
 }

@@ -1,39 +1,74 @@
 //! Calls the proxy makes to OrionVM on its own behalf (facade composites, coalesced reads),
 //! outside Pingora's proxy pipeline: the same account, endpoints and credentials, with the
 //! same one retry when OrionVM refuses the proxy's token.
+//!
+//! The answer is read whole, so it is bounded: a successful answer up to the account's
+//! `max_response_bytes` (past it [`CallError::TooLarge`], a 502), an error answer up to
+//! [`MAX_ERROR_BODY`] (the rest is not read: only its beginning is normalised, as on the
+//! proxied path).
 
 use super::Account;
 use super::stats::Outcome;
 use bytes::Bytes;
 use std::time::Instant;
 
-#[derive(Debug)]
+/// Why a call of the proxy's own to OrionVM got no answer (`src/errors/upstream.rs` turns it
+/// into the error body). Clone: the micro-cache hands one call's failure to every caller that
+/// waited on it.
+#[derive(Debug, Clone)]
 pub enum CallError {
     Credentials(String),
     Connect,
     Timeout,
     Other(String),
     /// Refused before any call: the breaker is open or the budget is exhausted.
-    Refused(crate::limits::LimitsError),
+    Refused(super::UpstreamError),
+    /// OrionVM's successful answer is larger than `accounts.NAME.max_response_bytes`.
+    TooLarge {
+        limit: usize,
+    },
 }
 
-impl From<CallError> for crate::errors::ApiError {
-    fn from(e: CallError) -> Self {
-        use crate::errors::ApiError;
-        match e {
-            CallError::Credentials(_) => ApiError::bad_gateway(
-                "upstream_auth_failed",
-                "the proxy could not obtain OrionVM credentials",
-            ),
-            CallError::Connect => ApiError::bad_gateway(
-                "upstream_unreachable",
-                "the proxy could not connect to OrionVM",
-            ),
-            CallError::Timeout => ApiError::gateway_timeout("OrionVM did not answer in time"),
-            CallError::Other(_) => {
-                ApiError::bad_gateway("bad_gateway", "the call to OrionVM failed")
+/// The largest error answer read from OrionVM (the same as on the proxied path).
+pub const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Why a bounded read of an answer stopped.
+enum ReadError {
+    TooLarge,
+    Timeout,
+    Broken,
+}
+
+/// Reads `resp`'s body, at most `limit` bytes. With `truncate`, a longer body is cut at
+/// `limit` (the rest is not read); without, it is an error, found out from `Content-Length`
+/// before reading when OrionVM declares it.
+async fn read_bounded(
+    mut resp: reqwest::Response,
+    limit: usize,
+    truncate: bool,
+) -> Result<Bytes, ReadError> {
+    let declared = resp.content_length();
+    if !truncate && declared.is_some_and(|n| n > limit as u64) {
+        return Err(ReadError::TooLarge);
+    }
+    let mut body =
+        bytes::BytesMut::with_capacity(declared.map_or(8 * 1024, |n| n.min(limit as u64) as usize));
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = limit - body.len();
+                if chunk.len() > room {
+                    if !truncate {
+                        return Err(ReadError::TooLarge);
+                    }
+                    body.extend_from_slice(&chunk[..room]);
+                    return Ok(body.freeze());
+                }
+                body.extend_from_slice(&chunk);
             }
-            CallError::Refused(e) => e.into(),
+            Ok(None) => return Ok(body.freeze()),
+            Err(e) if e.is_timeout() => return Err(ReadError::Timeout),
+            Err(_) => return Err(ReadError::Broken),
         }
     }
 }
@@ -136,7 +171,7 @@ pub async fn call(
             }
         };
         let status = resp.status().as_u16();
-        if status == 401 && !retried && account.credentials.mode() == "oauth2" {
+        if status == 401 && !retried && account.credentials.refreshes() {
             attempt.finish(Outcome::Status(status), None);
             if let Some(a) = &auth {
                 account.credentials.invalidate(a);
@@ -144,13 +179,27 @@ pub async fn call(
             retried = true;
             continue;
         }
-        let body = match resp.bytes().await {
+        let (limit, truncate) = if status >= 400 {
+            (MAX_ERROR_BODY, true)
+        } else {
+            (account.max_response_bytes, false)
+        };
+        let body = match read_bounded(resp, limit, truncate).await {
             Ok(b) => b,
-            Err(e) if e.is_timeout() => {
+            Err(ReadError::TooLarge) => {
+                // OrionVM answered; the answer is just more than the proxy takes.
+                attempt.finish(Outcome::Status(status), Some(started.elapsed()));
+                log::warn!(
+                    "request {request_id}: OrionVM's answer to {method} {path} exceeds {limit} bytes (accounts.{}.max_response_bytes)",
+                    account.name
+                );
+                return Err(CallError::TooLarge { limit });
+            }
+            Err(ReadError::Timeout) => {
                 attempt.finish(Outcome::Timeout, None);
                 return Err(CallError::Timeout);
             }
-            Err(_) => {
+            Err(ReadError::Broken) => {
                 attempt.finish(Outcome::Reset, None);
                 return Err(CallError::Other("reading the answer failed".into()));
             }
@@ -162,5 +211,144 @@ pub async fn call(
             body,
             elapsed,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::UpstreamState;
+    use super::super::testing::{self, NO_CHECKS};
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An in-process OrionVM stand-in on 127.0.0.1:0 that answers every request with `status`
+    /// and `len` bytes of JSON-ish body, with a `Content-Length` or chunked.
+    async fn answering(status: u16, len: usize, chunked: bool) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let framing = if chunked {
+                        "transfer-encoding: chunked".to_string()
+                    } else {
+                        format!("content-length: {len}")
+                    };
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n{framing}\r\nconnection: close\r\n\r\n"
+                    );
+                    if sock.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let piece = vec![b' '; 64 * 1024];
+                    let mut left = len;
+                    while left > 0 {
+                        let n = left.min(piece.len());
+                        let chunk = if chunked {
+                            let mut c = format!("{n:x}\r\n").into_bytes();
+                            c.extend_from_slice(&piece[..n]);
+                            c.extend_from_slice(b"\r\n");
+                            c
+                        } else {
+                            piece[..n].to_vec()
+                        };
+                        if sock.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                        left -= n;
+                    }
+                    if chunked {
+                        let _ = sock.write_all(b"0\r\n\r\n").await;
+                    }
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    async fn get(url: String, account_extra: &str) -> Result<Answer, CallError> {
+        let state = UpstreamState::default();
+        let extra = format!("{NO_CHECKS}{account_extra}");
+        let tenant = testing::tenant(&testing::config(&[url], &extra, ""), &state);
+        call(
+            &tenant.account,
+            http::Method::GET,
+            "/api/v1/instances",
+            None,
+            "01REQ",
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn an_answer_past_the_default_limit_is_refused() {
+        let default = crate::config::model::default_max_response_bytes();
+        for chunked in [false, true] {
+            let got = get(answering(200, default + 1, chunked).await, "").await;
+            assert!(
+                matches!(got, Err(CallError::TooLarge { limit }) if limit == default),
+                "chunked {chunked}: {:?}",
+                got.map(|a| a.body.len())
+            );
+            let at = get(answering(200, default, chunked).await, "").await;
+            assert_eq!(at.unwrap().body.len(), default, "chunked {chunked}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_limit_is_the_accounts_and_error_answers_are_cut_at_64_kib() {
+        let extra = "    max_response_bytes: 4096\n";
+        for chunked in [false, true] {
+            let got = get(answering(200, 4097, chunked).await, extra).await;
+            assert!(
+                matches!(got, Err(CallError::TooLarge { limit: 4096 })),
+                "{got:?}"
+            );
+            let fits = get(answering(200, 4096, chunked).await, extra)
+                .await
+                .unwrap();
+            assert_eq!(fits.body.len(), 4096);
+            // An error answer is OrionVM's status with the beginning of its body.
+            let error = get(answering(503, 1 << 20, chunked).await, extra)
+                .await
+                .unwrap();
+            assert_eq!(error.status, 503);
+            assert_eq!(error.body.len(), MAX_ERROR_BODY);
+        }
+    }
+
+    #[test]
+    fn the_limit_is_checked() {
+        let state = UpstreamState::default();
+        for (bytes, ok) in [
+            (1023, false),
+            (1024, true),
+            (256 << 20, true),
+            ((256 << 20) + 1, false),
+        ] {
+            let extra = format!("{NO_CHECKS}    max_response_bytes: {bytes}\n");
+            let config = testing::config(&testing::urls(1), &extra, "");
+            match super::super::Upstreams::build(&config, &state) {
+                Ok(_) => assert!(ok, "{bytes}"),
+                Err(e) => {
+                    assert!(!ok, "{bytes}");
+                    assert_eq!(
+                        e,
+                        ["accounts.a.max_response_bytes: must be between 1024 and 268435456"]
+                    );
+                }
+            }
+        }
     }
 }

@@ -160,12 +160,46 @@ impl Credentials {
         }
     }
 
-    pub fn mode(&self) -> &'static str {
+    pub fn mode(&self) -> CredentialMode {
         match self {
-            Credentials::Static(_) => "static_token",
-            Credentials::OAuth2(_) => "oauth2",
-            Credentials::Signed { .. } => "signature",
+            Credentials::Static(_) => CredentialMode::StaticToken,
+            Credentials::OAuth2(_) => CredentialMode::OAuth2,
+            Credentials::Signed { .. } => CredentialMode::Signature,
         }
+    }
+
+    /// Whether OrionVM refusing the token is worth one retry with a fresh one (only a fetched
+    /// token can be replaced).
+    pub fn refreshes(&self) -> bool {
+        self.mode() == CredentialMode::OAuth2
+    }
+}
+
+/// How an account authenticates to OrionVM (reported by the admin API as `static_token`,
+/// `oauth2` or `signature`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum CredentialMode {
+    #[serde(rename = "static_token")]
+    StaticToken,
+    #[serde(rename = "oauth2")]
+    OAuth2,
+    #[serde(rename = "signature")]
+    Signature,
+}
+
+impl CredentialMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CredentialMode::StaticToken => "static_token",
+            CredentialMode::OAuth2 => "oauth2",
+            CredentialMode::Signature => "signature",
+        }
+    }
+}
+
+impl std::fmt::Display for CredentialMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -1,13 +1,11 @@
 //! OrionVM endpoints: parsed once per load into what `upstream_peer` needs, with a health
-//! record that survives reloads (keyed by URL) and that the readiness probe keeps current.
+//! record, a breaker and counters that survive reloads (kept in [`super::UpstreamState`] by URL)
+//! and that the readiness probe keeps current.
 
+use super::breaker::Breaker;
 use super::stats::EndpointStats;
 use crate::config::model::EndpointConfig;
-use crate::limits::breaker::Breaker;
-use once_cell::sync::Lazy;
-use parking_lot::Mutex;
 use pingora::utils::tls::WrappedX509;
-use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,22 +43,22 @@ impl EndpointHealth {
 }
 
 /// What an endpoint keeps across reloads: its health, its breaker and its counters.
-#[derive(Debug, Default)]
-struct Kept {
-    health: Arc<EndpointHealth>,
-    breaker: Arc<Breaker>,
-    stats: Arc<EndpointStats>,
+#[derive(Debug, Clone)]
+pub struct Kept {
+    pub health: Arc<EndpointHealth>,
+    pub breaker: Arc<Breaker>,
+    pub stats: Arc<EndpointStats>,
 }
 
-static KEPT: Lazy<Mutex<HashMap<String, Kept>>> = Lazy::new(Default::default);
-
-fn kept_for(url: &str, name: &str) -> (Arc<EndpointHealth>, Arc<Breaker>, Arc<EndpointStats>) {
-    let mut map = KEPT.lock();
-    let k = map.entry(url.to_string()).or_insert_with(|| Kept {
-        breaker: Arc::new(Breaker::new(name)),
-        ..Default::default()
-    });
-    (k.health.clone(), k.breaker.clone(), k.stats.clone())
+impl Kept {
+    /// A fresh record for the endpoint named `name` (breaker closed, no counts).
+    pub fn new(name: &str) -> Kept {
+        Kept {
+            health: Default::default(),
+            breaker: Arc::new(Breaker::new(name)),
+            stats: Default::default(),
+        }
+    }
 }
 
 pub type CaList = Arc<[WrappedX509]>;
@@ -101,11 +99,14 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
+    /// Parses and resolves one endpoint. `kept(url, name)` hands over what the endpoint keeps
+    /// across reloads (or a fresh record).
     pub fn build(
         cfg: &EndpointConfig,
         ca: Option<CaList>,
         connect_timeout: Duration,
         read_timeout: Duration,
+        kept: impl FnOnce(&str, &str) -> Kept,
     ) -> Result<Endpoint, String> {
         let url =
             url::Url::parse(&cfg.url).map_err(|e| format!("'{}' is not a URL: {e}", cfg.url))?;
@@ -144,7 +145,11 @@ impl Endpoint {
         let base_path = url.path().trim_end_matches('/').to_string();
         let sni = cfg.sni.clone().unwrap_or_else(|| host.clone());
         let name: Arc<str> = cfg.name.clone().unwrap_or_else(|| authority.clone()).into();
-        let (health, breaker, stats) = kept_for(&cfg.url, &name);
+        let Kept {
+            health,
+            breaker,
+            stats,
+        } = kept(&cfg.url, &name);
         Ok(Endpoint {
             name,
             url: cfg.url.clone(),
@@ -179,6 +184,15 @@ impl Endpoint {
             peer.options.ca = Some(ca.clone());
         }
         peer
+    }
+
+    /// What this endpoint keeps across reloads.
+    pub fn kept(&self) -> Kept {
+        Kept {
+            health: self.health.clone(),
+            breaker: self.breaker.clone(),
+            stats: self.stats.clone(),
+        }
     }
 
     /// Absolute URL for a path on this endpoint (for the token fetch).

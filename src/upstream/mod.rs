@@ -2,33 +2,73 @@
 //! Each tenant maps to one account, so two tenants' calls go out under different OrionVM
 //! credentials.
 
-/// The upstream concern's part of the process state (`runtime::State`): the load balancers
-/// (with their health) by account, kept across reloads while the endpoints and checks stay the
-/// same.
-#[derive(Default)]
-pub struct UpstreamState {
-    pools: parking_lot::Mutex<HashMap<String, (AccountConfig, Arc<balance::Pool>)>>,
-}
+//! The concern owns the breaker ([`breaker`]) and the budget ([`budget`]) that guard every call
+//! to OrionVM, peer selection for the proxied path ([`peer`]), the rewrite of the request that
+//! goes upstream ([`rewrite`]) and the proxy's own calls ([`client`]). It imports nothing above
+//! it (no proxy, runtime, observe or errors): it returns [`UpstreamError`] and
+//! [`client::CallError`], which `src/errors/upstream.rs` turns into the error body.
 
 pub mod balance;
+pub mod breaker;
+pub mod budget;
 pub mod client;
 pub mod credentials;
 pub mod endpoint;
+pub mod error;
 pub mod peer;
+pub mod rewrite;
 pub mod signing;
 pub mod stats;
 
+pub use error::{Failure, UpstreamError};
+pub use peer::AttemptState;
+pub use rewrite::{Outbound, rewrite_request};
+
 use crate::config::model::{AccountConfig, Config, CredentialsConfig};
-use crate::limits::LimitsError;
-use crate::limits::breaker::{self, Ticket};
-use crate::limits::budget::Budget;
+use breaker::Ticket;
+use budget::{Budget, BudgetState};
 use credentials::Credentials;
-use endpoint::Endpoint;
+use endpoint::{Endpoint, Kept};
+use parking_lot::Mutex;
 use stats::{EndpointStats, Outcome};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The upstream concern's part of the process state (`runtime::State`): what outlives one
+/// config. Building a config ([`Upstreams::build`]) only reads it, to hand over what the new
+/// config shares with the old; [`Upstreams::commit`] registers what is new and forgets what is
+/// gone.
+#[derive(Default)]
+pub struct UpstreamState {
+    /// The load balancers (with their active health) by account, kept while the account's
+    /// endpoints and checks stay the same.
+    pools: Mutex<HashMap<String, (AccountConfig, Arc<balance::Pool>)>>,
+    /// Health, breaker and counters of each endpoint, by URL.
+    endpoints: Mutex<HashMap<String, Kept>>,
+    /// The credentials (with their cached OrionVM token) by account, kept while the account's
+    /// config stays the same.
+    credentials: Mutex<HashMap<String, (AccountConfig, Arc<Credentials>)>>,
+    /// Semaphores, waiting count and global rate of the budget toward OrionVM.
+    pub budget: BudgetState,
+}
+
+impl UpstreamState {
+    /// The kept record of the endpoint at `url`, if any.
+    fn kept(&self, url: &str) -> Option<Kept> {
+        self.endpoints.lock().get(url).cloned()
+    }
+
+    /// The credentials kept for account `name`, if its config is still `ac`.
+    fn credentials_for(&self, name: &str, ac: &AccountConfig) -> Option<Arc<Credentials>> {
+        self.credentials
+            .lock()
+            .get(name)
+            .filter(|(old, _)| old == ac)
+            .map(|(_, c)| c.clone())
+    }
+}
 
 pub struct Account {
     pub name: Arc<str>,
@@ -42,8 +82,14 @@ pub struct Account {
     pub budget: Option<Arc<Budget>>,
     /// Breaker settings (None: `limits.enabled: false`, no breaker).
     pub breaker: Option<breaker::Settings>,
-    config: AccountConfig,
+    /// The largest successful answer read whole by [`client::call`]
+    /// (`accounts.NAME.max_response_bytes`).
+    pub max_response_bytes: usize,
+    pub(crate) config: AccountConfig,
 }
+
+/// The smallest and largest `accounts.NAME.max_response_bytes`.
+pub const MAX_RESPONSE_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=(256 << 20);
 
 /// One call's claim on an endpoint: its breaker ticket and its budget permit. Report how the
 /// call ended with [`Attempt::finish`]; dropped without it, nothing is counted.
@@ -149,16 +195,32 @@ impl Account {
         }
     }
 
-    /// Claims an endpoint for one call: breaker first, then the budget (a bounded wait).
-    pub async fn acquire(&self, avoid: Option<usize>) -> Result<Attempt, LimitsError> {
+    /// The refusal when no endpoint would take a call ([`Account::available`] is false, the
+    /// fast check before any upstream work): counted, with the time until the first probe.
+    pub fn refuse_open(&self) -> UpstreamError {
+        let e = UpstreamError::Open {
+            retry_after: self.retry_after(),
+        };
+        count_refusal(&e);
+        e
+    }
+
+    /// Claims an endpoint for one call: breaker first, then the budget (a bounded wait). A
+    /// refusal is counted here, whoever asked (the proxied path, a retry, the proxy's own
+    /// calls).
+    pub async fn acquire(&self, avoid: Option<usize>) -> Result<Attempt, UpstreamError> {
         let Some((index, ticket)) = self.choose(avoid) else {
-            return Err(LimitsError::Open {
-                retry_after: self.retry_after(),
-            });
+            return Err(self.refuse_open());
         };
         let endpoint = &self.endpoints[index];
         let permit = match &self.budget {
-            Some(b) => b.acquire(endpoint.budget.as_ref()).await?,
+            Some(b) => match b.acquire(endpoint.budget.as_ref()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    count_refusal(&e);
+                    return Err(e);
+                }
+            },
             None => None,
         };
         Ok(Attempt {
@@ -168,6 +230,15 @@ impl Account {
             permit,
             stats: endpoint.stats.clone(),
         })
+    }
+}
+
+/// Counts a refusal in `orion_proxy_upstream_refused_total`.
+fn count_refusal(e: &UpstreamError) {
+    match e {
+        UpstreamError::Busy { .. } => crate::metrics::upstream_refused("busy"),
+        UpstreamError::Open { .. } => crate::metrics::upstream_refused("open"),
+        _ => {}
     }
 }
 
@@ -182,25 +253,21 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Builds accounts and tenants. An account whose config did not change keeps its
-    /// credentials object (and so its cached OrionVM token) across reloads.
-    pub fn build(
-        config: &Config,
-        state: &UpstreamState,
-        previous: Option<&Upstreams>,
-    ) -> Result<Upstreams, Vec<String>> {
+    /// Builds accounts and tenants. Reads `state` to hand over what an unchanged account keeps
+    /// (its credentials with their cached token, its pool, its endpoints' health and breakers,
+    /// its semaphores) and never changes it: [`Upstreams::commit`] does, once the whole config
+    /// was built.
+    pub fn build(config: &Config, state: &UpstreamState) -> Result<Upstreams, Vec<String>> {
         let mut errors = Vec::new();
         let mut accounts = HashMap::new();
         if config.accounts.is_empty() {
             errors.push("accounts: at least one OrionVM account is needed".to_string());
         }
+        // Endpoints of this build by URL, so that two accounts on one URL share its record.
+        let mut staged: HashMap<String, Kept> = HashMap::new();
         for (name, ac) in &config.accounts {
             let at = format!("accounts.{name}");
-            let reuse = previous
-                .and_then(|p| p.accounts.get(name))
-                .filter(|old| old.config == *ac)
-                .map(|old| old.credentials.clone());
-            match build_account(name, ac, reuse, &config.limits, state) {
+            match build_account(name, ac, &config.limits, state, &mut staged) {
                 Ok(a) => {
                     accounts.insert(name.clone(), Arc::new(a));
                 }
@@ -235,26 +302,49 @@ impl Upstreams {
             Err(errors)
         }
     }
-}
 
-impl Upstreams {
-    /// Registers this config's pools in the state (after the whole config was built), and
-    /// forgets those of accounts that are gone.
+    /// Registers this config's pools, credentials, endpoint records and semaphores in the state
+    /// (after the whole config was built), and forgets those of accounts and endpoints that are
+    /// gone.
     pub fn commit(&self, state: &UpstreamState) {
-        let mut pools = state.pools.lock();
-        pools.retain(|name, _| self.accounts.contains_key(name));
-        for (name, account) in &self.accounts {
-            pools.insert(name.clone(), (account.config.clone(), account.pool.clone()));
+        {
+            let mut pools = state.pools.lock();
+            pools.retain(|name, _| self.accounts.contains_key(name));
+            for (name, account) in &self.accounts {
+                pools.insert(name.clone(), (account.config.clone(), account.pool.clone()));
+            }
         }
+        {
+            let mut creds = state.credentials.lock();
+            creds.retain(|name, _| self.accounts.contains_key(name));
+            for (name, account) in &self.accounts {
+                creds.insert(
+                    name.clone(),
+                    (account.config.clone(), account.credentials.clone()),
+                );
+            }
+        }
+        let mut kept = HashMap::new();
+        let mut semaphores = HashMap::new();
+        for account in self.accounts.values() {
+            for e in &account.endpoints {
+                kept.insert(e.url.clone(), e.kept());
+                if let (Some(sem), Some(b)) = (&e.budget, &account.budget) {
+                    semaphores.insert(e.url.clone(), (b.max_concurrent, sem.clone()));
+                }
+            }
+        }
+        *state.endpoints.lock() = kept;
+        state.budget.keep(semaphores);
     }
 }
 
 fn build_account(
     name: &str,
     ac: &AccountConfig,
-    reuse: Option<Arc<Credentials>>,
     limits: &crate::config::limits::LimitsConfig,
     state: &UpstreamState,
+    staged: &mut HashMap<String, Kept>,
 ) -> Result<Account, Vec<String>> {
     let mut errors = ac.health_check.validate();
     if ac.endpoints.is_empty() {
@@ -265,6 +355,13 @@ fn build_account(
     }
     if ac.read_timeout_ms == 0 || ac.read_timeout_ms > 600_000 {
         errors.push("read_timeout_ms: must be between 1 and 600000".to_string());
+    }
+    if !MAX_RESPONSE_BYTES_RANGE.contains(&ac.max_response_bytes) {
+        errors.push(format!(
+            "max_response_bytes: must be between {} and {}",
+            MAX_RESPONSE_BYTES_RANGE.start(),
+            MAX_RESPONSE_BYTES_RANGE.end()
+        ));
     }
     let (ca, ca_pem) = match &ac.ca_file {
         Some(path) => match endpoint::load_ca(path) {
@@ -280,13 +377,19 @@ fn build_account(
     let read = Duration::from_millis(ac.read_timeout_ms.max(1));
     let mut endpoints = Vec::new();
     for (i, ec) in ac.endpoints.iter().enumerate() {
-        match Endpoint::build(ec, ca.clone(), connect, read) {
+        let kept = |url: &str, name: &str| {
+            staged
+                .entry(url.to_string())
+                .or_insert_with(|| state.kept(url).unwrap_or_else(|| Kept::new(name)))
+                .clone()
+        };
+        match Endpoint::build(ec, ca.clone(), connect, read, kept) {
             Ok(e) => endpoints.push(e),
             Err(e) => errors.push(format!("endpoints[{i}].url: {e}")),
         }
     }
     let budget = if limits.enabled {
-        match Budget::build(&limits.upstream, "limits.upstream") {
+        match Budget::build(&limits.upstream, "limits.upstream", &state.budget) {
             Ok(b) => Some(Arc::new(b)),
             Err(e) => {
                 // Reported by the limits section itself.
@@ -299,12 +402,12 @@ fn build_account(
     };
     if let Some(b) = &budget {
         for e in &mut endpoints {
-            e.budget = b.semaphore_for(&e.url);
+            e.budget = b.semaphore_for(&e.url, &state.budget);
         }
     }
     let breaker = limits
         .enabled
-        .then(|| crate::limits::breaker_settings(&limits.breaker));
+        .then(|| breaker::Settings::from_config(&limits.breaker));
     let pool = if endpoints.len() == ac.endpoints.len() && !endpoints.is_empty() {
         match pool_for(state, name, ac, &endpoints) {
             Ok(p) => Some(p),
@@ -316,7 +419,7 @@ fn build_account(
     } else {
         None
     };
-    let credentials = match reuse {
+    let credentials = match state.credentials_for(name, ac) {
         Some(c) => Some(c),
         None => {
             match build_credentials(&ac.credentials, endpoints.first(), ca_pem.as_deref(), read) {
@@ -336,6 +439,7 @@ fn build_account(
             pool,
             budget,
             breaker,
+            max_response_bytes: ac.max_response_bytes,
             http: http_client(ca_pem.as_deref(), connect, read).map_err(|e| vec![e])?,
             config: ac.clone(),
         }),
@@ -456,10 +560,14 @@ fn build_credentials(
     }
 }
 
+/// The accounts of the config in force, as the [`Prober`] asks for them on every round.
+pub type CurrentAccounts = Box<dyn Fn() -> Vec<Arc<Account>> + Send + Sync>;
+
 /// Drives the active health checks of every account of the current config (each on its own
 /// interval) and so keeps `/ready` and the endpoint stats current.
 pub struct Prober {
-    pub state: Arc<crate::runtime::SharedState>,
+    /// The accounts of the config in force.
+    pub accounts: CurrentAccounts,
     /// How often due checks are looked for.
     pub interval: Duration,
 }
@@ -469,15 +577,12 @@ impl pingora::services::background::BackgroundService for Prober {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
         let tick = self.interval.min(Duration::from_millis(100));
         loop {
-            let rt = self.state.current();
             let mut checks = tokio::task::JoinSet::new();
-            for account in rt.upstreams.accounts.values() {
-                let account = account.clone();
+            for account in (self.accounts)() {
                 checks.spawn(async move {
                     account.pool.check_if_due(&account.endpoints).await;
                 });
             }
-            drop(rt);
             loop {
                 tokio::select! {
                     next = checks.join_next() => if next.is_none() { break },
@@ -489,5 +594,185 @@ impl pingora::services::background::BackgroundService for Prober {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+/// Accounts built from YAML in-process, for the unit tests of this concern.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A file holding `test-token`, for secrets (one per test process, written once: tests run
+    /// in parallel).
+    pub fn secret_file() -> String {
+        static TOKEN: std::sync::OnceLock<tempfile::NamedTempFile> = std::sync::OnceLock::new();
+        TOKEN
+            .get_or_init(|| {
+                let mut f = tempfile::NamedTempFile::new().unwrap();
+                std::io::Write::write_all(&mut f, b"test-token").unwrap();
+                f
+            })
+            .path()
+            .display()
+            .to_string()
+    }
+
+    /// The YAML of a static-token credentials object.
+    pub fn static_token() -> String {
+        format!(
+            "{{type: static_token, token: {{file: \"{}\"}}}}",
+            secret_file()
+        )
+    }
+
+    /// A config with one account `a` (static token, `account_extra` lines indented four
+    /// spaces) on `urls`, one tenant `t`, and `top` appended at the top level.
+    pub fn config(urls: &[String], account_extra: &str, top: &str) -> Config {
+        config_with(urls, &static_token(), account_extra, top)
+    }
+
+    /// [`config`] with other credentials (a YAML flow map).
+    pub fn config_with(
+        urls: &[String],
+        credentials: &str,
+        account_extra: &str,
+        top: &str,
+    ) -> Config {
+        let endpoints: String = urls
+            .iter()
+            .enumerate()
+            .map(|(i, u)| format!("      - {{url: \"{u}\", name: e{i}}}\n"))
+            .collect();
+        let yaml = format!(
+            "accounts:\n  a:\n    endpoints:\n{endpoints}    credentials: {credentials}\n{account_extra}tenants:\n  t: {{account: a}}\n{top}"
+        );
+        parse(&yaml)
+    }
+
+    pub fn parse(yaml: &str) -> Config {
+        crate::config::parse(yaml).unwrap_or_else(|e| panic!("{e:?}\n{yaml}"))
+    }
+
+    /// Builds and commits the config's upstreams against `state`; returns tenant `t`.
+    pub fn tenant(config: &Config, state: &UpstreamState) -> Arc<Tenant> {
+        let u = Upstreams::build(config, state).unwrap();
+        u.commit(state);
+        u.tenants["t"].clone()
+    }
+
+    /// `n` distinct loopback URLs where nothing is expected to answer.
+    pub fn urls(n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("http://127.0.0.1:{}", 1 + i))
+            .collect()
+    }
+
+    /// `orion_proxy_upstream_refused_total{reason}` as the metrics endpoint would show it.
+    pub fn refused(reason: &str) -> u64 {
+        prometheus::gather()
+            .iter()
+            .filter(|f| f.name() == "orion_proxy_upstream_refused_total")
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| m.get_label().iter().any(|l| l.value() == reason))
+            .map(|m| m.get_counter().value() as u64)
+            .sum()
+    }
+
+    /// Tests that read the refusal counters hold this, so that no other test counts at the
+    /// same time.
+    pub static METRICS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    /// Account lines that switch the active health check off.
+    pub const NO_CHECKS: &str = "    health_check: {enabled: false}\n";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{self, NO_CHECKS};
+    use super::*;
+
+    fn semaphores(state: &UpstreamState) -> usize {
+        state.budget.semaphores_len()
+    }
+
+    #[test]
+    fn a_build_changes_nothing_in_the_state_until_commit() {
+        let state = UpstreamState::default();
+        let config = testing::config(&testing::urls(2), NO_CHECKS, "");
+        let built = Upstreams::build(&config, &state).unwrap();
+        assert!(state.pools.lock().is_empty());
+        assert!(state.endpoints.lock().is_empty());
+        assert!(state.credentials.lock().is_empty());
+        assert_eq!(semaphores(&state), 0);
+        // A rejected config (an unknown account) leaves no trace either.
+        let mut bad = config.clone();
+        bad.tenants.get_mut("t").unwrap().account = "nope".into();
+        assert!(Upstreams::build(&bad, &state).is_err());
+        assert!(state.endpoints.lock().is_empty());
+        built.commit(&state);
+        assert_eq!(state.pools.lock().len(), 1);
+        assert_eq!(state.endpoints.lock().len(), 2);
+        assert_eq!(state.credentials.lock().len(), 1);
+        assert_eq!(semaphores(&state), 2);
+    }
+
+    #[test]
+    fn unchanged_accounts_keep_their_credentials_breakers_pools_and_semaphores() {
+        let state = UpstreamState::default();
+        let config = testing::config(&testing::urls(2), NO_CHECKS, "");
+        let first = testing::tenant(&config, &state);
+        let a = &first.account;
+        let again = testing::tenant(&config, &state);
+        let b = &again.account;
+        assert!(Arc::ptr_eq(&a.credentials, &b.credentials));
+        assert!(Arc::ptr_eq(&a.pool, &b.pool));
+        for (x, y) in a.endpoints.iter().zip(&b.endpoints) {
+            assert!(Arc::ptr_eq(&x.breaker, &y.breaker));
+            assert!(Arc::ptr_eq(&x.health, &y.health));
+            assert!(Arc::ptr_eq(&x.stats, &y.stats));
+            assert!(Arc::ptr_eq(
+                x.budget.as_ref().unwrap(),
+                y.budget.as_ref().unwrap()
+            ));
+        }
+        // A changed account gets new credentials; its endpoints (same URLs) keep their records.
+        let mut changed = config.clone();
+        changed.accounts.get_mut("a").unwrap().read_timeout_ms = 1234;
+        changed.limits.upstream.max_concurrent_per_endpoint += 1;
+        let c = testing::tenant(&changed, &state).account.clone();
+        assert!(!Arc::ptr_eq(&a.credentials, &c.credentials));
+        assert!(Arc::ptr_eq(
+            &a.endpoints[0].breaker,
+            &c.endpoints[0].breaker
+        ));
+        assert!(!Arc::ptr_eq(
+            a.endpoints[0].budget.as_ref().unwrap(),
+            c.endpoints[0].budget.as_ref().unwrap()
+        ));
+        // An endpoint that is gone is forgotten at the commit.
+        let fewer = testing::config(&testing::urls(1), NO_CHECKS, "");
+        testing::tenant(&fewer, &state);
+        assert_eq!(state.endpoints.lock().len(), 1);
+        assert_eq!(semaphores(&state), 1);
+    }
+
+    #[test]
+    fn two_accounts_on_one_url_share_its_record() {
+        let state = UpstreamState::default();
+        let url = &testing::urls(1)[0];
+        let creds = testing::static_token();
+        let yaml = format!(
+            "accounts:\n  a:\n    endpoints: [{{url: \"{url}\"}}]\n    credentials: {creds}\n  b:\n    endpoints: [{{url: \"{url}\"}}]\n    credentials: {creds}\ntenants:\n  t: {{account: a}}\n"
+        );
+        let u = Upstreams::build(&testing::parse(&yaml), &state).unwrap();
+        let (a, b) = (&u.accounts["a"].endpoints[0], &u.accounts["b"].endpoints[0]);
+        assert!(Arc::ptr_eq(&a.breaker, &b.breaker));
+        assert!(Arc::ptr_eq(&a.stats, &b.stats));
+        u.commit(&state);
+        let again = Upstreams::build(&testing::parse(&yaml), &state).unwrap();
+        assert!(Arc::ptr_eq(
+            &again.accounts["b"].endpoints[0].breaker,
+            &a.breaker
+        ));
     }
 }

@@ -1,6 +1,6 @@
 //! Per-endpoint counters for `GET /admin/endpoints/stats`: requests, errors, timeouts and the
-//! latencies of the last calls. Lock-free (atomics and a ring of recent latencies), kept
-//! outside the runtime so that a reload does not reset them.
+//! latencies of the last calls. Lock-free (atomics and a ring of recent latencies), kept in
+//! [`super::UpstreamState`] so that a reload does not reset them.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -97,20 +97,29 @@ impl EndpointStats {
     }
 }
 
+/// Unix milliseconds as the access log writes times (`2025-01-02T03:04:05.678Z`), null for 0.
 fn at(ms: u64) -> serde_json::Value {
     if ms == 0 {
         return serde_json::Value::Null;
     }
-    serde_json::json!(crate::observe::access::timestamp(
-        std::time::UNIX_EPOCH + Duration::from_millis(ms)
-    ))
+    let t = time::OffsetDateTime::UNIX_EPOCH + Duration::from_millis(ms);
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&fmt)
+        .map(serde_json::Value::String)
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// `GET /admin/endpoints/stats`: every OrionVM endpoint of every account, with its health,
-/// breaker state and counters. No credentials, only the kind of authentication.
-pub fn report(rt: &crate::runtime::Runtime) -> serde_json::Value {
-    let mut methods: Vec<&str> = rt
-        .routes
+/// breaker state and counters. No credentials, only the kind of authentication. `methods` are
+/// the methods of the mirror routes; `config_version` the version of the config in force.
+pub fn report(
+    upstreams: &super::Upstreams,
+    routes: &crate::routes::RouteTable,
+    config_version: &str,
+) -> serde_json::Value {
+    let mut methods: Vec<&str> = routes
         .routes()
         .iter()
         .filter(|r| r.kind == crate::config::model::RouteKind::Mirror)
@@ -118,11 +127,13 @@ pub fn report(rt: &crate::runtime::Runtime) -> serde_json::Value {
         .collect();
     methods.sort_unstable();
     methods.dedup();
-    let mut names: Vec<&String> = rt.upstreams.accounts.keys().collect();
+    let mut names: Vec<&String> = upstreams.accounts.keys().collect();
     names.sort();
     let mut endpoints = Vec::new();
     for name in names {
-        let account = &rt.upstreams.accounts[name];
+        let Some(account) = upstreams.accounts.get(name) else {
+            continue;
+        };
         for (i, e) in account.endpoints.iter().enumerate() {
             let health = if !e.health.is_checked() {
                 "unknown"
@@ -163,7 +174,7 @@ pub fn report(rt: &crate::runtime::Runtime) -> serde_json::Value {
             }));
         }
     }
-    serde_json::json!({"config_version": rt.version, "endpoints": endpoints})
+    serde_json::json!({"config_version": config_version, "endpoints": endpoints})
 }
 
 #[cfg(test)]
@@ -187,5 +198,11 @@ mod tests {
         assert_eq!(v["latency_ms"]["p99"], 99.0);
         assert!(Outcome::Status(502).is_failure());
         assert!(!Outcome::Status(404).is_failure());
+    }
+
+    #[test]
+    fn times_are_written_like_the_access_log() {
+        assert_eq!(at(0), serde_json::Value::Null);
+        assert_eq!(at(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
     }
 }

@@ -317,3 +317,38 @@ async fn the_mirror_without_list_parameters_is_orionvms_bare_array_untouched() {
         .unwrap();
     assert_eq!(last.query.as_deref(), Some("unrelated=1"));
 }
+
+/// The proxy reads OrionVM's answer whole only for its own calls (here: a list it pages), and
+/// then at most `accounts.NAME.max_response_bytes`; past it the caller gets a 502 in the error
+/// body. The same list proxied as it is streams through, unlimited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_past_max_response_bytes_is_a_502() {
+    let h =
+        Harness::start_with(|c| c.account_extra = "    max_response_bytes: 2048\n".into()).await;
+    let key = h.key("admin").to_string();
+    for i in 0..4 {
+        create_basic(&h, &key, &format!("big-{i}"), 1024, "SY3", false).await;
+    }
+    let streamed = h.get(&key, "/api/v1/instances").await;
+    assert_eq!(streamed.status(), 200);
+    let len = streamed.bytes().await.unwrap().len();
+    assert!(len > 2048, "OrionVM's list is {len} bytes");
+    let paged = h.get(&key, "/api/v1/instances?limit=1").await;
+    assert_eq!(paged.status(), 502);
+    let body: Value = paged.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_response_too_large", "{body}");
+    assert!(body["request_id"].is_string());
+    // A list under the limit is still paged.
+    let regions = h.get(&key, "/api/v1/regions?limit=1").await;
+    assert_eq!(regions.status(), 200);
+    assert_eq!(
+        regions
+            .json::<Value>()
+            .await
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -2,6 +2,10 @@
 //! as a child process, talking HTTP on loopback ports. One module per area; `harness` holds
 //! what they share.
 
+// The whole binary is test code: a failed unwrap is a failed test (the workspace denies them
+// everywhere else).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 
 mod bad_requests;
@@ -25,8 +29,10 @@ mod limits_endpoints;
 mod limits_rate;
 mod mirror_lifecycle;
 mod observe_audit;
+mod observe_audit_writer;
 mod observe_logs;
 mod observe_metrics;
+mod observe_reload;
 mod openapi_document;
 mod reload;
 mod secrets;

@@ -520,7 +520,7 @@ async fn the_proxys_own_calls_are_signed() {
     );
     let config = orion_proxy::config::parse(&text).unwrap();
     let state = orion_proxy::runtime::State::memory();
-    let rt = orion_proxy::runtime::stage(config, &text, &state, None)
+    let rt = orion_proxy::runtime::stage(config, &text, &state)
         .unwrap()
         .commit(&state);
     let account = rt.upstreams.accounts["a"].clone();
@@ -552,7 +552,7 @@ async fn the_proxys_own_calls_are_signed() {
     std::fs::write(&key, "a-different-secret-0123456789abcdef0123456789").unwrap();
     let config = orion_proxy::config::parse(&text).unwrap();
     let state = orion_proxy::runtime::State::memory();
-    let rt = orion_proxy::runtime::stage(config, &text, &state, None)
+    let rt = orion_proxy::runtime::stage(config, &text, &state)
         .unwrap()
         .commit(&state);
     let wrong = orion_proxy::upstream::client::call(

@@ -1,4 +1,5 @@
-//! An in-memory OrionVM v1 simulator (DESIGN.md sections 2 and 8).
+//! An in-memory OrionVM v1 simulator: the contract the mirror keeps (`docs/ARCHITECTURE.md`,
+//! section 6) with asynchronous state changes, OAuth2 client credentials and fault injection.
 //!
 //! It keeps the OrionVM contract (OAuth2 client credentials with 64-character
 //! tokens, bare JSON arrays, JSON bodies on every answer, OrionVM error bodies,

@@ -2,9 +2,10 @@
 //!
 //! Closed counts consecutive failures; at `failure_threshold` it opens. Open refuses every call
 //! until `reset_timeout` has passed, then lets up to `half_open_probes` trial calls through;
-//! that many successes close it, one failure opens it again. The state lives outside the
-//! runtime (keyed by endpoint URL) so that a reload keeps it. The closed path is two atomic
-//! loads; the lock is taken only on failures and transitions, never across an await.
+//! that many successes close it, one failure opens it again. The breaker is kept in
+//! [`super::UpstreamState`] (keyed by endpoint URL) so that a reload keeps it. The closed path
+//! is two atomic loads; the lock is taken only on failures and transitions, never across an
+//! await.
 
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -46,6 +47,18 @@ pub struct Settings {
     pub threshold: u32,
     pub reset_timeout: Duration,
     pub probes: u32,
+}
+
+impl Settings {
+    /// The settings of `limits.breaker` (validated by the limits section; clamped here so that
+    /// nothing can divide by zero or overflow).
+    pub fn from_config(c: &crate::config::limits::BreakerConfig) -> Settings {
+        Settings {
+            threshold: c.failure_threshold.max(1),
+            reset_timeout: Duration::from_secs_f64(c.reset_timeout_seconds.clamp(0.001, 3600.0)),
+            probes: c.half_open_probes.max(1),
+        }
+    }
 }
 
 impl Default for Settings {
