@@ -400,9 +400,11 @@ fn alternatives(
             }
         }
         let first = names.first().cloned().unwrap_or_default();
-        let msg = match &names[1..] {
-            [] => "is required".to_string(),
-            others => format!("is required (or one of: {})", others.join(", ")),
+        let msg = match names.get(1..) {
+            Some(others) if !others.is_empty() => {
+                format!("is required (or one of: {})", others.join(", "))
+            }
+            _ => "is required".to_string(),
         };
         return vec![Leaf {
             path: join(at, &first),
