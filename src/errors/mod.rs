@@ -152,11 +152,17 @@ pub fn code_for_status(status: u16) -> (&'static str, &'static str) {
     }
 }
 
+/// The title of an OrionVM 422 that refuses an action because of the object's state (start a
+/// running instance, delete an attached disk): the body was fine, the moment was not.
+pub const STATE_CONFLICT_TITLE: &str = "The object's state does not allow this";
+
 /// Turn an error answer from OrionVM (any body: JSON, HTML, empty) into the error body.
 ///
 /// OrionVM's `error`, `error_description` and `details` are kept for 4xx answers, because
 /// its clients act on them. For 5xx answers the text is replaced: upstream internals are
-/// not passed through verbatim.
+/// not passed through verbatim. A 422 about the instance's or disk's state keeps its status
+/// and OrionVM's code (clients act on both) but is titled as a state conflict, not as an
+/// invalid body.
 ///
 /// OrionVM answering 401 means it refused the proxy's own credentials (the caller had already
 /// authenticated to the proxy): that is the proxy's failure, a 502 `upstream_auth_failed`. This
@@ -188,10 +194,46 @@ pub fn from_upstream(status: u16, body: &[u8]) -> ApiError {
         if let Some(Value::Object(details)) = map.get("details") {
             err.details = details.clone();
         }
+        if status == 422 && about_state(&map) {
+            err.title = STATE_CONFLICT_TITLE;
+        }
     } else {
         err.detail = format!("OrionVM answered {status}");
     }
     err
+}
+
+/// Whether an OrionVM 422 body refuses because of the object's state: a `state` detail (as in
+/// `{"details": {"state": ["must be stopped"]}}`), or words that only a state refusal uses.
+fn about_state(map: &Map<String, Value>) -> bool {
+    const WORDS: &[&str] = &[
+        "in transition",
+        "must be stopped",
+        "must be running",
+        "must be detached",
+    ];
+    let details = map.get("details").and_then(Value::as_object);
+    if details.is_some_and(|d| d.contains_key("state")) {
+        return true;
+    }
+    let mut texts = map
+        .get("error_description")
+        .and_then(Value::as_str)
+        .into_iter()
+        .chain(
+            details
+                .into_iter()
+                .flat_map(|d| d.values())
+                .flat_map(|v| match v {
+                    Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+                    Value::String(s) => vec![s.as_str()],
+                    _ => Vec::new(),
+                }),
+        );
+    texts.any(|t| {
+        let t = t.to_ascii_lowercase();
+        WORDS.iter().any(|w| t.contains(w))
+    })
 }
 
 /// OrionVM refused the proxy's own credentials (after the one retry with a fresh token).
@@ -283,6 +325,38 @@ mod tests {
         assert_eq!(e.code, "validation_failed");
         assert_eq!(e.detail, "Instance could not be started");
         assert_eq!(e.details["state"][0], "must be stopped");
+    }
+
+    #[test]
+    fn upstream_state_refusals_are_titled_as_state_conflicts() {
+        // OrionVM's own example: a `state` detail.
+        let body = br#"{"error":"validation_failed","error_description":"Instance could not be started","details":{"state":["must be stopped"]}}"#;
+        let e = from_upstream(422, body);
+        assert_eq!((e.status, e.code), (422, "validation_failed"));
+        assert_eq!(e.title, STATE_CONFLICT_TITLE);
+        assert_eq!(e.detail, "Instance could not be started");
+        assert_eq!(e.details["state"][0], "must be stopped");
+        // The words alone, in the description or a detail.
+        for body in [
+            &br#"{"error":"validation_failed","error_description":"Instance must not be in transition"}"#[..],
+            br#"{"error":"validation_failed","error_description":"Disk could not be deleted","details":{"disk":["must be detached"]}}"#,
+            br#"{"error":"validation_failed","error_description":"Instance Must Be Running"}"#,
+        ] {
+            let e = from_upstream(422, body);
+            assert_eq!(e.title, STATE_CONFLICT_TITLE, "{}", String::from_utf8_lossy(body));
+            assert_eq!(e.status, 422);
+        }
+        // A body that is simply invalid keeps its title; so do other statuses.
+        let e = from_upstream(
+            422,
+            br#"{"error":"validation_failed","error_description":"Instance could not be created","details":{"memory":["100 is less than the minimum of 512"]}}"#,
+        );
+        assert_eq!(e.title, "Request body is invalid");
+        let e = from_upstream(
+            404,
+            br#"{"error":"not_found","error_description":"x","details":{"state":["gone"]}}"#,
+        );
+        assert_eq!(e.title, "Not found");
     }
 
     #[test]

@@ -323,6 +323,22 @@ fn openapi_op(name: &str) -> Map<String, Value> {
     ))
 }
 
+/// OrionVM calls that answer a bare array although they are not lists: the PUTs on an instance's
+/// attachments and the context calls (docs/orionvm-contract.md, "Answers").
+fn answers_array(r: &Route) -> bool {
+    let Some(rest) = r.template.strip_prefix("/api/v1/instances/") else {
+        return false;
+    };
+    let tail = rest.split_once('/').map_or("", |(_, t)| t);
+    let attachment = matches!(
+        tail,
+        "disks" | "public_keys" | "network_adapters" | "availability_group"
+    );
+    (attachment && r.method == http::Method::PUT)
+        || tail == "context"
+        || tail.starts_with("context/")
+}
+
 /// A mirror route: forwarded to OrionVM at the same path, with OrionVM's own answer.
 fn mirror_op(r: &Route) -> Map<String, Value> {
     let permission = r
@@ -341,6 +357,15 @@ fn mirror_op(r: &Route) -> Map<String, Value> {
              `X-Total-Count` and `Link`.",
         );
         list_ok(json!({"type": "array", "items": sref("Object")}))
+    } else if answers_array(r) {
+        (
+            200,
+            json_response(
+                "OrionVM's answer: the attached objects (for the context, one `{\"key\", \"value\"}` \
+                 object per entry), a bare array.",
+                json!({"type": "array", "items": sref("Object")}),
+            ),
+        )
     } else {
         (200, json_response("OrionVM's answer.", sref("Object")))
     };

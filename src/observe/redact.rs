@@ -104,12 +104,18 @@ impl Redactor {
         Value::Object(out)
     }
 
-    /// Replaces the value of every secret field, at any depth.
+    /// Replaces the value of every secret field, at any depth. A key/value entry
+    /// (`{"key": "db_password", "value": ...}`, the form of OrionVM's context answers) whose key
+    /// names a secret has its `value` replaced.
     pub fn json(&self, value: &mut Value) {
         match value {
             Value::Object(map) => {
+                let secret_entry = map
+                    .get("key")
+                    .and_then(Value::as_str)
+                    .is_some_and(|k| self.is_secret_field(k));
                 for (k, v) in map.iter_mut() {
-                    if self.is_secret_field(k) {
+                    if self.is_secret_field(k) || (secret_entry && k == "value") {
                         *v = Value::String(REDACTED.into());
                     } else {
                         self.json(v);
@@ -156,6 +162,21 @@ mod tests {
         }
         assert_eq!(v["name"], "web-1");
         assert_eq!(v["nested"]["deep"][0]["ok"], 1);
+    }
+
+    #[test]
+    fn key_value_entries_by_their_key() {
+        let r = Redactor::new(&[], &[]);
+        let mut v = json!([
+            {"key": "db_password", "value": "hunter2"},
+            {"key": "role", "value": "web"},
+            {"key": "api_token", "value": {"nested": "t0k"}}
+        ]);
+        r.json(&mut v);
+        let text = v.to_string();
+        assert!(!text.contains("hunter2") && !text.contains("t0k"), "{text}");
+        assert_eq!(v[0]["key"], "db_password");
+        assert_eq!(v[1]["value"], "web");
     }
 
     #[test]

@@ -240,17 +240,27 @@ pub fn admit(rules: Option<&RouteBody>, bytes: &Bytes) -> Result<Admitted, Admit
 }
 
 /// Validates `value` against `schema`, listing every violation by JSON path.
+///
+/// A failed `anyOf`/`oneOf` is reported where the caller can act on it, never as the bare
+/// keyword: alternatives that each only miss a member name the first one (`network: is
+/// required (or one of: network_id, region)`); otherwise the closest alternative's own
+/// violations are listed at their fields (alternatives of another type are set aside), and
+/// when several fail at the value itself the message names the accepted forms.
 pub fn check(schema: &Schema, value: &Value) -> Result<(), ValidationError> {
     if schema.validator.is_valid(value) {
         return Ok(());
     }
+    let mut leaves = Vec::new();
+    for e in schema.validator.iter_errors(value) {
+        collect(&schema.doc, &e, &mut leaves);
+    }
     let mut details = Map::new();
     let mut first = None;
     let mut count = 0;
-    let mut add = |path: String, msg: String| {
+    for Leaf { path, msg, .. } in leaves {
         count += 1;
         if details.len() >= MAX_VIOLATIONS && !details.contains_key(&path) {
-            return;
+            continue;
         }
         let msg = cut(msg);
         if first.is_none() {
@@ -263,37 +273,225 @@ pub fn check(schema: &Schema, value: &Value) -> Result<(), ValidationError> {
         {
             list.push(Value::String(msg));
         }
-    };
-    for e in schema.validator.iter_errors(value) {
-        let at = e.instance_path().to_string();
-        match e.kind() {
-            jsonschema::error::ValidationErrorKind::Required { property } => {
-                let name = property.as_str().unwrap_or_default();
-                add(join(&at, name), "is required".into());
-            }
-            jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
-                for name in unexpected {
-                    add(join(&at, name), "is not allowed".into());
-                }
-            }
-            kind => {
-                let path = json_path(&at);
-                // Messages quote the value; not for fields that look like they hold secrets
-                // (the first message is also the logged `detail`).
-                let msg = if secret_like(&path) {
-                    format!("does not satisfy '{}' (value not shown)", kind.keyword())
-                } else {
-                    e.to_string()
-                };
-                add(path, msg)
-            }
-        }
     }
     Err(ValidationError {
         details,
         first: first.unwrap_or_else(|| "the body does not match the schema".into()),
         count,
     })
+}
+
+/// One violation where it happened.
+struct Leaf {
+    /// The JSON pointer of the value the keyword judged (for `required`: the object).
+    at: String,
+    /// Where the caller finds it (`memory`, `disks[0]`, `network_adapters[0].network`).
+    path: String,
+    kind: LeafKind,
+    msg: String,
+}
+
+enum LeafKind {
+    /// A member is missing (its name).
+    Required(String),
+    /// The value has another type than the ones named.
+    Type(Vec<String>),
+    Other,
+}
+
+/// The leaf violations of one error (an `anyOf`/`oneOf` is resolved into its alternatives').
+fn collect(doc: &Value, e: &jsonschema::ValidationError<'_>, out: &mut Vec<Leaf>) {
+    use jsonschema::error::{TypeKind, ValidationErrorKind as K};
+    let at = e.instance_path().to_string();
+    match e.kind() {
+        K::Required { property } => {
+            let name = property.as_str().unwrap_or_default().to_string();
+            out.push(Leaf {
+                path: join(&at, &name),
+                at,
+                kind: LeafKind::Required(name),
+                msg: "is required".into(),
+            });
+        }
+        K::AdditionalProperties { unexpected } => {
+            for name in unexpected {
+                out.push(Leaf {
+                    path: join(&at, name),
+                    at: at.clone(),
+                    kind: LeafKind::Other,
+                    msg: "is not allowed".into(),
+                });
+            }
+        }
+        K::AnyOf { context } | K::OneOfNotValid { context } => {
+            out.extend(alternatives(doc, e, &at, context));
+        }
+        kind => {
+            let path = json_path(&at);
+            let leaf_kind = match kind {
+                K::Type {
+                    kind: TypeKind::Single(t),
+                } => LeafKind::Type(vec![t.to_string()]),
+                K::Type {
+                    kind: TypeKind::Multiple(set),
+                } => LeafKind::Type(set.iter().map(|t| t.to_string()).collect()),
+                _ => LeafKind::Other,
+            };
+            // Messages quote the value; not for fields that look like they hold secrets
+            // (the first message is also the logged `detail`).
+            let msg = if secret_like(&path) {
+                format!("does not satisfy '{}' (value not shown)", kind.keyword())
+            } else {
+                e.to_string()
+            };
+            out.push(Leaf {
+                at,
+                path,
+                kind: leaf_kind,
+                msg,
+            });
+        }
+    }
+}
+
+/// The violations to report for an `anyOf`/`oneOf` at `at` whose alternatives all failed.
+fn alternatives(
+    doc: &Value,
+    e: &jsonschema::ValidationError<'_>,
+    at: &str,
+    context: &[Vec<jsonschema::ValidationError<'static>>],
+) -> Vec<Leaf> {
+    let branches: Vec<Vec<Leaf>> = context
+        .iter()
+        .map(|errors| {
+            let mut leaves = Vec::new();
+            for e in errors {
+                collect(doc, e, &mut leaves);
+            }
+            leaves
+        })
+        .filter(|leaves| !leaves.is_empty())
+        .collect();
+    let path = json_path(at);
+    if branches.is_empty() {
+        return vec![Leaf {
+            at: at.to_string(),
+            msg: e.to_string(),
+            path,
+            kind: LeafKind::Other,
+        }];
+    }
+    let missing_here = |l: &Leaf| match &l.kind {
+        LeafKind::Required(name) if l.at == at => Some(name.clone()),
+        _ => None,
+    };
+    // Each alternative only misses members here: name the first, offer the others.
+    if branches
+        .iter()
+        .all(|b| b.iter().all(|l| missing_here(l).is_some()))
+    {
+        let mut names: Vec<String> = Vec::new();
+        for name in branches
+            .iter()
+            .filter_map(|b| b.first().and_then(missing_here))
+        {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        let first = names.first().cloned().unwrap_or_default();
+        let msg = match names.get(1..) {
+            Some(others) if !others.is_empty() => {
+                format!("is required (or one of: {})", others.join(", "))
+            }
+            _ => "is required".to_string(),
+        };
+        return vec![Leaf {
+            path: join(at, &first),
+            at: at.to_string(),
+            kind: LeafKind::Required(first),
+            msg,
+        }];
+    }
+    // Alternatives for another type of value are other shapes, not near misses.
+    let other_type = |b: &Vec<Leaf>| {
+        b.iter()
+            .all(|l| l.at == at && matches!(l.kind, LeafKind::Type(_)))
+    };
+    let (near, other): (Vec<Vec<Leaf>>, Vec<Vec<Leaf>>) =
+        branches.into_iter().partition(|b| !other_type(b));
+    let masked = secret_like(&path);
+    if near.is_empty() {
+        let mut types: Vec<String> = Vec::new();
+        for l in other.iter().flatten() {
+            if let LeafKind::Type(ts) = &l.kind {
+                for t in ts {
+                    if !types.contains(t) {
+                        types.push(t.clone());
+                    }
+                }
+            }
+        }
+        let wanted = types
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let msg = if masked {
+            format!("is not of type {wanted} (value not shown)")
+        } else {
+            format!("{} is not of type {wanted}", e.instance())
+        };
+        return vec![Leaf {
+            at: at.to_string(),
+            path,
+            kind: LeafKind::Type(types),
+            msg,
+        }];
+    }
+    // The closest alternatives: the fewest violations (the first one on a tie), unless several
+    // fail only at the value itself: then say which forms are accepted.
+    let fewest = near.iter().map(Vec::len).min().unwrap_or(0);
+    let mut best: Vec<Vec<Leaf>> = near.into_iter().filter(|b| b.len() == fewest).collect();
+    if best.len() > 1 && best.iter().flatten().all(|l| l.at == at) {
+        let forms = description(doc, e).unwrap_or_else(|| {
+            let mut msgs: Vec<String> = Vec::new();
+            for l in best.iter().flatten() {
+                if !msgs.contains(&l.msg) {
+                    msgs.push(l.msg.clone());
+                }
+            }
+            msgs.join("; ")
+        });
+        let msg = if masked {
+            "matches none of the accepted forms (value not shown)".to_string()
+        } else {
+            format!(
+                "{} matches none of the accepted forms: {forms}",
+                e.instance()
+            )
+        };
+        return vec![Leaf {
+            at: at.to_string(),
+            path,
+            kind: LeafKind::Other,
+            msg,
+        }];
+    }
+    if best.is_empty() {
+        return Vec::new();
+    }
+    best.swap_remove(0)
+}
+
+/// The `description` of the schema that holds the failed `anyOf`/`oneOf`, if it has one.
+fn description(doc: &Value, e: &jsonschema::ValidationError<'_>) -> Option<String> {
+    let keyword = e.schema_path().to_string();
+    let parent = keyword.rsplit_once('/').map(|(p, _)| p)?;
+    doc.pointer(parent)?
+        .get("description")?
+        .as_str()
+        .map(str::to_string)
 }
 
 /// Field names whose values are never quoted back (`db_password`, `api_token`...).
@@ -388,6 +586,136 @@ mod tests {
             assert!(d.contains_key(k), "{k} missing in {d:?}");
         }
         assert_eq!(d["memory"][0], "100 is less than the minimum of 512");
+    }
+
+    /// What an `anyOf`/`oneOf` failure says, and where: never `$`, never the raw keyword text.
+    #[test]
+    fn alternatives_are_reported_at_the_leaf() {
+        let mut c = Compiler::new(None);
+        let keys = |e: &ValidationError| e.details.keys().cloned().collect::<Vec<_>>();
+        let no_keyword = |e: &ValidationError| {
+            let text = serde_json::to_string(&e.details).unwrap();
+            assert!(!text.contains("anyOf") && !text.contains("oneOf"), "{text}");
+        };
+        let uuid = "9e98d1f2-3c4b-4a5d-8e6f-7a8b9c0d1e2f";
+
+        // Alternatives that each miss a member: the first is named, the others offered.
+        let ip = c.get("ip_addresses.create", false).unwrap();
+        let e = check(&ip, &json!({"name": "spare"})).unwrap_err();
+        assert_eq!(keys(&e), ["network"]);
+        assert_eq!(
+            e.details["network"][0],
+            "is required (or one of: network_id, region)"
+        );
+        assert_eq!(
+            e.first,
+            "network: is required (or one of: network_id, region)"
+        );
+        no_keyword(&e);
+        // A region alone is what the Go client sends for a public address.
+        assert!(check(&ip, &json!({"region": "SY3"})).is_ok());
+        let e = check(&ip, &json!({"network": "x"})).unwrap_err();
+        assert_eq!(keys(&e), ["network"]);
+
+        // Inside an array item.
+        let na = c.get("instances.set_network_adapters", false).unwrap();
+        let e = check(&na, &json!({"network_adapters": [{"dhcp": true}]})).unwrap_err();
+        assert_eq!(keys(&e), ["network_adapters[0].network"]);
+        assert_eq!(
+            e.details["network_adapters[0].network"][0],
+            "is required (or one of: network_id)"
+        );
+
+        // An id or an object with an id: the near miss is reported at its own field.
+        let pk = c.get("instances.set_public_keys", false).unwrap();
+        let e = check(&pk, &json!({"public_keys": [{"id": "x"}]})).unwrap_err();
+        assert_eq!(keys(&e), ["public_keys[0].id"]);
+        let e = check(&pk, &json!({"public_keys": ["nope"]})).unwrap_err();
+        assert_eq!(keys(&e), ["public_keys[0]"]);
+        assert!(
+            e.details["public_keys[0]"][0]
+                .as_str()
+                .unwrap()
+                .contains("does not match"),
+            "{:?}",
+            e.details
+        );
+        no_keyword(&e);
+        // Neither form's type: both named.
+        let e = check(&pk, &json!({"public_keys": [uuid, 123]})).unwrap_err();
+        assert_eq!(keys(&e), ["public_keys[1]"]);
+        assert_eq!(
+            e.details["public_keys[1]"][0],
+            "123 is not of type \"string\" or \"object\""
+        );
+
+        // Two patterns that both miss: the accepted forms, from the schema's description.
+        let disk = c.get("disks.create", false).unwrap();
+        let e = check(
+            &disk,
+            &json!({"name": "d", "size": 10, "region": "Sydney!"}),
+        )
+        .unwrap_err();
+        assert_eq!(keys(&e), ["region"]);
+        assert_eq!(
+            e.details["region"][0],
+            "\"Sydney!\" matches none of the accepted forms: region id or code (SY3)"
+        );
+
+        // Either name of the availability group.
+        let ag = c.get("instances.set_availability_group", false).unwrap();
+        assert!(check(&ag, &json!({"availability_groups": []})).is_ok());
+        let e = check(&ag, &json!({})).unwrap_err();
+        assert_eq!(keys(&e), ["availability_group"]);
+    }
+
+    /// What OrionVM's clients send and OrionVM takes passes the mirror's schemas.
+    #[test]
+    fn mirror_schemas_take_what_the_clients_send() {
+        let mut c = Compiler::new(None);
+        let tier = "55f8a2b3-c4d5-4e6f-8a7b-9c0d1e2f3a4b";
+        let region = "9e98d1f2-3c4b-4a5d-8e6f-7a8b9c0d1e2f";
+        let valid = |c: &mut Compiler, name: &str, body: Value| {
+            for strict in [false, true] {
+                let s = c.get(name, strict).unwrap();
+                if let Err(e) = check(&s, &body) {
+                    panic!("{name} (strict {strict}) refused {body}: {:?}", e.details);
+                }
+            }
+        };
+        // The Terraform provider's and the Go client's assemble: no disks.
+        valid(
+            &mut c,
+            "instances.assemble",
+            json!({"name": "tf-1", "memory": 2048, "performance_tier": tier, "region": region,
+                   "boot_device": "network", "start_on_crash": true}),
+        );
+        // Packer's cleanup and its names.
+        valid(&mut c, "instances.set_disks", json!({"disks": []}));
+        valid(
+            &mut c,
+            "instances.set_network_adapters",
+            json!({"network_adapters": []}),
+        );
+        valid(
+            &mut c,
+            "disks.update",
+            json!({"name": "my_build md5=0123abcd"}),
+        );
+        valid(&mut c, "disks.update", json!({"cdrom": true}));
+        valid(&mut c, "disks.update", json!({"name": "grown", "size": 30}));
+        valid(
+            &mut c,
+            "disks.create",
+            json!({"name": "Packer in-progress: my_build", "size": 10, "region": region}),
+        );
+        // The Go client's public address and availability group.
+        valid(&mut c, "ip_addresses.create", json!({"region": region}));
+        valid(
+            &mut c,
+            "instances.set_availability_group",
+            json!({"availability_groups": []}),
+        );
     }
 
     #[test]

@@ -96,6 +96,8 @@ pub struct Schema {
     pub name: Arc<str>,
     pub strict: bool,
     pub validator: jsonschema::Validator,
+    /// The document it was compiled from (error messages read `description`s from it).
+    pub doc: Value,
 }
 
 impl std::fmt::Debug for Schema {
@@ -140,6 +142,7 @@ impl<'a> Compiler<'a> {
             name: name.into(),
             strict,
             validator,
+            doc,
         });
         self.compiled.insert((key, strict), schema.clone());
         Ok(schema)

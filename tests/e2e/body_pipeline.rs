@@ -97,8 +97,8 @@ fn cases() -> Vec<Case> {
                     vec!["virtualization"],
                 ),
                 (
-                    json!({"name": "web-3", "memory": 4096, "performance_tier": ITIER, "region": REGION, "disks": []}),
-                    vec!["disks"],
+                    json!({"name": "web-3", "memory": 4096, "performance_tier": ITIER, "region": REGION, "disks": ["boot"]}),
+                    vec!["disks[0]"],
                 ),
                 (
                     json!({"name": "", "memory": "lots", "performance_tier": ITIER, "region": REGION, "disks": [DISK]}),
@@ -141,7 +141,7 @@ fn cases() -> Vec<Case> {
                 (json!({"public_keys": [KEY, KEY]}), vec!["public_keys"]),
                 (
                     json!({"public_keys": [{"id": "x"}]}),
-                    vec!["public_keys[0]"],
+                    vec!["public_keys[0].id"],
                 ),
             ],
         },
@@ -170,7 +170,7 @@ fn cases() -> Vec<Case> {
             invalid: vec![
                 (
                     json!({"network_adapters": [{"dhcp": true}]}),
-                    vec!["network_adapters[0]"],
+                    vec!["network_adapters[0].network"],
                 ),
                 (
                     json!({"network_adapters": [{"network": "nope"}]}),
@@ -235,7 +235,7 @@ fn cases() -> Vec<Case> {
             path: d(""),
             valid: json!({"name": "renamed"}),
             invalid: vec![
-                (json!({"size": 30}), vec!["size"]),
+                (json!({"cdrom": "maybe"}), vec!["cdrom"]),
                 (json!({"name": ""}), vec!["name"]),
                 (json!({"name": 5}), vec!["name"]),
             ],
@@ -269,7 +269,7 @@ fn cases() -> Vec<Case> {
             path: "/api/v1/ip_addresses".into(),
             valid: json!({"network": NETWORK, "name": "ip-1"}),
             invalid: vec![
-                (json!({"name": "ip-1"}), vec!["$"]),
+                (json!({"name": "ip-1"}), vec!["network"]),
                 (json!({"network": "x"}), vec!["network"]),
                 (
                     json!({"network": NETWORK, "shareable": "yes"}),

@@ -204,7 +204,7 @@ async fn every_operation_end_to_end() {
             disk["name"].as_str().unwrap().starts_with("fac-1b-"),
             "{disk}"
         );
-        assert_eq!(disk["state"], "detached");
+        assert_eq!(disk["state"], "unattached");
     }
     assert_eq!(
         h.sim.calls().count("POST", "/api/v1/disks/{id}/clone"),
@@ -428,11 +428,11 @@ async fn patch_sends_the_attachment_puts_that_changed() {
     .await;
     let extra = disk["id"].as_str().unwrap().to_string();
     poll(
-        "disk detached",
+        "disk unattached",
         std::time::Duration::from_secs(10),
         || async {
             let d = ok_json(h.get(&admin, &format!("/api/v1/disks/{extra}")).await).await;
-            (d["state"] == "detached").then_some(())
+            (d["state"] == "unattached").then_some(())
         },
     )
     .await;

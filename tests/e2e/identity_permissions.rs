@@ -127,7 +127,9 @@ fn ops() -> Vec<Op> {
         ),
         op("performance_tiers.disks", M::GET, "catalog:read", Y, Y, Y),
         op("regions.list", M::GET, "catalog:read", Y, Y, Y),
+        op("regions.get", M::GET, "catalog:read", Y, Y, Y),
         op("templates.list", M::GET, "catalog:read", Y, Y, Y),
+        op("templates.get", M::GET, "catalog:read", Y, Y, Y),
         op("public_keys.list", M::GET, "keys:read", Y, Y, Y),
         op("public_keys.create", M::POST, "keys:write", N, N, Y),
         op("public_keys.get", M::GET, "keys:read", Y, Y, Y),
@@ -395,7 +397,18 @@ async fn prepare(h: &Harness, route: &str, real: bool, n: usize) -> (String, Opt
         "performance_tiers.instances" => ("/api/v1/performance_tiers/instances".into(), None),
         "performance_tiers.disks" => ("/api/v1/performance_tiers/disks".into(), None),
         "regions.list" => ("/api/v1/regions".into(), None),
+        "regions.get" => (
+            format!("/api/v1/regions/{}", ex["region"]["id"].as_str().unwrap()),
+            None,
+        ),
         "templates.list" => ("/api/v1/templates".into(), None),
+        "templates.get" => (
+            format!(
+                "/api/v1/templates/{}",
+                ex["template"]["id"].as_str().unwrap()
+            ),
+            None,
+        ),
         "public_keys.list" => ("/api/v1/public_keys".into(), None),
         "public_keys.create" => (
             "/api/v1/public_keys".into(),

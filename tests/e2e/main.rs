@@ -10,6 +10,7 @@ mod harness;
 
 mod bad_requests;
 mod body_pipeline;
+mod client_shapes;
 mod config_check;
 mod demo_and_readme;
 mod deploy_files;

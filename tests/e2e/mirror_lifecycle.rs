@@ -54,9 +54,9 @@ async fn lifecycle(h: &Harness, key: &str) {
     )
     .await;
     let disk_id = disk["id"].as_str().unwrap().to_string();
-    poll("disk detached", Duration::from_secs(10), || async {
+    poll("disk unattached", Duration::from_secs(10), || async {
         let d = ok_json(h.get(key, &format!("/api/v1/disks/{disk_id}")).await).await;
-        (d["state"] == "detached").then_some(())
+        (d["state"] == "unattached").then_some(())
     })
     .await;
 

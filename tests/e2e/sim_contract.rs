@@ -180,7 +180,7 @@ async fn fresh_disk(api: &Api, name: &str) -> String {
         .await;
     assert_eq!(d["state"], "creating");
     let id = d["id"].as_str().unwrap().to_owned();
-    wait_disk(api, &id, "detached").await;
+    wait_disk(api, &id, "unattached").await;
     id
 }
 
@@ -558,9 +558,9 @@ async fn instance_lifecycle() {
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
     assert!(gone.content_type.starts_with("application/json"));
     assert_error_body(&gone.json(), "not_found");
-    // An assembled instance's disk survives it, detached.
+    // An assembled instance's disk survives it, unattached.
     let d = api.get(&format!("/api/v1/disks/{disk_id}")).await;
-    assert_eq!(d["state"], "detached");
+    assert_eq!(d["state"], "unattached");
     assert!(d["instance_id"].is_null());
 }
 
@@ -776,7 +776,7 @@ async fn tokens_expire_after_their_ttl() {
 }
 
 #[tokio::test]
-async fn unknown_paths_get_an_html_404() {
+async fn unknown_paths_get_a_json_404() {
     let sim = sim(two_accounts()).await;
     let api = Api::new(&sim, A_STATIC);
     for (m, p) in [
@@ -788,8 +788,13 @@ async fn unknown_paths_get_an_html_404() {
     ] {
         let a = api.call(m.clone(), &p, None).await;
         assert_eq!(a.status, StatusCode::NOT_FOUND, "{m} {p}");
-        assert!(a.content_type.starts_with("text/html"), "{m} {p}");
-        assert!(a.text.contains("<html"));
+        assert!(a.content_type.starts_with("application/json"), "{m} {p}");
+        let v = a.json();
+        assert_error_body(&v, "not_found");
+        assert!(
+            v["error_description"].as_str().unwrap().contains(&p),
+            "{m} {p}: {v}"
+        );
     }
     // Unknown ids under a known route are JSON.
     let a = api
@@ -825,7 +830,7 @@ async fn other_resources() {
         )
         .await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
-    wait_disk(&api, &disk, "detached").await;
+    wait_disk(&api, &disk, "unattached").await;
     let c = api
         .ok(
             Method::POST,
@@ -837,7 +842,7 @@ async fn other_resources() {
     assert_eq!(c["size"], 80);
     let clone = c["id"].as_str().unwrap().to_owned();
     assert_ne!(clone, disk);
-    wait_disk(&api, &clone, "detached").await;
+    wait_disk(&api, &clone, "unattached").await;
     let del = api
         .ok(Method::DELETE, &format!("/api/v1/disks/{clone}"), None)
         .await;
@@ -900,6 +905,7 @@ async fn other_resources() {
     let inst = assemble(&api, "cfg").await;
     let id = inst["id"].as_str().unwrap().to_owned();
     let boot = inst["disks"][0]["id"].as_str().unwrap().to_owned();
+    // The attachment PUTs answer the attached objects, a JSON array (apiclient-go).
     let v = api
         .ok(
             Method::PUT,
@@ -907,8 +913,11 @@ async fn other_resources() {
             Some(json!({"disks": [boot, disk]})),
         )
         .await;
-    assert_eq!(v["disks"][1]["id"], disk.as_str());
-    assert_eq!(v["disks"][1]["position"], 1);
+    assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v[1]["id"], disk.as_str());
+    assert_eq!(v[1]["position"], 1);
+    assert_eq!(v[1]["state"], "attached");
+    assert_eq!(v[1]["instance_id"], id.as_str());
     let key = ex["public_key"]["id"].as_str().unwrap();
     let v = api
         .ok(
@@ -917,7 +926,7 @@ async fn other_resources() {
             Some(json!({"public_keys": [key]})),
         )
         .await;
-    assert_eq!(v["public_keys"][0]["key"], ex["public_key"]["key"]);
+    assert_eq!(v, json!([ex["public_key"]]));
     let v = api
         .ok(
             Method::PUT,
@@ -927,12 +936,12 @@ async fn other_resources() {
                 {"network": net_id, "ip_addresses": [pip["id"]]}]})),
         )
         .await;
-    assert_eq!(v["state"], "updating_network");
-    assert_eq!(v["network_adapters"][1]["index"], 1);
-    assert_eq!(
-        v["network_adapters"][0]["ip_addresses"][0]["address"],
-        ip["address"]
-    );
+    assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v[1]["index"], 1);
+    assert_eq!(v[0]["ip_addresses"][0]["address"], ip["address"]);
+    assert_eq!(api.state(&id).await, "updating_network");
+    let got = api.get(&format!("/api/v1/instances/{id}")).await;
+    assert_eq!(got["network_adapters"], v);
     wait_state(&api, &id, "stopped").await;
     let v = api
         .ok(
@@ -941,7 +950,12 @@ async fn other_resources() {
             Some(json!({"availability_group": [WEB1]})),
         )
         .await;
-    assert_eq!(v["availability_group"], json!([WEB1]));
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v[0]["id"], WEB1);
+    assert_eq!(
+        api.get(&format!("/api/v1/instances/{id}")).await["availability_group"],
+        json!([WEB1])
+    );
     let a = api
         .call(
             Method::DELETE,
@@ -951,7 +965,11 @@ async fn other_resources() {
         .await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
 
-    // Context and note.
+    // Context and note: every context call answers one object per entry, a JSON array.
+    assert_eq!(
+        api.get(&format!("/api/v1/instances/{id}/context")).await,
+        json!([])
+    );
     let c = api
         .ok(
             Method::POST,
@@ -959,7 +977,7 @@ async fn other_resources() {
             Some(json!({"key": "role", "value": "web"})),
         )
         .await;
-    assert_eq!(c, json!({"role": "web"}));
+    assert_eq!(c, json!([{"key": "role", "value": "web"}]));
     let c = api
         .ok(
             Method::PUT,
@@ -967,7 +985,10 @@ async fn other_resources() {
             Some(json!({"a": "1", "b": "2"})),
         )
         .await;
-    assert_eq!(c, json!({"a": "1", "b": "2"}));
+    assert_eq!(
+        c,
+        json!([{"key": "a", "value": "1"}, {"key": "b", "value": "2"}])
+    );
     let c = api
         .ok(
             Method::DELETE,
@@ -975,10 +996,10 @@ async fn other_resources() {
             None,
         )
         .await;
-    assert_eq!(c, json!({"b": "2"}));
+    assert_eq!(c, json!([{"key": "b", "value": "2"}]));
     assert_eq!(
         api.get(&format!("/api/v1/instances/{id}/context")).await,
-        json!({"b": "2"})
+        json!([{"key": "b", "value": "2"}])
     );
     let a = api
         .call(
@@ -1034,6 +1055,325 @@ async fn other_resources() {
     assert_eq!(api.get(&format!("/api/v1/public_keys/{kid}")).await, k);
     let listed = api.get("/api/v1/public_keys").await;
     assert!(listed.as_array().unwrap().contains(&k));
+}
+
+/// `GET /regions/{id}` and `/templates/{id}`: the Go client's `RegionInfo` and
+/// `TemplateInfo`, apiclient-go's `Region.Show` and `Template.Show`, the Terraform region
+/// data source.
+#[tokio::test]
+async fn single_regions_and_templates() {
+    let sim = sim(two_accounts()).await;
+    let api = Api::new(&sim, A_STATIC);
+    let ex = examples();
+    assert_eq!(
+        api.get(&format!("/api/v1/regions/{SY3}")).await,
+        ex["region"]
+    );
+    // By code too (the Go client resolves codes through the list first; harmless).
+    assert_eq!(api.get("/api/v1/regions/SY3").await, ex["region"]);
+    let t = ex["template"]["id"].as_str().unwrap();
+    assert_eq!(
+        api.get(&format!("/api/v1/templates/{t}")).await,
+        ex["template"]
+    );
+    for p in [
+        "/api/v1/regions/00000000-0000-4000-8000-000000000000",
+        "/api/v1/templates/00000000-0000-4000-8000-000000000000",
+        "/api/v1/templates/ubuntu-22-04",
+    ] {
+        let a = api.call(Method::GET, p, None).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{p}");
+        assert!(a.content_type.starts_with("application/json"), "{p}");
+        assert_error_body(&a.json(), "not_found");
+    }
+}
+
+/// The Terraform provider's create (and the Go client's test) assembles with no `disks`: a
+/// network or cdrom boot. Its first GET must say `stopped`.
+#[tokio::test]
+async fn assemble_without_disks() {
+    let sim = sim(two_accounts()).await;
+    let api = Api::new(&sim, A_STATIC);
+    let tier = examples()["performance_tier_instance"]["id"].clone();
+    let v = api
+        .ok(
+            Method::POST,
+            "/api/v1/instances/assemble",
+            Some(
+                json!({"name": "netboot", "memory": 2048, "performance_tier": tier,
+                        "region": SY3, "boot_device": "network"}),
+            ),
+        )
+        .await;
+    let id = v["id"].as_str().unwrap();
+    let got = api.get(&format!("/api/v1/instances/{id}")).await;
+    assert_eq!(got["state"], "stopped");
+    assert_eq!(got["disks"], json!([]));
+    assert_eq!(got["boot_device"], "network");
+    // Still refused without what OrionVM needs.
+    let a = api
+        .call(
+            Method::POST,
+            "/api/v1/instances/assemble",
+            Some(json!({"name": "x", "region": SY3})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let v = a.json();
+    assert!(v["details"]["memory"].is_array(), "{v}");
+    assert!(v["details"].get("disks").is_none(), "{v}");
+}
+
+/// Packer's cleanup, back to back and without waiting: detach every disk (the built disk
+/// survives, unattached), remove every adapter, free the address, delete the instance.
+#[tokio::test]
+async fn packer_cleanup_runs_back_to_back() {
+    let sim = sim(two_accounts()).await;
+    let api = Api::new(&sim, A_STATIC);
+    let public = examples()["network"]["id"].clone();
+    let ip = api
+        .ok(
+            Method::POST,
+            "/api/v1/ip_addresses",
+            Some(json!({"network": public, "name": "Packer: build"})),
+        )
+        .await;
+    let inst = assemble(&api, "Packer: build").await;
+    let id = inst["id"].as_str().unwrap();
+    let disk = inst["disks"][0]["id"].as_str().unwrap();
+    let put = |field: &'static str, value: Value| {
+        let api = &api;
+        async move {
+            api.ok(
+                Method::PUT,
+                &format!("/api/v1/instances/{id}/{field}"),
+                Some(json!({ field: value })),
+            )
+            .await
+        }
+    };
+    put(
+        "network_adapters",
+        json!([{"network": public, "ip_addresses": [ip["id"]]}]),
+    )
+    .await;
+    wait_state(&api, id, "stopped").await;
+
+    assert_eq!(put("disks", json!([])).await, json!([]));
+    let d = api.get(&format!("/api/v1/disks/{disk}")).await;
+    assert_eq!(d["state"], "unattached");
+    assert!(d["instance_id"].is_null());
+    assert_eq!(put("network_adapters", json!([])).await, json!([]));
+    assert_eq!(api.state(id).await, "updating_network");
+    let ip_id = ip["id"].as_str().unwrap();
+    api.ok(
+        Method::DELETE,
+        &format!("/api/v1/ip_addresses/{ip_id}"),
+        None,
+    )
+    .await;
+    // Right after the adapters PUT, still `updating_network`: the DELETE is taken.
+    let del = api
+        .ok(Method::DELETE, &format!("/api/v1/instances/{id}"), None)
+        .await;
+    assert_eq!(del["state"], "terminating");
+    wait_state(&api, id, "terminated").await;
+    // The built disk outlives the instance.
+    let d = api.get(&format!("/api/v1/disks/{disk}")).await;
+    assert_eq!(d["state"], "unattached");
+}
+
+/// The HyperCloud Go client's `InstanceUpdate` sends its PUTs back to back (disks, network
+/// adapters, public keys, then the rest): none waits for the network update.
+#[tokio::test]
+async fn go_client_update_runs_back_to_back() {
+    let sim = sim(two_accounts()).await;
+    let api = Api::new(&sim, A_STATIC);
+    let ex = examples();
+    let inst = assemble(&api, "go-upd").await;
+    let id = inst["id"].as_str().unwrap();
+    let extra = fresh_disk(&api, "go-upd-extra").await;
+    let boot = inst["disks"][0]["id"].clone();
+    let ip = api
+        .ok(
+            Method::POST,
+            "/api/v1/ip_addresses",
+            Some(json!({"region": SY3})),
+        )
+        .await;
+    let base = format!("/api/v1/instances/{id}");
+    api.ok(
+        Method::PUT,
+        &format!("{base}/availability_group"),
+        Some(json!({"availability_groups": [WEB1]})),
+    )
+    .await;
+    api.ok(
+        Method::PUT,
+        &format!("{base}/disks"),
+        Some(json!({"disks": [boot, extra]})),
+    )
+    .await;
+    api.ok(
+        Method::PUT,
+        &format!("{base}/network_adapters"),
+        Some(json!({"network_adapters": [{"network": ip["network_id"], "ip_addresses": [ip["id"]]}]})),
+    )
+    .await;
+    let keys = api
+        .ok(
+            Method::PUT,
+            &format!("{base}/public_keys"),
+            Some(json!({"public_keys": [ex["public_key"]["id"]]})),
+        )
+        .await;
+    assert_eq!(keys.as_array().unwrap().len(), 1);
+    let renamed = api
+        .ok(Method::PUT, &base, Some(json!({"name": "go-upd-2"})))
+        .await;
+    assert_eq!(renamed["name"], "go-upd-2");
+    // Memory still needs a stopped instance, and says so with a `state` detail.
+    let a = api
+        .call(Method::PUT, &base, Some(json!({"memory": 8192})))
+        .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(a.json()["details"]["state"], json!(["must be stopped"]));
+    wait_state(&api, id, "stopped").await;
+    let got = api.get(&base).await;
+    assert_eq!(got["availability_group"], json!([WEB1]));
+    assert_eq!(got["disks"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        got["network_adapters"][0]["ip_addresses"][0]["id"],
+        ip["id"]
+    );
+    assert_eq!(got["name"], "go-upd-2");
+}
+
+/// Packer's VNC builder attaches and detaches disks on its running downloader VM, renames the
+/// disk with an `md5=` tag, and marks it `cdrom`; the Go client's `DiskUpdate` resends the size
+/// it just resized to.
+#[tokio::test]
+async fn live_disks_and_disk_updates() {
+    let sim = sim(two_accounts()).await;
+    let api = Api::new(&sim, A_STATIC);
+    let ex = examples();
+    let disk = fresh_disk(&api, "Downloading... build").await;
+    let boot = ex["disk"]["id"].as_str().unwrap();
+    assert_eq!(api.state(WEB1).await, "running");
+    let base = format!("/api/v1/instances/{WEB1}/disks");
+    let v = api
+        .ok(Method::PUT, &base, Some(json!({"disks": [boot, disk]})))
+        .await;
+    assert_eq!(v[1]["id"], disk.as_str());
+    assert_eq!(v[1]["position"], 1);
+    let v = api
+        .ok(
+            Method::PUT,
+            &format!("/api/v1/disks/{disk}"),
+            Some(json!({"name": "build md5=0123abcd"})),
+        )
+        .await;
+    assert_eq!(v["name"], "build md5=0123abcd");
+    let v = api
+        .ok(Method::PUT, &base, Some(json!({"disks": [boot]})))
+        .await;
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    wait_disk(&api, &disk, "unattached").await;
+    let v = api
+        .ok(
+            Method::PUT,
+            &format!("/api/v1/disks/{disk}"),
+            Some(json!({"cdrom": true})),
+        )
+        .await;
+    assert_eq!(v["cdrom"], true);
+
+    // Resize, then the same body with the new size on the disk itself.
+    api.ok(
+        Method::POST,
+        &format!("/api/v1/disks/{disk}/resize"),
+        Some(json!({"size": 30})),
+    )
+    .await;
+    let v = api
+        .ok(
+            Method::PUT,
+            &format!("/api/v1/disks/{disk}"),
+            Some(json!({"name": "grown", "size": 30})),
+        )
+        .await;
+    assert_eq!(
+        (v["name"].as_str(), v["size"].as_u64()),
+        (Some("grown"), Some(30))
+    );
+    let a = api
+        .call(
+            Method::PUT,
+            &format!("/api/v1/disks/{disk}"),
+            Some(json!({"size": 40})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(a.json()["details"]["size"].is_array());
+    wait_disk(&api, &disk, "unattached").await;
+}
+
+/// A moving instance can be deleted; one being terminated cannot.
+#[tokio::test]
+async fn delete_while_moving() {
+    let sim = sim(two_accounts()).await;
+    let api = Api::new(&sim, A_STATIC);
+    let inst = assemble(&api, "mover").await;
+    let id = inst["id"].as_str().unwrap();
+    let v = api
+        .ok(Method::POST, &format!("/api/v1/instances/{id}/start"), None)
+        .await;
+    assert_eq!(v["state"], "starting");
+    let del = api
+        .ok(Method::DELETE, &format!("/api/v1/instances/{id}"), None)
+        .await;
+    assert_eq!(del["state"], "terminating");
+    let again = api
+        .call(Method::DELETE, &format!("/api/v1/instances/{id}"), None)
+        .await;
+    assert_eq!(again.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        again.json()["details"]["state"],
+        json!(["is already terminated"])
+    );
+    wait_state(&api, id, "terminated").await;
+}
+
+/// The Go client's test allocates its public address with nothing but the region, and reads
+/// the network from the answer.
+#[tokio::test]
+async fn ip_address_by_region() {
+    let sim = sim(two_accounts()).await;
+    let api = Api::new(&sim, A_STATIC);
+    let ip = api
+        .ok(
+            Method::POST,
+            "/api/v1/ip_addresses",
+            Some(json!({"region": SY3})),
+        )
+        .await;
+    assert_eq!(ip["network_id"], examples()["network"]["id"]);
+    assert!(ip["address"].as_str().unwrap().starts_with("203.0.113."));
+    let me2 = api
+        .ok(
+            Method::POST,
+            "/api/v1/ip_addresses",
+            Some(json!({"region": "ME2"})),
+        )
+        .await;
+    assert!(me2["address"].as_str().unwrap().starts_with("198.51.100."));
+    for body in [json!({"region": "XX9"}), json!({"name": "nothing"})] {
+        let a = api
+            .call(Method::POST, "/api/v1/ip_addresses", Some(body.clone()))
+            .await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_error_body(&a.json(), "validation_failed");
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -9,7 +9,8 @@ use time::OffsetDateTime;
 use super::SimTimings;
 use super::model::{
     Account, Adapter, Catalog, ConsoleSession, Disk, GONE, Instance, IpAddress, MAX_DISK_GB,
-    MAX_MEMORY, MIN_MEMORY, Network, Origin, PublicKey, Timeline, ipv4, is_moving, parse_cidr,
+    MAX_MEMORY, MIN_MEMORY, Network, Origin, PublicKey, Timeline, UNATTACHED, ipv4, is_moving,
+    parse_cidr,
 };
 use super::util::{
     Details, Reply, bad_request, new_id, not_found, one_detail, random_hex, validation,
@@ -64,7 +65,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/performance_tiers/instances"),
     ("GET", "/api/v1/performance_tiers/disks"),
     ("GET", "/api/v1/regions"),
+    ("GET", "/api/v1/regions/{id}"),
     ("GET", "/api/v1/templates"),
+    ("GET", "/api/v1/templates/{id}"),
     ("GET", "/api/v1/public_keys"),
     ("POST", "/api/v1/public_keys"),
     ("GET", "/api/v1/public_keys/{id}"),
@@ -507,6 +510,10 @@ pub(crate) fn dispatch(cx: &Ctx<'_>, acc: &mut Account, m: &Matched, body: &[u8]
                 .map(|r| cx.cat.region_json(r))
                 .collect(),
         )),
+        ("GET", "/api/v1/regions/{id}") => match cx.cat.find_region(id) {
+            Some(r) => Reply::ok(cx.cat.region_json(r)),
+            None => not_found("Region"),
+        },
         ("GET", "/api/v1/templates") => Reply::ok(Value::Array(
             cx.cat
                 .templates
@@ -514,6 +521,10 @@ pub(crate) fn dispatch(cx: &Ctx<'_>, acc: &mut Account, m: &Matched, body: &[u8]
                 .map(|t| cx.cat.template_json(t))
                 .collect(),
         )),
+        ("GET", "/api/v1/templates/{id}") => match cx.cat.templates.iter().find(|t| t.id == id) {
+            Some(t) => Reply::ok(cx.cat.template_json(t)),
+            None => not_found("Template"),
+        },
         ("GET", "/api/v1/public_keys") => Reply::ok(Value::Array(
             acc.keys.iter().map(Account::key_json).collect(),
         )),
@@ -532,7 +543,7 @@ pub(crate) fn dispatch(cx: &Ctx<'_>, acc: &mut Account, m: &Matched, body: &[u8]
             }
             None => not_found("Public key"),
         },
-        _ => super::util::html_not_found(),
+        (method, route) => super::util::route_not_found(method, route),
     }
 }
 
@@ -773,7 +784,8 @@ fn create_basic(cx: &Ctx<'_>, acc: &mut Account, b: &Map<String, Value>) -> Repl
     Reply::ok(out)
 }
 
-/// Checks disks for an instance in `region`; `owner` may already hold them.
+/// Checks disks for an instance in `region`; `owner` may already hold them. No disk at all is
+/// fine: an instance boots from the network or a cdrom, and Packer detaches every disk.
 fn check_disks(
     acc: &Account,
     f: &mut Fields<'_>,
@@ -781,9 +793,6 @@ fn check_disks(
     region: Option<usize>,
     owner: Option<&str>,
 ) {
-    if disks.is_empty() {
-        f.err("disks", "must contain at least one disk");
-    }
     for d in disks {
         match acc.disk_idx(d) {
             None => f.err("disks", format!("{d} is not a known disk")),
@@ -793,7 +802,7 @@ fn check_disks(
                     f.err("disks", format!("{d} is in another region"));
                 }
                 let mine = owner.is_some() && disk.instance_id.as_deref() == owner;
-                if !(disk.state == "detached" || (mine && disk.state == "attached")) {
+                if !(disk.state == UNATTACHED || (mine && disk.state == "attached")) {
                     f.err(
                         "disks",
                         format!("{d} is not available (state {})", disk.state),
@@ -876,7 +885,9 @@ fn assemble(cx: &Ctx<'_>, acc: &mut Account, b: &Map<String, Value>) -> Reply {
     let memory = f.int("memory", true, MIN_MEMORY, MAX_MEMORY);
     let tier_key = f.string("performance_tier", true);
     let region_key = f.string("region", true);
-    let disks = f.ids("disks", true);
+    // No disks: an instance that boots from the network or a cdrom (the Terraform provider's
+    // create and the Go client's test assemble without `disks`).
+    let disks = f.ids("disks", false).unwrap_or_default();
     let ips = f.ids("ip_addresses", false).unwrap_or_default();
     let keys = f.ids("public_keys", false).unwrap_or_default();
     let group = f.ids("availability_group", false).unwrap_or_default();
@@ -895,14 +906,12 @@ fn assemble(cx: &Ctx<'_>, acc: &mut Account, b: &Map<String, Value>) -> Reply {
     } else {
         None
     };
-    if let Some(d) = &disks {
-        check_disks(acc, &mut f, d, region, None);
-    }
+    check_disks(acc, &mut f, &disks, region, None);
     let adapters = check_ips(acc, &mut f, &ips, region, None);
     check_keys(acc, &mut f, &keys);
     check_group(acc, &mut f, &group, None);
-    let (true, Some(name), Some(memory), Some(region), Some(tier), Some(disks)) =
-        (f.ok(), name, memory, region, tier, disks)
+    let (true, Some(name), Some(memory), Some(region), Some(tier)) =
+        (f.ok(), name, memory, region, tier)
     else {
         return f.fail("Instance could not be assembled");
     };
@@ -972,19 +981,14 @@ fn stop_instance(cx: &Ctx<'_>, acc: &mut Account, i: usize) -> Reply {
     Reply::ok(acc.instance_json(cx.cat, &acc.instances[i]))
 }
 
+/// Termination is refused only once it has begun. A moving instance (`updating_network`,
+/// `starting`...) is terminated too: the pending change is dropped. OrionVM's clients delete
+/// without waiting for a settled state: Packer's cleanup right after emptying the network
+/// adapters, Terraform's destroy right after an update whose wait only skips `updating`.
 fn delete_instance(cx: &Ctx<'_>, acc: &mut Account, i: usize) -> Reply {
     let inst = &mut acc.instances[i];
-    match inst.state {
-        "terminated" | "terminating" => {
-            return state_error("Instance could not be terminated", "is already terminated");
-        }
-        s if is_moving(s) => {
-            return state_error(
-                "Instance could not be terminated",
-                "must not be in transition",
-            );
-        }
-        _ => {}
+    if matches!(inst.state, "terminated" | "terminating") {
+        return state_error("Instance could not be terminated", "is already terminated");
     }
     inst.state = "terminating";
     inst.updated_at = cx.wall;
@@ -993,13 +997,14 @@ fn delete_instance(cx: &Ctx<'_>, acc: &mut Account, i: usize) -> Reply {
     Reply::ok(acc.instance_json(cx.cat, &acc.instances[i]))
 }
 
-/// Settled and not terminated: the states in which an instance can be changed.
-fn changeable(inst: &Instance) -> Result<(), Reply> {
-    if is_moving(inst.state) || matches!(inst.state, "terminated" | "transferred") {
-        return Err(state_error(
-            "Instance could not be updated",
-            "must be running or stopped",
-        ));
+/// Not ended: the states in which an instance's settings and attachments can change. A moving
+/// instance can be changed too: the HyperCloud Go client's `InstanceUpdate` sends its PUTs
+/// (disks, network adapters, public keys, then the rest) back to back without waiting, so
+/// the later ones arrive while the network update is under way. (Memory, virtualization and
+/// performance tier still need `stopped`, see `update_instance`.)
+fn changeable(inst: &Instance, description: &str) -> Result<(), Reply> {
+    if matches!(inst.state, "terminating" | "terminated" | "transferred") {
+        return Err(state_error(description, "must not be terminated"));
     }
     Ok(())
 }
@@ -1033,7 +1038,7 @@ fn update_instance(cx: &Ctx<'_>, acc: &mut Account, i: usize, b: &Map<String, Va
         return f.fail("Instance could not be updated");
     }
     let inst = &mut acc.instances[i];
-    if let Err(r) = changeable(inst) {
+    if let Err(r) = changeable(inst, "Instance could not be updated") {
         return r;
     }
     if inst.state != "stopped" {
@@ -1094,6 +1099,10 @@ fn update_instance(cx: &Ctx<'_>, acc: &mut Account, i: usize, b: &Map<String, Va
     Reply::ok(acc.instance_json(cx.cat, &acc.instances[i]))
 }
 
+/// `PUT /instances/{id}/disks`: the whole list, in device order; empty detaches every disk
+/// (Packer's cleanup keeps its built disk that way). A running instance attaches and detaches
+/// live (Packer's downloader VM). Answers the attached disks, a JSON array (apiclient-go
+/// parses an array here).
 fn put_disks(cx: &Ctx<'_>, acc: &mut Account, i: usize, b: &Map<String, Value>) -> Reply {
     let mut f = Fields::new(b);
     let disks = f.ids("disks", true);
@@ -1110,14 +1119,14 @@ fn put_disks(cx: &Ctx<'_>, acc: &mut Account, i: usize, b: &Map<String, Value>) 
     let (true, Some(disks)) = (f.ok(), disks) else {
         return f.fail("Disks could not be updated");
     };
-    if acc.instances[i].state != "stopped" {
-        return state_error("Disks could not be updated", "must be stopped");
+    if let Err(r) = changeable(&acc.instances[i], "Disks could not be updated") {
+        return r;
     }
     let old = std::mem::take(&mut acc.instances[i].disks);
     for d in acc.disks.iter_mut() {
         if old.contains(&d.id) && !disks.contains(&d.id) {
             d.instance_id = None;
-            d.state = "detached";
+            d.state = UNATTACHED;
             d.position = 0;
             d.updated_at = cx.wall;
         }
@@ -1126,9 +1135,17 @@ fn put_disks(cx: &Ctx<'_>, acc: &mut Account, i: usize, b: &Map<String, Value>) 
     let inst = &mut acc.instances[i];
     inst.disks = disks;
     inst.updated_at = cx.wall;
-    Reply::ok(acc.instance_json(cx.cat, &acc.instances[i]))
+    let inst = &acc.instances[i];
+    Reply::ok(Value::Array(
+        inst.disks
+            .iter()
+            .filter_map(|id| acc.disks.iter().find(|d| &d.id == id))
+            .map(|d| acc.disk_json(cx.cat, d))
+            .collect(),
+    ))
 }
 
+/// `PUT /instances/{id}/public_keys`: answers the instance's keys, a JSON array.
 fn put_keys(cx: &Ctx<'_>, acc: &mut Account, i: usize, b: &Map<String, Value>) -> Reply {
     let mut f = Fields::new(b);
     let keys = f.ids("public_keys", true);
@@ -1138,16 +1155,34 @@ fn put_keys(cx: &Ctx<'_>, acc: &mut Account, i: usize, b: &Map<String, Value>) -
     let (true, Some(keys)) = (f.ok(), keys) else {
         return f.fail("Public keys could not be updated");
     };
-    if let Err(r) = changeable(&acc.instances[i]) {
+    if let Err(r) = changeable(&acc.instances[i], "Public keys could not be updated") {
         return r;
     }
     let inst = &mut acc.instances[i];
     inst.public_keys = keys;
     inst.updated_at = cx.wall;
-    Reply::ok(acc.instance_json(cx.cat, &acc.instances[i]))
+    let inst = &acc.instances[i];
+    Reply::ok(Value::Array(
+        inst.public_keys
+            .iter()
+            .filter_map(|id| acc.keys.iter().find(|k| &k.id == id))
+            .map(Account::key_json)
+            .collect(),
+    ))
 }
 
+/// `PUT /instances/{id}/availability_group`: the group (`availability_groups`, as the HyperCloud
+/// Go client's `InstanceUpdate` spells it, is taken too). Answers the other instances of the
+/// group, a JSON array.
 fn put_group(cx: &Ctx<'_>, acc: &mut Account, i: usize, b: &Map<String, Value>) -> Reply {
+    let renamed: Map<String, Value>;
+    let b = match b.get("availability_groups") {
+        Some(v) if !b.contains_key("availability_group") => {
+            renamed = std::iter::once(("availability_group".to_owned(), v.clone())).collect();
+            &renamed
+        }
+        _ => b,
+    };
     let mut f = Fields::new(b);
     let group = f.ids("availability_group", true);
     let me = acc.instances[i].id.clone();
@@ -1157,15 +1192,24 @@ fn put_group(cx: &Ctx<'_>, acc: &mut Account, i: usize, b: &Map<String, Value>) 
     let (true, Some(group)) = (f.ok(), group) else {
         return f.fail("Availability group could not be updated");
     };
-    if let Err(r) = changeable(&acc.instances[i]) {
+    if let Err(r) = changeable(&acc.instances[i], "Availability group could not be updated") {
         return r;
     }
     let inst = &mut acc.instances[i];
     inst.availability_group = group;
     inst.updated_at = cx.wall;
-    Reply::ok(acc.instance_json(cx.cat, &acc.instances[i]))
+    let inst = &acc.instances[i];
+    Reply::ok(Value::Array(
+        inst.availability_group
+            .iter()
+            .filter_map(|id| acc.instances.iter().find(|x| &x.id == id))
+            .map(|x| acc.instance_json(cx.cat, x))
+            .collect(),
+    ))
 }
 
+/// `PUT /instances/{id}/network_adapters`: the whole list; empty removes every adapter
+/// (Packer's cleanup). Answers the adapters, a JSON array.
 fn put_adapters(cx: &Ctx<'_>, acc: &mut Account, i: usize, b: &Map<String, Value>) -> Reply {
     let mut f = Fields::new(b);
     let me = acc.instances[i].id.clone();
@@ -1221,13 +1265,23 @@ fn put_adapters(cx: &Ctx<'_>, acc: &mut Account, i: usize, b: &Map<String, Value
     if !f.ok() {
         return f.fail("Network adapters could not be updated");
     }
-    let prev = acc.instances[i].state;
-    if prev != "stopped" && prev != "running" {
-        return state_error(
-            "Network adapters could not be updated",
-            "must be running or stopped",
-        );
-    }
+    // The instance goes through `updating_network` and back to the state it was settled in
+    // (a second change during the first keeps that state as the goal).
+    let inst = &acc.instances[i];
+    let prev = match inst.state {
+        "stopped" | "running" => inst.state,
+        "updating_network" => inst
+            .timeline
+            .steps
+            .back()
+            .map_or("stopped", |step| step.state),
+        _ => {
+            return state_error(
+                "Network adapters could not be updated",
+                "must be running or stopped",
+            );
+        }
+    };
     let old = std::mem::take(&mut acc.instances[i].adapters);
     let all_new: Vec<String> = wanted.iter().flat_map(|w| w.2.iter().cloned()).collect();
     for ip in acc.ips.iter_mut() {
@@ -1256,14 +1310,16 @@ fn put_adapters(cx: &Ctx<'_>, acc: &mut Account, i: usize, b: &Map<String, Value
     inst.state = "updating_network";
     inst.updated_at = cx.wall;
     inst.timeline = cx.chain(&[(prev, cx.timings.stop)]);
-    Reply::ok(acc.instance_json(cx.cat, &acc.instances[i]))
+    Reply::ok(Value::Array(acc.adapters_json(&acc.instances[i])))
 }
 
+/// An instance's context as the context calls answer it: one object per entry, a JSON array
+/// (apiclient-go parses an array on every context call).
 fn context_json(inst: &Instance) -> Value {
-    Value::Object(
+    Value::Array(
         inst.context
             .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .map(|(k, v)| json!({"key": k, "value": v}))
             .collect(),
     )
 }
@@ -1415,7 +1471,7 @@ fn create_disk(cx: &Ctx<'_>, acc: &mut Account, b: &Map<String, Value>) -> Reply
         owned: false,
         created_at: cx.wall,
         updated_at: cx.wall,
-        timeline: cx.chain(&[("detached", cx.timings.provision)]),
+        timeline: cx.chain(&[(UNATTACHED, cx.timings.provision)]),
     };
     let out = acc.disk_json(cx.cat, &disk);
     acc.disks.push(disk);
@@ -1426,23 +1482,32 @@ fn disk_busy(d: &Disk, description: &str) -> Option<Reply> {
     is_moving(d.state).then(|| state_error(description, "must not be in transition"))
 }
 
+/// `PUT /disks/{id}`: name and `cdrom` (Packer's VNC builder marks its ISO disk `cdrom: true`).
+/// A `size` equal to the disk's is taken (the HyperCloud Go client's `DiskUpdate` resizes, then
+/// sends the same body, size included, here); another size needs the resize call. Refused
+/// only while the disk is being deleted.
 fn update_disk(cx: &Ctx<'_>, acc: &mut Account, d: usize, b: &Map<String, Value>) -> Reply {
     let mut f = Fields::new(b);
     let name = f.string("name", false);
-    if f.has("size") {
+    let cdrom = f.boolean("cdrom");
+    let size = f.int("size", false, 1, MAX_DISK_GB);
+    if size.is_some_and(|s| s != acc.disks[d].size) {
         f.err("size", "can only be changed with resize");
     }
     if !f.ok() {
         return f.fail("Disk could not be updated");
     }
     let disk = &mut acc.disks[d];
-    if let Some(r) = disk_busy(disk, "Disk could not be updated") {
-        return r;
+    if disk.state == "deleting" {
+        return state_error("Disk could not be updated", "must not be deleted");
     }
     if let Some(n) = name {
         disk.name = n;
-        disk.updated_at = cx.wall;
     }
+    if let Some(c) = cdrom {
+        disk.cdrom = c;
+    }
+    disk.updated_at = cx.wall;
     Reply::ok(acc.disk_json(cx.cat, &acc.disks[d]))
 }
 
@@ -1510,7 +1575,7 @@ fn clone_disk(cx: &Ctx<'_>, acc: &mut Account, d: usize, b: &Map<String, Value>)
         owned: false,
         created_at: cx.wall,
         updated_at: cx.wall,
-        timeline: cx.chain(&[("detached", cx.timings.provision)]),
+        timeline: cx.chain(&[(UNATTACHED, cx.timings.provision)]),
     };
     let out = acc.disk_json(cx.cat, &disk);
     acc.disks.push(disk);
@@ -1535,22 +1600,37 @@ fn list_ips(acc: &Account, public: Option<bool>) -> Reply {
     ))
 }
 
+/// `POST /ip_addresses`: an address on `network` (or `network_id`), or, with only `region`, a
+/// public address in that region (the HyperCloud Go client's test allocates its public IP with
+/// `{"region": ...}` and reads the network from the answer).
 fn create_ip(cx: &Ctx<'_>, acc: &mut Account, b: &Map<String, Value>) -> Reply {
     let mut f = Fields::new(b);
     let name = f.string("name", false);
     let shareable = f.boolean("shareable").unwrap_or(false);
-    let network = if f.has("network_id") {
-        f.string("network_id", true)
+    let net = if f.has("network") || f.has("network_id") || !f.has("region") {
+        let network = if f.has("network_id") {
+            f.string("network_id", true)
+        } else {
+            f.string("network", true)
+        };
+        network.and_then(|n| {
+            let x = acc.network_idx(&n);
+            if x.is_none() {
+                f.err("network", "is not a known network");
+            }
+            x
+        })
     } else {
-        f.string("network", true)
+        let key = f.string("region", true);
+        let region = resolve_region(cx, &mut f, key);
+        region.and_then(|r| {
+            let x = acc.default_network(r, true);
+            if x.is_none() {
+                f.err("region", "has no public network");
+            }
+            x
+        })
     };
-    let net = network.and_then(|n| {
-        let x = acc.network_idx(&n);
-        if x.is_none() {
-            f.err("network", "is not a known network");
-        }
-        x
-    });
     let address = net.and_then(|n| acc.allocate_address(n));
     if net.is_some() && address.is_none() {
         f.err("network", "has no free addresses");

@@ -11,9 +11,19 @@
 //! States move lazily: every object holds the deadlines of the states it will
 //! pass through, and each request settles its account up to "now" first.
 //!
-//! Paths that are not OrionVM routes (including `//api/v1/...`) answer an HTML
-//! 404 page, like the real service; the proxy normalises paths, not the simulator.
-//! Successful creates answer 200 with the new object.
+//! Paths that are not OrionVM routes (including `//api/v1/...`: the proxy normalises
+//! paths, not the simulator) answer 404 in OrionVM's JSON error body; an HTML page is
+//! only ever an injected fault. Successful creates answer 200 with the new object.
+//!
+//! The contract it keeps, rule by rule with the public client that needs each one, is
+//! `docs/orionvm-contract.md`. In short: a settled disk that no instance holds is
+//! `"unattached"`; the PUTs on an instance's `disks`, `public_keys`, `network_adapters`
+//! and `availability_group` and every context call answer JSON arrays; an assemble
+//! needs no disks and a disks PUT may empty the list; state rules are no stricter than
+//! the clients' own flows (DELETE is taken in every state but `terminating` and
+//! `terminated`; attachments and settings change in every state that has not ended;
+//! memory, virtualization and tier only while `stopped`; start needs `stopped`, stop
+//! `running`).
 //!
 //! Control API (no auth, not counted, no faults): `GET /_sim/health`,
 //! `GET /_sim/calls`, `POST /_sim/calls/reset`, `GET /_sim/requests`,

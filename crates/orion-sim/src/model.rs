@@ -41,6 +41,10 @@ pub(crate) fn is_moving(state: &str) -> bool {
 /// Marker state: the object disappears (404) once it is reached.
 pub(crate) const GONE: &str = "__gone";
 
+/// The settled state of a disk that no instance holds: the HyperCloud Go client's test and
+/// Packer's `CreateDisk` poll `GET /disks/{id}` for exactly this string.
+pub(crate) const UNATTACHED: &str = "unattached";
+
 // ---------------------------------------------------------------------------
 // Catalog: regions, tiers, templates (the same in every account).
 
@@ -644,7 +648,7 @@ impl Account {
         for d in &mut self.disks {
             if disk_ids.contains(&d.id) {
                 d.instance_id = None;
-                d.state = "detached";
+                d.state = UNATTACHED;
                 d.position = 0;
                 d.updated_at = wall;
             }
@@ -682,25 +686,7 @@ impl Account {
             .filter_map(|id| self.keys.iter().find(|k| &k.id == id))
             .map(|k| json!({"id": k.id, "name": k.name, "key": k.key}))
             .collect();
-        let adapters: Vec<Value> = i
-            .adapters
-            .iter()
-            .enumerate()
-            .map(|(index, a)| {
-                let network = self.networks.iter().find(|n| n.id == a.network).map_or(
-                    json!({"id": a.network}),
-                    |n| json!({"id": n.id, "name": n.name, "is_public": n.is_public}),
-                );
-                let ips: Vec<Value> = a
-                    .ips
-                    .iter()
-                    .filter_map(|id| self.ips.iter().find(|ip| &ip.id == id))
-                    .map(|ip| json!({"id": ip.id, "address": ip.address}))
-                    .collect();
-                json!({"id": a.id, "index": index, "dhcp": a.dhcp, "network": network,
-                       "ip_addresses": ips})
-            })
-            .collect();
+        let adapters = self.adapters_json(i);
         json!({
             "id": i.id,
             "name": i.name,
@@ -721,6 +707,28 @@ impl Account {
             "created_at": fmt_ts(i.created_at),
             "updated_at": fmt_ts(i.updated_at),
         })
+    }
+
+    /// An instance's network adapters as its JSON shows them.
+    pub(crate) fn adapters_json(&self, i: &Instance) -> Vec<Value> {
+        i.adapters
+            .iter()
+            .enumerate()
+            .map(|(index, a)| {
+                let network = self.networks.iter().find(|n| n.id == a.network).map_or(
+                    json!({"id": a.network}),
+                    |n| json!({"id": n.id, "name": n.name, "is_public": n.is_public}),
+                );
+                let ips: Vec<Value> = a
+                    .ips
+                    .iter()
+                    .filter_map(|id| self.ips.iter().find(|ip| &ip.id == id))
+                    .map(|ip| json!({"id": ip.id, "address": ip.address}))
+                    .collect();
+                json!({"id": a.id, "index": index, "dhcp": a.dhcp, "network": network,
+                       "ip_addresses": ips})
+            })
+            .collect()
     }
 
     pub(crate) fn disk_json(&self, cat: &Catalog, d: &Disk) -> Value {

@@ -28,8 +28,8 @@ use super::faults::{FaultPlan, FaultState, parse_header};
 use super::model::{Account, Catalog, Origin, build_catalog, freezer, seed_account};
 use super::stats::{CallStats, RecordedRequest, StatsBook};
 use super::util::{
-    Reply, bad_request, error_plain, html_error_page, html_not_found, json_error_for_status,
-    now_wall, random_hex,
+    Reply, bad_request, error_plain, html_error_page, json_error_for_status, now_wall, random_hex,
+    route_not_found,
 };
 use super::{SimOptions, SimTimings};
 
@@ -557,7 +557,7 @@ async fn handle(
         Reply::empty(status)
     } else {
         match (&matched, auth) {
-            (None, _) => html_not_found(),
+            (None, _) => route_not_found(&method, &path),
             (Some(_), None) => shared.oauth_token(&parts.headers, &body),
             (Some(_), Some(Err(r))) => r,
             (Some(m), Some(Ok(account))) => {

@@ -138,12 +138,15 @@ pub(crate) fn one_detail(field: &str, message: &str) -> Details {
     d
 }
 
-/// The page Rails answers for a path it has no route for.
-pub(crate) fn html_not_found() -> Reply {
-    Reply::html(
+/// A path (or method) OrionVM has no route for: a JSON 404 in OrionVM's error body, like every
+/// other OrionVM error, so that a client parsing JSON errors keeps working. (An HTML page can
+/// still be had as an injected fault: `status=404;html`.)
+pub(crate) fn route_not_found(method: &str, path: &str) -> Reply {
+    let path: String = path.chars().take(200).collect();
+    error_plain(
         StatusCode::NOT_FOUND,
-        "<!DOCTYPE html>\n<html>\n<head>\n  <title>The page you were looking for doesn't exist (404)</title>\n</head>\n<body>\n  <div class=\"dialog\">\n    <h1>The page you were looking for doesn't exist.</h1>\n    <p>You may have mistyped the address or the page may have moved.</p>\n  </div>\n</body>\n</html>\n"
-            .to_owned(),
+        "not_found",
+        &format!("No route matches {method} {path}"),
     )
 }
 

@@ -150,9 +150,9 @@ pub async fn fresh_disk(h: &Harness, key: &str, name: &str) -> String {
     )
     .await;
     let id = d["id"].as_str().unwrap().to_string();
-    poll("disk detached", Duration::from_secs(10), || async {
+    poll("disk unattached", Duration::from_secs(10), || async {
         let d = ok_json(h.get(key, &format!("/api/v1/disks/{id}")).await).await;
-        (d["state"] == "detached").then_some(())
+        (d["state"] == "unattached").then_some(())
     })
     .await;
     id
