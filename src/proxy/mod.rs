@@ -302,7 +302,11 @@ impl ProxyHttp for OrionProxy {
         } else if let Some(b) = body {
             ctx.response_bytes += b.len();
         }
-        if let Some((log, req, obs)) = ctx.observed(session) {
+        // Between the first and the last chunk observe only keeps a captured body: bring its
+        // record up to date only when it has something to do.
+        if (end_of_stream || ctx.obs.response_body.is_some())
+            && let Some((log, req, obs)) = ctx.observed(session)
+        {
             observe::on_response_body(log, &req, obs, body.as_ref(), end_of_stream);
         }
         Ok(None)

@@ -89,6 +89,12 @@ pub trait UsageStore: Send + Sync {
     /// The clients seen within the last day that match `query`, sorted by principal then
     /// tenant, with their counts over the windows ending at `now`.
     async fn report(&self, query: &UsageQuery, now: u64) -> Result<Vec<ClientUsage>, StoreError>;
+
+    /// The in-process backend, when this is it: the hot path then counts synchronously
+    /// ([`MemoryUsage::record_now`]) instead of through a boxed future per request.
+    fn as_memory(&self) -> Option<&MemoryUsage> {
+        None
+    }
 }
 
 /// Clients tracked at most by [`MemoryUsage::default`].
@@ -273,6 +279,10 @@ impl MemoryUsage {
 
 #[async_trait]
 impl UsageStore for MemoryUsage {
+    fn as_memory(&self) -> Option<&MemoryUsage> {
+        Some(self)
+    }
+
     async fn record(
         &self,
         principal: &str,
