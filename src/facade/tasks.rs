@@ -8,6 +8,7 @@
 //! every change (a step begins or ends, the task finishes).
 
 use super::{FacadeError, Orion};
+use crate::clock::now_text;
 use crate::store::StoreError;
 use crate::store::tasks::{TaskRecord, TaskStore};
 use bytes::Bytes;
@@ -103,15 +104,6 @@ impl Task {
         // Serialising strings, numbers and `Value`s cannot fail.
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
-}
-
-/// OrionVM's timestamp form: `2016-05-10T03:36:34.615Z`.
-pub fn now_text() -> String {
-    let fmt =
-        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    OffsetDateTime::now_utc()
-        .format(&fmt)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
 }
 
 /// Adds a new pending task of `tenant` to the store (at most `max` kept).

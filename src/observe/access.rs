@@ -187,15 +187,6 @@ enum Out {
     File(RotatingFile),
 }
 
-/// RFC 3339 UTC with milliseconds, as ECS `@timestamp` wants.
-pub fn timestamp(t: std::time::SystemTime) -> String {
-    let dt = time::OffsetDateTime::from(t);
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    dt.format(&fmt).unwrap_or_default()
-}
-
 /// Formats and queues the access-log line of one request. `status` is what the caller got (0:
 /// no answer); `error_type` the kind of error that ended the request early, if any.
 pub fn log_request(
@@ -218,7 +209,7 @@ fn line(
     error_type: Option<&str>,
 ) -> Vec<u8> {
     let mut line = Line::with_capacity(640);
-    line.str("@timestamp", &timestamp(obs.started_at));
+    line.str("@timestamp", &crate::clock::timestamp(obs.started_at));
     line.str(
         "log.level",
         if status >= 500 || status == 0 {

@@ -77,7 +77,7 @@ impl Entry<'_> {
         let mut rec = Map::with_capacity(20);
         rec.insert(
             "@timestamp".into(),
-            json!(super::access::timestamp(self.started_at)),
+            json!(crate::clock::timestamp(self.started_at)),
         );
         rec.insert("event.dataset".into(), json!("orion_proxy.audit"));
         rec.insert("event.action".into(), json!(self.action));
@@ -312,7 +312,7 @@ fn parse_time(field: &str, v: &str) -> Result<String, ObserveError> {
                 format!("'{v}' is not an RFC 3339 time or a YYYY-MM-DD date"),
             )
         })?;
-    Ok(super::access::timestamp(t.into()))
+    Ok(crate::clock::timestamp(t.into()))
 }
 
 pub fn parse_query(query: Option<&str>) -> Result<ExportQuery, ObserveError> {

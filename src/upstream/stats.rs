@@ -102,13 +102,9 @@ fn at(ms: u64) -> serde_json::Value {
     if ms == 0 {
         return serde_json::Value::Null;
     }
-    let t = time::OffsetDateTime::UNIX_EPOCH + Duration::from_millis(ms);
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    t.format(&fmt)
-        .map(serde_json::Value::String)
-        .unwrap_or(serde_json::Value::Null)
+    serde_json::Value::String(crate::clock::timestamp(
+        std::time::UNIX_EPOCH + Duration::from_millis(ms),
+    ))
 }
 
 /// `GET /admin/endpoints/stats`: every OrionVM endpoint of every account, with its health,
