@@ -368,6 +368,16 @@ impl ProxyProcess {
                 .await
                 .is_ok();
             if ok && admin_ok {
+                // A port picked free may have been taken by another test's process in the
+                // meantime; then what answered is not this proxy. Check that this child holds
+                // every listening socket.
+                let pid = self.pid();
+                for url in [&self.url, &self.admin_url, &self.metrics_url] {
+                    let port = url.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+                    if !port.is_some_and(|p| listens_on(pid, p)) {
+                        return Err(format!("{url} is served by another process"));
+                    }
+                }
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -942,4 +952,29 @@ pub async fn tls_front(upstream: std::net::SocketAddr) -> TlsFront {
         }
     });
     TlsFront { url, ca_path, dir }
+}
+
+/// Whether process `pid` holds a socket listening on 127.0.0.1:`port` (from /proc/net/tcp and
+/// the process's descriptors).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let inodes: Vec<String> = tcp
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = f.get(1)?.rsplit(':').next()?;
+            let listening = f.get(3)? == &"0A";
+            (listening && u16::from_str_radix(local_port, 16).ok()? == port)
+                .then(|| f.get(9).map(|s| s.to_string()))?
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .any(|target| {
+            let t = target.to_string_lossy();
+            inodes.iter().any(|i| t == format!("socket:[{i}]"))
+        })
 }
