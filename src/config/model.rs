@@ -97,6 +97,13 @@ pub struct ServerConfig {
     /// idle keep-alive connections hold too; requests are parsed into their own buffers, so a
     /// small one costs no CPU. 0 reads unbuffered.
     pub read_buffer_bytes: usize,
+    /// A local Unix socket (mode 0600) through which `orion-proxy reload -c FILE` asks the
+    /// running process to reload and `orion-proxy run --upgrade` asks it to hand its listening
+    /// sockets over. None: no control socket.
+    pub control_socket: Option<String>,
+    /// The Unix socket over which a process started with `run --upgrade` receives the
+    /// listening sockets of the running one (Pingora's `upgrade_sock`).
+    pub upgrade_socket: String,
 }
 
 impl Default for ServerConfig {
@@ -112,6 +119,8 @@ impl Default for ServerConfig {
             max_body_bytes: 65536,
             max_header_bytes: 32 * 1024,
             read_buffer_bytes: 2048,
+            control_socket: None,
+            upgrade_socket: "/tmp/orion-proxy-upgrade.sock".into(),
         }
     }
 }

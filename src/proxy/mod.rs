@@ -105,6 +105,11 @@ impl ProxyHttp for OrionProxy {
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         metrics::in_flight(1);
+        if self.state.is_draining() {
+            // Handing over or stopping: the client's next request opens a new connection,
+            // which the process that keeps the listeners accepts.
+            session.set_keepalive(None);
+        }
         let rt = self.state.current();
         let client_ip = session
             .client_addr()

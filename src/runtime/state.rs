@@ -15,6 +15,8 @@ pub struct State {
     pub limits: crate::limits::LimitsState,
     pub observe: crate::observe::ObserveState,
     pub facade: crate::facade::FacadeState,
+    /// The proxy listener's certificate in force (swapped at commit, read at each handshake).
+    pub tls: std::sync::Arc<super::tls::TlsState>,
 }
 
 impl State {
@@ -30,6 +32,7 @@ impl State {
             limits: crate::limits::LimitsState::new(&stores),
             observe: crate::observe::ObserveState::new(stores.usage.clone()),
             facade: Default::default(),
+            tls: Default::default(),
             stores,
         }
     }

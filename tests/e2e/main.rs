@@ -36,6 +36,7 @@ mod observe_reload;
 mod openapi_document;
 mod reload;
 mod secrets;
+mod service_ops;
 mod signing_e2e;
 mod sim_contract;
 mod tls_upstream;

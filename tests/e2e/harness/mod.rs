@@ -62,6 +62,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A generated API key and the config line for it.
+#[derive(Clone)]
 pub struct Key {
     pub name: String,
     pub key: String,
@@ -99,6 +100,7 @@ pub enum Upstream {
 }
 
 /// Builds a proxy config for the simulator at `sim_url`.
+#[derive(Clone)]
 pub struct ConfigBuilder {
     pub sim_urls: Vec<String>,
     pub acme_upstream: Upstream,
