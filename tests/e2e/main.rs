@@ -14,6 +14,7 @@ mod client_shapes;
 mod config_check;
 mod demo_and_readme;
 mod deploy_files;
+mod deployment;
 mod errors;
 mod facade_instances;
 mod facade_lifecycle;
