@@ -656,3 +656,30 @@ async fn an_upgrade_under_load_loses_no_request() {
     assert_ne!(old_pid, new_pid);
     drop(new);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2c_is_off_on_the_plain_listener() {
+    let proxy = ProxyProcess::start(&ConfigBuilder::unreachable()).await;
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+        ])
+        .arg(format!("{}/health", proxy.url))
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_ne!(version, "2", "cleartext HTTP/2 was accepted");
+    // HTTP/1.1 is served as before.
+    assert_eq!(
+        reqwest::get(format!("{}/health", proxy.url))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
