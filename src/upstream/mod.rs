@@ -115,7 +115,7 @@ impl Attempt {
         };
         let answered = matches!(outcome, Outcome::Status(_));
         self.series
-            .observe(result, answered.then(|| elapsed.as_secs_f64()));
+            .observe(result, answered.then_some(elapsed.as_secs_f64()));
         if let Some(t) = self.ticket.take() {
             t.finish(!outcome.is_failure());
         }
