@@ -21,10 +21,18 @@ impl TlsState {
         Arc::new(Resolver(self.clone()))
     }
 
+    /// Puts a loaded certificate in force (and reports its expiry,
+    /// `orion_proxy_tls_certificate_expiry_days`).
     pub(super) fn commit(&self, key: Option<Arc<CertifiedKey>>) {
-        if key.is_some() {
-            self.current.store(key);
+        let Some(key) = key else {
+            return;
+        };
+        if let Some(der) = key.end_entity_cert().ok()
+            && let Ok((_, cert)) = x509_parser::parse_x509_certificate(der)
+        {
+            crate::metrics::register_certificate_expiry(cert.validity().not_after.timestamp());
         }
+        self.current.store(Some(key));
     }
 
     /// The certificate in force, for tests and the admin summary.

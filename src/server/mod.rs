@@ -1,6 +1,6 @@
 //! Assembling the Pingora server: the proxy listener (TLS with ALPN h2 and http/1.1 when
 //! `server.tls` is set), the admin and metrics listeners, the readiness prober, the SIGHUP
-//! reloader and the control socket; every service supervised ([`supervise`]); what systemd is
+//! reloader, the SIGUSR1 log reopener and the control socket; every service supervised ([`supervise`]); what systemd is
 //! told ([`notify`]); the zero-downtime upgrade (`run --upgrade`, Pingora's listener hand-over).
 
 pub mod control;
@@ -215,6 +215,15 @@ pub fn build_with(
         ),
         None,
     ));
+    server.add_service(Supervised::new(
+        background_service(
+            "SIGUSR1 log reopener",
+            LogReopener {
+                state: state.clone(),
+            },
+        ),
+        None,
+    ));
     Ok((server, state))
 }
 
@@ -284,6 +293,34 @@ impl pingora::services::background::BackgroundService for Reloader {
                 _ = hup.recv() => {
                     let state = self.state.clone();
                     let _ = tokio::task::spawn_blocking(move || state.reload()).await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// `SIGUSR1` (logrotate's `postrotate`): every log file is closed and opened again at its path.
+struct LogReopener {
+    state: Arc<SharedState>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for LogReopener {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut usr1 =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::error!("cannot listen for SIGUSR1, log files are not reopened: {e}");
+                    return;
+                }
+            };
+        loop {
+            tokio::select! {
+                _ = usr1.recv() => {
+                    let state = self.state.clone();
+                    let _ = tokio::task::spawn_blocking(move || state.state.observe.reopen_all()).await;
                 }
                 _ = shutdown.changed() => return,
             }

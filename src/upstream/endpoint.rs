@@ -87,6 +87,8 @@ pub struct Endpoint {
     pub budget: Option<Arc<tokio::sync::Semaphore>>,
     /// A disabled endpoint is never chosen.
     pub enabled: bool,
+    /// This account's series of this endpoint (`orion_proxy_upstream_requests_total`...).
+    pub series: Arc<crate::metrics::UpstreamSeries>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -99,10 +101,12 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    /// Parses and resolves one endpoint. `kept(url, name)` hands over what the endpoint keeps
-    /// across reloads (or a fresh record). Without `resolve` a host name is not looked up (the
-    /// address is left unspecified: `orion-proxy check` without `--resolve`).
+    /// Parses and resolves one endpoint: `cfg` of the account named `account`. `kept(url,
+    /// name)` hands over what the endpoint keeps across reloads (or a fresh record). Without
+    /// `resolve` a host name is not looked up (the address is left unspecified: `orion-proxy
+    /// check` without `--resolve`).
     pub fn build(
+        account: &str,
         cfg: &EndpointConfig,
         ca: Option<CaList>,
         connect_timeout: Duration,
@@ -158,6 +162,7 @@ impl Endpoint {
             breaker,
             stats,
         } = kept(&cfg.url, &name);
+        let series = Arc::new(crate::metrics::UpstreamSeries::new(account, &name));
         Ok(Endpoint {
             name,
             url: cfg.url.clone(),
@@ -176,6 +181,7 @@ impl Endpoint {
             stats,
             budget: None,
             enabled: cfg.enabled,
+            series,
         })
     }
 

@@ -103,14 +103,22 @@ pub struct Attempt {
     ticket: Option<Ticket>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     stats: Arc<EndpointStats>,
+    series: Arc<crate::metrics::UpstreamSeries>,
 }
 
 impl Attempt {
     pub fn finish(mut self, outcome: Outcome, elapsed: Option<Duration>) {
-        self.stats.record(
-            outcome,
-            Some(elapsed.unwrap_or_else(|| self.started.elapsed())),
-        );
+        let elapsed = elapsed.unwrap_or_else(|| self.started.elapsed());
+        self.stats.record(outcome, Some(elapsed));
+        let result = match outcome {
+            Outcome::Status(s) => crate::metrics::UpstreamResult::Status(s),
+            Outcome::Connect => crate::metrics::UpstreamResult::Connect,
+            Outcome::Timeout => crate::metrics::UpstreamResult::Timeout,
+            Outcome::Reset => crate::metrics::UpstreamResult::Reset,
+        };
+        let answered = matches!(outcome, Outcome::Status(_));
+        self.series
+            .observe(result, answered.then_some(elapsed.as_secs_f64()));
         if let Some(t) = self.ticket.take() {
             t.finish(!outcome.is_failure());
         }
@@ -233,6 +241,7 @@ impl Account {
             ticket,
             permit,
             stats: endpoint.stats.clone(),
+            series: endpoint.series.clone(),
         })
     }
 }
@@ -398,7 +407,7 @@ fn build_account(
                 .clone()
         };
         let resolve = !state.skip_dns.load(std::sync::atomic::Ordering::Relaxed);
-        match Endpoint::build(ec, ca.clone(), connect, read, resolve, kept) {
+        match Endpoint::build(name, ec, ca.clone(), connect, read, resolve, kept) {
             Ok(e) => endpoints.push(e),
             Err(e) => errors.push(format!("endpoints[{i}].url: {e}")),
         }

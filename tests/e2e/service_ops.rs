@@ -543,7 +543,9 @@ async fn http2_on_the_tls_listener_runs_the_lifecycle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upgrade_under_load_loses_no_request() {
-    let builder = ConfigBuilder::unreachable();
+    let mut builder = ConfigBuilder::unreachable();
+    // The access logs tell which process answered each request: log the /health probes too.
+    builder.extra_logging = "  access: {skip_routes: []}\n".into();
     // The old process drains for 3 s after it stops accepting.
     let grace = |t: &str| t.replace("grace_period_seconds: 0", "grace_period_seconds: 3");
     let mut old = start_service(&builder, grace).await;
