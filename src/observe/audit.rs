@@ -69,6 +69,8 @@ pub struct Entry<'a> {
     pub status: u16,
     pub failed: bool,
     pub error_code: Option<&'a str>,
+    /// How the request's `Idempotency-Key` was handled (a replay is recorded as such).
+    pub idempotency: Option<&'a str>,
 }
 
 impl Entry<'_> {
@@ -114,6 +116,9 @@ impl Entry<'_> {
         rec.insert("http.response.status_code".into(), json!(self.status));
         if let Some(code) = self.error_code {
             rec.insert("error.code".into(), json!(code));
+        }
+        if let Some(how) = self.idempotency {
+            rec.insert("http.request.idempotency".into(), json!(how));
         }
         rec.insert(
             "event.duration".into(),
@@ -183,6 +188,7 @@ pub fn submit(
         status,
         failed,
         error_code: obs.error.as_ref().map(|e| e.code),
+        idempotency: obs.idempotency,
     }
     .submit(writer)
 }
@@ -246,6 +252,7 @@ pub async fn record_admin(
         status,
         failed: false,
         error_code,
+        idempotency: None,
     }
     .submit(writer);
     if let Some(ticket) = ticket {
