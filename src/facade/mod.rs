@@ -142,11 +142,12 @@ impl Orion {
         body: Option<&Value>,
     ) -> Result<Value, FacadeError> {
         let mutation = crate::request::is_mutation(&method);
-        let answer =
-            client::call(&self.tenant.account, method, path, body, &self.request_id).await;
+        let answer = client::call(&self.tenant.account, method, path, body, &self.request_id).await;
         if mutation
             && let Some(changed) = &self.changed
-            && let Some(id) = path.strip_prefix("/api/v1/").and_then(|p| p.split('/').nth(1))
+            && let Some(id) = path
+                .strip_prefix("/api/v1/")
+                .and_then(|p| p.split('/').nth(1))
         {
             changed(&self.tenant.name, id.split('?').next().unwrap_or(id));
         }

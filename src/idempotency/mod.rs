@@ -153,7 +153,10 @@ impl Idempotency {
         if key.is_empty() || key.len() > 255 {
             return Err(IdemError::Invalid("must be 1 to 255 characters"));
         }
-        if !key.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+        if !key
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        {
             return Err(IdemError::Invalid(
                 "must be printable ASCII without quotes or backslashes",
             ));
@@ -473,11 +476,7 @@ async fn begin_inner(
         // The first attempt's outcome is unknown: find out, or create again.
         let recovery = match rec.phase {
             Phase::Free => Recovery::Again,
-            _ => idem
-                .routes
-                .get(route)
-                .copied()
-                .unwrap_or(Recovery::Refuse),
+            _ => idem.routes.get(route).copied().unwrap_or(Recovery::Refuse),
         };
         match recovery {
             Recovery::Refuse => {
@@ -537,11 +536,9 @@ fn answer_record(rec: &Record, status: u16, location: Option<&str>, obj: &Value)
 
 /// Milliseconds since the epoch of an RFC 3339 time.
 fn time_ms(v: &Value) -> Option<u64> {
-    let t = time::OffsetDateTime::parse(
-        v.as_str()?,
-        &time::format_description::well_known::Rfc3339,
-    )
-    .ok()?;
+    let t =
+        time::OffsetDateTime::parse(v.as_str()?, &time::format_description::well_known::Rfc3339)
+            .ok()?;
     u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
@@ -557,9 +554,15 @@ async fn lookup(
     let Some(tenant) = req.tenant else {
         return Ok(None);
     };
-    let answer = client::call(&tenant.account, http::Method::GET, list, None, req.request_id)
-        .await
-        .map_err(IdemError::Lookup)?;
+    let answer = client::call(
+        &tenant.account,
+        http::Method::GET,
+        list,
+        None,
+        req.request_id,
+    )
+    .await
+    .map_err(IdemError::Lookup)?;
     if !answer.is_success() {
         return Err(IdemError::LookupAnswered(answer.status, answer.body));
     }
@@ -604,7 +607,10 @@ pub async fn finish(claim: Claim, outcome: Outcome) {
         headers: Vec::new(),
         body: String::new(),
     };
-    let captured = claim.captured.as_ref().filter(|c| c.complete && !c.overflow);
+    let captured = claim
+        .captured
+        .as_ref()
+        .filter(|c| c.complete && !c.overflow);
     let record = match (outcome, captured) {
         (Outcome::Answered, Some(c)) => match c.status {
             200..=299 => Record {

@@ -89,7 +89,15 @@ impl World {
     async fn begin(&self, r: &Req, body: &str) -> Result<Begun, IdemError> {
         let view = r.view();
         let key = self.idem.key_of(&view).unwrap().unwrap();
-        begin(&self.idem, &self.kv, &view, key, Some(body.as_bytes()), None).await
+        begin(
+            &self.idem,
+            &self.kv,
+            &view,
+            key,
+            Some(body.as_bytes()),
+            None,
+        )
+        .await
     }
 }
 
@@ -105,7 +113,12 @@ fn the_header_is_read_only_on_listed_creates() {
     let w = world("");
     let get = w.req("acme", Method::GET, "/api/v1/instances", Some("k1"));
     assert!(w.idem.key_of(&get.view()).unwrap().is_none());
-    let start = w.req("acme", Method::POST, "/api/v1/instances/x/start", Some("k1"));
+    let start = w.req(
+        "acme",
+        Method::POST,
+        "/api/v1/instances/x/start",
+        Some("k1"),
+    );
     assert!(w.idem.key_of(&start.view()).unwrap().is_none());
     let create = w.req("acme", Method::POST, "/api/v1/instances", Some("\"k-1\""));
     assert_eq!(w.idem.key_of(&create.view()).unwrap(), Some("k-1"));
@@ -125,7 +138,8 @@ fn the_header_is_read_only_on_listed_creates() {
 #[test]
 fn config_errors_name_their_key() {
     let dir = tempfile::tempdir().unwrap();
-    let text = "accounts: {}\ntenants: {}\nidempotency: {ttl_seconds: 1, routes: [instances.get, nope]}\n";
+    let text =
+        "accounts: {}\ntenants: {}\nidempotency: {ttl_seconds: 1, routes: [instances.get, nope]}\n";
     let _ = dir;
     let config = crate::config::parse(text).unwrap();
     let defaults = crate::config::defaults().unwrap();
@@ -136,7 +150,10 @@ fn config_errors_name_their_key() {
         .join("\n");
     assert!(errs.contains("idempotency.ttl_seconds"), "{errs}");
     assert!(errs.contains("idempotency.routes[0]"), "{errs}");
-    assert!(errs.contains("idempotency.routes[1]: unknown route 'nope'"), "{errs}");
+    assert!(
+        errs.contains("idempotency.routes[1]: unknown route 'nope'"),
+        "{errs}"
+    );
 }
 
 #[tokio::test]

@@ -335,13 +335,12 @@ pub fn linked_ids(body: &[u8]) -> Vec<String> {
                 }
             }
             serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, false, out)),
-            serde_json::Value::String(s) => {
+            serde_json::Value::String(s)
                 if s.len() == 36
                     && uuid::Uuid::parse_str(s).is_ok()
-                    && !out.iter().any(|o| o == s)
-                {
-                    out.push(s.clone());
-                }
+                    && !out.iter().any(|o| o == s) =>
+            {
+                out.push(s.clone());
             }
             _ => {}
         }
@@ -425,7 +424,10 @@ impl Flight {
                             .entry(self.group.clone())
                             .or_default()
                             .insert(other.clone());
-                        link_map.entry(other).or_default().insert(self.group.clone());
+                        link_map
+                            .entry(other)
+                            .or_default()
+                            .insert(self.group.clone());
                     }
                 } else if good {
                     // Too big to keep: the callers waiting get it, later ones call again.

@@ -204,5 +204,7 @@ fn changed_hook(rt: &crate::runtime::Runtime, state: &State) -> Option<crate::fa
         return None;
     }
     let cache = state.limits.cache_handle();
-    Some(Arc::new(move |tenant: &str, id: &str| cache.invalidate(tenant, id)))
+    Some(Arc::new(move |tenant: &str, id: &str| {
+        cache.invalidate(tenant, id)
+    }))
 }

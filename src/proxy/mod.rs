@@ -122,10 +122,16 @@ async fn idempotency(
 }
 
 /// What became of a create that held an `Idempotency-Key`, from what the phases saw.
-pub(crate) fn idempotency_outcome(ctx: &Ctx, claim: &crate::idempotency::Claim) -> crate::idempotency::Outcome {
+pub(crate) fn idempotency_outcome(
+    ctx: &Ctx,
+    claim: &crate::idempotency::Claim,
+) -> crate::idempotency::Outcome {
     use crate::idempotency::Outcome;
     use crate::upstream::Failure;
-    let cut = matches!(ctx.upstream.failure, Some(Failure::Timeout | Failure::Reset));
+    let cut = matches!(
+        ctx.upstream.failure,
+        Some(Failure::Timeout | Failure::Reset)
+    );
     if claim.unsure {
         Outcome::Unknown
     } else if claim.answered() && !cut {

@@ -104,7 +104,15 @@ pub fn stage(config: Config, text: &str, state: &State) -> Result<Staged, Vec<St
         .map_err(|e| errors.extend(e))
         .ok();
 
-    match (routes, auth, upstreams, log, body_rules, limits, idempotency) {
+    match (
+        routes,
+        auth,
+        upstreams,
+        log,
+        body_rules,
+        limits,
+        idempotency,
+    ) {
         (
             Some(routes),
             Some(auth),
@@ -113,23 +121,21 @@ pub fn stage(config: Config, text: &str, state: &State) -> Result<Staged, Vec<St
             Some(body_rules),
             Some(limits),
             Some(idempotency),
-        ) if errors.is_empty() => {
-            Ok(Staged {
-                runtime: Runtime {
-                    body_rules,
-                    limits,
-                    idempotency,
-                    version: config::version_of(text),
-                    max_body_bytes: config.server.max_body_bytes,
-                    config,
-                    routes,
-                    auth,
-                    upstreams,
-                    log,
-                    trusted_networks,
-                },
-            })
-        }
+        ) if errors.is_empty() => Ok(Staged {
+            runtime: Runtime {
+                body_rules,
+                limits,
+                idempotency,
+                version: config::version_of(text),
+                max_body_bytes: config.server.max_body_bytes,
+                config,
+                routes,
+                auth,
+                upstreams,
+                log,
+                trusted_networks,
+            },
+        }),
         _ => Err(errors),
     }
 }

@@ -58,10 +58,16 @@ async fn a_retry_gets_the_first_answer_and_another_body_422() {
     let again = post_with_key(&h, &admin, "/api/v1/public_keys", "k-1", &body).await;
     assert_eq!(again.status(), 200);
     assert!(replayed(&again), "{:?}", again.headers());
-    let rid = again.headers()["x-request-id"].to_str().unwrap().to_string();
+    let rid = again.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(again.bytes().await.unwrap(), first_body, "the same bytes");
     assert_eq!(h.sim.calls().count("POST", "/api/v1/public_keys"), 1);
-    assert_eq!(names(&h, &admin, "/api/v1/public_keys", "idem-key-1").await, 1);
+    assert_eq!(
+        names(&h, &admin, "/api/v1/public_keys", "idem-key-1").await,
+        1
+    );
 
     // The same key with another body: 422, nothing created.
     let other = json!({"name": "idem-key-2", "key": KEY_MATERIAL});
@@ -72,7 +78,13 @@ async fn a_retry_gets_the_first_answer_and_another_body_422() {
 
     // Without a key, nothing changes: two creates.
     for _ in 0..2 {
-        let r = h.post(&admin, "/api/v1/public_keys", json!({"name": "no-key", "key": KEY_MATERIAL})).await;
+        let r = h
+            .post(
+                &admin,
+                "/api/v1/public_keys",
+                json!({"name": "no-key", "key": KEY_MATERIAL}),
+            )
+            .await;
         assert_eq!(r.status(), 200);
         assert!(!replayed(&r));
     }
@@ -108,17 +120,24 @@ async fn a_retry_gets_the_first_answer_and_another_body_422() {
         ),
         1.0
     );
-    let records = poll("the replay's audit record", Duration::from_secs(10), || async {
-        let r: Vec<Value> = h
-            .proxy
-            .audit_log()
-            .into_iter()
-            .filter(|r| r["http.request.id"] == rid.as_str())
-            .collect();
-        (!r.is_empty()).then_some(r)
-    })
+    let records = poll(
+        "the replay's audit record",
+        Duration::from_secs(10),
+        || async {
+            let r: Vec<Value> = h
+                .proxy
+                .audit_log()
+                .into_iter()
+                .filter(|r| r["http.request.id"] == rid.as_str())
+                .collect();
+            (!r.is_empty()).then_some(r)
+        },
+    )
     .await;
-    assert_eq!(records[0]["http.request.idempotency"], "replayed", "{records:?}");
+    assert_eq!(
+        records[0]["http.request.idempotency"], "replayed",
+        "{records:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,9 +160,11 @@ async fn a_retry_while_the_first_is_in_flight_gets_409() {
         })
     };
     // Wait until the first reached OrionVM, then retry.
-    poll("the first create at OrionVM", Duration::from_secs(20), || async {
-        (h.sim.calls().count("POST", "/api/v1/public_keys") >= 1).then_some(())
-    })
+    poll(
+        "the first create at OrionVM",
+        Duration::from_secs(20),
+        || async { (h.sim.calls().count("POST", "/api/v1/public_keys") >= 1).then_some(()) },
+    )
     .await;
     let r = post_with_key(&h, &admin, "/api/v1/public_keys", "slow-1", &body).await;
     let err = expect_error(r, 409, "idempotency_key_in_flight").await;
@@ -182,7 +203,11 @@ async fn after_an_unknown_outcome_a_retry_finds_the_object_or_creates_it() {
     });
     let r = post_with_key(&h, &admin, CREATE, "inst-1", &body).await;
     assert_eq!(r.status(), 502, "{:?}", r.text().await);
-    assert_eq!(names(&h, &admin, CREATE, "idem-inst-1").await, 1, "created although reset");
+    assert_eq!(
+        names(&h, &admin, CREATE, "idem-inst-1").await,
+        1,
+        "created although reset"
+    );
     // The retry looks it up and answers as the create would have: no second instance.
     let r = post_with_key(&h, &admin, CREATE, "inst-1", &body).await;
     assert_eq!(r.status(), 200);
@@ -190,7 +215,10 @@ async fn after_an_unknown_outcome_a_retry_finds_the_object_or_creates_it() {
     assert_eq!(r.headers()["x-idempotency"], "recovered");
     let found = ok_json(r).await;
     assert_eq!(found["name"], "idem-inst-1");
-    assert!(found["id"].is_string() && found["disks"].is_array(), "{found}");
+    assert!(
+        found["id"].is_string() && found["disks"].is_array(),
+        "{found}"
+    );
     assert_eq!(h.sim.calls().count("POST", CREATE), 1);
     assert_eq!(names(&h, &admin, CREATE, "idem-inst-1").await, 1);
     // And from then on it is a plain replay.
@@ -234,7 +262,10 @@ async fn after_an_unknown_outcome_a_retry_finds_the_object_or_creates_it() {
     assert!(replayed(&r));
     let location = r.headers()["location"].to_str().unwrap().to_string();
     let inst = ok_json(r).await;
-    assert_eq!(location, format!("/v1/instances/{}", inst["id"].as_str().unwrap()));
+    assert_eq!(
+        location,
+        format!("/v1/instances/{}", inst["id"].as_str().unwrap())
+    );
     assert_eq!(names(&h, &admin, CREATE, "idem-fac-1").await, 1);
     h.sim.clear_faults();
 
@@ -269,7 +300,10 @@ async fn keys_are_per_tenant_and_facade_tasks_replay() {
     assert!(!replayed(&b));
     let b: Value = b.json().await.unwrap();
     assert_ne!(a["id"], b["id"]);
-    assert_eq!(names(&h, &globex, "/api/v1/public_keys", "idem-shared").await, 1);
+    assert_eq!(
+        names(&h, &globex, "/api/v1/public_keys", "idem-shared").await,
+        1
+    );
     let b2 = post_with_key(&h, &globex, "/api/v1/public_keys", "same-key", &body).await;
     assert!(replayed(&b2));
     assert_eq!(ok_json(b2).await["id"], b["id"]);
@@ -286,7 +320,10 @@ async fn keys_are_per_tenant_and_facade_tasks_replay() {
     assert!(replayed(&r));
     let location = r.headers()["location"].to_str().unwrap().to_string();
     assert_eq!(ok_json(r).await["id"], task["id"]);
-    assert_eq!(location, format!("/v1/tasks/{}", task["id"].as_str().unwrap()));
+    assert_eq!(
+        location,
+        format!("/v1/tasks/{}", task["id"].as_str().unwrap())
+    );
     let tasks = ok_json(h.get(&acme, "/v1/tasks").await).await;
     assert_eq!(tasks["total"], 1, "{tasks}");
 }

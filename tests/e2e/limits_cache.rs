@@ -192,7 +192,8 @@ async fn the_cache_is_per_tenant_and_a_mutation_drops_it() {
 async fn busy_polling_disks_and_facade_instances_costs_a_handful_of_calls() {
     let h = Harness::start_with(|c| {
         c.acme_upstream = Upstream::Static;
-        c.extra_top = "limits:\n  policies:\n    default: {quota: 300, window_seconds: 60}\n".into();
+        c.extra_top =
+            "limits:\n  policies:\n    default: {quota: 300, window_seconds: 60}\n".into();
     })
     .await;
     let key = h.key("viewer").to_string();
@@ -245,12 +246,19 @@ async fn busy_polling_disks_and_facade_instances_costs_a_handful_of_calls() {
         "{answered} answers in {elapsed:.1} s: {disk_calls} disk and {instance_calls} instance calls to OrionVM, {} total",
         calls.total
     );
-    assert!(refused.is_empty(), "no 429, no error: {:?}", &refused[..refused.len().min(3)]);
+    assert!(
+        refused.is_empty(),
+        "no 429, no error: {:?}",
+        &refused[..refused.len().min(3)]
+    );
     assert!(answered >= 600, "every poller got answers: {answered}");
     // About one call per second and path (ttl 1 s): the facade's instance and the mirror's are
     // two paths, each cached apart.
     let per_path = 3.0 * elapsed.ceil() + 2.0;
-    assert!((1..=per_path as u64).contains(&disk_calls), "{disk_calls} disk calls in {elapsed:.1} s");
+    assert!(
+        (1..=per_path as u64).contains(&disk_calls),
+        "{disk_calls} disk calls in {elapsed:.1} s"
+    );
     assert!(
         (1..=2 * per_path as u64).contains(&instance_calls),
         "{instance_calls} instance calls in {elapsed:.1} s"
@@ -301,7 +309,11 @@ async fn a_mutation_drops_the_object_and_its_linked_objects() {
         format!("/api/v1/disks/{disk}"),
     ] {
         let r = h.get(&key, &path).await;
-        assert_eq!(r.headers()["x-cache"], "miss", "{path} dropped by the disk PUT");
+        assert_eq!(
+            r.headers()["x-cache"],
+            "miss",
+            "{path} dropped by the disk PUT"
+        );
     }
     let d = ok_json(h.get(&key, &format!("/api/v1/disks/{disk}")).await).await;
     assert_eq!(d["name"], "renamed-by-test");
