@@ -142,7 +142,7 @@ impl Entry<'_> {
             rec.insert("error.code".into(), json!(code));
         }
         if let Some(how) = self.idempotency {
-            rec.insert("http.request.idempotency".into(), json!(how));
+            rec.insert("orion.idempotency".into(), json!(how));
         }
         rec.insert(
             "event.duration".into(),

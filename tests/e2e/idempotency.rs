@@ -134,10 +134,7 @@ async fn a_retry_gets_the_first_answer_and_another_body_422() {
         },
     )
     .await;
-    assert_eq!(
-        records[0]["http.request.idempotency"], "replayed",
-        "{records:?}"
-    );
+    assert_eq!(records[0]["orion.idempotency"], "replayed", "{records:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
