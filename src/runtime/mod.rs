@@ -39,6 +39,8 @@ pub struct Runtime {
     pub limits: crate::limits::Limits,
     /// The listener's certificate and key from `server.tls`, loaded by this build.
     pub tls_key: Option<std::sync::Arc<pingora::tls::sign::CertifiedKey>>,
+    /// `Idempotency-Key` on creates (`crate::idempotency`).
+    pub idempotency: crate::idempotency::Idempotency,
 }
 
 /// A runtime that was built completely but is not in force yet.
@@ -115,27 +117,43 @@ pub fn stage(config: Config, text: &str, state: &State) -> Result<Staged, Vec<St
     let limits = crate::limits::Limits::build(&config, routes.as_ref(), &role_names, &state.limits)
         .map_err(|e| errors.extend(e))
         .ok();
+    let idempotency = crate::idempotency::Idempotency::build(&config, routes.as_ref())
+        .map_err(|e| errors.extend(e))
+        .ok();
 
-    match (routes, auth, upstreams, log, body_rules, limits) {
-        (Some(routes), Some(auth), Some(upstreams), Some(log), Some(body_rules), Some(limits))
-            if errors.is_empty() =>
-        {
-            Ok(Staged {
-                runtime: Runtime {
-                    body_rules,
-                    limits,
-                    version: config::version_of(text),
-                    max_body_bytes: config.server.max_body_bytes,
-                    config,
-                    routes,
-                    auth,
-                    upstreams,
-                    log,
-                    trusted_networks,
-                    tls_key,
-                },
-            })
-        }
+    match (
+        routes,
+        auth,
+        upstreams,
+        log,
+        body_rules,
+        limits,
+        idempotency,
+    ) {
+        (
+            Some(routes),
+            Some(auth),
+            Some(upstreams),
+            Some(log),
+            Some(body_rules),
+            Some(limits),
+            Some(idempotency),
+        ) if errors.is_empty() => Ok(Staged {
+            runtime: Runtime {
+                body_rules,
+                limits,
+                idempotency,
+                version: config::version_of(text),
+                max_body_bytes: config.server.max_body_bytes,
+                config,
+                routes,
+                auth,
+                upstreams,
+                log,
+                trusted_networks,
+                tls_key,
+            },
+        }),
         _ => Err(errors),
     }
 }
