@@ -386,6 +386,22 @@ impl ProxyHttp for OrionProxy {
         }
     }
 
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        // Pingora's diagnostic lines ("Fail to proxy: ...") name the request this way: redacted
+        // like the access log, by the same redactor.
+        let req = session.req_header();
+        let host = req.headers.get("host").and_then(|v| v.to_str().ok());
+        let fallback;
+        let redactor = match ctx.runtime.as_deref() {
+            Some(rt) => &rt.log.redactor,
+            None => {
+                fallback = observe::Redactor::default();
+                &fallback
+            }
+        };
+        redactor.request_summary(&req.method, &req.uri, host, &ctx.request_id)
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         metrics::in_flight(-1);
         crate::upstream::peer::finish_attempt(&mut ctx.upstream);
