@@ -21,6 +21,12 @@ impl From<AuthError> for ApiError {
                 ApiError::new(401, "invalid_token", "Invalid credentials", what)
                     .with_header("www-authenticate", CHALLENGE)
             }
+            AuthError::Conflicting => ApiError::new(
+                400,
+                "conflicting_credentials",
+                "Conflicting credentials",
+                "send one credential: 'Authorization: Bearer ...' or 'X-API-Key: ...', not two different ones",
+            ),
             AuthError::UnknownKey | AuthError::DisabledKey => ApiError::new(
                 401,
                 "invalid_token",

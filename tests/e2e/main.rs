@@ -39,3 +39,4 @@ mod secrets;
 mod signing_e2e;
 mod sim_contract;
 mod tls_upstream;
+mod trust;
