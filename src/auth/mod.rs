@@ -34,6 +34,7 @@ impl AuthState {
     }
 }
 
+pub mod admin_scope;
 pub mod api_keys;
 pub mod jwt;
 pub mod permissions;

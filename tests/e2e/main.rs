@@ -8,6 +8,7 @@
 
 mod harness;
 
+mod admin_tenants;
 mod bad_requests;
 mod body_pipeline;
 mod client_shapes;

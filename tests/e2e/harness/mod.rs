@@ -128,7 +128,7 @@ impl ConfigBuilder {
             keys: vec![
                 Key::new("viewer", &["viewer"], "acme"),
                 Key::new("operator", &["operator"], "acme"),
-                Key::new("admin", &["admin"], "acme"),
+                Key::new("admin", &["admin", "process_admin"], "acme"),
                 Key::new("other_tenant_admin", &["admin"], "globex"),
             ],
             extra_server: String::new(),
