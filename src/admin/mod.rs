@@ -155,10 +155,19 @@ fn config_summary(rt: &crate::runtime::Runtime, scope: &AdminScope) -> serde_jso
         "clients": config.clients.iter().filter(|c| scope.sees(&c.tenant)).map(|c| json!({"client_id": c.client_id, "roles": c.roles, "tenant": c.tenant, "enabled": c.enabled})).collect::<Vec<_>>(),
         "routes": rt.routes.routes().len(),
     });
-    if scope.is_process() {
-        // Issuers serve every tenant: the process administrator's business.
-        summary["jwt_issuers"] = config.jwt.issuers.iter().map(|i| json!({"name": i.name, "issuer": i.issuer, "algorithms": i.algorithms, "jwks_url": i.jwks_url})).collect::<Vec<_>>().into();
-    }
+    // A tenant administrator sees the issuers that may speak for its tenant: those whose
+    // tokens default to it or name their tenant in a claim.
+    summary["jwt_issuers"] = config
+        .jwt
+        .issuers
+        .iter()
+        .filter(|i| {
+            scope.is_process()
+                || i.tenant_claim.is_some()
+                || i.default_tenant.as_deref().is_some_and(|t| scope.sees(t))
+        })
+        .map(|i| json!({"name": i.name, "issuer": i.issuer, "algorithms": i.algorithms, "jwks_url": i.jwks_url})).collect::<Vec<_>>()
+        .into();
     summary
 }
 
