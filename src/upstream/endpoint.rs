@@ -91,6 +91,8 @@ pub struct Endpoint {
     /// connection is only reused by the account that opened it and with the verification it
     /// was opened with ([`pool_key`]).
     pub pool_key: u64,
+    /// This account's series of this endpoint (`orion_proxy_upstream_requests_total`...).
+    pub series: Arc<crate::metrics::UpstreamSeries>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -105,7 +107,9 @@ impl std::fmt::Debug for Endpoint {
 impl Endpoint {
     /// Parses and resolves one endpoint. `kept(url, name)` hands over what the endpoint keeps
     /// across reloads (or a fresh record).
+    /// The endpoint `cfg` of the account named `account`.
     pub fn build(
+        account: &str,
         cfg: &EndpointConfig,
         ca: Option<CaList>,
         connect_timeout: Duration,
@@ -154,6 +158,7 @@ impl Endpoint {
             breaker,
             stats,
         } = kept(&cfg.url, &name);
+        let series = Arc::new(crate::metrics::UpstreamSeries::new(account, &name));
         Ok(Endpoint {
             name,
             url: cfg.url.clone(),
@@ -173,6 +178,7 @@ impl Endpoint {
             budget: None,
             enabled: cfg.enabled,
             pool_key: 0,
+            series,
         })
     }
 
