@@ -120,8 +120,11 @@ pub fn build_with(
         OrionProxy::new(state.clone()),
         "orion-proxy",
     );
-    let mut listener = ListenerConfig::tcp(server_cfg.listen.clone())
-        .l4_buffer(L4BufferSettings::default().read(server_cfg.read_buffer_bytes));
+    let mut listener = ListenerConfig::tcp(server_cfg.listen.clone()).l4_buffer(
+        L4BufferSettings::default()
+            .read(server_cfg.read_buffer_bytes)
+            .write(server_cfg.write_buffer_bytes),
+    );
     if server_cfg.tls.is_some() {
         // The certificate comes from the runtime state at each handshake, so that a reload
         // renews it (src/runtime/tls.rs). ALPN offers h2 and http/1.1; h2c stays off.
