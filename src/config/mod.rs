@@ -8,6 +8,7 @@ pub mod health;
 pub mod limits;
 pub mod model;
 pub mod secret;
+pub mod state;
 
 use model::{Config, RouteConfig};
 use serde::Deserialize;

@@ -47,6 +47,9 @@ pub struct Config {
     /// Rate limits, the polling cache, the budget toward OrionVM and the circuit breaker.
     #[serde(default)]
     pub limits: crate::config::limits::LimitsConfig,
+    /// Where shared state lives: memory (one node) or Redis (several nodes).
+    #[serde(default)]
+    pub state: crate::config::state::StateConfig,
 }
 
 /// The REST facade's tasks (reboot, snapshot).

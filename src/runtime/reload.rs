@@ -52,6 +52,9 @@ impl SharedState {
                 {
                     log::warn!("listener changes take effect at the next restart");
                 }
+                if rt.config.state != old.config.state {
+                    log::warn!("state backend changes take effect at the next restart");
+                }
                 self.current.store(Arc::new(rt));
                 crate::metrics::config_reloaded(true, &version);
                 log::info!("configuration reloaded, version {version}");
