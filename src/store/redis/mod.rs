@@ -48,7 +48,12 @@ pub struct Settings {
 
 /// The connections to one Redis server and what they report.
 pub struct Redis {
-    conns: Vec<ConnectionManager>,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    pool_size: usize,
+    /// Made at the first command, inside the runtime that drives them (a manager spawns its
+    /// connection task when made).
+    conns: std::sync::OnceLock<Vec<ConnectionManager>>,
     next: AtomicUsize,
     prefix: String,
     timeout: Duration,
@@ -121,15 +126,11 @@ impl Redis {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let mut conns = Vec::with_capacity(s.pool_size.max(1));
-        for _ in 0..s.pool_size.max(1) {
-            conns.push(
-                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-                    .map_err(|e| format!("state.redis: {e}"))?,
-            );
-        }
         Ok(Arc::new(Redis {
-            conns,
+            client,
+            config,
+            pool_size: s.pool_size.max(1),
+            conns: std::sync::OnceLock::new(),
             next: AtomicUsize::new(0),
             prefix: s.prefix.clone(),
             timeout: s.command_timeout,
@@ -140,9 +141,25 @@ impl Redis {
         }))
     }
 
-    fn conn(&self) -> ConnectionManager {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len().max(1);
-        self.conns[i].clone()
+    /// A connection of the pool; `None` only if the client refuses its own settings.
+    fn conn(&self) -> Option<ConnectionManager> {
+        let conns = self.conns.get_or_init(|| {
+            (0..self.pool_size)
+                .filter_map(|_| {
+                    ConnectionManager::new_lazy_with_config(
+                        self.client.clone(),
+                        self.config.clone(),
+                    )
+                    .map_err(|e| log::error!("state backend: {e}"))
+                    .ok()
+                })
+                .collect()
+        });
+        if conns.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % conns.len();
+        conns.get(i).cloned()
     }
 
     /// `prefix` + `rest`.
@@ -172,7 +189,10 @@ impl Redis {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let r = match tokio::time::timeout(self.timeout, f(self.conn())).await {
+        let Some(conn) = self.conn() else {
+            return Err(StoreError::Unavailable("redis: no connection".into()));
+        };
+        let r = match tokio::time::timeout(self.timeout, f(conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(map_err(e)),
             Err(_) => Err(StoreError::Timeout),
