@@ -367,3 +367,73 @@ async fn redis_failing_degrades_as_configured_and_recovers() {
     assert!(a.stderr().contains("Redis is reachable again"));
     assert_eq!(ok_json(a.get(&admin, "/v1/tasks").await).await["total"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_scales_out_on_a_local_redis() {
+    let demo = DemoProcess::start_with(&["--nodes", "2"]).await;
+    let urls: Vec<String> = demo.info["proxy_urls"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", demo.info))
+        .iter()
+        .map(|u| u.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(urls.len(), 2, "{}", demo.info);
+    assert_eq!(urls[0], demo.url("proxy_url"));
+    let http = reqwest::Client::new();
+    for u in &urls {
+        poll("every node ready", Duration::from_secs(60), || async {
+            let r = http.get(format!("{u}/ready")).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+    }
+    // A task made through the first node is read through the second.
+    let admin = demo.key("admin");
+    let list: Value = http
+        .get(format!("{}/api/v1/instances", urls[0]))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let running = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["state"] == "running")
+        .map(|i| i["id"].as_str().unwrap().to_string());
+    let Some(id) = running else {
+        panic!("no running instance in the demo: {list}");
+    };
+    let r = http
+        .post(format!("{}/v1/instances/{id}/reboot", urls[0]))
+        .bearer_auth(&admin)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let task: Value = r.json().await.unwrap();
+    let r = http
+        .get(format!(
+            "{}/v1/tasks/{}",
+            urls[1],
+            task["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ready: Value = http
+        .get(format!("{}/ready", urls[1]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["state"]["backend"], "redis", "{ready}");
+}
