@@ -55,6 +55,7 @@ impl SharedState {
                 if rt.config.state != old.config.state {
                     log::warn!("state backend changes take effect at the next restart");
                 }
+                super::declare_tenants(&rt);
                 self.current.store(Arc::new(rt));
                 crate::metrics::config_reloaded(true, &version);
                 log::info!("configuration reloaded, version {version}");
