@@ -437,3 +437,30 @@ async fn the_demo_scales_out_on_a_local_redis() {
         .unwrap();
     assert_eq!(ready["state"]["backend"], "redis", "{ready}");
 }
+
+#[test]
+fn check_validates_the_state_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ConfigBuilder::unreachable();
+    let run = |config: &ConfigBuilder| {
+        let path = config.write(dir.path(), &Ports::free());
+        check_config(&path)
+    };
+    config.extra_top = "state:\n  backend: redis\n  redis: {url: \"redis://:hunter2@127.0.0.1:6379/0\", pool_size: 0}\n  bogus: 1\n".into();
+    let r = run(&config);
+    assert!(!r.ok);
+    assert!(r.text().contains("bogus"), "{}", r.text());
+    config.extra_top = "state:\n  backend: redis\n  redis: {url: \"redis://:hunter2@127.0.0.1:6379/0\", pool_size: 0, password: {env: ORION_PROXY_TEST_UNSET_REDIS_PW}}\n".into();
+    let r = run(&config);
+    let text = r.text();
+    assert!(!r.ok);
+    assert!(
+        text.contains("state.redis.url") && !text.contains("hunter2"),
+        "{text}"
+    );
+    assert!(text.contains("state.redis.pool_size"), "{text}");
+    assert!(text.contains("ORION_PROXY_TEST_UNSET_REDIS_PW"), "{text}");
+    config.extra_top = "state:\n  backend: redis\n  on_unavailable: closed\n  sync: batched\n  redis: {url: \"redis://127.0.0.1:6379/0\"}\n".into();
+    let r = run(&config);
+    assert!(r.ok, "{}", r.text());
+}
