@@ -755,7 +755,7 @@ static STATE_ERRORS: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
 static STATE_UP: Lazy<Option<IntGauge>> = Lazy::new(|| {
     register_int_gauge!(
         "orion_proxy_state_up",
-        "Whether the shared state backend answered its last command (1) or not (0); 1 for the memory backend"
+        "Whether the shared state backend (Redis) answered its last command (1) or not (0); always 1 with the memory backend"
     )
     .ok()
 });

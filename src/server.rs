@@ -96,8 +96,9 @@ pub fn build(config_path: &Path) -> Result<(Server, Arc<SharedState>), Vec<Strin
         "JWKS refresher",
         state.state.auth.refresher(),
     ));
+    // Declared with every backend, so that dashboards and alerts find the series.
+    crate::metrics::declare_state(&["counters", "kv", "tasks", "usage", "ping"]);
     if let Some(shared) = state.state.stores.shared.clone() {
-        crate::metrics::declare_state(&["counters", "kv", "tasks", "usage", "ping"]);
         server.add_service(background_service(
             "state backend sync",
             StateSync {

@@ -421,7 +421,8 @@ impl Limits {
 
     /// Charges (or only reads) every policy that applies, through whatever backend, in one
     /// call. When the backend fails, `state.on_unavailable` decides: `open` enforces nothing
-    /// for this request (the backend counts and logs the failure), `closed` refuses it.
+    /// for this request (the backend counts and logs the failure), `closed` refuses a caller's
+    /// request (503).
     async fn judge(&self, req: &RequestView<'_>, count: bool) -> Verdicts {
         if let Some(v) = self.judge_now(req, count) {
             return v;
@@ -455,7 +456,11 @@ impl Limits {
             }
             Err(e) => {
                 log::debug!("request {}: rate limits not counted: {e}", req.request_id);
-                if count && self.on_unavailable == OnUnavailable::Closed {
+                // Fail closed applies to the API's callers; the routes without a principal
+                // (liveness, readiness, the API document, the token endpoint) stay open, so
+                // that a node is not restarted or drained for its state backend.
+                if count && self.on_unavailable == OnUnavailable::Closed && req.principal.is_some()
+                {
                     out.unavailable = true;
                 }
             }
