@@ -300,6 +300,25 @@ async fn redis_failing_degrades_as_configured_and_recovers() {
         json!({"backend": "redis", "reachable": true, "ping_ms": ready["state"]["ping_ms"]})
     );
 
+    // Idempotency keys are shared: a create through A, retried through C, is replayed.
+    let http = reqwest::Client::new();
+    let create = |node: &str, idem: &str| {
+        http.post(format!("{node}/api/v1/public_keys"))
+            .bearer_auth(&admin)
+            .header("idempotency-key", format!("\"{idem}\""))
+            .json(&json!({"name": "shared-idem", "key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIsharedidem"}))
+            .send()
+    };
+    let first = create(&a.url, "idem-1").await.unwrap();
+    assert!(first.status().is_success(), "{}", first.status());
+    let again = create(&c.url, "idem-1").await.unwrap();
+    assert_eq!(again.status(), first.status());
+    assert_eq!(
+        header(&again, "idempotent-replayed").as_deref(),
+        Some("true")
+    );
+    assert_eq!(sim.calls().count("POST", "/api/v1/public_keys"), 1);
+
     // Load on A while Redis goes away: every answer is still a 200 (fail open).
     let load = {
         let url = format!("{}/api/v1/regions", a.url);
@@ -338,6 +357,13 @@ async fn redis_failing_degrades_as_configured_and_recovers() {
     assert_eq!(m.value("orion_proxy_state_up", &[]), 0.0);
     // Tasks answer 503 with the error body.
     expect_error(a.get(&admin, "/v1/tasks").await, 503, "store_unavailable").await;
+    // Idempotency answers 503 too.
+    expect_error(
+        create(&a.url, "idem-2").await.unwrap(),
+        503,
+        "state_unavailable",
+    )
+    .await;
     // The node that fails closed refuses with 503 and the error body, and is not ready.
     expect_error(
         c.get(&viewer, "/api/v1/regions").await,
