@@ -814,10 +814,10 @@ pub struct DemoProcess {
 impl DemoProcess {
     /// Starts the demo, reads its first line and waits until `/ready` answers 200.
     pub async fn start() -> DemoProcess {
-        Self::start_with(&[]).await
+        DemoProcess::start_with(&[]).await
     }
 
-    /// The demo with more arguments (`--nodes 2`).
+    /// `start` with more arguments (e.g. `--config BASE`).
     pub async fn start_with(args: &[&str]) -> DemoProcess {
         use std::io::{BufRead, BufReader};
         let mut child = Command::new(binary())
