@@ -44,5 +44,6 @@ mod secrets;
 mod service_ops;
 mod signing_e2e;
 mod sim_contract;
+mod state_redis;
 mod tls_upstream;
 mod trust;
