@@ -24,6 +24,8 @@ const DEMO_KEYS: &[(&str, &str, &str)] = &[
     ("operator", "operator", "acme"),
     ("admin", "admin", "acme"),
     ("other_tenant_admin", "admin", "globex"),
+    // Signs in to the web console (/ui/ on the admin listener) read-only.
+    ("console_reader", "console:read", "acme"),
 ];
 
 /// The demo's OAuth2 clients for `/oauth/token`: client id, roles, tenant.
@@ -201,6 +203,10 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
     // The audit trail in the demo's directory, so that `GET /admin/audit` has something to show.
     if config.logging.audit.path == "off" {
         config.logging.audit.path = dir.path().join("audit.log").display().to_string();
+    }
+    // Runtime-managed credentials (the console, /admin/api-keys) in the demo's directory.
+    if config.state.dir.is_none() {
+        config.state.dir = Some(dir.path().join("state").display().to_string());
     }
     let config_path = dir.path().join("demo.yaml");
     // Through JSON, so that enums come out as maps (`{file: ...}`), not YAML tags.

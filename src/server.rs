@@ -3,7 +3,7 @@
 
 use crate::admin::AdminApp;
 use crate::proxy::OrionProxy;
-use crate::runtime::{SharedState, State};
+use crate::runtime::SharedState;
 use crate::upstream::Prober;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
@@ -17,7 +17,10 @@ use std::time::Duration;
 
 /// Loads the config and builds the server; the caller runs it.
 pub fn build(config_path: &Path) -> Result<(Server, Arc<SharedState>), Vec<String>> {
-    let state = Arc::new(SharedState::start(config_path, Arc::new(State::memory()))?);
+    let state = Arc::new(SharedState::start(
+        config_path,
+        Arc::new(crate::runtime::state_for(config_path)?),
+    )?);
     let runtime = state.current();
     crate::metrics::init(&runtime.version);
     let server_cfg = runtime.config.server.clone();

@@ -1,6 +1,11 @@
 //! The admin listener: `/admin/**`, for principals with the admin role only.
 //!
-//! It is its own Pingora HTTP app (not a proxy), so that answers can be streamed.
+//! It is its own Pingora HTTP app (not a proxy), so that answers can be streamed. It also
+//! serves the operators' web console at `/ui/` (`console`), signed in with a session cookie
+//! instead of a bearer credential.
+
+pub mod console;
+pub mod credentials;
 
 use crate::errors::ApiError;
 use crate::observe::request_id;
@@ -16,6 +21,34 @@ use serde_json::json;
 use std::sync::Arc;
 
 pub const ADMIN_ROLE: &str = "admin";
+
+/// Request bodies the admin listener reads at most.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// What the audit record of an admin call says besides the request: who, what, on what.
+#[derive(Default)]
+pub struct AuditNote {
+    pub principal: Option<Arc<crate::auth::principal::Principal>>,
+    pub action: Option<&'static str>,
+    pub resource: Option<String>,
+}
+
+/// Reads a request body whole, up to [`MAX_BODY`]; `None` when it is larger or unreadable.
+pub async fn read_body(session: &mut ServerSession) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return None;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Some(body),
+            Err(_) => return None,
+        }
+    }
+}
 
 pub struct AdminApp {
     pub state: Arc<SharedState>,
@@ -38,6 +71,7 @@ impl AdminApp {
         &self,
         session: &mut ServerSession,
         stream: &mut Option<Streamed>,
+        note: &mut AuditNote,
     ) -> AdminResult {
         let rt = self.state.current();
         let req = session.req_header();
@@ -46,6 +80,7 @@ impl AdminApp {
             .authenticate(&req.headers)
             .await
             .map_err(ApiError::from)?;
+        note.principal = Some(principal.clone());
         if !principal.has_role(ADMIN_ROLE) {
             return Err(ApiError::new(
                 403,
@@ -58,6 +93,24 @@ impl AdminApp {
             .map_err(|e| ApiError::from(RouteError::InvalidPath(e)))?;
         let method = req.method.clone();
         let query = req.uri.query().map(str::to_string);
+        if let Some(op) = credentials::Op::parse(method.as_str(), &path) {
+            let (action, resource) = op.audit();
+            note.action = Some(action);
+            note.resource = resource.map(str::to_string);
+            let body = if crate::observe::audit::is_audited(&method) {
+                read_body(session).await.ok_or_else(|| {
+                    ApiError::new(
+                        413,
+                        "payload_too_large",
+                        "Request body too large",
+                        format!("at most {MAX_BODY} bytes"),
+                    )
+                })?
+            } else {
+                Vec::new()
+            };
+            return credentials::perform(&rt, &self.state.state.auth, &op, &body).await;
+        }
         match (method.as_str(), path.as_str()) {
             ("GET", "/admin/config") => Ok((200, config_summary(&rt))),
             ("GET", "/admin/endpoints/stats") => Ok((
@@ -80,6 +133,7 @@ impl AdminApp {
                 ))
             }
             ("POST", "/admin/reload") => {
+                note.action = Some("admin.reload");
                 let state = self.state.clone();
                 let result = tokio::task::spawn_blocking(move || state.reload())
                     .await
@@ -203,8 +257,22 @@ impl HttpServerApp for AdminApp {
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
         let rid = request_id::new_id();
         let started = (std::time::SystemTime::now(), std::time::Instant::now());
+        if console::is_console(session.req_header().uri.path()) {
+            let done = console::serve(&self.state, &mut session, &rid, started).await;
+            if done.is_err() {
+                return None;
+            }
+            let settings = pingora::apps::HttpPersistentSettings::for_session(&session);
+            return session
+                .finish()
+                .await
+                .ok()
+                .flatten()
+                .map(|s| pingora::apps::ReusedHttpStream::from_reusable_stream(s, settings));
+        }
         let mut stream = None;
-        let outcome = self.handle(&mut session, &mut stream).await;
+        let mut note = AuditNote::default();
+        let outcome = self.handle(&mut session, &mut stream, &mut note).await;
         let (status, code) = match &outcome {
             Ok((status, _)) => (*status, None),
             Err(e) => (e.status, Some(e.code)),
@@ -212,9 +280,9 @@ impl HttpServerApp for AdminApp {
         let rt = self.state.current();
         let req = session.req_header();
         if crate::observe::audit::wants_record(&rt.log, &req.method) {
-            // Authenticated again, so that refused calls are recorded with whoever they claimed
-            // to be when the credential was valid.
-            let principal = rt.auth.authenticate(&req.headers).await.ok();
+            // Refused calls are recorded with whoever they claimed to be when the credential
+            // was valid.
+            let principal = note.principal.clone();
             let path = crate::routes::path::normalize(req.uri.path()).unwrap_or_default();
             let view = crate::request::RequestView {
                 method: &req.method,
@@ -235,7 +303,16 @@ impl HttpServerApp for AdminApp {
                     .map(|a| a.ip()),
                 request_id: &rid,
             };
-            crate::observe::audit::record_admin(&rt.log, &view, started, status, code).await;
+            crate::observe::audit::record_admin(
+                &rt.log,
+                &view,
+                started,
+                status,
+                code,
+                note.action.unwrap_or("admin.unmatched"),
+                note.resource.as_deref(),
+            )
+            .await;
         }
         let written = match (outcome, stream) {
             (Ok(_), Some(stream)) => write_stream(&mut session, stream, &rid).await,

@@ -47,6 +47,47 @@ pub struct Config {
     /// Rate limits, the polling cache, the budget toward OrionVM and the circuit breaker.
     #[serde(default)]
     pub limits: crate::config::limits::LimitsConfig,
+    /// Where state that outlives the process is kept (runtime-managed credentials).
+    #[serde(default)]
+    pub state: StateConfig,
+    /// The web console served by the admin listener at `/ui/`.
+    #[serde(default)]
+    pub console: ConsoleConfig,
+}
+
+/// State that outlives the process.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// A directory for durable state with the in-memory backend: the runtime-managed API keys
+    /// and clients are kept there (`credentials.json`, mode 0600, replaced atomically). Without
+    /// it they live in memory and are lost on restart. Read at start only.
+    pub dir: Option<String>,
+}
+
+/// The operators' web console (`/ui/` on the admin listener).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve the console (the admin listener must be configured).
+    pub enabled: bool,
+    /// A session ends after this many seconds without a request.
+    pub idle_timeout_seconds: u64,
+    /// A session ends this many seconds after sign-in, used or not.
+    pub absolute_timeout_seconds: u64,
+    /// Failed sign-ins accepted per source address and minute; further attempts get 429.
+    pub sign_in_failures_per_minute: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            enabled: true,
+            idle_timeout_seconds: 900,
+            absolute_timeout_seconds: 8 * 3600,
+            sign_in_failures_per_minute: 5,
+        }
+    }
 }
 
 /// The REST facade's tasks (reboot, snapshot).

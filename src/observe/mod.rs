@@ -25,6 +25,7 @@ pub mod audit_writer;
 pub mod redact;
 pub mod request_id;
 pub mod rotate;
+pub mod series;
 pub mod usage;
 
 use crate::config::model::{AuditOnFailure, LoggingConfig};
@@ -44,6 +45,8 @@ use std::time::{Duration, Instant, SystemTime};
 /// their writer threads, and the usage counters.
 pub struct ObserveState {
     usage: Arc<dyn UsageStore>,
+    /// The last hour of traffic in ten-second slots (the console's charts).
+    pub series: Arc<series::Series>,
     /// Access-log sinks by target (`stdout` or a path).
     sinks: Mutex<HashMap<String, Arc<access::Sink>>>,
     /// Audit writers by path.
@@ -54,6 +57,7 @@ impl ObserveState {
     pub fn new(usage: Arc<dyn UsageStore>) -> ObserveState {
         ObserveState {
             usage,
+            series: Arc::default(),
             sinks: Default::default(),
             audits: Default::default(),
         }
@@ -135,6 +139,8 @@ pub struct LogPolicy {
     pub audit_on_failure: AuditOnFailure,
     /// Where usage is counted (the state's store).
     pub usage: Arc<dyn UsageStore>,
+    /// The state's short traffic history.
+    pub series: Arc<series::Series>,
 }
 
 impl LogPolicy {
@@ -217,6 +223,7 @@ impl LogPolicy {
             audit_settings,
             audit_on_failure: cfg.audit.on_failure,
             usage: state.usage.clone(),
+            series: state.series.clone(),
         })
     }
 
@@ -578,6 +585,9 @@ pub async fn finish(
         Some(429) => metrics::rate_limited(metrics::UPSTREAM_POLICY),
         _ => {}
     }
+    policy
+        .series
+        .record(status, elapsed, obs.upstream_elapsed, obs.upstream_status);
     if let Some(p) = req.principal {
         usage::record(&*policy.usage, &p.id, &p.tenant, status).await;
     }
@@ -734,6 +744,7 @@ mod tests {
             roles: vec!["operator".into()],
             tenant: "acme".into(),
             permissions: Default::default(),
+            policy: None,
         })
     }
 

@@ -164,6 +164,19 @@ pub fn watch_metrics(shared: &std::sync::Arc<SharedState>) {
     }));
 }
 
+/// The process state for a config file: the in-memory backends, with durable data in a file
+/// under the config's `state.dir` when it names one (read at start only).
+pub fn state_for(path: &Path) -> Result<State, Vec<String>> {
+    let text = config::read_file(path)?;
+    let model = config::parse(&text)?;
+    match &model.state.dir {
+        Some(dir) => crate::store::Stores::memory_with_dir(Path::new(dir))
+            .map(State::with_stores)
+            .map_err(|e| vec![format!("state.dir: {e}")]),
+        None => Ok(State::memory()),
+    }
+}
+
 /// Validates a file without starting anything: `orion-proxy check`.
 pub fn check(path: &Path) -> Result<String, Vec<String>> {
     let state = State::memory();

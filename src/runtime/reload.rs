@@ -11,6 +11,8 @@ pub struct SharedState {
     path: PathBuf,
     current: ArcSwap<Runtime>,
     reload_lock: parking_lot::Mutex<()>,
+    /// When the runtime in force was loaded, and how the last reload went.
+    history: parking_lot::Mutex<History>,
     /// The one owner of everything that outlives a request.
     pub state: Arc<State>,
 }
@@ -29,8 +31,17 @@ impl SharedState {
             path,
             current: ArcSwap::from_pointee(runtime),
             reload_lock: Default::default(),
+            history: parking_lot::Mutex::new(History {
+                loaded_at: std::time::SystemTime::now(),
+                last_reload: None,
+            }),
             state,
         }
+    }
+
+    /// When the runtime in force was loaded, and how the last reload went.
+    pub fn history(&self) -> History {
+        self.history.lock().clone()
     }
 
     pub fn current(&self) -> Arc<Runtime> {
@@ -53,12 +64,28 @@ impl SharedState {
                     log::warn!("listener changes take effect at the next restart");
                 }
                 self.current.store(Arc::new(rt));
+                let now = std::time::SystemTime::now();
+                *self.history.lock() = History {
+                    loaded_at: now,
+                    last_reload: Some(ReloadOutcome {
+                        at: now,
+                        ok: true,
+                        version: version.clone(),
+                        errors: Vec::new(),
+                    }),
+                };
                 crate::metrics::config_reloaded(true, &version);
                 log::info!("configuration reloaded, version {version}");
                 Ok(version)
             }
             Err(errors) => {
                 crate::metrics::config_reloaded(false, &old.version);
+                self.history.lock().last_reload = Some(ReloadOutcome {
+                    at: std::time::SystemTime::now(),
+                    ok: false,
+                    version: old.version.clone(),
+                    errors: errors.clone(),
+                });
                 log::error!(
                     "configuration reload failed, keeping version {}: {}",
                     old.version,
@@ -68,4 +95,20 @@ impl SharedState {
             }
         }
     }
+}
+
+/// When the runtime in force was loaded, and the last reload's outcome.
+#[derive(Debug, Clone)]
+pub struct History {
+    pub loaded_at: std::time::SystemTime,
+    pub last_reload: Option<ReloadOutcome>,
+}
+
+/// One reload: when, whether it took, the version in force after it, its errors.
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    pub at: std::time::SystemTime,
+    pub ok: bool,
+    pub version: String,
+    pub errors: Vec<String>,
 }

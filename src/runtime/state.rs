@@ -25,7 +25,7 @@ impl State {
 
     pub fn with_stores(stores: Stores) -> State {
         State {
-            auth: Default::default(),
+            auth: crate::auth::AuthState::new(stores.durable.clone()),
             upstream: Default::default(),
             limits: crate::limits::LimitsState::new(&stores),
             observe: crate::observe::ObserveState::new(stores.usage.clone()),

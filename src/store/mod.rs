@@ -5,6 +5,7 @@
 //! [`memory`] are the default (one node); a shared backend plugs in behind the same traits.
 //! This module imports no concern: concerns import it, and `src/runtime/` owns the instances.
 
+pub mod file;
 pub mod memory;
 pub mod tasks;
 pub mod usage;
@@ -107,6 +108,10 @@ pub struct Stores {
     /// The facade's tasks (`tasks::TaskStore`).
     pub tasks: Arc<dyn tasks::TaskStore>,
     pub usage: Arc<dyn UsageStore>,
+    /// Key-value data that must outlive the process (runtime-managed credentials): the
+    /// memory backend keeps it in a file under `state.dir` ([`file::FileKv`]), or in memory
+    /// without one; a shared backend keeps it where it keeps `kv`.
+    pub durable: Arc<dyn KvStore>,
 }
 
 impl Stores {
@@ -117,6 +122,16 @@ impl Stores {
             kv: Arc::new(memory::MemoryKv::new(memory::DEFAULT_KV_ENTRIES)),
             tasks: Arc::new(tasks::MemoryTasks::default()),
             usage: Arc::new(usage::MemoryUsage::default()),
+            durable: Arc::new(memory::MemoryKv::new(file::MAX_ENTRIES)),
         }
+    }
+
+    /// The in-memory backends with durable data in a file under `dir`.
+    pub fn memory_with_dir(dir: &std::path::Path) -> Result<Stores, String> {
+        let durable = file::FileKv::open(&dir.join("credentials.json"))?;
+        Ok(Stores {
+            durable: Arc::new(durable),
+            ..Stores::memory()
+        })
     }
 }
