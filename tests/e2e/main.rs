@@ -12,6 +12,7 @@ mod bad_requests;
 mod body_pipeline;
 mod client_shapes;
 mod config_check;
+mod console_admin;
 mod console_browser;
 mod demo_and_readme;
 mod deploy_files;
