@@ -107,40 +107,79 @@ struct SetPolicy {
     policy: Option<String>,
 }
 
-fn invalid(field: &str, why: impl Into<String>) -> ApiError {
-    let why = why.into();
-    ApiError::new(
-        400,
-        "invalid_request",
-        "The request is invalid",
-        why.clone(),
-    )
-    .with_detail_entry(field, why)
+/// Why a management call was refused; converted once into the error body by [`Refusal::api`].
+#[derive(Debug)]
+pub enum Refusal {
+    Invalid { field: String, why: String },
+    NotFound(String),
+    Conflict(String),
+    Store(crate::store::StoreError),
+    Busy,
+    Internal(String),
 }
 
-fn not_found(id: &str) -> ApiError {
-    ApiError::new(
-        404,
-        "not_found",
-        "Not found",
-        format!(
-            "no runtime-managed credential '{id}' (credentials of the config file are read-only)"
-        ),
-    )
+impl Refusal {
+    pub fn api(self) -> ApiError {
+        match self {
+            Refusal::Invalid { field, why } => ApiError::new(
+                400,
+                "invalid_request",
+                "The request is invalid",
+                why.clone(),
+            )
+            .with_detail_entry(field, why),
+            Refusal::NotFound(id) => ApiError::new(
+                404,
+                "not_found",
+                "Not found",
+                format!(
+                    "no runtime-managed credential '{id}' (credentials of the config file are read-only)"
+                ),
+            ),
+            Refusal::Conflict(name) => ApiError::new(
+                409,
+                "conflict",
+                "Already exists",
+                format!("a credential named '{name}' exists"),
+            ),
+            Refusal::Store(e) => {
+                log::error!("managed credentials: {e}");
+                ApiError::new(
+                    503,
+                    "state_unavailable",
+                    "The credential store is unavailable",
+                    "the change was not made; try again",
+                )
+                .with_retry_after(1)
+            }
+            Refusal::Busy => ApiError::new(
+                503,
+                "busy",
+                "Busy",
+                "too many secret checks at once; try again",
+            )
+            .with_retry_after(1),
+            Refusal::Internal(e) => ApiError::internal(e),
+        }
+    }
 }
 
-fn store_error(e: crate::store::StoreError) -> ApiError {
-    log::error!("managed credentials: {e}");
-    ApiError::new(
-        503,
-        "state_unavailable",
-        "The credential store is unavailable",
-        "the change was not made; try again",
-    )
-    .with_retry_after(1)
+fn invalid(field: &str, why: impl Into<String>) -> Refusal {
+    Refusal::Invalid {
+        field: field.to_string(),
+        why: why.into(),
+    }
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+fn not_found(id: &str) -> Refusal {
+    Refusal::NotFound(id.to_string())
+}
+
+fn store_error(e: crate::store::StoreError) -> Refusal {
+    Refusal::Store(e)
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
     serde_json::from_slice(body).map_err(|e| invalid("body", format!("{e}")))
 }
 
@@ -156,7 +195,7 @@ fn check_grants(
     roles: &[String],
     tenant: &str,
     policy: Option<&str>,
-) -> Result<(), ApiError> {
+) -> Result<(), Refusal> {
     if roles.is_empty() {
         return Err(invalid("roles", "at least one role"));
     }
@@ -233,6 +272,15 @@ pub async fn perform(
     op: &Op,
     body: &[u8],
 ) -> Result<(u16, Value), ApiError> {
+    run(rt, auth, op, body).await.map_err(Refusal::api)
+}
+
+async fn run(
+    rt: &Runtime,
+    auth: &crate::auth::AuthState,
+    op: &Op,
+    body: &[u8],
+) -> Result<(u16, Value), Refusal> {
     let managed = &auth.managed;
     let now = crate::clock::now_text();
     match op {
@@ -404,13 +452,8 @@ pub async fn perform(
     }
 }
 
-fn conflict(name: &str) -> ApiError {
-    ApiError::new(
-        409,
-        "conflict",
-        "Already exists",
-        format!("a credential named '{name}' exists"),
-    )
+fn conflict(name: &str) -> Refusal {
+    Refusal::Conflict(name.to_string())
 }
 
 fn with_secret(mut view: Value, field: &str, secret: &str) -> Value {
@@ -424,22 +467,14 @@ fn with_secret(mut view: Value, field: &str, secret: &str) -> Value {
     view
 }
 
-async fn new_secret(auth: &crate::auth::AuthState) -> Result<(String, String), ApiError> {
+async fn new_secret(auth: &crate::auth::AuthState) -> Result<(String, String), Refusal> {
     let secret = crate::auth::tokens::generate_secret();
     let s = secret.clone();
     let hash = auth
         .check_secret(move || crate::auth::tokens::hash_secret(&s))
         .await
-        .ok_or_else(|| {
-            ApiError::new(
-                503,
-                "busy",
-                "Busy",
-                "too many secret checks at once; try again",
-            )
-            .with_retry_after(1)
-        })?
-        .map_err(ApiError::internal)?;
+        .ok_or(Refusal::Busy)?
+        .map_err(Refusal::Internal)?;
     Ok((secret, hash))
 }
 
@@ -449,7 +484,7 @@ async fn change(
     kind: Kind,
     id: &str,
     f: impl FnOnce(Option<&mut ManagedKey>, Option<&mut ManagedClient>),
-) -> Result<Value, ApiError> {
+) -> Result<Value, Refusal> {
     managed
         .update(|d| match kind {
             Kind::ApiKey => {

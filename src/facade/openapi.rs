@@ -635,6 +635,38 @@ fn components() -> Value {
         "type": query_param("type", "Only these task types (comma-separated)", s.clone()),
         "instance_id": query_param("instance_id", "Only tasks of these instances", s),
     });
+    let grants = json!({
+        "roles": {"type": "array", "minItems": 1, "items": {"type": "string"}, "description": "Role names of the config (or console:read, console:write)"},
+        "tenant": {"type": "string"},
+        "policy": {"type": ["string", "null"], "description": "A rate-limit policy of `limits.policies` replacing the one the roles pick"}
+    });
+    let managed = |name_field: &str| {
+        let mut props = json!({
+            "id": {"type": ["string", "null"], "description": "null for credentials of the config file"},
+            name_field: {"type": "string"},
+            "principal": {"type": "string"},
+            "enabled": {"type": "boolean"},
+            "source": {"type": "string", "enum": ["config", "runtime"]},
+            "created_at": {"type": "string"},
+            "updated_at": {"type": "string"}
+        });
+        if let (Some(p), Some(g)) = (props.as_object_mut(), grants.as_object()) {
+            p.extend(g.clone());
+        }
+        json!({"type": "object", "required": ["id", name_field, "principal", "roles", "tenant", "enabled", "source"], "properties": props})
+    };
+    let new = |name_field: &str| {
+        let mut props =
+            json!({name_field: {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}});
+        if let (Some(p), Some(g)) = (props.as_object_mut(), grants.as_object()) {
+            p.extend(g.clone());
+        }
+        json!({"type": "object", "additionalProperties": false, "required": [name_field, "roles", "tenant"], "properties": props})
+    };
+    schemas.insert("ManagedApiKey".into(), managed("name"));
+    schemas.insert("ManagedClient".into(), managed("client_id"));
+    schemas.insert("NewApiKey".into(), new("name"));
+    schemas.insert("NewClient".into(), new("client_id"));
     json!({
         "schemas": schemas,
         "responses": responses,
@@ -673,6 +705,9 @@ pub fn document(routes: &[Arc<Route>]) -> Value {
     if !has_token {
         add("/oauth/token", "POST", token_op("oauth.token"));
     }
+    for (path, method, operation) in admin_ops() {
+        add(path, method, operation);
+    }
     let mut components = components();
     if let Some(Value::Object(schemas)) = components.get_mut("schemas") {
         // The structs' own schemas only where no route names a shipped one instead.
@@ -708,11 +743,128 @@ pub fn document(routes: &[Arc<Route>]) -> Value {
             {"name": "tasks", "description": "Composite operations in progress"},
             {"name": "mirror", "description": "OrionVM v1, as OrionVM answers it"},
             {"name": "auth", "description": "Tokens"},
-            {"name": "operations", "description": "Health, readiness, this document"}
+            {"name": "operations", "description": "Health, readiness, this document"},
+            {"name": "admin", "description": "Managing API usage: runtime-managed API keys and clients, on the admin listener (`server.admin_listen`), for the admin role"}
         ],
         "paths": paths,
         "components": components,
     })
+}
+
+/// The admin listener's operations for managing API usage (`/admin/api-keys`,
+/// `/admin/clients`), served by `src/admin/credentials.rs` on `server.admin_listen`.
+fn admin_ops() -> Vec<(&'static str, &'static str, Map<String, Value>)> {
+    let server = json!([{"url": "http://127.0.0.1:9091", "description": "the admin listener (server.admin_listen)"}]);
+    let admin = |mut m: Map<String, Value>, path_id: bool| {
+        m.insert("servers".into(), server.clone());
+        m.insert("x-role".into(), json!("admin"));
+        if path_id {
+            m.insert(
+                "parameters".into(),
+                json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"},
+                    "description": "The credential's id (`k_...`, `c_...`) from the listing"}]),
+            );
+        }
+        m
+    };
+    let mut out = Vec::new();
+    for (base, kind, item, new, secret) in [
+        (
+            "/admin/api-keys",
+            "api_keys",
+            "ManagedApiKey",
+            "NewApiKey",
+            "key",
+        ),
+        (
+            "/admin/clients",
+            "clients",
+            "ManagedClient",
+            "NewClient",
+            "client_secret",
+        ),
+    ] {
+        let (list_path, one, action) = match kind {
+            "api_keys" => (
+                "/admin/api-keys",
+                "/admin/api-keys/{id}",
+                [
+                    "/admin/api-keys/{id}/enable",
+                    "/admin/api-keys/{id}/disable",
+                    "/admin/api-keys/{id}/rotate",
+                ],
+            ),
+            _ => (
+                "/admin/clients",
+                "/admin/clients/{id}",
+                [
+                    "/admin/clients/{id}/enable",
+                    "/admin/clients/{id}/disable",
+                    "/admin/clients/{id}/rotate",
+                ],
+            ),
+        };
+        let noun = if kind == "api_keys" {
+            "API key"
+        } else {
+            "client"
+        };
+        let with_secret = json!({"allOf": [sref(item), {"type": "object", "required": [secret, "note"],
+            "properties": {secret: {"type": "string", "description": "The secret, shown in this answer only"}, "note": {"type": "string"}}}]});
+        out.push((list_path, "GET", admin(op(&format!("admin.{kind}.list"), "admin",
+            &format!("Every {noun}: the config file's (read-only, `id` null) and the runtime-managed ones"),
+            "Never shows a secret or a hash.",
+            (200, json_response("The credentials", json!({"type": "object", "required": [kind], "properties": {kind: {"type": "array", "items": sref(item)}}}))),
+            &[401, 403, 503]), false)));
+        out.push((base, "POST", admin(with_body(op(&format!("admin.{kind}.create"), "admin",
+            &format!("Issue a {noun}"),
+            "Answers 201 with the secret, shown only in this answer; the state store keeps its hash. Takes effect at once. Audited.",
+            (201, json_response("Issued", with_secret.clone())), &[400, 401, 403, 409, 503]), sref(new), true), false)));
+        out.push((one, "PATCH", admin(with_body(op(&format!("admin.{kind}.policy"), "admin",
+            &format!("Set the {noun}'s rate-limit policy (null: the one its roles pick)"), "Audited.",
+            (200, json_response("Changed", sref(item))), &[400, 401, 403, 404, 503]),
+            json!({"type": "object", "required": ["policy"], "additionalProperties": false, "properties": {"policy": {"type": ["string", "null"]}}}), true), true)));
+        out.push((one, "DELETE", admin(op(&format!("admin.{kind}.delete"), "admin",
+            &format!("Delete a runtime-managed {noun}"), "Its credential stops working at once. Audited.",
+            (200, json_response("Deleted", json!({"type": "object", "properties": {"id": {"type": "string"}, "deleted": {"type": "boolean"}}}))),
+            &[401, 403, 404, 503]), true)));
+        for (path, verb) in action.into_iter().zip(["enable", "disable", "rotate"]) {
+            let ok = if verb == "rotate" {
+                (
+                    201,
+                    json_response(
+                        "Rotated: the new secret, shown only in this answer",
+                        with_secret.clone(),
+                    ),
+                )
+            } else {
+                (200, json_response("Changed", sref(item)))
+            };
+            out.push((
+                path,
+                "POST",
+                admin(
+                    op(
+                        &format!("admin.{kind}.{verb}"),
+                        "admin",
+                        &format!(
+                            "{} a runtime-managed {noun}",
+                            match verb {
+                                "enable" => "Enable",
+                                "disable" => "Disable",
+                                _ => "Rotate the secret of",
+                            }
+                        ),
+                        "Takes effect at once on every node sharing the state store. Audited.",
+                        ok,
+                        &[401, 403, 404, 503],
+                    ),
+                    true,
+                ),
+            ));
+        }
+    }
+    out
 }
 
 /// The document for the shipped routes (`openapi.json` in the repository).
