@@ -63,6 +63,7 @@ impl SharedState {
                 {
                     log::warn!("listener changes take effect at the next restart");
                 }
+                super::declare_tenants(&rt);
                 self.current.store(Arc::new(rt));
                 let now = std::time::SystemTime::now();
                 *self.history.lock() = History {

@@ -334,7 +334,7 @@ async fn keys_and_clients_managed_at_run_time_survive_a_restart() {
         assert!(
             audit.iter().any(|r| r["event.action"] == action
                 && r["user.id"] == "key:admin"
-                && resource.is_none_or(|id| r["resource.id"] == id)),
+                && resource.is_none_or(|id| r["orion.resource.id"] == id)),
             "no {action} record: {audit:?}"
         );
     }

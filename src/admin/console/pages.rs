@@ -434,7 +434,7 @@ async fn audit(rt: &Arc<Runtime>, req: &Req<'_>, op: &Operator) -> Answer {
                     tr {
                         td { (num(&r["@timestamp"])) } td { (num(&r["user.id"])) } td { (num(&r["organization.id"])) }
                         td { (num(&r["event.action"])) } td { (num(&r["http.request.method"])) } td { code { (num(&r["url.path"])) } }
-                        td { (num(&r["resource.id"])) } td { (num(&r["audit.result"])) } td.num { (num(&r["http.response.status_code"])) } td { code { (num(&r["http.request.id"])) } }
+                        td { (num(&r["orion.resource.id"])) } td { (num(&r["orion.audit.result"])) } td.num { (num(&r["http.response.status_code"])) } td { code { (num(&r["http.request.id"])) } }
                     }
                 }
             }
