@@ -281,6 +281,10 @@ fn human(info: &serde_json::Value) -> String {
     out.push_str("\norion-proxy demo: the OrionVM simulator and the proxy are running.\n\n");
     out.push_str(&format!("  proxy       {}\n", s("proxy_url")));
     out.push_str(&format!("  admin       {}\n", s("admin_url")));
+    out.push_str(&format!(
+        "  console     {}/ui/  (sign in with the admin key)\n",
+        s("admin_url")
+    ));
     out.push_str(&format!("  metrics     {}\n", s("metrics_url")));
     out.push_str(&format!("  simulator   {}\n\n", s("simulator_url")));
     out.push_str("  API keys (send as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'):\n");

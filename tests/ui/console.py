@@ -21,6 +21,7 @@ import urllib.request
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
@@ -75,7 +76,10 @@ def make_driver():
 
 def wait(d, cond, what):
     try:
-        return WebDriverWait(d, WAIT, poll_frequency=0.25).until(cond)
+        # A page being replaced (a form sent, a refresh) leaves stale or missing elements for a
+        # moment: they are retried until the deadline, not failures.
+        return WebDriverWait(d, WAIT, poll_frequency=0.25,
+                             ignored_exceptions=[NoSuchElementException, StaleElementReferenceException]).until(cond)
     except Exception:
         shot(d, "failure-" + what.replace(" ", "-"))
         raise AssertionError(f"timed out waiting for {what}; page: {d.current_url}\n{d.page_source[:3000]}")
@@ -226,6 +230,8 @@ def run(d):
     wait(d, EC.presence_of_element_located((By.ID, "outcome")), "the disable outcome")
     status, _, _ = http("GET", PROXY + "/api/v1/regions", key)
     assert status == 401, f"the disabled key got {status}"
+    open_page(d, "/ui/credentials", "#enable-console-made")
+    shot(d, "credentials-managed")
     open_page(d, "/ui/audit?action=admin.api_key.create", "#audit")
     wait(d, lambda d: "admin.api_key.create" in text_of(d, "#audit tbody"), "the create in the audit page")
     open_page(d, "/ui/audit?action=admin.api_key.disable", "#audit")
