@@ -33,6 +33,19 @@ pub struct AuditNote {
     pub resource: Option<String>,
 }
 
+/// The audit action (and the resource) of an admin call, from its method and path.
+fn action_of(method: &str, path: &str) -> (Option<&'static str>, Option<String>) {
+    let path = crate::routes::path::normalize(path).unwrap_or_default();
+    if let Some(op) = credentials::Op::parse(method, &path) {
+        let (action, resource) = op.audit();
+        return (Some(action), resource.map(str::to_string));
+    }
+    match (method, path.as_str()) {
+        ("POST", "/admin/reload") => (Some("admin.reload"), None),
+        _ => (None, None),
+    }
+}
+
 /// Reads a request body whole, up to [`MAX_BODY`]; `None` when it is larger or unreadable.
 pub async fn read_body(session: &mut ServerSession) -> Option<Vec<u8>> {
     let mut body = Vec::new();
@@ -75,6 +88,11 @@ impl AdminApp {
     ) -> AdminResult {
         let rt = self.state.current();
         let req = session.req_header();
+        // What the call would do, named before it is authorized: a refused call is audited
+        // under the same action as an allowed one.
+        let (action, resource) = action_of(req.method.as_str(), req.uri.path());
+        note.action = action;
+        note.resource = resource;
         let principal = rt
             .auth
             .authenticate(&req.headers)
@@ -94,9 +112,6 @@ impl AdminApp {
         let method = req.method.clone();
         let query = req.uri.query().map(str::to_string);
         if let Some(op) = credentials::Op::parse(method.as_str(), &path) {
-            let (action, resource) = op.audit();
-            note.action = Some(action);
-            note.resource = resource.map(str::to_string);
             let body = if crate::observe::audit::is_audited(&method) {
                 read_body(session).await.ok_or_else(|| {
                     ApiError::new(
@@ -133,7 +148,6 @@ impl AdminApp {
                 ))
             }
             ("POST", "/admin/reload") => {
-                note.action = Some("admin.reload");
                 let state = self.state.clone();
                 let result = tokio::task::spawn_blocking(move || state.reload())
                     .await
