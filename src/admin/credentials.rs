@@ -6,6 +6,7 @@
 //! record of the call names the credential's id only. Credentials of the YAML file are listed
 //! read-only.
 
+use crate::auth::admin_scope::{AdminScope, PROCESS_ADMIN_ROLE};
 use crate::auth::managed::{self, Document, Kind, ManagedClient, ManagedKey};
 use crate::errors::ApiError;
 use crate::runtime::Runtime;
@@ -230,8 +231,21 @@ fn client_view(c: &ManagedClient) -> Value {
         "source": "runtime", "created_at": c.created_at, "updated_at": c.updated_at})
 }
 
-/// Every credential of a kind: the config's (read-only) and the runtime-managed ones.
-pub fn listing(rt: &Runtime, kind: Kind, doc: &Document) -> Value {
+/// Every credential of a kind in the caller's scope: the config's (read-only) and the
+/// runtime-managed ones.
+pub fn listing(rt: &Runtime, kind: Kind, doc: &Document, scope: &AdminScope) -> Value {
+    let mut all = listing_all(rt, kind, doc);
+    if let Some(rows) = all
+        .as_object_mut()
+        .and_then(|o| o.values_mut().next())
+        .and_then(Value::as_array_mut)
+    {
+        rows.retain(|r| r["tenant"].as_str().is_some_and(|t| scope.sees(t)));
+    }
+    all
+}
+
+fn listing_all(rt: &Runtime, kind: Kind, doc: &Document) -> Value {
     match kind {
         Kind::ApiKey => {
             let mut out: Vec<Value> = rt
@@ -265,19 +279,79 @@ pub fn listing(rt: &Runtime, kind: Kind, doc: &Document) -> Value {
     }
 }
 
-/// Carries out a management operation. `auth` runs the slow secret hashing for clients.
+/// Carries out a management operation within the caller's administration scope: a tenant
+/// administrator lists, issues and changes its own tenant's credentials only, and may not grant
+/// the process administrator's role. `auth` runs the slow secret hashing for clients.
 pub async fn perform(
     rt: &Runtime,
     auth: &crate::auth::AuthState,
+    scope: &AdminScope,
     op: &Op,
     body: &[u8],
 ) -> Result<(u16, Value), ApiError> {
-    run(rt, auth, op, body).await.map_err(Refusal::api)
+    if let Err(e) = in_scope(auth, scope, op).await {
+        return Err(e.api());
+    }
+    run(rt, auth, scope, op, body).await.map_err(Refusal::api)
+}
+
+/// A change to an existing credential is refused (as not found) outside the caller's tenant.
+async fn in_scope(
+    auth: &crate::auth::AuthState,
+    scope: &AdminScope,
+    op: &Op,
+) -> Result<(), Refusal> {
+    let (kind, id) = match op {
+        Op::Enable(k, id)
+        | Op::Disable(k, id)
+        | Op::Rotate(k, id)
+        | Op::SetPolicy(k, id)
+        | Op::Delete(k, id) => (k, id),
+        Op::List(_) | Op::Create(_) => return Ok(()),
+    };
+    if scope.is_process() {
+        return Ok(());
+    }
+    let doc = auth.managed.document().await.map_err(store_error)?;
+    let tenant = match kind {
+        Kind::ApiKey => doc
+            .api_keys
+            .iter()
+            .find(|k| &k.id == id)
+            .map(|k| k.tenant.clone()),
+        Kind::Client => doc
+            .clients
+            .iter()
+            .find(|c| &c.id == id)
+            .map(|c| c.tenant.clone()),
+    };
+    match tenant {
+        Some(t) if scope.sees(&t) => Ok(()),
+        _ => Err(not_found(id)),
+    }
+}
+
+/// A new credential's tenant and roles must be within the caller's scope.
+fn check_scope(scope: &AdminScope, roles: &[String], tenant: &str) -> Result<(), Refusal> {
+    if !scope.sees(tenant) {
+        return Err(invalid(
+            "tenant",
+            "a tenant administrator issues credentials of its own tenant only",
+        ));
+    }
+    if !scope.is_process() && roles.iter().any(|r| r == PROCESS_ADMIN_ROLE) {
+        return Err(invalid(
+            "roles",
+            "only a process administrator may grant process_admin",
+        ));
+    }
+    Ok(())
 }
 
 async fn run(
     rt: &Runtime,
     auth: &crate::auth::AuthState,
+    scope: &AdminScope,
     op: &Op,
     body: &[u8],
 ) -> Result<(u16, Value), Refusal> {
@@ -286,7 +360,7 @@ async fn run(
     match op {
         Op::List(kind) => {
             let doc = managed.document().await.map_err(store_error)?;
-            Ok((200, listing(rt, *kind, &doc)))
+            Ok((200, listing(rt, *kind, &doc, scope)))
         }
         Op::Create(Kind::ApiKey) => {
             let req: CreateKey = parse_body(body)?;
@@ -294,6 +368,7 @@ async fn run(
                 return Err(invalid("name", "1 to 64 letters, digits, '-', '_' or '.'"));
             }
             check_grants(rt, &req.roles, &req.tenant, req.policy.as_deref())?;
+            check_scope(scope, &req.roles, &req.tenant)?;
             if rt.config.api_keys.iter().any(|k| k.name == req.name) {
                 return Err(conflict(&req.name));
             }

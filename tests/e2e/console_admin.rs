@@ -127,6 +127,50 @@ async fn keys_and_clients_managed_at_run_time_survive_a_restart() {
         .await;
         assert_eq!(s, 409, "{name}");
     }
+    // A tenant administrator (globex) manages its own tenant only: acme's key is not listed
+    // nor changeable (404), acme is not its tenant to issue in, process_admin is not its to grant.
+    let globex = b.key("other_tenant_admin").to_string();
+    let (s, list) = admin(&http, &p, &globex, M::GET, "/admin/api-keys", None).await;
+    assert_eq!(s, 200);
+    assert!(
+        list["api_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["tenant"] == "globex"),
+        "{list}"
+    );
+    let (s, _) = admin(
+        &http,
+        &p,
+        &globex,
+        M::POST,
+        &format!("/admin/api-keys/{id}/disable"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    assert_eq!(api(&http, &p, &key).await, 200);
+    let (s, e) = admin(
+        &http,
+        &p,
+        &globex,
+        M::POST,
+        "/admin/api-keys",
+        Some(json!({"name": "g1", "roles": ["viewer"], "tenant": "acme"})),
+    )
+    .await;
+    assert_eq!((s, e["details"]["tenant"].is_array()), (400, true), "{e}");
+    let (s, e) = admin(
+        &http,
+        &p,
+        &globex,
+        M::POST,
+        "/admin/api-keys",
+        Some(json!({"name": "g2", "roles": ["admin", "process_admin"], "tenant": "globex"})),
+    )
+    .await;
+    assert_eq!((s, e["details"]["roles"].is_array()), (400, true), "{e}");
     // Not for a non-admin.
     let (s, _) = admin(
         &http,

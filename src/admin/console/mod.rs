@@ -8,7 +8,10 @@
 //! DENY` and `Referrer-Policy: same-origin`; every POST must come from the console's own
 //! origin (`Origin`) and, once signed in, carry the session's CSRF token. Failed sign-ins are
 //! counted per source address (429 past `console.sign_in_failures_per_minute`) and audited,
-//! like every state-changing console request.
+//! like every state-changing console request. A session of a process administrator
+//! (`process_admin`) sees everything; any other sees its own tenant only (usage, audit, tasks,
+//! credentials, its config entries) and not what tenants share (traffic totals, endpoints),
+//! as `auth::admin_scope` decides for the admin API.
 
 mod assets;
 mod pages;
@@ -100,6 +103,15 @@ pub struct Operator {
 }
 
 impl Operator {
+    /// What this operator administers: the process, or its own tenant.
+    pub fn scope(&self) -> crate::auth::admin_scope::AdminScope {
+        if self.session.process {
+            crate::auth::admin_scope::AdminScope::Process
+        } else {
+            crate::auth::admin_scope::AdminScope::Tenant(self.session.tenant.as_str().into())
+        }
+    }
+
     fn principal(&self) -> Arc<Principal> {
         Arc::new(Principal {
             id: self.session.principal.as_str().into(),
@@ -414,7 +426,8 @@ async fn sign_in(
         );
     };
     audit.principal = Some(p.clone());
-    let write = p.has_role(super::ADMIN_ROLE) || p.has_role("console:write");
+    let process = p.has_role(crate::auth::admin_scope::PROCESS_ADMIN_ROLE);
+    let write = process || p.has_role(super::ADMIN_ROLE) || p.has_role("console:write");
     if !write && !p.has_role("console:read") {
         let _ = counters.hit(SCOPE, window, &who, 1).await;
         return Answer::html(
@@ -429,6 +442,7 @@ async fn sign_in(
         roles: p.roles.iter().map(|r| r.to_string()).collect(),
         tenant: p.tenant.to_string(),
         write,
+        process,
         csrf: String::new(),
         signed_in: 0,
     };
@@ -486,6 +500,16 @@ async fn act(
 ) -> Answer {
     if path == "/ui/config/reload" {
         audit.action = "admin.reload";
+        if !op.session.process {
+            return pages::outcome(
+                op,
+                403,
+                "Reload",
+                "Reloading is for process administrators.",
+                "/ui/config",
+                None,
+            );
+        }
         let s = shared.clone();
         let result = tokio::task::spawn_blocking(move || s.reload()).await;
         let (ok, text) = match result {
@@ -555,6 +579,7 @@ async fn act(
     let result = credentials::perform(
         rt,
         &shared.state.auth,
+        &op.scope(),
         &operation,
         body.to_string().as_bytes(),
     )

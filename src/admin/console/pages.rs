@@ -169,12 +169,33 @@ pub async fn page(
     op: &Operator,
     path: &str,
 ) -> Answer {
+    let process_only = matches!(path, "" | "/ui" | "/ui/endpoints" | "/ui/data/series");
+    if process_only && !op.session.process {
+        let title = if path == "/ui/endpoints" {
+            "Endpoints"
+        } else {
+            "Overview"
+        };
+        let body = html! {
+            p.notice role="status" #scope-note {
+                "This page shows what every tenant shares (traffic totals, OrionVM endpoints): it is for process administrators. "
+                "Your tenant (" (op.session.tenant) ") is under " a href="/ui/clients" { "Clients and usage" } ", "
+                a href="/ui/audit" { "Audit" } " and " a href="/ui/tasks" { "Tasks" } "."
+            }
+        };
+        let current = if path == "/ui/endpoints" {
+            "/ui/endpoints"
+        } else {
+            "/ui"
+        };
+        return Answer::html(200, layout(op, current, title, body));
+    }
     let html = match path {
         "" | "/ui" => overview(shared, rt, op).await,
         "/ui/endpoints" => endpoints(rt, op),
         "/ui/clients" => clients(shared, req, op).await,
         "/ui/audit" => return audit(rt, req, op).await,
-        "/ui/audit/export" => return export(rt, req).await,
+        "/ui/audit/export" => return export(rt, req, op).await,
         "/ui/tasks" => tasks(shared, rt, req, op).await,
         "/ui/config" => config(shared, rt, op),
         "/ui/credentials" => credentials(rt, shared, op).await,
@@ -302,7 +323,13 @@ async fn clients(shared: &Arc<SharedState>, req: &Req<'_>, op: &Operator) -> Str
     let body = match report {
         Err(_) => html! { p.alert role="alert" { "Usage cannot be read right now." } },
         Ok(r) => {
-            let mut rows: Vec<&Value> = r["clients"].as_array().into_iter().flatten().collect();
+            let scope = op.scope();
+            let mut rows: Vec<&Value> = r["clients"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["tenant"].as_str().is_some_and(|t| scope.sees(t)))
+                .collect();
             rows.sort_by_key(|c| {
                 std::cmp::Reverse(c["last_hour"]["requests"].as_u64().unwrap_or(0))
             });
@@ -341,7 +368,7 @@ async fn clients(shared: &Arc<SharedState>, req: &Req<'_>, op: &Operator) -> Str
                     caption { "Sums per tenant" }
                     thead { tr { th scope="col" { "Tenant" } th.num scope="col" { "Requests (hour)" } th.num scope="col" { "Errors (hour)" } th.num scope="col" { "429 (hour)" } th.num scope="col" { "Requests (day)" } } }
                     tbody {
-                        @for t in r["tenants"].as_array().into_iter().flatten() {
+                        @for t in r["tenants"].as_array().into_iter().flatten().filter(|t| t["tenant"].as_str().is_some_and(|t| scope.sees(t))) {
                             tr { th scope="row" { (num(&t["tenant"])) } td.num { (num(&t["last_hour"]["requests"])) } td.num { (num(&t["last_hour"]["errors"])) } td.num { (num(&t["last_hour"]["rate_limited"])) } td.num { (num(&t["last_day"]["requests"])) } }
                         }
                     }
@@ -447,8 +474,15 @@ async fn audit(rt: &Arc<Runtime>, req: &Req<'_>, op: &Operator) -> Answer {
     Answer::html(200, layout(op, "/ui/audit", "Audit", body))
 }
 
-async fn export(rt: &Arc<Runtime>, req: &Req<'_>) -> Answer {
-    match collect(rt, req.raw_query.unwrap_or("")).await {
+async fn export(rt: &Arc<Runtime>, req: &Req<'_>, op: &Operator) -> Answer {
+    let Ok(q) = op.scope().confine_query(req.raw_query) else {
+        return message(
+            403,
+            "Refused",
+            "Your tenant's records only: the tenant filter must be your own.",
+        );
+    };
+    match collect(rt, q.as_deref().unwrap_or("")).await {
         Ok((ct, bytes)) => {
             let name = if ct.starts_with("text/csv") {
                 "audit.csv"
@@ -501,7 +535,7 @@ async fn tasks(
         form.filters method="get" action="/ui/tasks" role="search" {
             label { "Tenant" select name="tenant" #f-tenant {
                 option value="" { "all" }
-                @for t in rt.config.tenants.keys() { option value=(t) selected[tenant.as_deref() == Some(t.as_str())] { (t) } }
+                @for t in rt.config.tenants.keys().filter(|t| op.scope().sees(t)) { option value=(t) selected[tenant.as_deref() == Some(t.as_str())] { (t) } }
             } }
             label { "State" select name="state" #f-state {
                 option value="" { "all" }
@@ -603,7 +637,7 @@ fn config(shared: &Arc<SharedState>, rt: &Arc<Runtime>, op: &Operator) -> String
                 },
             }
         }
-        @if op.session.write {
+        @if op.session.write && op.session.process {
             form method="post" action="/ui/config/reload" {
                 input type="hidden" name="csrf" value=(op.session.csrf);
                 button.primary type="submit" #reload { "Reload the configuration file" }
@@ -620,8 +654,8 @@ async fn credentials(rt: &Arc<Runtime>, shared: &Arc<SharedState>, op: &Operator
     let body = match doc {
         Err(_) => html! { p.alert role="alert" { "The credential store is unavailable." } },
         Ok(doc) => {
-            let keys = super::credentials::listing(rt, Kind::ApiKey, &doc);
-            let clients = super::credentials::listing(rt, Kind::Client, &doc);
+            let keys = super::credentials::listing(rt, Kind::ApiKey, &doc, &op.scope());
+            let clients = super::credentials::listing(rt, Kind::Client, &doc, &op.scope());
             html! {
                 p.muted { "Credentials of the config file are read-only; the ones created here (or through " code { "/admin/api-keys" } " and " code { "/admin/clients" } ") are kept as hashes in the state store and take effect at once." }
                 h2 #h-keys { "API keys" }
@@ -697,7 +731,7 @@ fn create_form(
             input type="hidden" name="csrf" value=(op.session.csrf);
             label { (label) input name=(field) id=(format!("new-{kind}-name")) required; }
             label { "Roles (comma-separated)" input name="roles" id=(format!("new-{kind}-roles")) value="viewer" required; }
-            label { "Tenant" select name="tenant" id=(format!("new-{kind}-tenant")) { @for t in rt.config.tenants.keys() { option value=(t) { (t) } } } }
+            label { "Tenant" select name="tenant" id=(format!("new-{kind}-tenant")) { @for t in rt.config.tenants.keys().filter(|t| op.scope().sees(t)) { option value=(t) { (t) } } } }
             label { "Rate-limit policy (optional)" input name="policy" id=(format!("new-{kind}-policy")); }
             button.primary type="submit" id=(format!("create-{kind}")) { (title) }
         }

@@ -28,6 +28,10 @@ pub struct Session {
     pub tenant: String,
     /// May act (not only look).
     pub write: bool,
+    /// A process administrator (`process_admin`): every tenant; otherwise the session sees its
+    /// own tenant only (`auth::admin_scope`).
+    #[serde(default)]
+    pub process: bool,
     /// The CSRF token every state-changing request must carry.
     pub csrf: String,
     /// Sign-in time, unix seconds.
@@ -126,6 +130,7 @@ mod tests {
             roles: vec!["admin".into()],
             tenant: "acme".into(),
             write: true,
+            process: true,
             csrf: String::new(),
             signed_in: 0,
         };
