@@ -50,25 +50,15 @@ pub struct Config {
     /// `Idempotency-Key` on creates: the first answer kept and replayed to retries.
     #[serde(default)]
     pub idempotency: crate::config::idempotency::IdempotencyConfig,
-    /// Where state that outlives the process is kept (runtime-managed credentials).
-    #[serde(default)]
-    pub state: StateConfig,
     /// The web console served by the admin listener at `/ui/`.
     #[serde(default)]
     pub console: ConsoleConfig,
     /// What of the caller's request reaches OrionVM.
     #[serde(default)]
     pub upstream: UpstreamSettings,
-}
-
-/// State that outlives the process.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct StateConfig {
-    /// A directory for durable state with the in-memory backend: the runtime-managed API keys
-    /// and clients are kept there (`credentials.json`, mode 0600, replaced atomically). Without
-    /// it they live in memory and are lost on restart. Read at start only.
-    pub dir: Option<String>,
+    /// Where shared state lives: memory (one node) or Redis (several nodes).
+    #[serde(default)]
+    pub state: crate::config::state::StateConfig,
 }
 
 /// The operators' web console (`/ui/` on the admin listener).
@@ -164,6 +154,11 @@ pub struct ServerConfig {
     /// idle keep-alive connections hold too; requests are parsed into their own buffers, so a
     /// small one costs no CPU. 0 reads unbuffered.
     pub read_buffer_bytes: usize,
+    /// Write buffer of each client connection. The response header and the first body bytes
+    /// that fit in it leave in one write; Pingora's default (1460 bytes, one TCP segment) makes
+    /// a header and a 1 KiB JSON body two `sendto` calls, each waking the client. 0 writes
+    /// unbuffered.
+    pub write_buffer_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -179,6 +174,7 @@ impl Default for ServerConfig {
             max_body_bytes: 65536,
             max_header_bytes: 32 * 1024,
             read_buffer_bytes: 2048,
+            write_buffer_bytes: 4096,
         }
     }
 }

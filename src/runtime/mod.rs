@@ -90,6 +90,7 @@ pub fn stage(config: Config, text: &str, state: &State) -> Result<Staged, Vec<St
         .map_err(|e| errors.extend(e))
         .ok();
     errors.extend(crate::facade::check_config(&config.facade));
+    errors.extend(crate::config::state::check(&config.state));
     let log = LogPolicy::build(&config.logging, &state.observe)
         .map_err(|e| errors.extend(e))
         .ok();
@@ -191,19 +192,6 @@ pub fn watch_metrics(shared: &std::sync::Arc<SharedState>) {
             })
             .collect()
     }));
-}
-
-/// The process state for a config file: the in-memory backends, with durable data in a file
-/// under the config's `state.dir` when it names one (read at start only).
-pub fn state_for(path: &Path) -> Result<State, Vec<String>> {
-    let text = config::read_file(path)?;
-    let model = config::parse(&text)?;
-    match &model.state.dir {
-        Some(dir) => crate::store::Stores::memory_with_dir(Path::new(dir))
-            .map(State::with_stores)
-            .map_err(|e| vec![format!("state.dir: {e}")]),
-        None => Ok(State::memory()),
-    }
 }
 
 /// `orion_proxy_tenant_info`: each tenant of `rt` with its account.

@@ -4,6 +4,7 @@
 pub mod facade;
 pub mod identity;
 pub mod metrics;
+pub mod redis;
 
 pub use metrics::Scrape;
 use orion_sim::{self as sim, SimAccount, SimClient, SimHandle, SimOptions, SimTimings};
@@ -478,6 +479,22 @@ impl ProxyProcess {
             .expect("POST")
     }
 
+    /// `PUT path` on the proxy listener with a JSON body.
+    pub async fn http_put(
+        &self,
+        key: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> reqwest::Response {
+        self.http
+            .put(format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .expect("PUT")
+    }
+
     /// `GET path` on the admin listener (`/admin/...`) with `key`.
     pub async fn admin_get(&self, key: &str, path: &str) -> reqwest::Response {
         self.http
@@ -797,9 +814,15 @@ pub struct DemoProcess {
 impl DemoProcess {
     /// Starts the demo, reads its first line and waits until `/ready` answers 200.
     pub async fn start() -> DemoProcess {
+        DemoProcess::start_with(&[]).await
+    }
+
+    /// `start` with more arguments (e.g. `--config BASE`).
+    pub async fn start_with(args: &[&str]) -> DemoProcess {
         use std::io::{BufRead, BufReader};
         let mut child = Command::new(binary())
             .args(["demo", "--json", "--ephemeral"])
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
