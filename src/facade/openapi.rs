@@ -328,6 +328,25 @@ fn openapi_op(name: &str) -> Map<String, Value> {
     ))
 }
 
+fn docs_op(name: &str, template: &str) -> Map<String, Value> {
+    let (media, what) = if template.ends_with(".js") {
+        ("text/javascript", "Redoc's script, embedded in the binary.")
+    } else {
+        ("text/html", "The Redoc page over /openapi.json.")
+    };
+    public(op(
+        name,
+        "operations",
+        "Browsable API documentation",
+        "Redoc over this document; the page and its script are served by the proxy (no CDN).",
+        (
+            200,
+            json!({"description": what, "content": {media: {"schema": {"type": "string"}}}}),
+        ),
+        &[431],
+    ))
+}
+
 /// OrionVM calls that answer a bare array although they are not lists: the PUTs on an instance's
 /// attachments and the context calls (docs/orionvm-contract.md, "Answers").
 fn answers_array(r: &Route) -> bool {
@@ -402,6 +421,7 @@ fn operation(r: &Route) -> Map<String, Value> {
         (RouteKind::Health, _) => health_op(&r.name),
         (RouteKind::Ready, _) => ready_op(&r.name),
         (RouteKind::Openapi, _) => openapi_op(&r.name),
+        (RouteKind::Docs, _) => docs_op(&r.name, &r.template),
         _ => mirror_op(r),
     };
     let mut params = path_params(&r.template);

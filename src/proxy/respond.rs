@@ -20,7 +20,7 @@ pub async fn json(
 }
 
 /// Writes an answer of the proxy's own with its media type and the request id.
-async fn typed(
+pub async fn typed(
     session: &mut Session,
     ctx: &mut Ctx,
     status: u16,

@@ -193,3 +193,53 @@ async fn the_document_is_valid_openapi_3_1() {
         "the validator accepted a broken document"
     );
 }
+
+/// `/docs`: the Redoc page over `/openapi.json`, without credentials, and Redoc's script from
+/// the binary (no CDN: the page names no other host).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docs_serve_redoc_from_the_binary() {
+    let h = Harness::start().await;
+    let r = h.http.get(h.url("/docs")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let media = r.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(media.starts_with("text/html"), "{media}");
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains(r#"<redoc spec-url="/openapi.json">"#),
+        "{page}"
+    );
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "{page}"
+    );
+    let script = page
+        .split("<script src=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap();
+    let r = h.http.get(h.url(script)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    let js = r.bytes().await.unwrap();
+    let shipped = std::fs::read(repo("assets/redoc/redoc.standalone.js")).unwrap();
+    assert_eq!(js.len(), shipped.len());
+    assert!(
+        js[..] == shipped[..],
+        "the served script is the shipped bundle"
+    );
+    // The document the page loads is served too.
+    assert_eq!(
+        h.http
+            .get(h.url("/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
