@@ -69,6 +69,8 @@ pub struct Entry<'a> {
     pub status: u16,
     pub failed: bool,
     pub error_code: Option<&'a str>,
+    /// How the request's `Idempotency-Key` was handled (a replay is recorded as such).
+    pub idempotency: Option<&'a str>,
 }
 
 impl Entry<'_> {
@@ -139,6 +141,9 @@ impl Entry<'_> {
         if let Some(code) = self.error_code {
             rec.insert("error.code".into(), json!(code));
         }
+        if let Some(how) = self.idempotency {
+            rec.insert("orion.idempotency".into(), json!(how));
+        }
         rec.insert(
             "event.duration".into(),
             json!(self.started.elapsed().as_nanos() as u64),
@@ -207,6 +212,7 @@ pub fn submit(
         status,
         failed,
         error_code: obs.error.as_ref().map(|e| e.code),
+        idempotency: obs.idempotency,
     }
     .submit(writer)
 }
@@ -270,6 +276,7 @@ pub async fn record_admin(
         status,
         failed: false,
         error_code,
+        idempotency: None,
     }
     .submit(writer);
     if let Some(ticket) = ticket {

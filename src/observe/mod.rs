@@ -451,6 +451,8 @@ pub struct RequestObs {
     pub auth_failure: Option<&'static str>,
     /// Kind of upstream failure (connect, timeout, reset, credentials).
     pub upstream_failure: Option<&'static str>,
+    /// How the request's `Idempotency-Key` was handled (`first`, `replayed`, `recovered`...).
+    pub idempotency: Option<&'static str>,
 }
 
 impl Default for RequestObs {
@@ -474,6 +476,7 @@ impl Default for RequestObs {
             error: None,
             auth_failure: None,
             upstream_failure: None,
+            idempotency: None,
         }
     }
 }
