@@ -15,7 +15,13 @@ use std::sync::Arc;
 
 fn err_responses(codes: &[u16]) -> Map<String, Value> {
     let mut m = Map::new();
-    for c in codes {
+    // Every authenticated operation may be answered 400: two different credentials
+    // (`conflicting_credentials`), or a path the proxy refuses before routing (`invalid_path`).
+    let mut codes = codes.to_vec();
+    if codes.contains(&401) && !codes.contains(&400) {
+        codes.insert(0, 400);
+    }
+    for c in &codes {
         m.insert(
             c.to_string(),
             json!({"$ref": format!("#/components/responses/E{c}")}),
@@ -449,7 +455,8 @@ fn operation(r: &Route) -> Map<String, Value> {
             .unwrap_or_default()
             .to_string();
         m.insert("description".into(), json!(format!("{text}{note}").trim()));
-        // A replayed answer says so; a retry while the first is in flight is 409.
+        // A replayed answer says so; a retry while the first is in flight is 409, a reused key
+        // 422 (declared even where no body is read).
         if let Some(Value::Object(responses)) = m.get_mut("responses") {
             for (code, r) in responses.iter_mut() {
                 if code.starts_with('2')
@@ -461,8 +468,10 @@ fn operation(r: &Route) -> Map<String, Value> {
                         json!({"$ref": "#/components/headers/Idempotent-Replayed"});
                 }
             }
-            for (k, v) in err_responses(&[409]) {
-                responses.entry(k).or_insert(v);
+            for c in [409, 422] {
+                responses
+                    .entry(c.to_string())
+                    .or_insert_with(|| json!({"$ref": format!("#/components/responses/E{c}")}));
             }
         }
     }
