@@ -554,4 +554,7 @@ pub enum RouteKind {
     Facade,
     /// The OpenAPI document, answered by the proxy.
     Openapi,
+    /// The browsable API documentation (Redoc, embedded in the binary) at `/docs` and its
+    /// script at `/docs/redoc.standalone.js`, answered by the proxy.
+    Docs,
 }

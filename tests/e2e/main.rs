@@ -39,6 +39,7 @@ mod observe_ecs;
 mod observe_logs;
 mod observe_metrics;
 mod observe_reload;
+mod openapi_client;
 mod openapi_document;
 mod reload;
 mod secrets;
