@@ -389,7 +389,10 @@ impl ProxyHttp for OrionProxy {
             upstream.remove_header("content-length");
             upstream.remove_header("content-encoding");
             upstream.insert_header("transfer-encoding", "chunked")?;
-            upstream.insert_header("content-type", "application/json")?;
+            upstream.insert_header(
+                "content-type",
+                errors::media_type(session.req_header().headers.get("accept")),
+            )?;
             if errors::caller_status(status) != status {
                 upstream.set_status(errors::caller_status(status))?;
             }

@@ -24,6 +24,8 @@ pub struct SharedState {
     /// Set once the process hands over to another or stops: answers then close their
     /// connection, so that clients move before the listeners close.
     draining: std::sync::atomic::AtomicBool,
+    /// When the runtime in force was loaded, and how the last reload went.
+    history: parking_lot::Mutex<History>,
     /// The one owner of everything that outlives a request.
     pub state: Arc<State>,
 }
@@ -44,8 +46,17 @@ impl SharedState {
             reload_lock: Default::default(),
             observer: OnceLock::new(),
             draining: Default::default(),
+            history: parking_lot::Mutex::new(History {
+                loaded_at: std::time::SystemTime::now(),
+                last_reload: None,
+            }),
             state,
         }
+    }
+
+    /// When the runtime in force was loaded, and how the last reload went.
+    pub fn history(&self) -> History {
+        self.history.lock().clone()
     }
 
     pub fn current(&self) -> Arc<Runtime> {
@@ -110,12 +121,28 @@ impl SharedState {
                 }
                 super::declare_tenants(&rt);
                 self.current.store(Arc::new(rt));
+                let now = std::time::SystemTime::now();
+                *self.history.lock() = History {
+                    loaded_at: now,
+                    last_reload: Some(ReloadOutcome {
+                        at: now,
+                        ok: true,
+                        version: version.clone(),
+                        errors: Vec::new(),
+                    }),
+                };
                 crate::metrics::config_reloaded(true, &version);
                 log::info!("configuration reloaded, version {version}");
                 Ok(version)
             }
             Err(errors) => {
                 crate::metrics::config_reloaded(false, &old.version);
+                self.history.lock().last_reload = Some(ReloadOutcome {
+                    at: std::time::SystemTime::now(),
+                    ok: false,
+                    version: old.version.clone(),
+                    errors: errors.clone(),
+                });
                 log::error!(
                     "configuration reload failed, keeping version {}: {}",
                     old.version,
@@ -125,4 +152,20 @@ impl SharedState {
             }
         }
     }
+}
+
+/// When the runtime in force was loaded, and the last reload's outcome.
+#[derive(Debug, Clone)]
+pub struct History {
+    pub loaded_at: std::time::SystemTime,
+    pub last_reload: Option<ReloadOutcome>,
+}
+
+/// One reload: when, whether it took, the version in force after it, its errors.
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    pub at: std::time::SystemTime,
+    pub ok: bool,
+    pub version: String,
+    pub errors: Vec<String>,
 }

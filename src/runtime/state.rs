@@ -29,7 +29,7 @@ impl State {
 
     pub fn with_stores(stores: Stores) -> State {
         State {
-            auth: Default::default(),
+            auth: crate::auth::AuthState::new(stores.durable.clone()),
             upstream: Default::default(),
             limits: crate::limits::LimitsState::new(&stores),
             observe: crate::observe::ObserveState::new(stores.usage.clone()),
@@ -49,7 +49,11 @@ pub fn stores_for(c: &StateConfig) -> Result<Stores, Vec<String>> {
         return Err(errors);
     }
     let (Backend::Redis, Some(r)) = (c.backend, &c.redis) else {
-        return Ok(Stores::memory());
+        return match &c.dir {
+            Some(dir) => Stores::memory_with_dir(std::path::Path::new(dir))
+                .map_err(|e| vec![format!("state.dir: {e}")]),
+            None => Ok(Stores::memory()),
+        };
     };
     let password = match &r.password {
         Some(p) => Some(
