@@ -269,6 +269,9 @@ fn line(
     if let Some(k) = obs.upstream_failure {
         line.str("upstream.failure", k);
     }
+    if obs.request_sent && obs.upstream_status.is_none() {
+        line.raw("upstream.request_sent", "true");
+    }
     if let Some(e) = error_type {
         line.str("error.type", e);
     }

@@ -69,11 +69,37 @@ pub struct Entry<'a> {
     pub status: u16,
     pub failed: bool,
     pub error_code: Option<&'a str>,
+    /// OrionVM's status, when it answered.
+    pub upstream_status: Option<u16>,
+    /// The request reached OrionVM (it may have carried it out, answered or not).
+    pub request_sent: bool,
+}
+
+/// The audit result, told by what OrionVM did when it was asked: a call OrionVM answered with
+/// success succeeded even if the caller's connection failed afterwards; a call OrionVM received
+/// but never answered has an unknown outcome. Otherwise by the caller's status ([`result_of`]).
+pub fn true_result(
+    status: u16,
+    failed: bool,
+    upstream_status: Option<u16>,
+    request_sent: bool,
+) -> &'static str {
+    let answer_lost = failed || status == 0 || status >= 500;
+    match upstream_status {
+        Some(s) if s < 400 && answer_lost => "success",
+        None if request_sent && answer_lost => "unknown",
+        _ => result_of(status, failed),
+    }
 }
 
 impl Entry<'_> {
     pub fn to_line(&self) -> Option<Vec<u8>> {
-        let result = result_of(self.status, self.failed);
+        let result = true_result(
+            self.status,
+            self.failed,
+            self.upstream_status,
+            self.request_sent,
+        );
         let mut rec = Map::with_capacity(20);
         rec.insert(
             "@timestamp".into(),
@@ -112,6 +138,12 @@ impl Entry<'_> {
         rec.insert("resource.id".into(), json!(self.resource));
         rec.insert("http.request.body.digest".into(), json!(self.body_digest));
         rec.insert("http.response.status_code".into(), json!(self.status));
+        if let Some(s) = self.upstream_status {
+            rec.insert("upstream.status_code".into(), json!(s));
+        }
+        if self.request_sent {
+            rec.insert("upstream.request_sent".into(), json!(true));
+        }
         if let Some(code) = self.error_code {
             rec.insert("error.code".into(), json!(code));
         }
@@ -183,6 +215,8 @@ pub fn submit(
         status,
         failed,
         error_code: obs.error.as_ref().map(|e| e.code),
+        upstream_status: obs.upstream_status,
+        request_sent: obs.request_sent,
     }
     .submit(writer)
 }
@@ -246,6 +280,8 @@ pub async fn record_admin(
         status,
         failed: false,
         error_code,
+        upstream_status: None,
+        request_sent: false,
     }
     .submit(writer);
     if let Some(ticket) = ticket {
@@ -705,5 +741,25 @@ mod tests {
         assert_eq!(result_of(422, false), "rejected");
         assert_eq!(result_of(0, true), "error");
         assert_eq!(result_of(502, false), "error");
+    }
+}
+
+#[cfg(test)]
+mod true_result_tests {
+    use super::true_result;
+
+    #[test]
+    fn the_result_follows_what_orionvm_did() {
+        // OrionVM carried it out (200) though the caller's answer failed: success.
+        assert_eq!(true_result(502, false, Some(200), true), "success");
+        assert_eq!(true_result(200, true, Some(200), true), "success");
+        // OrionVM received it and never answered: unknown, not rejected.
+        assert_eq!(true_result(502, false, None, true), "unknown");
+        assert_eq!(true_result(0, true, None, true), "unknown");
+        // Never sent, or answered and delivered: by the caller's status.
+        assert_eq!(true_result(502, false, None, false), "error");
+        assert_eq!(true_result(400, false, None, false), "rejected");
+        assert_eq!(true_result(404, false, Some(404), true), "rejected");
+        assert_eq!(true_result(200, false, Some(200), true), "success");
     }
 }
