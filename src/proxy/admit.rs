@@ -20,7 +20,14 @@ pub(super) async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<(), Ap
     let Some(rt) = ctx.runtime.clone() else {
         return Err(ApiError::internal("no configuration loaded"));
     };
-    missing_host(session.req_header())?;
+    if missing_host(session.req_header()) {
+        return Err(ApiError::new(
+            400,
+            "invalid_request",
+            "The request is invalid",
+            "an HTTP/1.1 request must carry a Host header",
+        ));
+    }
     let route = resolve_route(session.req_header(), &rt, ctx)?;
     // Routes without a principal (health, readiness, the API document, the token endpoint)
     // are limited per source address by `limits.anonymous_policy`; the token endpoint also
@@ -41,16 +48,8 @@ pub(super) async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<(), Ap
 
 /// RFC 9112 section 3.2: an HTTP/1.1 request without `Host` is refused with 400 (Pingora
 /// refuses two of them, and an absolute-form target naming another host, before any phase).
-fn missing_host(req: &RequestHeader) -> Result<(), ApiError> {
-    if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
-        return Err(ApiError::new(
-            400,
-            "invalid_request",
-            "The request is invalid",
-            "an HTTP/1.1 request must carry a Host header",
-        ));
-    }
-    Ok(())
+fn missing_host(req: &RequestHeader) -> bool {
+    req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST)
 }
 
 /// The routing step (`crate::routes::resolve`): keeps the normalised path, the route and its

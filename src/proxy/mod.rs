@@ -396,13 +396,18 @@ impl ProxyHttp for OrionProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let err = ctx.error.take().unwrap_or_else(|| {
-            let (err, failure) = failure::classify(e.esource(), e.etype());
-            if let Some(f) = failure {
-                ctx.upstream.failure.get_or_insert(f);
+        let (err, classified) = match ctx.error.take() {
+            Some(err) => (err, false),
+            None => {
+                let (err, failure) = failure::classify(e.esource(), e.etype());
+                if let Some(f) = failure {
+                    ctx.upstream.failure.get_or_insert(f);
+                }
+                (err, true)
             }
-            failure::after_sent(err, ctx.upstream.request_sent, ctx.upstream.status)
-        });
+        };
+        let (sent, upstream_status) = (ctx.upstream.request_sent, ctx.upstream.status);
+        let err = failure::after_sent(err, sent, upstream_status, classified);
         let status = err.status;
         let downstream_gone = failure::downstream_gone(e);
         if !downstream_gone

@@ -351,18 +351,18 @@ fn a_failure_after_orionvm_received_the_request_says_so() {
     let (unreachable, _) = classify(&ErrorSource::Upstream, &ErrorType::ConnectRefused);
     let (reset, _) = classify(&ErrorSource::Upstream, &ErrorType::ConnectionClosed);
     for err in [down, unreachable, reset] {
-        let e = after_sent(err, true, None);
+        let e = after_sent(err, true, None, true);
         assert_eq!((e.status, e.code), (502, "upstream_reset"));
         assert_eq!(e.details["request_sent"], serde_json::json!(true));
     }
     let (timeout, _) = classify(&ErrorSource::Upstream, &ErrorType::ReadTimedout);
-    let e = after_sent(timeout, true, Some(200));
+    let e = after_sent(timeout, true, Some(200), true);
     assert_eq!((e.status, e.code), (504, "upstream_timeout"));
     assert_eq!(e.details["upstream_status"], serde_json::json!(200));
     // Nothing sent: as classified.
     let (unreachable, _) = classify(&ErrorSource::Upstream, &ErrorType::ConnectRefused);
     assert_eq!(
-        after_sent(unreachable, false, None).code,
+        after_sent(unreachable, false, None, true).code,
         "upstream_unreachable"
     );
 }

@@ -38,7 +38,10 @@ pub struct BudgetState {
 /// Semaphores of one kind of share: endpoint URL -> name -> (cap, semaphore). Entries nobody
 /// holds are dropped once there are many (principals come and go).
 #[derive(Default)]
-struct Shares(Mutex<HashMap<String, HashMap<String, (usize, Arc<Semaphore>)>>>);
+struct Shares(Mutex<HashMap<String, ByName>>);
+
+/// One endpoint's shares: name -> (cap, semaphore).
+type ByName = HashMap<String, (usize, Arc<Semaphore>)>;
 
 /// Kept shares past which the unused ones are dropped.
 const SHARES_KEPT: usize = 4096;

@@ -19,6 +19,7 @@ mod facade_instances;
 mod facade_lifecycle;
 mod facade_lists;
 mod facade_readme;
+mod hostile_network;
 mod identity_demo;
 mod identity_jwt;
 mod identity_permissions;
