@@ -77,7 +77,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    orion_proxy::observe::diagnostics::init();
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => match orion_proxy::server::run(&config) {

@@ -8,9 +8,18 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, register_histogram_vec,
-    register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+    Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    register_gauge, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, register_int_gauge_vec,
 };
+use std::sync::{Arc, OnceLock};
+
+/// Latency buckets: half a millisecond up to a minute (the read timeout toward OrionVM is 30 s
+/// by default, and a facade composite may take longer).
+pub const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0,
+    30.0, 60.0,
+];
 
 /// The policy name under which OrionVM's own 429 answers are counted by [`rate_limited`].
 pub const UPSTREAM_POLICY: &str = "orionvm";
@@ -40,19 +49,10 @@ static RATE_LIMITED: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
     .ok()
 });
 
-static BREAKER_STATE: Lazy<Option<IntGaugeVec>> = Lazy::new(|| {
-    register_int_gauge_vec!(
-        "orion_proxy_breaker_state",
-        "Circuit breaker state per endpoint: 0 closed, 1 half-open, 2 open",
-        &["endpoint"]
-    )
-    .ok()
-});
-
 static BREAKER_TRANSITIONS: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
     register_int_counter_vec!(
         "orion_proxy_breaker_transitions_total",
-        "Circuit breaker state changes per endpoint, by the state entered",
+        "Circuit breaker state changes per endpoint (the breaker of an OrionVM URL, shared by the accounts that use it), by the state entered",
         &["endpoint", "to"]
     )
     .ok()
@@ -112,8 +112,8 @@ static LOG_DROPPED: Lazy<Option<IntCounter>> = Lazy::new(|| {
 static REQUESTS: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
     register_int_counter_vec!(
         "orion_proxy_requests_total",
-        "Requests answered, by route, method, status class and tenant",
-        &["route", "method", "status_class", "tenant"]
+        "Requests answered, by route, method, status class, exact status code and tenant",
+        &["route", "method", "status_class", "code", "tenant"]
     )
     .ok()
 });
@@ -123,9 +123,7 @@ static LATENCY: Lazy<Option<HistogramVec>> = Lazy::new(|| {
         "orion_proxy_request_duration_seconds",
         "Time from request start to the last byte of the response",
         &["route"],
-        vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
-        ]
+        BUCKETS.to_vec()
     )
     .ok()
 });
@@ -135,9 +133,7 @@ static UPSTREAM_LATENCY: Lazy<Option<HistogramVec>> = Lazy::new(|| {
         "orion_proxy_upstream_duration_seconds",
         "Time OrionVM took to answer, per route",
         &["route"],
-        vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
-        ]
+        BUCKETS.to_vec()
     )
     .ok()
 });
@@ -200,7 +196,225 @@ static BUILD_INFO: Lazy<Option<IntGaugeVec>> = Lazy::new(|| {
     .ok()
 });
 
+static UPSTREAM_CALLS: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "orion_proxy_upstream_requests_total",
+        "Calls to OrionVM (proxied and the proxy's own: facade, cached reads) by account, endpoint and result (status class, or connect, timeout, reset); errors are the 5xx, connect, timeout and reset results",
+        &["account", "endpoint", "result"]
+    )
+    .ok()
+});
+
+static UPSTREAM_CALL_LATENCY: Lazy<Option<HistogramVec>> = Lazy::new(|| {
+    register_histogram_vec!(
+        "orion_proxy_upstream_request_duration_seconds",
+        "Time OrionVM took to answer one call, by account and endpoint (proxied and the proxy's own calls)",
+        &["account", "endpoint"],
+        BUCKETS.to_vec()
+    )
+    .ok()
+});
+
+static REQUEST_BYTES: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "orion_proxy_request_bytes_total",
+        "Request body bytes received from callers, by tenant",
+        &["tenant"]
+    )
+    .ok()
+});
+
+static RESPONSE_BYTES: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "orion_proxy_response_bytes_total",
+        "Response body bytes sent to callers, by tenant",
+        &["tenant"]
+    )
+    .ok()
+});
+
+static LAST_RELOAD_OK: Lazy<Option<IntGauge>> = Lazy::new(|| {
+    register_int_gauge!(
+        "orion_proxy_config_last_reload_successful",
+        "Whether the last config load or reload succeeded (1) or was refused (0)"
+    )
+    .ok()
+});
+
+static LAST_RELOAD_SUCCESS: Lazy<Option<Gauge>> = Lazy::new(|| {
+    register_gauge!(
+        "orion_proxy_config_last_reload_success_timestamp_seconds",
+        "Unix time of the last successful config load or reload"
+    )
+    .ok()
+});
+
+static TENANT_INFO: Lazy<Option<IntGaugeVec>> = Lazy::new(|| {
+    register_int_gauge_vec!(
+        "orion_proxy_tenant_info",
+        "The OrionVM account each configured tenant's calls go out under (value 1); join account-level series on it to select by tenant",
+        &["tenant", "account"]
+    )
+    .ok()
+});
+
+/// The exact status codes as label values, made once (no formatting per request).
+static CODES: Lazy<Vec<String>> = Lazy::new(|| (0..600).map(|c| c.to_string()).collect());
+
+/// The exact status code as a bounded label: 100 to 599, anything else (0: no answer) `none`.
+pub fn code_label(status: u16) -> &'static str {
+    match status {
+        100..=599 => CODES
+            .get(usize::from(status))
+            .map_or("none", String::as_str),
+        _ => "none",
+    }
+}
+
+/// Results of [`UpstreamSeries::observe`], in the order of its counters.
+const UPSTREAM_RESULTS: [&str; 8] = [
+    "1xx", "2xx", "3xx", "4xx", "5xx", "connect", "timeout", "reset",
+];
+
+/// How one call to OrionVM ended, for [`UpstreamSeries::observe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamResult {
+    Status(u16),
+    Connect,
+    Timeout,
+    Reset,
+}
+
+/// The series of one account's endpoint: call counts by result and the latency histogram,
+/// resolved once on the first call (no label lookup per call after that, nothing registered
+/// for a config that never served a call).
+pub struct UpstreamSeries {
+    account: Arc<str>,
+    endpoint: Arc<str>,
+    handles: OnceLock<Option<UpstreamHandles>>,
+}
+
+struct UpstreamHandles {
+    results: Vec<IntCounter>,
+    latency: Histogram,
+}
+
+impl UpstreamSeries {
+    pub fn new(account: &str, endpoint: &str) -> UpstreamSeries {
+        UpstreamSeries {
+            account: account.into(),
+            endpoint: endpoint.into(),
+            handles: OnceLock::new(),
+        }
+    }
+
+    fn handles(&self) -> Option<&UpstreamHandles> {
+        self.handles
+            .get_or_init(|| {
+                let calls = UPSTREAM_CALLS.as_ref()?;
+                let latency = UPSTREAM_CALL_LATENCY.as_ref()?;
+                let labels = [&*self.account, &*self.endpoint];
+                Some(UpstreamHandles {
+                    results: UPSTREAM_RESULTS
+                        .iter()
+                        .map(|r| calls.with_label_values(&[labels[0], labels[1], r]))
+                        .collect(),
+                    latency: latency.with_label_values(&labels),
+                })
+            })
+            .as_ref()
+    }
+
+    /// One call ended: counted by result, its latency observed when OrionVM answered.
+    pub fn observe(&self, result: UpstreamResult, seconds: Option<f64>) {
+        let Some(h) = self.handles() else { return };
+        let i = match result {
+            UpstreamResult::Status(s) => usize::from((s / 100).clamp(1, 5)) - 1,
+            UpstreamResult::Connect => 5,
+            UpstreamResult::Timeout => 6,
+            UpstreamResult::Reset => 7,
+        };
+        if let Some(c) = h.results.get(i) {
+            c.inc();
+        }
+        if let Some(s) = seconds {
+            h.latency.observe(s);
+        }
+    }
+}
+
+/// The tenants of the config in force and their accounts (`orion_proxy_tenant_info`).
+pub fn set_tenants<'a>(tenants: impl Iterator<Item = (&'a str, &'a str)>) {
+    if let Some(g) = TENANT_INFO.as_ref() {
+        g.reset();
+        for (tenant, account) in tenants {
+            g.with_label_values(&[tenant, account]).set(1);
+        }
+    }
+}
+
+/// Starts reporting the days until the proxy listener's certificate expires
+/// (`orion_proxy_tls_certificate_expiry_days`), computed at every scrape from its `notAfter`
+/// (Unix seconds).
+pub fn register_certificate_expiry(not_after: i64) {
+    let Ok(g) = prometheus::Gauge::new(
+        "orion_proxy_tls_certificate_expiry_days",
+        "Days until the proxy listener's TLS certificate expires (negative: expired)",
+    ) else {
+        return;
+    };
+    let c = CertificateExpiry {
+        gauge: g,
+        not_after,
+    };
+    let _ = prometheus::register(Box::new(c));
+}
+
+struct CertificateExpiry {
+    gauge: prometheus::Gauge,
+    not_after: i64,
+}
+
+impl prometheus::core::Collector for CertificateExpiry {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.gauge.set((self.not_after as f64 - now) / 86_400.0);
+        self.gauge.collect()
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 pub fn init(config_version: &str) {
+    // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds...
+    #[cfg(target_os = "linux")]
+    {
+        let _ = prometheus::register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+    }
+    if let Some(g) = LAST_RELOAD_OK.as_ref() {
+        g.set(1);
+    }
+    if let Some(g) = LAST_RELOAD_SUCCESS.as_ref() {
+        g.set(unix_now());
+    }
+    Lazy::force(&UPSTREAM_CALLS);
+    Lazy::force(&UPSTREAM_CALL_LATENCY);
+    Lazy::force(&REQUEST_BYTES);
+    Lazy::force(&RESPONSE_BYTES);
     if let Some(b) = BUILD_INFO.as_ref() {
         b.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     }
@@ -213,7 +427,6 @@ pub fn init(config_version: &str) {
     Lazy::force(&TOKEN_REFRESHES);
     Lazy::force(&RELOADS);
     Lazy::force(&IN_FLIGHT);
-    Lazy::force(&BREAKER_STATE);
     Lazy::force(&BREAKER_TRANSITIONS);
     Lazy::force(&COALESCED);
     Lazy::force(&CACHE);
@@ -259,9 +472,6 @@ pub fn declare_series<'a>(
     get_routes: impl Iterator<Item = &'a str>,
 ) {
     for e in endpoints {
-        if let Some(g) = BREAKER_STATE.as_ref() {
-            g.with_label_values(&[e]);
-        }
         if let Some(c) = BREAKER_TRANSITIONS.as_ref() {
             for to in ["open", "half_open", "closed"] {
                 c.with_label_values(&[e, to]);
@@ -280,56 +490,81 @@ pub fn declare_series<'a>(
     }
 }
 
-/// Endpoint health at scrape time: `(account, endpoint, up)` for every configured endpoint.
-pub type HealthSource = Box<dyn Fn() -> Vec<(String, String, bool)> + Send + Sync>;
+/// One configured endpoint of one account at scrape time.
+pub struct EndpointReport {
+    pub account: String,
+    pub endpoint: String,
+    /// Answered its last health probe.
+    pub up: bool,
+    /// Its breaker: 0 closed, 1 half-open, 2 open ([`breaker_state_value`]).
+    pub breaker: i64,
+}
 
-/// Starts reporting endpoint health (`orion_proxy_upstream_up`), read from `source` at every
-/// scrape.
+/// Endpoint health and breakers at scrape time, for every configured endpoint of every account.
+pub type HealthSource = Box<dyn Fn() -> Vec<EndpointReport> + Send + Sync>;
+
+/// Starts reporting endpoint health (`orion_proxy_upstream_up`) and breaker state
+/// (`orion_proxy_breaker_state`), both by account and endpoint, read from `source` at every
+/// scrape. Two accounts on one OrionVM host have their own series (the breaker of a URL is
+/// shared by the accounts that use it; each reports it under its own name).
 pub fn register_endpoint_health(source: HealthSource) {
     if let Ok(c) = EndpointHealth::new(source) {
         let _ = prometheus::register(Box::new(c));
     }
 }
 
-/// A collector that reads endpoint health at scrape time.
+/// A collector that reads endpoint health and breakers at scrape time.
 struct EndpointHealth {
     source: HealthSource,
-    desc: prometheus::core::Desc,
+    descs: Vec<prometheus::core::Desc>,
 }
 
 impl EndpointHealth {
-    const NAME: &'static str = "orion_proxy_upstream_up";
-    const HELP: &'static str =
-        "Whether an OrionVM endpoint answered its last health probe (1) or not (0)";
+    const UP: (&'static str, &'static str) = (
+        "orion_proxy_upstream_up",
+        "Whether an OrionVM endpoint answered its last health probe (1) or not (0), by account and endpoint",
+    );
+    const BREAKER: (&'static str, &'static str) = (
+        "orion_proxy_breaker_state",
+        "Circuit breaker state by account and endpoint: 0 closed, 1 half-open, 2 open",
+    );
 
     fn new(source: HealthSource) -> prometheus::Result<Self> {
-        let desc = prometheus::core::Desc::new(
-            Self::NAME.into(),
-            Self::HELP.into(),
-            vec!["account".into(), "endpoint".into()],
-            Default::default(),
-        )?;
-        Ok(EndpointHealth { source, desc })
+        let desc = |(name, help): (&str, &str)| {
+            prometheus::core::Desc::new(
+                name.into(),
+                help.into(),
+                vec!["account".into(), "endpoint".into()],
+                Default::default(),
+            )
+        };
+        Ok(EndpointHealth {
+            source,
+            descs: vec![desc(Self::UP)?, desc(Self::BREAKER)?],
+        })
     }
 }
 
 impl prometheus::core::Collector for EndpointHealth {
     fn desc(&self) -> Vec<&prometheus::core::Desc> {
-        vec![&self.desc]
+        self.descs.iter().collect()
     }
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        let Ok(g) = IntGaugeVec::new(
-            prometheus::Opts::new(Self::NAME, Self::HELP),
-            &["account", "endpoint"],
-        ) else {
+        let gauge = |(name, help): (&str, &str)| {
+            IntGaugeVec::new(prometheus::Opts::new(name, help), &["account", "endpoint"])
+        };
+        let (Ok(up), Ok(breaker)) = (gauge(Self::UP), gauge(Self::BREAKER)) else {
             return Vec::new();
         };
-        for (account, endpoint, up) in (self.source)() {
-            g.with_label_values(&[account.as_str(), endpoint.as_str()])
-                .set(i64::from(up));
+        for r in (self.source)() {
+            let labels = [r.account.as_str(), r.endpoint.as_str()];
+            up.with_label_values(&labels).set(i64::from(r.up));
+            breaker.with_label_values(&labels).set(r.breaker);
         }
-        prometheus::core::Collector::collect(&g)
+        let mut out = prometheus::core::Collector::collect(&up);
+        out.extend(prometheus::core::Collector::collect(&breaker));
+        out
     }
 }
 
@@ -355,10 +590,6 @@ pub fn breaker_transition(endpoint: &str, to: &str) {
         "open" | "half_open" => to,
         _ => "closed",
     };
-    if let Some(g) = BREAKER_STATE.as_ref() {
-        g.with_label_values(&[endpoint])
-            .set(breaker_state_value(to));
-    }
     if let Some(c) = BREAKER_TRANSITIONS.as_ref() {
         c.with_label_values(&[endpoint, to]).inc();
     }
@@ -440,6 +671,16 @@ pub fn status_class(status: u16) -> &'static str {
     }
 }
 
+/// The request and response body bytes of one request.
+pub fn bytes(tenant: &str, request: usize, response: usize) {
+    if let (Some(c), true) = (REQUEST_BYTES.as_ref(), request > 0) {
+        c.with_label_values(&[tenant]).inc_by(request as u64);
+    }
+    if let (Some(c), true) = (RESPONSE_BYTES.as_ref(), response > 0) {
+        c.with_label_values(&[tenant]).inc_by(response as u64);
+    }
+}
+
 pub fn request_done(
     route: &str,
     method: &str,
@@ -449,8 +690,14 @@ pub fn request_done(
     upstream_seconds: Option<f64>,
 ) {
     if let Some(c) = REQUESTS.as_ref() {
-        c.with_label_values(&[route, method_label(method), status_class(status), tenant])
-            .inc();
+        c.with_label_values(&[
+            route,
+            method_label(method),
+            status_class(status),
+            code_label(status),
+            tenant,
+        ])
+        .inc();
     }
     if let Some(h) = LATENCY.as_ref() {
         h.with_label_values(&[route]).observe(seconds);
@@ -489,6 +736,12 @@ pub fn config_reloaded(ok: bool, version: &str) {
     if let Some(c) = RELOADS.as_ref() {
         c.with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
+    }
+    if let Some(g) = LAST_RELOAD_OK.as_ref() {
+        g.set(i64::from(ok));
+    }
+    if ok && let Some(g) = LAST_RELOAD_SUCCESS.as_ref() {
+        g.set(unix_now());
     }
     if ok {
         set_config_version(version);
@@ -547,5 +800,34 @@ pub fn connection_refused(cap: &'static str) {
 pub fn connection_aborted(reason: &'static str) {
     if let Some(c) = CONNECTIONS_ABORTED.as_ref() {
         c.with_label_values(&[reason]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_codes_are_bounded_labels() {
+        assert_eq!(code_label(200), "200");
+        assert_eq!(code_label(599), "599");
+        assert_eq!(code_label(0), "none");
+        assert_eq!(code_label(600), "none");
+    }
+
+    #[test]
+    fn certificate_expiry_is_days_from_now_at_scrape_time() {
+        let in_ten_days = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            + 10 * 86_400;
+        register_certificate_expiry(in_ten_days);
+        let days = prometheus::gather()
+            .into_iter()
+            .find(|f| f.name() == "orion_proxy_tls_certificate_expiry_days")
+            .map(|f| f.get_metric()[0].get_gauge().value())
+            .unwrap();
+        assert!((9.9..=10.0).contains(&days), "{days}");
     }
 }

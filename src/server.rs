@@ -51,6 +51,10 @@ pub fn build(config_path: &Path) -> Result<(Server, Arc<SharedState>), Vec<Strin
         let settings = TlsSettings::intermediate(&tls.cert_file, &tls.key_file)
             .map_err(|e| vec![format!("server.tls: {e}")])?;
         listener = listener.tls(settings);
+        match certificate_not_after(&tls.cert_file) {
+            Ok(not_after) => crate::metrics::register_certificate_expiry(not_after),
+            Err(e) => log::warn!("server.tls.cert_file: cannot read its expiry: {e}"),
+        }
     }
     proxy.add_listener(listener);
     server.add_service(proxy);
@@ -98,7 +102,21 @@ pub fn build(config_path: &Path) -> Result<(Server, Arc<SharedState>), Vec<Strin
             state: state.clone(),
         },
     ));
+    server.add_service(background_service(
+        "SIGUSR1 log reopener",
+        LogReopener {
+            state: state.clone(),
+        },
+    ));
     Ok((server, state))
+}
+
+/// The `notAfter` (Unix seconds) of the first certificate in a PEM file.
+fn certificate_not_after(path: &str) -> Result<i64, String> {
+    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).map_err(|e| e.to_string())?;
+    let cert = pem.parse_x509().map_err(|e| e.to_string())?;
+    Ok(cert.validity().not_after.timestamp())
 }
 
 /// Runs the server until SIGTERM (graceful) or SIGINT (at once).
@@ -173,6 +191,34 @@ impl pingora::services::background::BackgroundService for Reloader {
                 _ = hup.recv() => {
                     let state = self.state.clone();
                     let _ = tokio::task::spawn_blocking(move || state.reload()).await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// `SIGUSR1` (logrotate's `postrotate`): every log file is closed and opened again at its path.
+struct LogReopener {
+    state: Arc<SharedState>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for LogReopener {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut usr1 =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::error!("cannot listen for SIGUSR1, log files are not reopened: {e}");
+                    return;
+                }
+            };
+        loop {
+            tokio::select! {
+                _ = usr1.recv() => {
+                    let state = self.state.clone();
+                    let _ = tokio::task::spawn_blocking(move || state.state.observe.reopen_all()).await;
                 }
                 _ = shutdown.changed() => return,
             }

@@ -329,6 +329,40 @@ pub struct LoggingConfig {
     pub redact_fields: Vec<String>,
     /// The audit trail: one record per mutating call, in its own file.
     pub audit: AuditConfig,
+    /// The shape of the proxy's own log lines on stderr (diagnostics): `json` (ECS lines like
+    /// the access log), `text`, or `auto` (json under systemd, text otherwise).
+    pub format: LogFormat,
+    /// Which requests the access log leaves out.
+    pub access: AccessLogConfig,
+}
+
+/// The shape of the diagnostic log lines (`logging.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON when started by systemd (`JOURNAL_STREAM` or `INVOCATION_ID` set), text otherwise.
+    #[default]
+    Auto,
+    Json,
+    Text,
+}
+
+/// `logging.access`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    /// Requests to these paths (exact, after normalisation) or route names get no access-log
+    /// line (they are still counted in the metrics). Default: the probes, `/health` and
+    /// `/ready`.
+    pub skip_routes: Vec<String>,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig {
+            skip_routes: vec!["/health".into(), "/ready".into()],
+        }
+    }
 }
 
 impl Default for LoggingConfig {
@@ -344,6 +378,8 @@ impl Default for LoggingConfig {
             redact_headers: Vec::new(),
             redact_fields: Vec::new(),
             audit: AuditConfig::default(),
+            format: LogFormat::Auto,
+            access: AccessLogConfig::default(),
         }
     }
 }

@@ -152,6 +152,19 @@ impl Sink {
         };
     }
 
+    /// Closes a file target so that the next write opens the path again (`SIGUSR1`, after
+    /// logrotate renamed the file). What is pending is written to the old file first.
+    pub fn reopen(&self) {
+        if self.target == "stdout" {
+            return;
+        }
+        self.flush();
+        let mut out = self.out.lock();
+        out.out = None;
+        out.last_open_attempt = None;
+        self.open_if_closed(&mut out);
+    }
+
     /// Writes what is pending now (the writer thread, and shutdown).
     pub fn flush(&self) {
         let batch = std::mem::take(&mut *self.pending.lock());
@@ -197,10 +210,17 @@ pub fn log_request(
     error_type: Option<&str>,
 ) {
     let Some(sink) = &policy.sink else { return };
+    if !policy.logs(req) {
+        return;
+    }
     sink.write(line(policy, req, obs, status, error_type));
 }
 
-/// The access-log line of one request.
+/// The ECS version the log lines follow (`ecs.version`).
+pub const ECS_VERSION: &str = "8.11.0";
+
+/// The access-log line of one request: ECS 8.x fields, and the proxy's own under `orion.*`
+/// (ECS's guidance for custom fields: one namespace of one's own).
 fn line(
     policy: &super::LogPolicy,
     req: &RequestView<'_>,
@@ -208,7 +228,7 @@ fn line(
     status: u16,
     error_type: Option<&str>,
 ) -> Vec<u8> {
-    let mut line = Line::with_capacity(640);
+    let mut line = Line::with_capacity(768);
     line.str("@timestamp", &crate::clock::timestamp(obs.started_at));
     line.str(
         "log.level",
@@ -220,7 +240,28 @@ fn line(
             "info"
         },
     );
+    line.str("log.logger", "orion_proxy.access");
+    line.message(req.method.as_str(), req.path, status);
+    line.str("ecs.version", ECS_VERSION);
     line.str("event.dataset", "orion_proxy.access");
+    line.str("event.kind", "event");
+    line.raw("event.category", r#"["web"]"#);
+    line.raw(
+        "event.type",
+        if status >= 400 || status == 0 {
+            r#"["access","error"]"#
+        } else {
+            r#"["access"]"#
+        },
+    );
+    line.str(
+        "event.outcome",
+        match status {
+            0 => "unknown",
+            s if s >= 400 => "failure",
+            _ => "success",
+        },
+    );
     line.str("http.request.id", req.request_id);
     line.str("trace.id", &obs.trace_id);
     if let Some(ip) = req.client_ip {
@@ -231,58 +272,25 @@ fn line(
     if let Some(q) = req.query {
         line.str("url.query", cut(&policy.redact_query(q), 512));
     }
-    line.str("route", req.route_name());
     if let Some(p) = req.principal {
         line.str("user.id", &p.id);
         line.str_list("user.roles", p.roles.iter().map(|r| &**r));
         line.str("organization.id", &p.tenant);
-        line.str("auth.kind", p.kind.as_str());
     }
     if let Some(ua) = req.headers.get("user-agent").and_then(|v| v.to_str().ok()) {
         line.str("user_agent.original", cut(ua, 256));
     }
     line.num("http.response.status_code", status as u64);
-    if let Some(s) = obs.upstream_status {
-        line.num("upstream.status_code", s as u64);
-    }
-    if let Some(e) = &obs.upstream_endpoint {
-        line.str("upstream.endpoint", e);
-    }
     let elapsed = obs.started.elapsed();
     line.num("event.duration", elapsed.as_nanos() as u64);
-    line.millis("latency_ms", elapsed);
-    if let Some(u) = obs.upstream_elapsed {
-        line.millis("upstream.latency_ms", u);
-    }
     line.num("http.request.body.bytes", obs.request_bytes as u64);
     line.num("http.response.body.bytes", obs.response_bytes as u64);
-    if obs.attempts > 1 {
-        line.num("upstream.attempts", obs.attempts as u64);
-    }
     if let Some(err) = &obs.error {
         line.str("error.code", err.code);
         line.str("error.message", cut(&err.detail, 256));
     }
-    if let Some(r) = obs.auth_failure {
-        line.str("auth.failure", r);
-    }
-    if let Some(k) = obs.upstream_failure {
-        line.str("upstream.failure", k);
-    }
-    if obs.request_sent && obs.upstream_status.is_none() {
-        line.raw("upstream.request_sent", "true");
-    }
     if let Some(e) = error_type {
         line.str("error.type", e);
-    }
-    if policy.request_headers {
-        line.value(
-            "http.request.headers",
-            &policy.redactor.headers(req.headers),
-        );
-    }
-    if let Some(h) = &obs.response_headers {
-        line.value("http.response.headers", h);
     }
     if policy.request_body
         && let Some(b) = &obs.request_body
@@ -290,7 +298,7 @@ fn line(
         let (text, truncated) = policy.body_for_log(b, false);
         line.str("http.request.body.content", &text);
         if truncated {
-            line.raw("http.request.body.truncated", "true");
+            line.raw("orion.http.request.body.truncated", "true");
         }
     }
     if policy.response_body
@@ -299,8 +307,47 @@ fn line(
         let (text, truncated) = policy.body_for_log(b, obs.response_body_overflow);
         line.str("http.response.body.content", &text);
         if truncated {
-            line.raw("http.response.body.truncated", "true");
+            line.raw("orion.http.response.body.truncated", "true");
         }
+    }
+    // The proxy's own fields.
+    line.str("orion.route", req.route_name());
+    line.millis("orion.latency_ms", elapsed);
+    if let Some(p) = req.principal {
+        line.str("orion.auth.kind", p.kind.as_str());
+    }
+    if let Some(r) = obs.auth_failure {
+        line.str("orion.auth.failure", r);
+    }
+    if let (Some(t), Some(_)) = (req.tenant, &obs.upstream_endpoint) {
+        line.str("orion.upstream.account", &t.account.name);
+    }
+    if let Some(s) = obs.upstream_status {
+        line.num("orion.upstream.status_code", s as u64);
+    }
+    if let Some(e) = &obs.upstream_endpoint {
+        line.str("orion.upstream.endpoint", e);
+    }
+    if let Some(u) = obs.upstream_elapsed {
+        line.millis("orion.upstream.latency_ms", u);
+    }
+    if obs.attempts > 1 {
+        line.num("orion.upstream.attempts", obs.attempts as u64);
+    }
+    if let Some(k) = obs.upstream_failure {
+        line.str("orion.upstream.failure", k);
+    }
+    if obs.request_sent && obs.upstream_status.is_none() {
+        line.raw("orion.upstream.request_sent", "true");
+    }
+    if policy.request_headers {
+        line.value(
+            "orion.http.request.headers",
+            &policy.redactor.headers(req.headers),
+        );
+    }
+    if let Some(h) = &obs.response_headers {
+        line.value("orion.http.response.headers", h);
     }
     line.finish()
 }
@@ -331,6 +378,25 @@ impl Line {
         self.key(k);
         // Writing a &str into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut self.buf, v);
+    }
+
+    /// `message`: `METHOD PATH STATUS`, the line a person reads first (Kibana's and Datadog's
+    /// default column).
+    fn message(&mut self, method: &str, path: &str, status: u16) {
+        self.key("message");
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(method.as_bytes());
+        self.buf.push(b' ');
+        // The path, escaped as a JSON string's inside (serde_json writes the quotes too).
+        let mut escaped = Vec::with_capacity(path.len() + 2);
+        let _ = serde_json::to_writer(&mut escaped, cut(path, 256));
+        if escaped.len() >= 2 {
+            self.buf.extend_from_slice(&escaped[1..escaped.len() - 1]);
+        }
+        self.buf.push(b' ');
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+        self.buf.push(b'"');
     }
 
     fn display(&mut self, k: &str, v: &dyn std::fmt::Display) {

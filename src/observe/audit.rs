@@ -105,17 +105,38 @@ impl Entry<'_> {
             "@timestamp".into(),
             json!(crate::clock::timestamp(self.started_at)),
         );
+        rec.insert(
+            "message".into(),
+            json!(format!(
+                "{} {} {} {}",
+                self.action,
+                self.method,
+                self.status,
+                self.principal.map(|p| &*p.id).unwrap_or("-")
+            )),
+        );
+        rec.insert("ecs.version".into(), json!(super::access::ECS_VERSION));
         rec.insert("event.dataset".into(), json!("orion_proxy.audit"));
+        rec.insert("event.kind".into(), json!("event"));
+        rec.insert("event.category".into(), json!(["web", "configuration"]));
+        rec.insert(
+            "event.type".into(),
+            json!(match self.method {
+                "POST" => ["creation"],
+                "DELETE" => ["deletion"],
+                _ => ["change"],
+            }),
+        );
         rec.insert("event.action".into(), json!(self.action));
         rec.insert(
             "event.outcome".into(),
-            json!(if result == "success" {
-                "success"
-            } else {
-                "failure"
+            json!(match result {
+                "success" => "success",
+                "unknown" => "unknown",
+                _ => "failure",
             }),
         );
-        rec.insert("audit.result".into(), json!(result));
+        rec.insert("orion.audit.result".into(), json!(result));
         rec.insert("http.request.id".into(), json!(self.request_id));
         if let Some(t) = self.trace_id {
             rec.insert("trace.id".into(), json!(t));
@@ -127,7 +148,7 @@ impl Entry<'_> {
                 json!(p.roles.iter().map(|r| &**r).collect::<Vec<_>>()),
             );
             rec.insert("organization.id".into(), json!(&*p.tenant));
-            rec.insert("auth.kind".into(), json!(p.kind.as_str()));
+            rec.insert("orion.auth.kind".into(), json!(p.kind.as_str()));
         }
         if let Some(ip) = self.client_ip {
             rec.insert("client.ip".into(), json!(ip.to_string()));
@@ -135,14 +156,17 @@ impl Entry<'_> {
         rec.insert("http.request.method".into(), json!(self.method));
         let path: String = self.path.chars().take(256).collect();
         rec.insert("url.path".into(), json!(path));
-        rec.insert("resource.id".into(), json!(self.resource));
-        rec.insert("http.request.body.digest".into(), json!(self.body_digest));
+        rec.insert("orion.resource.id".into(), json!(self.resource));
+        rec.insert(
+            "orion.http.request.body.digest".into(),
+            json!(self.body_digest),
+        );
         rec.insert("http.response.status_code".into(), json!(self.status));
         if let Some(s) = self.upstream_status {
-            rec.insert("upstream.status_code".into(), json!(s));
+            rec.insert("orion.upstream.status_code".into(), json!(s));
         }
         if self.request_sent {
-            rec.insert("upstream.request_sent".into(), json!(true));
+            rec.insert("orion.upstream.request_sent".into(), json!(true));
         }
         if let Some(code) = self.error_code {
             rec.insert("error.code".into(), json!(code));
@@ -424,13 +448,16 @@ pub struct Row {
     pub method: String,
     #[serde(rename = "url.path")]
     pub path: String,
-    #[serde(rename = "resource.id")]
+    #[serde(rename = "orion.resource.id", alias = "resource.id")]
     pub resource: Option<String>,
-    #[serde(rename = "audit.result")]
+    #[serde(rename = "orion.audit.result", alias = "audit.result")]
     pub result: String,
     #[serde(rename = "http.response.status_code")]
     pub status: u16,
-    #[serde(rename = "http.request.body.digest")]
+    #[serde(
+        rename = "orion.http.request.body.digest",
+        alias = "http.request.body.digest"
+    )]
     pub body_digest: Option<String>,
     #[serde(rename = "error.code")]
     pub error_code: Option<String>,
@@ -632,8 +659,8 @@ mod tests {
             "event.action": action,
             "http.request.method": "POST",
             "url.path": "/api/v1/x",
-            "resource.id": format!("id-{}", i % 3),
-            "audit.result": "success",
+            "orion.resource.id": format!("id-{}", i % 3),
+            "orion.audit.result": "success",
             "http.response.status_code": 200,
         })
         .to_string()

@@ -187,6 +187,12 @@ impl AuditWriter {
             .collect()
     }
 
+    /// Closes the file: the next batch (or the idle check) opens the path again (`SIGUSR1`).
+    pub fn reopen(&self) {
+        *self.file.lock() = None;
+        self.wake.notify_one();
+    }
+
     fn run(self: Arc<Self>) {
         loop {
             let (batch, tickets) = {

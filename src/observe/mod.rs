@@ -22,6 +22,7 @@
 pub mod access;
 pub mod audit;
 pub mod audit_writer;
+pub mod diagnostics;
 pub mod redact;
 pub mod request_id;
 pub mod rotate;
@@ -69,6 +70,20 @@ impl ObserveState {
         for s in sinks {
             s.flush();
         }
+    }
+
+    /// Closes and opens again every log file (access log and audit trail): `SIGUSR1`, sent by
+    /// logrotate's `postrotate` after it renamed the files.
+    pub fn reopen_all(&self) {
+        let sinks: Vec<Arc<access::Sink>> = self.sinks.lock().values().cloned().collect();
+        for s in sinks {
+            s.reopen();
+        }
+        let audits: Vec<Arc<AuditWriter>> = self.audits.lock().values().cloned().collect();
+        for a in audits {
+            a.reopen();
+        }
+        log::info!("log files reopened");
     }
 
     /// The access-log targets and audit paths registered now (tests).
@@ -135,6 +150,10 @@ pub struct LogPolicy {
     pub audit_on_failure: AuditOnFailure,
     /// Where usage is counted (the state's store).
     pub usage: Arc<dyn UsageStore>,
+    /// Paths and route names that get no access-log line (`logging.access.skip_routes`).
+    pub skip: Box<[Box<str>]>,
+    /// The shape of the diagnostic lines, applied at commit.
+    pub format: crate::config::model::LogFormat,
 }
 
 impl LogPolicy {
@@ -165,6 +184,13 @@ impl LogPolicy {
             errors.push(
                 "logging.audit.path: the audit trail must not share the access log's file".into(),
             );
+        }
+        for (i, r) in cfg.access.skip_routes.iter().enumerate() {
+            if r.is_empty() {
+                errors.push(format!(
+                    "logging.access.skip_routes[{i}]: must be a path or a route name"
+                ));
+            }
         }
         if cfg.access_log.is_empty() {
             errors.push("logging.access_log: must be 'stdout', 'off' or a file path".into());
@@ -217,6 +243,13 @@ impl LogPolicy {
             audit_settings,
             audit_on_failure: cfg.audit.on_failure,
             usage: state.usage.clone(),
+            skip: cfg
+                .access
+                .skip_routes
+                .iter()
+                .map(|s| s.as_str().into())
+                .collect(),
+            format: cfg.format,
         })
     }
 
@@ -224,6 +257,7 @@ impl LogPolicy {
     /// starts the new ones, gives the handed-over ones their new settings, and retires those
     /// the state has that this policy does not use.
     pub fn commit(&self, state: &ObserveState) {
+        diagnostics::set_format(self.format);
         {
             let mut sinks = state.sinks.lock();
             if let Some(sink) = &self.sink {
@@ -268,6 +302,16 @@ impl LogPolicy {
             }
             kept
         });
+    }
+
+    /// Whether a request gets an access-log line (not when its path or route name is in
+    /// `logging.access.skip_routes`).
+    pub fn logs(&self, req: &RequestView<'_>) -> bool {
+        self.skip.is_empty()
+            || !self
+                .skip
+                .iter()
+                .any(|s| **s == *req.path || **s == *req.route_name())
     }
 
     pub fn is_secret_field(&self, name: &str) -> bool {
@@ -600,14 +644,16 @@ pub async fn finish(
         let _ = audit::submit(policy, req, obs, error_type.is_some());
     }
     let elapsed = obs.started.elapsed();
+    let tenant = req.principal.map(|p| &*p.tenant).unwrap_or("none");
     metrics::request_done(
         req.route_name(),
         req.method.as_str(),
         status,
-        req.principal.map(|p| &*p.tenant).unwrap_or("none"),
+        tenant,
         elapsed.as_secs_f64(),
         obs.upstream_elapsed.map(|d| d.as_secs_f64()),
     );
+    metrics::bytes(tenant, obs.request_bytes, obs.response_bytes);
     match obs.upstream_status {
         Some(s) if s >= 500 => metrics::upstream_error("5xx"),
         Some(401) => metrics::upstream_error("auth"),
@@ -842,16 +888,16 @@ mod tests {
         let trail = lines(&dir.path().join("audit.log"));
         assert_eq!(trail.len(), 1);
         let r = &trail[0];
-        assert_eq!(r["resource.id"], "pk-9");
+        assert_eq!(r["orion.resource.id"], "pk-9");
         assert_eq!(r["user.id"], "key:ci");
         assert_eq!(r["organization.id"], "acme");
-        assert_eq!(r["audit.result"], "success");
+        assert_eq!(r["orion.audit.result"], "success");
         assert_eq!(r["client.ip"], "192.0.2.7");
         assert_eq!(r["trace.id"], "0af7651916cd43dd8448eb211c80319c");
         let redacted =
             serde_json::to_vec(&serde_json::json!({"name":"k","password":"[redacted]"})).unwrap();
         assert_eq!(
-            r["http.request.body.digest"],
+            r["orion.http.request.body.digest"],
             format!(
                 "sha256:{}",
                 hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&redacted))
@@ -878,10 +924,10 @@ mod tests {
         let l = &log[0];
         assert_eq!(l["http.request.id"], "req-1");
         assert_eq!(l["url.query"], "api_key=[redacted]&x=1");
-        assert_eq!(l["route"], "unmatched");
+        assert_eq!(l["orion.route"], "unmatched");
         assert_eq!(l["user_agent.original"], "terraform/1.9");
         assert_eq!(l["http.response.body.bytes"], 13);
-        assert_eq!(l["upstream.status_code"], 200);
+        assert_eq!(l["orion.upstream.status_code"], 200);
         assert_eq!(
             l["http.request.body.content"],
             r#"{"name":"k","password":"[redacted]"}"#
@@ -926,15 +972,15 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let r = &lines(&dir.path().join("audit.log"))[0];
-        assert_eq!(r["resource.id"], "vm-1");
-        assert_eq!(r["audit.result"], "error");
+        assert_eq!(r["orion.resource.id"], "vm-1");
+        assert_eq!(r["orion.audit.result"], "error");
         assert_eq!(r["error.code"], "upstream_reset");
         assert!(r.get("user.id").is_none());
         state.flush_all();
         let l = &lines(&dir.path().join("access.log"))[0];
         assert_eq!(l["log.level"], "error");
         assert_eq!(l["error.type"], "ConnectionClosed");
-        assert_eq!(l["upstream.failure"], "reset");
+        assert_eq!(l["orion.upstream.failure"], "reset");
         // No principal, no usage.
         assert!(
             state

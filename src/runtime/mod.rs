@@ -145,6 +145,7 @@ pub fn watch_metrics(shared: &std::sync::Arc<SharedState>) {
         .filter(|r| r.method == http::Method::GET)
         .map(|r| &*r.name);
     crate::metrics::declare_series(endpoints, get_routes);
+    declare_tenants(&rt);
     let weak = std::sync::Arc::downgrade(shared);
     crate::metrics::register_endpoint_health(Box::new(move || {
         let Some(shared) = weak.upgrade() else {
@@ -158,10 +159,30 @@ pub fn watch_metrics(shared: &std::sync::Arc<SharedState>) {
                 account
                     .endpoints
                     .iter()
-                    .map(|e| (name.clone(), e.name.to_string(), e.health.is_up()))
+                    .map(|e| crate::metrics::EndpointReport {
+                        account: name.clone(),
+                        endpoint: e.name.to_string(),
+                        up: e.health.is_up(),
+                        breaker: match &account.breaker {
+                            Some(s) => {
+                                crate::metrics::breaker_state_value(e.breaker.reported(s).as_str())
+                            }
+                            None => 0,
+                        },
+                    })
             })
             .collect()
     }));
+}
+
+/// `orion_proxy_tenant_info`: each tenant of `rt` with its account.
+pub fn declare_tenants(rt: &Runtime) {
+    crate::metrics::set_tenants(
+        rt.upstreams
+            .tenants
+            .iter()
+            .map(|(name, t)| (name.as_str(), &*t.account.name)),
+    );
 }
 
 /// Validates a file without starting anything: `orion-proxy check`.

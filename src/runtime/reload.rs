@@ -52,6 +52,7 @@ impl SharedState {
                 {
                     log::warn!("listener changes take effect at the next restart");
                 }
+                super::declare_tenants(&rt);
                 self.current.store(Arc::new(rt));
                 crate::metrics::config_reloaded(true, &version);
                 log::info!("configuration reloaded, version {version}");

@@ -87,6 +87,8 @@ pub struct Endpoint {
     pub budget: Option<Arc<tokio::sync::Semaphore>>,
     /// A disabled endpoint is never chosen.
     pub enabled: bool,
+    /// This account's series of this endpoint (`orion_proxy_upstream_requests_total`...).
+    pub series: Arc<crate::metrics::UpstreamSeries>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -101,7 +103,9 @@ impl std::fmt::Debug for Endpoint {
 impl Endpoint {
     /// Parses and resolves one endpoint. `kept(url, name)` hands over what the endpoint keeps
     /// across reloads (or a fresh record).
+    /// The endpoint `cfg` of the account named `account`.
     pub fn build(
+        account: &str,
         cfg: &EndpointConfig,
         ca: Option<CaList>,
         connect_timeout: Duration,
@@ -150,6 +154,7 @@ impl Endpoint {
             breaker,
             stats,
         } = kept(&cfg.url, &name);
+        let series = Arc::new(crate::metrics::UpstreamSeries::new(account, &name));
         Ok(Endpoint {
             name,
             url: cfg.url.clone(),
@@ -168,6 +173,7 @@ impl Endpoint {
             stats,
             budget: None,
             enabled: cfg.enabled,
+            series,
         })
     }
 

@@ -100,14 +100,22 @@ pub struct Attempt {
     ticket: Option<Ticket>,
     permit: Option<budget::Permits>,
     stats: Arc<EndpointStats>,
+    series: Arc<crate::metrics::UpstreamSeries>,
 }
 
 impl Attempt {
     pub fn finish(mut self, outcome: Outcome, elapsed: Option<Duration>) {
-        self.stats.record(
-            outcome,
-            Some(elapsed.unwrap_or_else(|| self.started.elapsed())),
-        );
+        let elapsed = elapsed.unwrap_or_else(|| self.started.elapsed());
+        self.stats.record(outcome, Some(elapsed));
+        let result = match outcome {
+            Outcome::Status(s) => crate::metrics::UpstreamResult::Status(s),
+            Outcome::Connect => crate::metrics::UpstreamResult::Connect,
+            Outcome::Timeout => crate::metrics::UpstreamResult::Timeout,
+            Outcome::Reset => crate::metrics::UpstreamResult::Reset,
+        };
+        let answered = matches!(outcome, Outcome::Status(_));
+        self.series
+            .observe(result, answered.then_some(elapsed.as_secs_f64()));
         if let Some(t) = self.ticket.take() {
             t.finish(!outcome.is_failure());
         }
@@ -243,6 +251,7 @@ impl Account {
             ticket,
             permit,
             stats: endpoint.stats.clone(),
+            series: endpoint.series.clone(),
         })
     }
 }
@@ -414,7 +423,7 @@ fn build_account(
                 .or_insert_with(|| state.kept(url).unwrap_or_else(|| Kept::new(name)))
                 .clone()
         };
-        match Endpoint::build(ec, ca.clone(), connect, read, kept) {
+        match Endpoint::build(name, ec, ca.clone(), connect, read, kept) {
             Ok(e) => endpoints.push(e),
             Err(e) => errors.push(format!("endpoints[{i}].url: {e}")),
         }

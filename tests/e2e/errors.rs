@@ -180,7 +180,8 @@ async fn connect_failure_is_502_and_timeout_is_504() {
     assert!(
         lines
             .iter()
-            .any(|l| l["http.response.status_code"] == 504 && l["upstream.failure"] == "timeout"),
+            .any(|l| l["http.response.status_code"] == 504
+                && l["orion.upstream.failure"] == "timeout"),
         "{lines:?}"
     );
 }
@@ -216,7 +217,7 @@ async fn resets_before_and_during_the_answer() {
     );
     let lines = h.proxy.access_log(3).await;
     assert!(
-        lines.iter().any(|l| l["upstream.failure"] == "reset"),
+        lines.iter().any(|l| l["orion.upstream.failure"] == "reset"),
         "{lines:?}"
     );
 }

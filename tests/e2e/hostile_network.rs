@@ -327,7 +327,7 @@ async fn pipelined_requests_are_answered_in_order_and_a_delete_is_never_a_400() 
             .find(|r| r["http.request.method"] == "DELETE")
     })
     .await;
-    assert_eq!(record["audit.result"], "success", "{record}");
+    assert_eq!(record["orion.audit.result"], "success", "{record}");
 
     let viewer = h.key("viewer").to_string();
     let mut batch = String::new();
@@ -595,6 +595,6 @@ async fn a_reset_after_orionvm_received_the_request_says_it_was_sent() {
             .find(|r| r["http.request.method"] == "DELETE")
     })
     .await;
-    assert_eq!(record["audit.result"], "unknown", "{record}");
-    assert_eq!(record["upstream.request_sent"], true, "{record}");
+    assert_eq!(record["orion.audit.result"], "unknown", "{record}");
+    assert_eq!(record["orion.upstream.request_sent"], true, "{record}");
 }

@@ -31,6 +31,7 @@ mod limits_rate;
 mod mirror_lifecycle;
 mod observe_audit;
 mod observe_audit_writer;
+mod observe_ecs;
 mod observe_logs;
 mod observe_metrics;
 mod observe_reload;

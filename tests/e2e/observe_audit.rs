@@ -263,13 +263,17 @@ async fn one_record_per_mutating_call_with_the_right_fields() {
         assert_eq!(r["user.id"].as_str(), w.user, "{r}");
         assert_eq!(r["organization.id"].as_str(), w.tenant, "{r}");
         assert_eq!(r.get("user.roles").cloned(), w.roles, "{r}");
-        assert_eq!(r["resource.id"].as_str(), w.resource.as_deref(), "{r}");
         assert_eq!(
-            r["http.request.body.digest"].as_str(),
+            r["orion.resource.id"].as_str(),
+            w.resource.as_deref(),
+            "{r}"
+        );
+        assert_eq!(
+            r["orion.http.request.body.digest"].as_str(),
             w.digest.as_deref(),
             "{r}"
         );
-        assert_eq!(r["audit.result"], w.result, "{r}");
+        assert_eq!(r["orion.audit.result"], w.result, "{r}");
         assert_eq!(r["http.response.status_code"], w.call.status, "{r}");
         assert_eq!(r["error.code"].as_str(), w.error, "{r}");
         assert_eq!(r["event.dataset"], "orion_proxy.audit");
@@ -289,7 +293,7 @@ async fn one_record_per_mutating_call_with_the_right_fields() {
         assert_eq!(recs.len(), 1, "{rid}");
         assert_eq!(recs[0]["event.action"], "admin.reload");
         assert_eq!(recs[0]["user.id"], user);
-        assert_eq!(recs[0]["audit.result"], result);
+        assert_eq!(recs[0]["orion.audit.result"], result);
         assert_eq!(recs[0]["http.response.status_code"], status);
     }
     // Reads leave no record; every mutating call left exactly one.
@@ -395,9 +399,8 @@ async fn export_filters_and_paginates_in_both_formats() {
                 &q(&format!("action=instances.stop&resource={}", ids[0]))
             )
             .await,
-            expect(
-                &|r| r["event.action"] == "instances.stop" && r["resource.id"] == ids[0].as_str()
-            )
+            expect(&|r| r["event.action"] == "instances.stop"
+                && r["orion.resource.id"] == ids[0].as_str())
         );
         let from = records[10]["@timestamp"].as_str().unwrap().to_string();
         let to = records[20]["@timestamp"].as_str().unwrap().to_string();
@@ -453,18 +456,18 @@ fn record_line(i: usize) -> String {
         "event.dataset": "orion_proxy.audit",
         "event.action": if i.is_multiple_of(2) { "instances.stop" } else { "instances.start" },
         "event.outcome": "success",
-        "audit.result": "success",
+        "orion.audit.result": "success",
         "http.request.id": format!("req-{i:08}"),
         "trace.id": "4bf92f3577b34da6a3ce929d0e0e4736",
         "user.id": format!("key:user{}", i % 10),
         "user.roles": ["operator"],
         "organization.id": if i.is_multiple_of(4) { "globex" } else { "acme" },
-        "auth.kind": "api_key",
+        "orion.auth.kind": "api_key",
         "client.ip": "127.0.0.1",
         "http.request.method": "POST",
         "url.path": format!("/api/v1/instances/{:08x}-0000-4000-8000-000000000000/stop", i % 1000),
-        "resource.id": format!("{:08x}-0000-4000-8000-000000000000", i % 1000),
-        "http.request.body.digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+        "orion.resource.id": format!("{:08x}-0000-4000-8000-000000000000", i % 1000),
+        "orion.http.request.body.digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
         "http.response.status_code": 200,
         "event.duration": 1234567,
     })

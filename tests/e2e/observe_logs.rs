@@ -202,13 +202,13 @@ async fn secrets_never_reach_a_log_line() {
     let ctx_put = parsed
         .iter()
         .find(|v| {
-            v["route"] == "instances.context.update"
+            v["orion.route"] == "instances.context.update"
                 && v["http.request.body.content"]
                     .as_str()
                     .is_some_and(|b| b.contains("visible-marker-1"))
         })
         .expect("the context PUT line");
-    let rh = &ctx_put["http.request.headers"];
+    let rh = &ctx_put["orion.http.request.headers"];
     assert_eq!(rh["authorization"], "[redacted]");
     assert_eq!(rh["cookie"], "[redacted]");
     assert_eq!(rh["x-internal-note"], "[redacted]");
@@ -239,13 +239,13 @@ async fn secrets_never_reach_a_log_line() {
         assert_eq!(entry(key), Some(json!("[redacted]")), "{key}: {resp_body}");
     }
     assert_eq!(
-        ctx_put["http.response.headers"]["x-request-id"],
+        ctx_put["orion.http.response.headers"]["x-request-id"],
         ctx_put["http.request.id"]
     );
 
     let nested = parsed
         .iter()
-        .find(|v| v["route"] == "instances.create")
+        .find(|v| v["orion.route"] == "instances.create")
         .expect("the create line");
     let body: Value =
         serde_json::from_str(nested["http.request.body.content"].as_str().unwrap()).unwrap();
@@ -265,7 +265,10 @@ async fn secrets_never_reach_a_log_line() {
         .find(|v| v["url.query"].as_str().is_some_and(|q| q.contains("x=1")))
         .unwrap();
     assert_eq!(with_key["url.query"], "api_key=[redacted]&x=1");
-    assert_eq!(with_key["http.request.headers"]["x-api-key"], "[redacted]");
+    assert_eq!(
+        with_key["orion.http.request.headers"]["x-api-key"],
+        "[redacted]"
+    );
 
     let long = parsed
         .iter()
@@ -275,7 +278,7 @@ async fn secrets_never_reach_a_log_line() {
                 .is_some_and(|b| b.contains("fffff"))
         })
         .unwrap();
-    assert_eq!(long["http.request.body.truncated"], true);
+    assert_eq!(long["orion.http.request.body.truncated"], true);
     assert_eq!(
         long["http.request.body.content"].as_str().unwrap().len(),
         2048
