@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod errors;
 pub mod facade;
+pub mod idempotency;
 pub mod limits;
 pub mod metrics;
 pub mod observe;

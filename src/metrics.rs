@@ -76,6 +76,22 @@ static CACHE: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
     .ok()
 });
 
+static IDEMPOTENCY: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "orion_proxy_idempotency_requests_total",
+        "Requests with an Idempotency-Key by route and result (first, replayed, recovered, retried, mismatch, in_flight, unresolved, error; stored, unknown, released when the first ends)",
+        &["route", "result"]
+    )
+    .ok()
+});
+
+/// A request with an `Idempotency-Key`: how its key was handled.
+pub fn idempotency(route: &str, result: &'static str) {
+    if let Some(c) = IDEMPOTENCY.as_ref() {
+        c.with_label_values(&[route, result]).inc();
+    }
+}
+
 static AUDIT_RECORDS: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
     register_int_counter_vec!(
         "orion_proxy_audit_records_total",
@@ -430,6 +446,7 @@ pub fn init(config_version: &str) {
     Lazy::force(&BREAKER_TRANSITIONS);
     Lazy::force(&COALESCED);
     Lazy::force(&CACHE);
+    Lazy::force(&IDEMPOTENCY);
     Lazy::force(&LOG_DROPPED);
     Lazy::force(&AUDIT_SYNCS);
     // Known label values start at zero, so that rate() and alerts see them before the first event.

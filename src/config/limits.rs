@@ -93,7 +93,8 @@ pub struct CacheConfig {
     pub enabled: bool,
     /// How long an answer is served from the cache, in milliseconds (0: coalescing only).
     pub ttl_ms: u64,
-    /// Routes (by name) whose GETs are coalesced and cached, per tenant.
+    /// GET routes (by name, mirror or facade) that are coalesced and cached, per tenant. The
+    /// default is every single-object read (`DEFAULT_CACHED_READS`).
     pub routes: Vec<String>,
     /// Most answers kept (over all tenants).
     pub max_entries: usize,
@@ -103,12 +104,31 @@ pub struct CacheConfig {
     pub max_body_bytes: usize,
 }
 
+/// Every single-object read of the shipped route table (mirror and facade): what pollers ask
+/// for in a loop.
+pub const DEFAULT_CACHED_READS: &[&str] = &[
+    "instances.get",
+    "instances.state",
+    "instances.context.get",
+    "instances.note",
+    "console_sessions.get",
+    "disks.get",
+    "disks.state",
+    "ip_addresses.get",
+    "networks.get",
+    "regions.get",
+    "templates.get",
+    "public_keys.get",
+    "facade.instances.get",
+    "facade.tasks.get",
+];
+
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             enabled: true,
             ttl_ms: 1000,
-            routes: vec!["instances.get".into(), "instances.state".into()],
+            routes: DEFAULT_CACHED_READS.iter().map(|r| r.to_string()).collect(),
             max_entries: 10_000,
             stale_seconds: 300,
             max_body_bytes: 256 * 1024,

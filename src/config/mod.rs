@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod health;
+pub mod idempotency;
 pub mod limits;
 pub mod model;
 pub mod secret;

@@ -47,6 +47,9 @@ pub struct Config {
     /// Rate limits, the polling cache, the budget toward OrionVM and the circuit breaker.
     #[serde(default)]
     pub limits: crate::config::limits::LimitsConfig,
+    /// `Idempotency-Key` on creates: the first answer kept and replayed to retries.
+    #[serde(default)]
+    pub idempotency: crate::config::idempotency::IdempotencyConfig,
 }
 
 /// The REST facade's tasks (reboot, snapshot).

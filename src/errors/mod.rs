@@ -7,6 +7,7 @@
 
 mod auth;
 pub mod facade;
+mod idempotency;
 mod limits;
 mod observe;
 mod routes;

@@ -88,6 +88,7 @@ impl World {
             routes: self.routes.routes(),
             tasks: &self.tasks,
             describe,
+            changed: None,
         }
     }
 

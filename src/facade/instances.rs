@@ -11,7 +11,8 @@ use serde_json::{Map, Value, json};
 use std::time::Duration;
 
 pub(crate) async fn handle(h: Handler, c: &Call<'_>) -> Result<Reply, FacadeError> {
-    let orion = orion_of(&c.req)?;
+    let mut orion = orion_of(&c.req)?;
+    orion.changed = c.env.changed.clone();
     let tenant = &*orion.tenant.name;
     let store = &**c.env.tasks;
     match h {

@@ -80,6 +80,19 @@ pub enum FacadeError {
 }
 
 impl FacadeError {
+    /// Whether OrionVM may have acted although the facade got no good answer (a timeout, a
+    /// reset, a 5xx): an idempotent create then counts its outcome as unknown.
+    pub fn may_have_acted(&self) -> bool {
+        match self {
+            FacadeError::Call(e) => !matches!(
+                e,
+                CallError::Connect | CallError::Credentials(_) | CallError::Refused(_)
+            ),
+            FacadeError::Upstream(status, _) => *status >= 500,
+            _ => false,
+        }
+    }
+
     pub fn invalid(path: &str, msg: &str) -> Self {
         FacadeError::Invalid(vec![(path.to_string(), msg.to_string())])
     }
@@ -107,11 +120,17 @@ impl From<StoreError> for FacadeError {
     }
 }
 
+/// Told of every object the facade changes at OrionVM (tenant, object id), so that cached
+/// reads of it are dropped (the limits' micro-cache; handed in by the proxy).
+pub type Changed = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
 /// OrionVM as one tenant, for one request or task.
 #[derive(Clone)]
 pub struct Orion {
     pub tenant: Arc<Tenant>,
     pub request_id: String,
+    /// Told of each object a call other than GET changed.
+    pub changed: Option<Changed>,
 }
 
 impl Orion {
@@ -122,8 +141,17 @@ impl Orion {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, FacadeError> {
-        let answer =
-            client::call(&self.tenant.account, method, path, body, &self.request_id).await?;
+        let mutation = crate::request::is_mutation(&method);
+        let answer = client::call(&self.tenant.account, method, path, body, &self.request_id).await;
+        if mutation
+            && let Some(changed) = &self.changed
+            && let Some(id) = path
+                .strip_prefix("/api/v1/")
+                .and_then(|p| p.split('/').nth(1))
+        {
+            changed(&self.tenant.name, id.split('?').next().unwrap_or(id));
+        }
+        let answer = answer?;
         if !answer.is_success() {
             return Err(FacadeError::Upstream(answer.status, answer.body));
         }
@@ -190,6 +218,8 @@ pub struct Env<'a> {
     pub tasks: &'a Arc<dyn TaskStore>,
     /// How a task records a failed step: `errors::facade::task_error`.
     pub describe: DescribeError,
+    /// Told of the objects the facade (and its tasks) change at OrionVM.
+    pub changed: Option<Changed>,
 }
 
 /// The request body as the proxy read it: the bytes, and the value that the route's schema
@@ -250,6 +280,7 @@ pub(crate) fn orion_of(req: &RequestView<'_>) -> Result<Orion, FacadeError> {
         Some(t) => Ok(Orion {
             tenant: t.clone(),
             request_id: req.request_id.to_string(),
+            changed: None,
         }),
         None => Err(FacadeError::Call(CallError::Other("no tenant".into()))),
     }

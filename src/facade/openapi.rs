@@ -406,8 +406,24 @@ fn operation(r: &Route) -> Map<String, Value> {
         _ if r.list => params.extend(list_params("instances")),
         _ => {}
     }
+    let idempotent = crate::config::idempotency::DEFAULT_ROUTES.contains(&&*r.name);
+    if idempotent {
+        params.push(json!({"$ref": "#/components/parameters/Idempotency-Key"}));
+    }
     if !params.is_empty() {
         m.insert("parameters".into(), Value::Array(params));
+    }
+    if idempotent {
+        let note = " With an `Idempotency-Key`, a retry with the same key and body gets the first \
+            answer again (`Idempotent-Replayed: true`); the same key with another body 422 \
+            `idempotency_key_reused`; a retry while the first is in flight 409 \
+            `idempotency_key_in_flight`. Keys are per tenant and kept 24 hours.";
+        let text = m
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        m.insert("description".into(), json!(format!("{text}{note}").trim()));
     }
     if let Some((_, p)) = &r.permission {
         m.insert("x-permission".into(), json!(&**p));
@@ -634,6 +650,11 @@ fn components() -> Value {
         "status": query_param("status", "Only these task statuses (comma-separated)", s.clone()),
         "type": query_param("type", "Only these task types (comma-separated)", s.clone()),
         "instance_id": query_param("instance_id", "Only tasks of these instances", s),
+        "Idempotency-Key": {
+            "name": "Idempotency-Key", "in": "header", "required": false,
+            "description": "draft-ietf-httpapi-idempotency-key-header: a unique key for this create (a structured-field string such as \"8e03978e-40d5-43e8-bc93-6894a57f9324\", 1 to 255 characters); retries with the same key never create twice",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 257}
+        },
     });
     json!({
         "schemas": schemas,
@@ -641,7 +662,8 @@ fn components() -> Value {
         "parameters": parameters,
         "headers": {
             "X-Total-Count": {"description": "Items that pass the filters, on all pages", "schema": {"type": "integer"}},
-            "Link": {"description": "RFC 8288 links: first, prev, next, last", "schema": {"type": "string"}}
+            "Link": {"description": "RFC 8288 links: first, prev, next, last", "schema": {"type": "string"}},
+            "Idempotent-Replayed": {"description": "`true` on an answer replayed for an Idempotency-Key", "schema": {"type": "string"}}
         },
         "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer", "description": "An API key or a token from /oauth/token"},

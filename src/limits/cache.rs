@@ -7,18 +7,23 @@
 //! The map is owned by [`MicroCache`], which the process state holds (`LimitsState`), so it
 //! outlives reloads and two states in one process share nothing.
 //!
-//! The flight runs in its own task through [`crate::upstream::client::call`] (same account,
-//! endpoints, credentials, breaker and budget as the proxied path), so a caller that goes away
-//! never strands the others waiting on it. The last good answer of each key is also kept for
-//! `stale_seconds`, for `breaker.fallback: stale`.
+//! The flight runs in its own task, so a caller that goes away never strands the others waiting
+//! on it: for a mirror read, one [`crate::upstream::client::call`] (same account, endpoints,
+//! credentials, breaker and budget as the proxied path); for a facade read, the facade's own
+//! answer, which the proxy hands in as a [`Fetch`]. The last good answer of each key is also
+//! kept for `stale_seconds`, for `breaker.fallback: stale`.
+//!
+//! Objects are linked: a good answer names other objects (a disk its instance, an instance its
+//! disks, addresses and keys), and a mutation of one object drops the cached reads of every
+//! object linked to it as well (a disk PUT drops the disk and the instance it is attached to).
 
 use super::rate::Verdicts;
-use crate::upstream::Account;
-use crate::upstream::client::{self, Answer, CallError};
+use crate::upstream::client::{Answer, CallError};
 use bytes::Bytes;
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -59,10 +64,16 @@ struct Entry {
     last_good: Option<Arc<Filled>>,
 }
 
+/// The call a flight makes: OrionVM's answer (or the facade's, as an answer), or why it failed.
+pub type Fetch = Pin<Box<dyn Future<Output = Result<Answer, CallError>> + Send>>;
+
 #[derive(Default)]
 struct Store {
     /// `tenant \0 object id` -> path with query -> entry.
     groups: HashMap<String, HashMap<String, Entry>>,
+    /// `tenant \0 object id` -> the groups of the objects its cached answers name (and that
+    /// name it): dropped with it.
+    links: HashMap<String, HashSet<String>>,
     entries: usize,
 }
 
@@ -112,12 +123,28 @@ enum Step {
 }
 
 impl MicroCache {
-    /// Drops every cached read of one object of one tenant.
+    /// Drops every cached read of one object of one tenant, and of the objects linked to it.
     pub fn invalidate(&self, tenant: &str, object: &str) {
-        let key = group_key(tenant, object);
+        self.invalidate_all(tenant, object, &[]);
+    }
+
+    /// [`invalidate`](Self::invalidate) for `object` and for each of `others` (the objects a
+    /// mutation's body names: the disks of a disks PUT).
+    pub fn invalidate_all(&self, tenant: &str, object: &str, others: &[&str]) {
         let mut store = self.store.lock();
-        if let Some(g) = store.groups.remove(&key) {
-            store.entries = store.entries.saturating_sub(g.len());
+        if store.groups.is_empty() && store.links.is_empty() {
+            return;
+        }
+        for o in std::iter::once(object).chain(others.iter().copied()) {
+            let key = group_key(tenant, o);
+            let linked = store.links.remove(&key);
+            drop_group(&mut store, &key);
+            for l in linked.into_iter().flatten() {
+                drop_group(&mut store, &l);
+                if let Some(back) = store.links.get_mut(&l) {
+                    back.remove(&key);
+                }
+            }
         }
     }
 
@@ -151,15 +178,16 @@ impl MicroCache {
     pub async fn serve(
         self: &Arc<Self>,
         settings: &Settings,
-        account: &Arc<Account>,
+        fetch: impl FnOnce() -> Fetch,
+        tenant: &str,
         group: String,
         path: String,
-        request_id: &str,
         wait_limit: Duration,
         charged: &mut Option<Verdicts>,
         charge_now: impl FnOnce() -> Option<Verdicts>,
         charge_later: impl Future<Output = Verdicts>,
     ) -> Result<Served, ServeError> {
+        let mut fetch = Some(fetch);
         let step = {
             let mut store = self.store.lock();
             match lookup(&store, settings, &group, &path) {
@@ -171,8 +199,10 @@ impl MicroCache {
                         if refused {
                             return Err(ServeError::Refused);
                         }
-                        let rx =
-                            self.start(&mut store, settings, account, &group, &path, request_id);
+                        let Some(f) = fetch.take() else {
+                            return Err(ServeError::Lost);
+                        };
+                        let rx = self.start(&mut store, settings, f(), tenant, &group, &path);
                         Step::Wait(rx, true)
                     }
                     None => Step::Charge,
@@ -191,8 +221,10 @@ impl MicroCache {
                 match lookup(&store, settings, &group, &path) {
                     Some(step) => step,
                     None => {
-                        let rx =
-                            self.start(&mut store, settings, account, &group, &path, request_id);
+                        let Some(f) = fetch.take() else {
+                            return Err(ServeError::Lost);
+                        };
+                        let rx = self.start(&mut store, settings, f(), tenant, &group, &path);
                         Step::Wait(rx, true)
                     }
                 }
@@ -222,10 +254,10 @@ impl MicroCache {
         self: &Arc<Self>,
         store: &mut Store,
         settings: &Settings,
-        account: &Arc<Account>,
+        fetch: Fetch,
+        tenant: &str,
         group: &str,
         path: &str,
-        request_id: &str,
     ) -> watch::Receiver<Option<Arc<Filled>>> {
         if store.entries >= settings.max_entries {
             sweep(store, settings);
@@ -253,10 +285,10 @@ impl MicroCache {
         let flight = Flight {
             cache: self.clone(),
             settings: settings.clone(),
-            account: account.clone(),
+            fetch,
+            tenant: tenant.to_string(),
             group: group.to_string(),
             path: path.to_string(),
-            request_id: request_id.to_string(),
             slot,
         };
         tokio::spawn(flight.run());
@@ -273,6 +305,51 @@ fn lookup(store: &Store, settings: &Settings, group: &str, path: &str) -> Option
         Some(f) if f.good() && f.at.elapsed() < settings.ttl => Some(Step::Ready(Served::Hit(f))),
         Some(_) => None,
     }
+}
+
+/// Drops one group of entries.
+fn drop_group(store: &mut Store, key: &str) {
+    if let Some(g) = store.groups.remove(key) {
+        store.entries = store.entries.saturating_sub(g.len());
+    }
+}
+
+/// The objects an answer names, by id: every UUID in it but its own id and the catalogue's
+/// (regions, templates, performance tiers are never changed through the API). At most 64.
+pub fn linked_ids(body: &[u8]) -> Vec<String> {
+    fn walk(v: &serde_json::Value, top: bool, out: &mut Vec<String>) {
+        if out.len() >= 64 {
+            return;
+        }
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    let catalogue = k == "region"
+                        || k == "template"
+                        || k.ends_with("performance_tier")
+                        || k == "task_id";
+                    if catalogue || (top && k == "id") {
+                        continue;
+                    }
+                    walk(v, false, out);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, false, out)),
+            serde_json::Value::String(s)
+                if s.len() == 36
+                    && uuid::Uuid::parse_str(s).is_ok()
+                    && !out.iter().any(|o| o == s) =>
+            {
+                out.push(s.clone());
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        walk(&v, true, &mut out);
+    }
+    out
 }
 
 /// Frees room: drops entries with nothing in flight and nothing worth keeping; if that is not
@@ -297,29 +374,24 @@ fn sweep(store: &mut Store, settings: &Settings) {
         store.groups.clear();
         store.entries = 0;
     }
+    let Store { groups, links, .. } = store;
+    links.retain(|k, _| groups.contains_key(k));
 }
 
 /// One call to OrionVM that the callers of one key share.
 struct Flight {
     cache: Arc<MicroCache>,
     settings: Settings,
-    account: Arc<Account>,
+    fetch: Fetch,
+    tenant: String,
     group: String,
     path: String,
-    request_id: String,
     slot: Arc<Slot>,
 }
 
 impl Flight {
     async fn run(self) {
-        let outcome = client::call(
-            &self.account,
-            http::Method::GET,
-            &self.path,
-            None,
-            &self.request_id,
-        )
-        .await;
+        let outcome = self.fetch.await;
         let filled = Arc::new(Filled {
             at: Instant::now(),
             outcome,
@@ -327,9 +399,17 @@ impl Flight {
         let good = filled.good();
         let keep =
             good && matches!(&filled.outcome, Ok(a) if a.body.len() <= self.settings.max_body);
+        let links = match &filled.outcome {
+            Ok(a) if keep => linked_ids(&a.body),
+            _ => Vec::new(),
+        };
         {
             let mut guard = self.cache.store.lock();
-            let Store { groups, entries } = &mut *guard;
+            let Store {
+                groups,
+                links: link_map,
+                entries,
+            } = &mut *guard;
             if let Some(g) = groups.get_mut(&self.group)
                 && g.get(&self.path)
                     .is_some_and(|e| Arc::ptr_eq(&e.current, &self.slot))
@@ -337,6 +417,17 @@ impl Flight {
                 if keep {
                     if let Some(e) = g.get_mut(&self.path) {
                         e.last_good = Some(filled.clone());
+                    }
+                    for id in &links {
+                        let other = group_key(&self.tenant, id);
+                        link_map
+                            .entry(self.group.clone())
+                            .or_default()
+                            .insert(other.clone());
+                        link_map
+                            .entry(other)
+                            .or_default()
+                            .insert(self.group.clone());
                     }
                 } else if good {
                     // Too big to keep: the callers waiting get it, later ones call again.

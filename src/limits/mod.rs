@@ -49,6 +49,11 @@ impl LimitsState {
     pub fn cache(&self) -> &MicroCache {
         &self.cache
     }
+
+    /// The micro-cache, shared: for the facade, whose tasks change objects after the request.
+    pub fn cache_handle(&self) -> Arc<MicroCache> {
+        self.cache.clone()
+    }
 }
 
 impl Default for LimitsState {
@@ -238,9 +243,11 @@ impl Limits {
             let explicit = c.cache.routes != config::CacheConfig::default().routes;
             for (i, name) in c.cache.routes.iter().enumerate() {
                 match table.routes().iter().find(|r| &*r.name == name) {
-                    Some(r) if r.method == http::Method::GET && r.kind == RouteKind::Mirror => {}
+                    Some(r)
+                        if r.method == http::Method::GET
+                            && matches!(r.kind, RouteKind::Mirror | RouteKind::Facade) => {}
                     Some(_) => errors.push(format!(
-                        "limits.cache.routes[{i}]: '{name}' is not a GET route forwarded to OrionVM"
+                        "limits.cache.routes[{i}]: '{name}' is not a GET route of the mirror or the facade"
                     )),
                     None if explicit => {
                         errors.push(format!("limits.cache.routes[{i}]: unknown route '{name}'"))
@@ -453,13 +460,53 @@ fn object_of<'a>(req: &RequestView<'a>) -> &'a str {
     req.param("id").unwrap_or("")
 }
 
-/// Before any upstream work: drop cached reads of an object being changed, answer fast when
-/// every endpoint's breaker is open (with the last good answer under `fallback: stale`), and
-/// answer cached reads (from the cache, a shared call or this request's own call).
+/// What the proxy hands to [`before_upstream_with`] beside the request.
+#[derive(Default)]
+pub struct Extra<'a> {
+    /// The mutation's JSON body: the objects it names are changed too (a disks PUT).
+    pub body: Option<&'a serde_json::Value>,
+    /// For a cached facade read: how to make the facade's answer, once per flight.
+    pub local: Option<Box<dyn FnOnce() -> cache::Fetch + Send + 'a>>,
+}
+
+/// The ids a mutation's body names (at most 32): the objects it changes besides its own.
+fn named_ids(body: Option<&serde_json::Value>) -> Vec<&str> {
+    fn walk<'v>(v: &'v serde_json::Value, out: &mut Vec<&'v str>) {
+        if out.len() >= 32 {
+            return;
+        }
+        match v {
+            serde_json::Value::String(s) if s.len() == 36 => out.push(s),
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            serde_json::Value::Object(m) => m.values().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(v) = body {
+        walk(v, &mut out);
+    }
+    out
+}
+
+/// [`before_upstream_with`] for a request without a body or a local answer.
 pub async fn before_upstream(
     limits: &Limits,
     req: &RequestView<'_>,
     rl: &mut RequestLimits,
+) -> Decision<LimitsError> {
+    before_upstream_with(limits, req, rl, Extra::default()).await
+}
+
+/// Before any upstream work: drop cached reads of an object being changed (and of the objects
+/// linked to it or named by the body), answer fast when every endpoint's breaker is open (with
+/// the last good answer under `fallback: stale`), and answer cached reads (from the cache, a
+/// shared call or this request's own call; a facade read through `extra.local`).
+pub async fn before_upstream_with(
+    limits: &Limits,
+    req: &RequestView<'_>,
+    rl: &mut RequestLimits,
+    extra: Extra<'_>,
 ) -> Decision<LimitsError> {
     if !limits.enabled {
         return Decision::Continue;
@@ -469,12 +516,19 @@ pub async fn before_upstream(
     };
     // Mirror and facade mutations alike drop the object's cached reads.
     if req.is_mutation() {
-        limits.micro.invalidate(&tenant.name, object_of(req));
+        limits
+            .micro
+            .invalidate_all(&tenant.name, object_of(req), &named_ids(extra.body));
     }
-    if route.kind != RouteKind::Mirror {
-        return Decision::Continue;
-    }
-    let available = tenant.account.available();
+    let local = match route.kind {
+        RouteKind::Mirror => None,
+        RouteKind::Facade if rl.cached => match extra.local {
+            Some(f) => Some(f),
+            None => return Decision::Continue,
+        },
+        _ => return Decision::Continue,
+    };
+    let available = local.is_some() || tenant.account.available();
     if !rl.cached && available {
         return Decision::Continue;
     }
@@ -526,14 +580,28 @@ pub async fn before_upstream(
             .unwrap_or_default()
         + Duration::from_secs(1);
     let mut charged = None;
+    let path = cache_path();
+    let fetch = || -> cache::Fetch {
+        match local {
+            Some(f) => f(),
+            None => {
+                let (account, path, rid) =
+                    (account.clone(), path.clone(), req.request_id.to_string());
+                Box::pin(async move {
+                    crate::upstream::client::call(&account, http::Method::GET, &path, None, &rid)
+                        .await
+                })
+            }
+        }
+    };
     let served = limits
         .micro
         .serve(
             settings,
-            account,
+            fetch,
+            &tenant.name,
             cache::group_key(&tenant.name, object_of(req)),
-            cache_path(),
-            req.request_id,
+            path.clone(),
             wait,
             &mut charged,
             || limits.judge_now(req, true),
@@ -571,6 +639,9 @@ pub async fn before_upstream(
     }
     let mut headers = rl.verdicts.headers(&limits.policies, limits.legacy);
     headers.push(("x-cache", label.to_string()));
+    if let Ok(a) = &filled.outcome {
+        headers.extend(a.headers.iter().cloned());
+    }
     match &filled.outcome {
         Ok(a) if a.status < 400 => Decision::Reply(Reply {
             status: a.status,
@@ -597,14 +668,17 @@ pub fn response_fields(limits: &Limits, rl: &RequestLimits) -> Fields {
     rl.verdicts.fields(&limits.policies, limits.legacy)
 }
 
-/// At the end of the request: drop cached reads of an object that was just changed (a read
-/// that raced the change must not outlive it).
-pub fn finish(limits: &Limits, req: &RequestView<'_>) {
+/// At the end of the request: drop cached reads of an object that was just changed, of the
+/// objects linked to it and of those its body names (a read that raced the change must not
+/// outlive it).
+pub fn finish(limits: &Limits, req: &RequestView<'_>, body: Option<&serde_json::Value>) {
     if limits.enabled
         && req.is_mutation()
         && let Some(t) = req.tenant
     {
-        limits.micro.invalidate(&t.name, object_of(req));
+        limits
+            .micro
+            .invalidate_all(&t.name, object_of(req), &named_ids(body));
     }
 }
 

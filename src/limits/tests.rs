@@ -577,14 +577,14 @@ async fn a_mutation_of_the_object_drops_its_cached_reads() {
         Some("hit")
     );
     // And again when it ends (a read that raced the change must not outlive it).
-    finish(&limits, &stop.view());
+    finish(&limits, &stop.view(), None);
     assert_eq!(
         x_cache(before(&limits, &get).await.0).as_deref(),
         Some("miss")
     );
     // Another object's reads stay.
     let other = w.req(Method::POST, "/api/v1/instances/other/stop", alice);
-    finish(&limits, &other.view());
+    finish(&limits, &other.view(), None);
     assert_eq!(
         x_cache(before(&limits, &get).await.0).as_deref(),
         Some("hit")

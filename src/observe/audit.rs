@@ -73,6 +73,8 @@ pub struct Entry<'a> {
     pub upstream_status: Option<u16>,
     /// The request reached OrionVM (it may have carried it out, answered or not).
     pub request_sent: bool,
+    /// How the request's `Idempotency-Key` was handled (a replay is recorded as such).
+    pub idempotency: Option<&'a str>,
 }
 
 /// The audit result, told by what OrionVM did when it was asked: a call OrionVM answered with
@@ -171,6 +173,9 @@ impl Entry<'_> {
         if let Some(code) = self.error_code {
             rec.insert("error.code".into(), json!(code));
         }
+        if let Some(how) = self.idempotency {
+            rec.insert("orion.idempotency".into(), json!(how));
+        }
         rec.insert(
             "event.duration".into(),
             json!(self.started.elapsed().as_nanos() as u64),
@@ -241,6 +246,7 @@ pub fn submit(
         error_code: obs.error.as_ref().map(|e| e.code),
         upstream_status: obs.upstream_status,
         request_sent: obs.request_sent,
+        idempotency: obs.idempotency,
     }
     .submit(writer)
 }
@@ -306,6 +312,7 @@ pub async fn record_admin(
         error_code,
         upstream_status: None,
         request_sent: false,
+        idempotency: None,
     }
     .submit(writer);
     if let Some(ticket) = ticket {

@@ -453,6 +453,8 @@ pub struct RequestObs {
     pub upstream_failure: Option<&'static str>,
     /// The request reached OrionVM on some attempt.
     pub request_sent: bool,
+    /// How the request's `Idempotency-Key` was handled (`first`, `replayed`, `recovered`...).
+    pub idempotency: Option<&'static str>,
 }
 
 impl Default for RequestObs {
@@ -477,6 +479,7 @@ impl Default for RequestObs {
             auth_failure: None,
             upstream_failure: None,
             request_sent: false,
+            idempotency: None,
         }
     }
 }

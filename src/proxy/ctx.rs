@@ -42,6 +42,9 @@ pub struct Ctx {
     pub obs: crate::observe::RequestObs,
     /// Rate-limit verdicts (`crate::limits`).
     pub limits: crate::limits::RequestLimits,
+    /// The `Idempotency-Key` this request holds, and its answer as written
+    /// (`crate::idempotency`); `None` for every request without one.
+    pub idem: Option<Box<crate::idempotency::Claim>>,
 }
 
 impl Ctx {
@@ -66,6 +69,7 @@ impl Ctx {
             auth_failure: None,
             obs: Default::default(),
             limits: Default::default(),
+            idem: None,
         }
     }
 

@@ -5,11 +5,16 @@ use super::ctx::Ctx;
 use super::respond;
 use crate::config::model::RouteKind;
 use crate::errors::ApiError;
+use crate::limits::cache::Fetch;
+use crate::request::Decision;
 use crate::runtime::State;
+use crate::upstream::client::Answer;
 use bytes::Bytes;
+use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora_proxy::Session;
 use serde_json::json;
+use std::sync::Arc;
 
 /// The routes the proxy answers itself, by the kind of the request's route. `Ok(false)`: not
 /// answered here, the request goes on to OrionVM.
@@ -113,6 +118,7 @@ pub async fn facade(session: &mut Session, ctx: &mut Ctx, state: &State) -> Resu
         routes: rt.routes.routes(),
         tasks: &state.stores.tasks,
         describe: crate::errors::facade::task_error,
+        changed: changed_hook(&rt, state),
     };
     let decision = {
         let view = ctx.view(session.req_header());
@@ -122,5 +128,85 @@ pub async fn facade(session: &mut Session, ctx: &mut Ctx, state: &State) -> Resu
         };
         crate::facade::answer(view, body, &env).await
     };
+    if let (Some(claim), Decision::Fail(e)) = (ctx.idem.as_mut(), &decision) {
+        claim.unsure = e.may_have_acted();
+    }
     respond::decision(session, ctx, decision).await
+}
+
+/// For a facade GET that the limits coalesce and cache (`limits.cache.routes`): how one shared
+/// call makes the facade's answer, on its own (owned copies of the request, the runtime and the
+/// task store), as the answer the waiting callers get. `None` for every other request (no
+/// allocation on the mirror's path).
+pub fn cached_facade_read(
+    req: &RequestHeader,
+    ctx: &Ctx,
+    state: &Arc<State>,
+) -> Option<Box<dyn FnOnce() -> Fetch + Send + 'static>> {
+    if !ctx.limits.cached || ctx.route.as_ref()?.kind != RouteKind::Facade {
+        return None;
+    }
+    let rt = ctx.runtime.clone()?;
+    let route = ctx.route.clone()?;
+    let (principal, tenant) = (ctx.principal.clone(), ctx.tenant.clone());
+    let (path, params, request_id) = (ctx.path.clone(), ctx.params.clone(), ctx.request_id.clone());
+    let method = req.method.clone();
+    let query = req.uri.query().map(str::to_string);
+    let tasks = state.stores.tasks.clone();
+    Some(Box::new(move || -> Fetch {
+        Box::pin(async move {
+            let headers = http::HeaderMap::new();
+            let view = crate::request::RequestView {
+                method: &method,
+                path: &path,
+                query: query.as_deref(),
+                headers: &headers,
+                route: Some(&route),
+                params: &params,
+                principal: principal.as_ref(),
+                tenant: tenant.as_ref(),
+                client_ip: None,
+                request_id: &request_id,
+            };
+            let env = crate::facade::Env {
+                config: &rt.config.facade,
+                routes: rt.routes.routes(),
+                tasks: &tasks,
+                describe: crate::errors::facade::task_error,
+                changed: None,
+            };
+            let started = std::time::Instant::now();
+            let decision = crate::facade::answer(view, Default::default(), &env).await;
+            let (status, body, headers) = match decision {
+                Decision::Reply(r) => (r.status, r.body, r.headers),
+                Decision::Fail(e) => {
+                    let err = ApiError::from(e);
+                    (err.status, err.render(&request_id), err.headers)
+                }
+                Decision::Continue => (
+                    500,
+                    ApiError::internal("the facade did not answer").render(&request_id),
+                    Vec::new(),
+                ),
+            };
+            Ok(Answer {
+                status,
+                body,
+                elapsed: started.elapsed(),
+                headers,
+            })
+        })
+    }))
+}
+
+/// What the facade tells of the objects it changes: the limits' micro-cache drops their reads
+/// (`None` when the limits are off: nothing is cached).
+fn changed_hook(rt: &crate::runtime::Runtime, state: &State) -> Option<crate::facade::Changed> {
+    if !rt.limits.enabled || rt.limits.cache.is_none() {
+        return None;
+    }
+    let cache = state.limits.cache_handle();
+    Some(Arc::new(move |tenant: &str, id: &str| {
+        cache.invalidate(tenant, id)
+    }))
 }

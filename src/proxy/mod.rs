@@ -54,16 +54,94 @@ fn upstream_failed(ctx: &mut Ctx, e: UpstreamError) -> Box<Error> {
 /// The limits' decision before any upstream work (`crate::limits::before_upstream`): drop
 /// cached reads of an object being changed, answer from the cache or a shared call, answer
 /// fast when every breaker is open. `Ok(true)`: answered.
-async fn before_upstream(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-    let Some((limits, view, rl)) = limits_parts(session.req_header(), ctx) else {
-        return Ok(false);
+async fn before_upstream(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    state: &Arc<crate::runtime::State>,
+) -> Result<bool> {
+    let local = local::cached_facade_read(session.req_header(), ctx, state);
+    let body = ctx.validated.take();
+    let decision = match limits_parts(session.req_header(), ctx) {
+        Some((limits, view, rl)) => {
+            let extra = crate::limits::Extra {
+                body: body.as_ref().map(|v| &v.value),
+                local,
+            };
+            crate::limits::before_upstream_with(limits, &view, rl, extra).await
+        }
+        None => crate::request::Decision::Continue,
     };
-    let decision = crate::limits::before_upstream(limits, &view, rl).await;
+    ctx.validated = body;
     if let Some((status, elapsed)) = ctx.limits.upstream_answer.take() {
         ctx.upstream.status = Some(status);
         ctx.upstream.elapsed = Some(elapsed);
     }
     respond::decision(session, ctx, decision).await
+}
+
+/// A create with an `Idempotency-Key` (`crate::idempotency::begin`): holds the key and goes
+/// on, or answers (the stored answer, the object a lookup found, or a refusal). `Ok(true)`:
+/// answered.
+async fn idempotency(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    state: &crate::runtime::State,
+    key: &str,
+) -> Result<bool> {
+    let Some(rt) = ctx.runtime.clone() else {
+        return Ok(false);
+    };
+    let begun = {
+        let view = ctx.view(session.req_header());
+        crate::idempotency::begin(
+            &rt.idempotency,
+            &state.stores.kv,
+            &view,
+            key,
+            ctx.body.as_deref(),
+            ctx.validated.as_ref().map(|v| &v.value),
+        )
+        .await
+    };
+    match begun {
+        Ok(crate::idempotency::Begun::Proceed(claim)) => {
+            ctx.obs.idempotency = Some(claim.how);
+            ctx.idem = Some(claim);
+            Ok(false)
+        }
+        Ok(crate::idempotency::Begun::Answer(reply, how)) => {
+            ctx.obs.idempotency = Some(how);
+            respond::json(session, ctx, reply.status, reply.body, &reply.headers).await?;
+            Ok(true)
+        }
+        Err(e) => {
+            ctx.obs.idempotency = Some("refused");
+            respond::error(session, ctx, e.into()).await?;
+            Ok(true)
+        }
+    }
+}
+
+/// What became of a create that held an `Idempotency-Key`, from what the phases saw.
+pub(crate) fn idempotency_outcome(
+    ctx: &Ctx,
+    claim: &crate::idempotency::Claim,
+) -> crate::idempotency::Outcome {
+    use crate::idempotency::Outcome;
+    use crate::upstream::Failure;
+    let cut = matches!(
+        ctx.upstream.failure,
+        Some(Failure::Timeout | Failure::Reset)
+    );
+    if claim.unsure {
+        Outcome::Unknown
+    } else if claim.answered() && !cut {
+        Outcome::Answered
+    } else if cut || ctx.upstream.status.is_some() {
+        Outcome::Unknown
+    } else {
+        Outcome::NotSent
+    }
 }
 
 /// OrionVM answered 401 to the proxy's own token: drop that token and, once per request while
@@ -167,7 +245,27 @@ impl ProxyHttp for OrionProxy {
             respond::error(session, ctx, err).await?;
             return Ok(true);
         }
-        if before_upstream(session, ctx).await? {
+        // An `Idempotency-Key` on a create: only a request that carries one goes further.
+        let key = match ctx.runtime.as_deref() {
+            Some(rt) => rt
+                .idempotency
+                .key_of(&ctx.view(session.req_header()))
+                .map(|k| k.map(str::to_string)),
+            None => Ok(None),
+        };
+        match key {
+            Ok(None) => {}
+            Ok(Some(key)) => {
+                if idempotency(session, ctx, &self.state.state, &key).await? {
+                    return Ok(true);
+                }
+            }
+            Err(e) => {
+                respond::error(session, ctx, e.into()).await?;
+                return Ok(true);
+            }
+        }
+        if before_upstream(session, ctx, &self.state.state).await? {
             return Ok(true);
         }
         // Health, readiness, the token endpoint, the facade, the API document, mirror lists
@@ -296,6 +394,13 @@ impl ProxyHttp for OrionProxy {
             }
             ctx.rewrite = Some(BytesMut::new());
         }
+        if let Some(claim) = ctx.idem.as_mut() {
+            let headers = upstream
+                .headers
+                .iter()
+                .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)));
+            claim.capture_head(upstream.status.as_u16(), headers);
+        }
         if let Some((log, req, obs)) = ctx.observed(session) {
             observe::on_response_header(
                 log,
@@ -334,6 +439,17 @@ impl ProxyHttp for OrionProxy {
             }
         } else if let Some(b) = body {
             ctx.response_bytes += b.len();
+        }
+        if let Some(mut claim) = ctx.idem.take() {
+            claim.capture_body(body.as_deref(), end_of_stream);
+            if end_of_stream && claim.answered() {
+                // Stored as the last bytes go out (this filter cannot wait); failures are
+                // left to `logging`.
+                let outcome = idempotency_outcome(ctx, &claim);
+                tokio::spawn(crate::idempotency::finish(*claim, outcome));
+            } else {
+                ctx.idem = Some(claim);
+            }
         }
         // Between the first and the last chunk observe only keeps a captured body: bring its
         // record up to date only when it has something to do.
@@ -453,8 +569,14 @@ impl ProxyHttp for OrionProxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         metrics::in_flight(-1);
         crate::upstream::peer::finish_attempt(&mut ctx.upstream);
+        let body = ctx.validated.take();
         if let Some((limits, view, _)) = limits_parts(session.req_header(), ctx) {
-            crate::limits::finish(limits, &view);
+            crate::limits::finish(limits, &view, body.as_ref().map(|v| &v.value));
+        }
+        ctx.validated = body;
+        if let Some(claim) = ctx.idem.take() {
+            let outcome = idempotency_outcome(ctx, &claim);
+            crate::idempotency::finish(*claim, outcome).await;
         }
         let status = session
             .response_written()

@@ -25,6 +25,13 @@ pub async fn json(
         header.append_header(*name, value.as_str())?;
     }
     ctx.response_bytes = body.len();
+    if let Some(mut claim) = ctx.idem.take() {
+        // Stored before the caller has the answer: a retry right after it gets the replay.
+        claim.capture_head(status, extra.iter().map(|(n, v)| (*n, v.as_str())));
+        claim.capture_body(Some(&body), true);
+        let outcome = super::idempotency_outcome(ctx, &claim);
+        crate::idempotency::finish(*claim, outcome).await;
+    }
     if let Some((log, req, obs)) = ctx.observed(session) {
         crate::observe::on_local_answer(log, &req, obs, status, &header.headers, &body).await;
     }

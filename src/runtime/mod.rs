@@ -36,6 +36,8 @@ pub struct Runtime {
     /// Per-route body schemas and rewrite rules, compiled once per build.
     pub body_rules: crate::validate::BodyRules,
     pub limits: crate::limits::Limits,
+    /// `Idempotency-Key` on creates (`crate::idempotency`).
+    pub idempotency: crate::idempotency::Idempotency,
 }
 
 /// A runtime that was built completely but is not in force yet.
@@ -98,26 +100,42 @@ pub fn stage(config: Config, text: &str, state: &State) -> Result<Staged, Vec<St
     let limits = crate::limits::Limits::build(&config, routes.as_ref(), &role_names, &state.limits)
         .map_err(|e| errors.extend(e))
         .ok();
+    let idempotency = crate::idempotency::Idempotency::build(&config, routes.as_ref())
+        .map_err(|e| errors.extend(e))
+        .ok();
 
-    match (routes, auth, upstreams, log, body_rules, limits) {
-        (Some(routes), Some(auth), Some(upstreams), Some(log), Some(body_rules), Some(limits))
-            if errors.is_empty() =>
-        {
-            Ok(Staged {
-                runtime: Runtime {
-                    body_rules,
-                    limits,
-                    version: config::version_of(text),
-                    max_body_bytes: config.server.max_body_bytes,
-                    config,
-                    routes,
-                    auth,
-                    upstreams,
-                    log,
-                    trusted_networks,
-                },
-            })
-        }
+    match (
+        routes,
+        auth,
+        upstreams,
+        log,
+        body_rules,
+        limits,
+        idempotency,
+    ) {
+        (
+            Some(routes),
+            Some(auth),
+            Some(upstreams),
+            Some(log),
+            Some(body_rules),
+            Some(limits),
+            Some(idempotency),
+        ) if errors.is_empty() => Ok(Staged {
+            runtime: Runtime {
+                body_rules,
+                limits,
+                idempotency,
+                version: config::version_of(text),
+                max_body_bytes: config.server.max_body_bytes,
+                config,
+                routes,
+                auth,
+                upstreams,
+                log,
+                trusted_networks,
+            },
+        }),
         _ => Err(errors),
     }
 }

@@ -79,6 +79,9 @@ pub struct Answer {
     pub status: u16,
     pub body: Bytes,
     pub elapsed: std::time::Duration,
+    /// Headers of the answer that a caller must see again when it is replayed (a facade
+    /// list's `X-Total-Count`); empty for OrionVM's answers.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Answer {
@@ -210,6 +213,7 @@ pub async fn call(
             status,
             body,
             elapsed,
+            headers: Vec::new(),
         });
     }
 }

@@ -184,3 +184,137 @@ async fn the_cache_is_per_tenant_and_a_mutation_drops_it() {
     // The simulator may have moved on (stopping -> stopped); never back to the old state.
     assert_ne!(want["state"], before["state"]);
 }
+
+/// Issue 12: 200 clients busy-polling one disk and one instance through the mirror and the
+/// same instance through the facade: a handful of OrionVM calls per second, no 429, although
+/// the quota is far below the number of polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn busy_polling_disks_and_facade_instances_costs_a_handful_of_calls() {
+    let h = Harness::start_with(|c| {
+        c.acme_upstream = Upstream::Static;
+        c.extra_top =
+            "limits:\n  policies:\n    default: {quota: 300, window_seconds: 60}\n".into();
+    })
+    .await;
+    let key = h.key("viewer").to_string();
+    let id = h.first_instance(&key).await;
+    let disks = ok_json(h.get(&key, "/api/v1/disks").await).await;
+    let disk = disks[0]["id"].as_str().unwrap().to_string();
+    let paths = [
+        format!("/api/v1/disks/{disk}"),
+        format!("/api/v1/instances/{id}"),
+        format!("/v1/instances/{id}"),
+    ];
+    h.sim.reset_calls();
+
+    let answered = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let run_for = Duration::from_secs(4);
+    let mut tasks = Vec::new();
+    for n in 0..200usize {
+        let client = reqwest::Client::new();
+        let urls: Vec<String> = paths.iter().map(|p| h.url(p)).collect();
+        let (key, answered) = (key.clone(), answered.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = n;
+            let mut refused = Vec::new();
+            while started.elapsed() < run_for {
+                let url = &urls[i % urls.len()];
+                i += 1;
+                let r = client.get(url).bearer_auth(&key).send().await.unwrap();
+                let status = r.status().as_u16();
+                let body = r.bytes().await.unwrap();
+                if status != 200 {
+                    refused.push((url.clone(), status, body));
+                } else {
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            refused
+        }));
+    }
+    let mut refused = Vec::new();
+    for t in tasks {
+        refused.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let calls = h.sim.calls();
+    let disk_calls = calls.count("GET", "/api/v1/disks/{id}");
+    let instance_calls = calls.count("GET", "/api/v1/instances/{id}");
+    let answered = answered.load(Ordering::Relaxed);
+    eprintln!(
+        "{answered} answers in {elapsed:.1} s: {disk_calls} disk and {instance_calls} instance calls to OrionVM, {} total",
+        calls.total
+    );
+    assert!(
+        refused.is_empty(),
+        "no 429, no error: {:?}",
+        &refused[..refused.len().min(3)]
+    );
+    assert!(answered >= 600, "every poller got answers: {answered}");
+    // About one call per second and path (ttl 1 s): the facade's instance and the mirror's are
+    // two paths, each cached apart.
+    let per_path = 3.0 * elapsed.ceil() + 2.0;
+    assert!(
+        (1..=per_path as u64).contains(&disk_calls),
+        "{disk_calls} disk calls in {elapsed:.1} s"
+    );
+    assert!(
+        (1..=2 * per_path as u64).contains(&instance_calls),
+        "{instance_calls} instance calls in {elapsed:.1} s"
+    );
+    // Nothing else reached OrionVM but its health checks (`GET /`).
+    let api_calls = calls.total - calls.count("GET", "/");
+    assert_eq!(api_calls, disk_calls + instance_calls, "{:?}", calls.routes);
+    assert!(
+        answered >= 20 * api_calls,
+        "{answered} answers from {api_calls} calls"
+    );
+}
+
+/// A disk PUT drops the disk's cached reads and those of the instance it is attached to; a
+/// disks PUT on an instance drops the disks it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_drops_the_object_and_its_linked_objects() {
+    let h = Harness::start_with(|c| {
+        c.acme_upstream = Upstream::Static;
+        c.extra_top = "limits:\n  cache: {ttl_ms: 60000}\n".into();
+    })
+    .await;
+    let key = h.key("admin").to_string();
+    let id = h.first_instance(&key).await;
+    let inst = ok_json(h.get(&key, &format!("/api/v1/instances/{id}")).await).await;
+    let disk = inst["disks"][0]["id"].as_str().unwrap().to_string();
+    for path in [
+        format!("/api/v1/instances/{id}"),
+        format!("/v1/instances/{id}"),
+        format!("/api/v1/disks/{disk}"),
+    ] {
+        let _ = h.get(&key, &path).await;
+        let r = h.get(&key, &path).await;
+        assert_eq!(r.headers()["x-cache"], "hit", "{path}");
+    }
+    let r = h
+        .http
+        .put(h.url(&format!("/api/v1/disks/{disk}")))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"name": "renamed-by-test"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    for path in [
+        format!("/api/v1/instances/{id}"),
+        format!("/v1/instances/{id}"),
+        format!("/api/v1/disks/{disk}"),
+    ] {
+        let r = h.get(&key, &path).await;
+        assert_eq!(
+            r.headers()["x-cache"],
+            "miss",
+            "{path} dropped by the disk PUT"
+        );
+    }
+    let d = ok_json(h.get(&key, &format!("/api/v1/disks/{disk}")).await).await;
+    assert_eq!(d["name"], "renamed-by-test");
+}

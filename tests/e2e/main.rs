@@ -20,6 +20,7 @@ mod facade_lifecycle;
 mod facade_lists;
 mod facade_readme;
 mod hostile_network;
+mod idempotency;
 mod identity_demo;
 mod identity_jwt;
 mod identity_permissions;

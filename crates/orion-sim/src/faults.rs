@@ -15,7 +15,7 @@ use super::util::status_or_500;
 /// `_ms` names):
 /// `{"path_prefix": "/api/v1/instances", "method": "POST", "latency_ms": 300,
 ///   "error_burst": {"status": 503, "count": 2, "html": false}, "reset": 1,
-///   "reset_mid_body": 1, "slow_body_ms": 50, "hang_transitions": true, "empty_error": 500}`
+///   "reset_mid_body": 1, "reset_after": 1, "slow_body_ms": 50, "hang_transitions": true, "empty_error": 500}`
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultPlan {
@@ -30,6 +30,9 @@ pub struct FaultPlan {
     pub reset: u32,
     /// The next N matching requests get their headers and part of the body, then a reset.
     pub reset_mid_body: u32,
+    /// The next N matching requests are carried out (an instance is created), then the
+    /// connection is reset before any answer: the caller cannot tell what happened.
+    pub reset_after: u32,
     /// The body goes out in small chunks with this delay between them.
     #[serde(rename = "slow_body_ms", alias = "slow_body", with = "opt_ms")]
     pub slow_body: Option<Duration>,
@@ -113,6 +116,7 @@ pub(crate) struct FaultState {
     pub burst_left: u32,
     pub reset_left: u32,
     pub reset_mid_body_left: u32,
+    pub reset_after_left: u32,
     pub injected: u64,
 }
 
@@ -125,6 +129,8 @@ pub(crate) struct Decision {
     pub empty: Option<StatusCode>,
     pub reset_mid_body: bool,
     pub slow_body: Option<Duration>,
+    /// Carry the request out, then reset instead of answering.
+    pub reset_after: bool,
 }
 
 impl Decision {
@@ -135,6 +141,7 @@ impl Decision {
             || self.empty.is_some()
             || self.reset_mid_body
             || self.slow_body.is_some()
+            || self.reset_after
     }
 }
 
@@ -143,6 +150,7 @@ impl FaultState {
         self.burst_left = plan.error_burst.as_ref().map_or(0, |b| b.count);
         self.reset_left = plan.reset;
         self.reset_mid_body_left = plan.reset_mid_body;
+        self.reset_after_left = plan.reset_after;
         self.plan = plan;
     }
 
@@ -186,11 +194,16 @@ impl FaultState {
                 self.reset_mid_body_left -= 1;
                 d.reset_mid_body = true;
             }
+            if !d.reset && self.reset_after_left > 0 {
+                self.reset_after_left -= 1;
+                d.reset_after = true;
+            }
         }
         if let Some(h) = header {
             d.latency += h.latency.unwrap_or_default();
             d.reset |= h.reset;
             d.reset_mid_body |= h.reset_mid_body;
+            d.reset_after |= h.reset_after;
             if h.slow_body.is_some() {
                 d.slow_body = h.slow_body;
             }
@@ -216,6 +229,7 @@ pub(crate) struct HeaderFault {
     pub html: bool,
     pub reset: bool,
     pub reset_mid_body: bool,
+    pub reset_after: bool,
     pub slow_body: Option<Duration>,
     pub empty: Option<StatusCode>,
 }
@@ -245,7 +259,8 @@ fn parse_status(s: &str) -> Option<StatusCode> {
     StatusCode::from_u16(code).ok()
 }
 
-/// Parses `latency=300ms, status=502;html, reset, reset_mid_body, slow_body=50ms, empty=500`.
+/// Parses `latency=300ms, status=502;html, reset, reset_mid_body, reset_after, slow_body=50ms,
+/// empty=500`.
 /// Directives are separated by `,` or `;`.
 pub(crate) fn parse_header(value: &str) -> Result<HeaderFault, String> {
     let mut f = HeaderFault::default();
@@ -265,6 +280,7 @@ pub(crate) fn parse_header(value: &str) -> Result<HeaderFault, String> {
             ("html", None) => f.html = true,
             ("reset", None) => f.reset = true,
             ("reset_mid_body", None) => f.reset_mid_body = true,
+            ("reset_after", None) => f.reset_after = true,
             ("slow_body", Some(v)) => f.slow_body = Some(parse_duration(v).ok_or_else(bad)?),
             ("empty", Some(v)) => f.empty = Some(parse_status(v).ok_or_else(bad)?),
             _ => return Err(bad()),
@@ -285,6 +301,7 @@ mod tests {
         assert!(f.html);
         assert!(parse_header("reset").unwrap().reset);
         assert!(parse_header("reset_mid_body").unwrap().reset_mid_body);
+        assert!(parse_header("reset_after").unwrap().reset_after);
         assert_eq!(
             parse_header("slow_body=1.5s").unwrap().slow_body,
             Some(Duration::from_millis(1500))

@@ -570,6 +570,11 @@ async fn handle(
             }
         }
     };
+    if decision.reset_after {
+        // Carried out; the caller never hears of it.
+        ctl.abort();
+        return std::future::pending().await;
+    }
     let mid = decision.reset_mid_body.then_some(ctl);
     respond(reply, decision.slow_body, mid)
 }
@@ -595,6 +600,7 @@ fn control(shared: &Shared, method: &str, path: &str, body: &[u8]) -> Reply {
                 "error_burst_left": f.burst_left,
                 "reset_left": f.reset_left,
                 "reset_mid_body_left": f.reset_mid_body_left,
+                "reset_after_left": f.reset_after_left,
             }))
         }
         ("PUT", "/_sim/faults") => {
