@@ -439,3 +439,64 @@ impl Flight {
         self.slot.send_replace(Some(filled));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_links_the_objects_it_names_but_not_the_catalogue() {
+        let disk = br#"{"id": "7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f", "name": "d",
+            "instance_id": "3b0c2f6e-1111-4222-8333-944455556666",
+            "template": {"id": "0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e"},
+            "performance_tier": {"id": "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"},
+            "region": {"id": "9e98d1f2-3c4b-4a5d-8e6f-7a8b9c0d1e2f"}}"#;
+        assert_eq!(
+            linked_ids(disk),
+            vec!["3b0c2f6e-1111-4222-8333-944455556666".to_string()]
+        );
+        let inst = br#"{"id": "3b0c2f6e-1111-4222-8333-944455556666",
+            "disks": [{"id": "7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f"}],
+            "network_adapters": [{"network": {"id": "2d3e4f5a-6b7c-4d8e-9f0a-1b2c3d4e5f6a"},
+                                  "ip_addresses": [{"id": "4f5a6b7c-8d9e-4f0a-8b1c-2d3e4f5a6b7c"}]}]}"#;
+        assert_eq!(linked_ids(inst).len(), 3);
+        assert!(linked_ids(b"not json").is_empty());
+    }
+
+    #[test]
+    fn invalidating_an_object_drops_its_linked_groups() {
+        let cache = MicroCache::default();
+        {
+            let mut store = cache.store.lock();
+            for g in ["t\0disk", "t\0inst", "t\0other"] {
+                let (tx, _) = watch::channel(None);
+                let mut entries = HashMap::new();
+                entries.insert(
+                    format!("/{g}"),
+                    Entry {
+                        current: Arc::new(tx),
+                        last_good: None,
+                    },
+                );
+                store.groups.insert(g.to_string(), entries);
+                store.entries += 1;
+            }
+            store
+                .links
+                .entry("t\0disk".into())
+                .or_default()
+                .insert("t\0inst".into());
+            store
+                .links
+                .entry("t\0inst".into())
+                .or_default()
+                .insert("t\0disk".into());
+        }
+        cache.invalidate("t", "disk");
+        let store = cache.store.lock();
+        assert!(!store.groups.contains_key("t\0disk"));
+        assert!(!store.groups.contains_key("t\0inst"), "the linked instance");
+        assert!(store.groups.contains_key("t\0other"));
+        assert_eq!(store.entries, 1);
+    }
+}

@@ -400,13 +400,14 @@ impl Limits {
         })
     }
 
-    /// Whether the route's GETs are coalesced and cached.
+    /// Whether the route's GETs are coalesced and cached. A mirror list asked with a query is
+    /// not: the facade pages, filters and sorts it (a listed list is cached only bare).
     fn is_cached_read(&self, req: &RequestView<'_>) -> bool {
         *req.method == http::Method::GET
-            && req
-                .route
-                .and_then(|r| self.routes.get(&*r.name))
-                .is_some_and(|p| p.cached)
+            && req.route.is_some_and(|r| {
+                self.routes.get(&*r.name).is_some_and(|p| p.cached)
+                    && !(r.list && r.kind == RouteKind::Mirror && req.query.is_some())
+            })
     }
 }
 

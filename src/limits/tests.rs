@@ -648,3 +648,60 @@ async fn an_open_breaker_answers_stale_or_refuses() {
         Decision::Fail(LimitsError::Upstream(UpstreamError::Open { .. }))
     ));
 }
+
+#[tokio::test]
+async fn cache_routes_take_any_get_route_and_refuse_the_others() {
+    let w = world(
+        "http://127.0.0.1:9",
+        "limits:\n  cache: {routes: [disks.get, facade.instances.get, facade.tasks.list, instances.list]}\n",
+    );
+    let limits = w.limits(&LimitsState::default());
+    let p = principal("k1", &["viewer"]);
+    for (path, cached) in [
+        ("/api/v1/disks/d1", true),
+        ("/v1/instances/i1", true),
+        ("/v1/tasks", true),
+        ("/api/v1/instances", true),
+        // A mirror list asked to page is the facade's to answer: not cached.
+        ("/api/v1/instances?limit=1", false),
+        ("/api/v1/networks/n1", false),
+    ] {
+        let (r, rl) = admitted(&limits, &w.req(Method::GET, path, p.clone())).await;
+        assert!(r.is_ok());
+        assert_eq!(rl.cached, cached, "{path}");
+    }
+    let bad = world(
+        "http://127.0.0.1:9",
+        "limits:\n  cache: {routes: [disks.create, nope]}\n",
+    );
+    let errs = Limits::build(
+        &bad.config,
+        Some(&bad.routes),
+        ROLES,
+        &LimitsState::default(),
+    )
+    .err()
+    .unwrap()
+    .join("\n");
+    assert!(
+        errs.contains("limits.cache.routes[0]: 'disks.create' is not a GET route"),
+        "{errs}"
+    );
+    assert!(
+        errs.contains("limits.cache.routes[1]: unknown route 'nope'"),
+        "{errs}"
+    );
+    // The shipped default covers every single-object read of the shipped routes.
+    let shipped = world("http://127.0.0.1:9", "");
+    let limits = shipped.limits(&LimitsState::default());
+    for r in shipped.routes.routes() {
+        let single = r.method == Method::GET
+            && r.template.ends_with('}')
+            && matches!(r.kind, RouteKind::Mirror | RouteKind::Facade);
+        if single {
+            let path = r.template.replace("{id}", "x1");
+            let (_, rl) = admitted(&limits, &shipped.req(Method::GET, &path, p.clone())).await;
+            assert!(rl.cached, "{} is a single-object read", r.name);
+        }
+    }
+}

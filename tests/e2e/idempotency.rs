@@ -139,7 +139,13 @@ async fn a_retry_gets_the_first_answer_and_another_body_422() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_while_the_first_is_in_flight_gets_409() {
-    let h = Harness::start_with(|c| c.acme_upstream = Upstream::Static).await;
+    // The first create takes 6 s at OrionVM (within the read timeout): room for the retry on a
+    // loaded machine.
+    let h = Harness::start_with(|c| {
+        c.acme_upstream = Upstream::Static;
+        c.read_timeout_ms = 20_000;
+    })
+    .await;
     let admin = h.key("admin").to_string();
     let body = json!({"name": "idem-slow", "key": KEY_MATERIAL});
     let slow = {
@@ -149,7 +155,7 @@ async fn a_retry_while_the_first_is_in_flight_gets_409() {
                 .post(url)
                 .bearer_auth(admin)
                 .header("idempotency-key", "slow-1")
-                .header("x-sim-fault", "latency=3s")
+                .header("x-sim-fault", "latency=6s")
                 .json(&body)
                 .send()
                 .await
