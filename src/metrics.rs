@@ -371,24 +371,33 @@ pub fn set_tenants<'a>(tenants: impl Iterator<Item = (&'a str, &'a str)>) {
 
 /// Starts reporting the days until the proxy listener's certificate expires
 /// (`orion_proxy_tls_certificate_expiry_days`), computed at every scrape from its `notAfter`
-/// (Unix seconds).
+/// (Unix seconds). Called again (a reload renewed the certificate), it reports the new one.
 pub fn register_certificate_expiry(not_after: i64) {
+    static NOT_AFTER: once_cell::sync::OnceCell<std::sync::Arc<std::sync::atomic::AtomicI64>> =
+        once_cell::sync::OnceCell::new();
+    if let Some(current) = NOT_AFTER.get() {
+        current.store(not_after, std::sync::atomic::Ordering::Relaxed);
+        return;
+    }
     let Ok(g) = prometheus::Gauge::new(
         "orion_proxy_tls_certificate_expiry_days",
         "Days until the proxy listener's TLS certificate expires (negative: expired)",
     ) else {
         return;
     };
+    let shared = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(not_after));
     let c = CertificateExpiry {
         gauge: g,
-        not_after,
+        not_after: shared.clone(),
     };
-    let _ = prometheus::register(Box::new(c));
+    if prometheus::register(Box::new(c)).is_ok() {
+        let _ = NOT_AFTER.set(shared);
+    }
 }
 
 struct CertificateExpiry {
     gauge: prometheus::Gauge,
-    not_after: i64,
+    not_after: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl prometheus::core::Collector for CertificateExpiry {
@@ -401,7 +410,8 @@ impl prometheus::core::Collector for CertificateExpiry {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        self.gauge.set((self.not_after as f64 - now) / 86_400.0);
+        let not_after = self.not_after.load(std::sync::atomic::Ordering::Relaxed);
+        self.gauge.set((not_after as f64 - now) / 86_400.0);
         self.gauge.collect()
     }
 }

@@ -154,6 +154,15 @@ pub fn check_server(config: &Config) -> Result<Vec<ipnet::IpNet>, Vec<String>> {
             }
         }
     }
+    if s.upgrade_socket.is_empty() {
+        errors.push("server.upgrade_socket: must be a path".into());
+    }
+    if let Some(c) = &s.control_socket
+        && (c.is_empty() || *c == s.upgrade_socket)
+    {
+        errors
+            .push("server.control_socket: must be a path other than server.upgrade_socket".into());
+    }
     let mut trusted_networks = Vec::new();
     for (i, n) in s.trusted_networks.iter().enumerate() {
         match n.parse::<ipnet::IpNet>() {

@@ -50,12 +50,40 @@ pub struct Config {
     /// `Idempotency-Key` on creates: the first answer kept and replayed to retries.
     #[serde(default)]
     pub idempotency: crate::config::idempotency::IdempotencyConfig,
+    /// The web console served by the admin listener at `/ui/`.
+    #[serde(default)]
+    pub console: ConsoleConfig,
     /// What of the caller's request reaches OrionVM.
     #[serde(default)]
     pub upstream: UpstreamSettings,
     /// Where shared state lives: memory (one node) or Redis (several nodes).
     #[serde(default)]
     pub state: crate::config::state::StateConfig,
+}
+
+/// The operators' web console (`/ui/` on the admin listener).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve the console (the admin listener must be configured).
+    pub enabled: bool,
+    /// A session ends after this many seconds without a request.
+    pub idle_timeout_seconds: u64,
+    /// A session ends this many seconds after sign-in, used or not.
+    pub absolute_timeout_seconds: u64,
+    /// Failed sign-ins accepted per source address and minute; further attempts get 429.
+    pub sign_in_failures_per_minute: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            enabled: true,
+            idle_timeout_seconds: 900,
+            absolute_timeout_seconds: 8 * 3600,
+            sign_in_failures_per_minute: 5,
+        }
+    }
 }
 
 /// What of the caller's request reaches OrionVM (every account).
@@ -138,6 +166,13 @@ pub struct ServerConfig {
     /// a header and a 1 KiB JSON body two `sendto` calls, each waking the client. 0 writes
     /// unbuffered.
     pub write_buffer_bytes: usize,
+    /// A local Unix socket (mode 0600) through which `orion-proxy reload -c FILE` asks the
+    /// running process to reload and `orion-proxy run --upgrade` asks it to hand its listening
+    /// sockets over. None: no control socket.
+    pub control_socket: Option<String>,
+    /// The Unix socket over which a process started with `run --upgrade` receives the
+    /// listening sockets of the running one (Pingora's `upgrade_sock`).
+    pub upgrade_socket: String,
 }
 
 /// `server.timeouts`, in milliseconds.
@@ -187,6 +222,8 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             max_connections_per_ip: 256,
             write_buffer_bytes: 4096,
+            control_socket: None,
+            upgrade_socket: "/tmp/orion-proxy-upgrade.sock".into(),
         }
     }
 }
@@ -568,4 +605,7 @@ pub enum RouteKind {
     Facade,
     /// The OpenAPI document, answered by the proxy.
     Openapi,
+    /// The browsable API documentation (Redoc, embedded in the binary) at `/docs` and its
+    /// script at `/docs/redoc.standalone.js`, answered by the proxy.
+    Docs,
 }

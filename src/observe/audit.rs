@@ -284,16 +284,14 @@ pub async fn record_admin(
     started: (std::time::SystemTime, std::time::Instant),
     status: u16,
     error_code: Option<&str>,
+    action: &str,
+    resource: Option<&str>,
 ) {
     if !is_audited(req.method) {
         return;
     }
     let Some(writer) = policy.audit.as_ref() else {
         return;
-    };
-    let action = match req.path {
-        "/admin/reload" => "admin.reload",
-        _ => "admin.unmatched",
     };
     let ticket = Entry {
         started_at: started.0,
@@ -305,7 +303,7 @@ pub async fn record_admin(
         client_ip: req.client_ip,
         method: req.method.as_str(),
         path: req.path,
-        resource: None,
+        resource: resource.map(str::to_string),
         body_digest: None,
         status,
         failed: false,

@@ -215,6 +215,11 @@ impl ProxyHttp for OrionProxy {
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
         metrics::in_flight(1);
+        if self.state.is_draining() {
+            // Handing over or stopping: the client's next request opens a new connection,
+            // which the process that keeps the listeners accepts.
+            session.set_keepalive(None);
+        }
         let rt = self.state.current();
         let client_ip = session
             .client_addr()
@@ -417,7 +422,10 @@ impl ProxyHttp for OrionProxy {
             upstream.remove_header("content-length");
             upstream.remove_header("content-encoding");
             upstream.insert_header("transfer-encoding", "chunked")?;
-            upstream.insert_header("content-type", "application/json")?;
+            upstream.insert_header(
+                "content-type",
+                errors::media_type(session.req_header().headers.get("accept")),
+            )?;
             if errors::caller_status(status) != status {
                 upstream.set_status(errors::caller_status(status))?;
             }

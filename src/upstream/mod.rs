@@ -54,6 +54,9 @@ pub struct UpstreamState {
     credentials: Mutex<HashMap<String, (AccountConfig, Arc<Credentials>)>>,
     /// Semaphores, waiting count and global rate of the budget toward OrionVM.
     pub budget: BudgetState,
+    /// Set by `orion-proxy check` without `--resolve`: building does not resolve the
+    /// endpoints' host names (no DNS query); such a build is only looked at, never served.
+    pub skip_dns: std::sync::atomic::AtomicBool,
 }
 
 impl UpstreamState {
@@ -430,7 +433,8 @@ fn build_account(
                 .or_insert_with(|| state.kept(url).unwrap_or_else(|| Kept::new(name)))
                 .clone()
         };
-        match Endpoint::build(name, ec, ca.clone(), connect, read, kept) {
+        let resolve = !state.skip_dns.load(std::sync::atomic::Ordering::Relaxed);
+        match Endpoint::build(name, ec, ca.clone(), connect, read, resolve, kept) {
             Ok(mut e) => {
                 e.pool_key = endpoint::pool_key(name, ca_pem.as_deref(), &e);
                 endpoints.push(e)

@@ -371,7 +371,7 @@ mod tests {
     async fn half_open_lets_the_probes_through_then_closes() {
         let _one = METRICS.lock().await;
         let state = UpstreamState::default();
-        let config = testing::config(&testing::urls(1), NO_CHECKS, &breaker_config(1, 0.05, 2));
+        let config = testing::config(&testing::urls(1), NO_CHECKS, &breaker_config(1, 1.0, 2));
         let tenant = testing::tenant(&config, &state);
         let breaker = &tenant.account.endpoints[0].breaker;
         assert!(call(&tenant, 503).await.is_ok());
@@ -380,7 +380,9 @@ mod tests {
             call(&tenant, 200).await,
             Err(UpstreamError::Open { .. })
         ));
-        tokio::time::sleep(Duration::from_millis(70)).await;
+        // Past the reset timeout (1 s: long enough that a loaded machine's stall can't
+        // half-open it before the assert that it is open).
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         let mut p1 = AttemptState::default();
         let mut p2 = AttemptState::default();
         peer_for(&mut p1, Some(&tenant), None).await.unwrap();
