@@ -62,8 +62,10 @@ async fn schemathesis_finds_no_server_error_and_every_answer_conforms() {
             "--seed",
             "13",
             "--no-shrink",
+            // One worker: hypothesis on CPython 3.11 can fail with "AST constructor recursion
+            // depth mismatch" when it compiles from several threads (python/cpython#106905).
             "--workers",
-            "2",
+            "1",
             "--request-timeout",
             "30",
             "--generation-with-security-parameters",
