@@ -479,6 +479,17 @@ pub fn init(config_version: &str) {
     if let Some(c) = RATE_LIMITED.as_ref() {
         c.with_label_values(&[UPSTREAM_POLICY]);
     }
+    Lazy::force(&CONNECTIONS_OPEN);
+    for r in ["header_timeout", "closed", "read_error", "invalid_header"] {
+        if let Some(c) = CONNECTIONS_ABORTED.as_ref() {
+            c.with_label_values(&[r]);
+        }
+    }
+    for r in ["total", "per_ip"] {
+        if let Some(c) = CONNECTIONS_REFUSED.as_ref() {
+            c.with_label_values(&[r]);
+        }
+    }
 }
 
 /// Declares the series of configured endpoints (breaker closed until the breaker says
@@ -809,6 +820,55 @@ pub fn declare_state(ops: &[&str]) {
         }
     }
     state_up(true);
+}
+
+static CONNECTIONS_OPEN: Lazy<Option<IntGauge>> = Lazy::new(|| {
+    register_int_gauge!(
+        "orion_proxy_connections_open",
+        "Client connections open on the proxy listener"
+    )
+    .ok()
+});
+
+static CONNECTIONS_REFUSED: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "orion_proxy_connections_refused_total",
+        "Client connections closed at accept time, by cap (total: server.max_connections, \
+         per_ip: server.max_connections_per_ip)",
+        &["cap"]
+    )
+    .ok()
+});
+
+static CONNECTIONS_ABORTED: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "orion_proxy_connections_aborted_total",
+        "Client connections that ended before a request header was read, by reason \
+         (header_timeout, closed, read_error, invalid_header)",
+        &["reason"]
+    )
+    .ok()
+});
+
+/// A client connection opened (+1) or closed (-1).
+pub fn connection_open(delta: i64) {
+    if let Some(g) = CONNECTIONS_OPEN.as_ref() {
+        g.add(delta);
+    }
+}
+
+/// A client connection closed at accept time by the cap `cap` (`total` or `per_ip`).
+pub fn connection_refused(cap: &'static str) {
+    if let Some(c) = CONNECTIONS_REFUSED.as_ref() {
+        c.with_label_values(&[cap]).inc();
+    }
+}
+
+/// A client connection that ended before its request header was read.
+pub fn connection_aborted(reason: &'static str) {
+    if let Some(c) = CONNECTIONS_ABORTED.as_ref() {
+        c.with_label_values(&[reason]).inc();
+    }
 }
 
 #[cfg(test)]

@@ -458,6 +458,8 @@ pub struct RequestObs {
     pub auth_failure: Option<&'static str>,
     /// Kind of upstream failure (connect, timeout, reset, credentials).
     pub upstream_failure: Option<&'static str>,
+    /// The request reached OrionVM on some attempt.
+    pub request_sent: bool,
     /// How the request's `Idempotency-Key` was handled (`first`, `replayed`, `recovered`...).
     pub idempotency: Option<&'static str>,
 }
@@ -483,6 +485,7 @@ impl Default for RequestObs {
             error: None,
             auth_failure: None,
             upstream_failure: None,
+            request_sent: false,
             idempotency: None,
         }
     }
@@ -598,6 +601,39 @@ pub fn audit_ready(policy: &LogPolicy, method: &http::Method) -> Result<(), Obse
         }
         _ => Ok(()),
     }
+}
+
+/// The access-log line of a request refused before any phase ran (a request header Pingora's
+/// parser or framing checks refuse): neither its method nor its path is known (`-`).
+pub fn log_refused_header(
+    policy: &LogPolicy,
+    request_id: &str,
+    client_ip: Option<std::net::IpAddr>,
+    status: u16,
+    error: ErrorNote,
+) {
+    let headers = http::HeaderMap::new();
+    let Ok(method) = http::Method::from_bytes(b"-") else {
+        return;
+    };
+    let req = RequestView {
+        method: &method,
+        path: "-",
+        query: None,
+        headers: &headers,
+        route: None,
+        params: &[],
+        principal: None,
+        tenant: None,
+        client_ip,
+        request_id,
+    };
+    let obs = RequestObs {
+        status: Some(status),
+        error: Some(error),
+        ..Default::default()
+    };
+    access::log_request(policy, &req, &obs, status, Some("InvalidHTTPHeader"));
 }
 
 /// `logging`: metrics, usage, the access-log line, and the audit record if no answer was

@@ -113,7 +113,9 @@ pub async fn oauth_token(session: &mut Session, ctx: &mut Ctx, state: &State) ->
     let Some(rt) = ctx.runtime.clone() else {
         return respond::error(session, ctx, ApiError::internal("no configuration loaded")).await;
     };
-    let body = match super::body::read_whole(session, crate::auth::token_endpoint::MAX_BODY).await {
+    let deadline = std::time::Duration::from_millis(rt.config.server.timeouts.body_read_ms);
+    let limit = crate::auth::token_endpoint::MAX_BODY;
+    let body = match super::body::read_whole(session, limit, deadline).await {
         Ok(b) => b,
         Err(e) => return respond::error(session, ctx, e.into()).await,
     };

@@ -9,10 +9,13 @@ pub mod supervise;
 
 use crate::admin::AdminApp;
 use crate::proxy::OrionProxy;
+use crate::proxy::connection::Caps;
 use crate::runtime::{SharedState, State};
 use crate::upstream::Prober;
+use pingora::apps::ServerApp;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::protocols::Stream;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
@@ -120,10 +123,14 @@ pub fn build_with(
         + usize::from(server_cfg.metrics_listen.is_some());
     let readiness = Readiness::new(listening, state.clone());
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        OrionProxy::new(state.clone()),
-        "orion-proxy",
+    let inner = pingora_proxy::http_proxy(&server.configuration, OrionProxy::new(state.clone()));
+    let mut proxy = Service::new(
+        "orion-proxy".to_string(),
+        Capped {
+            inner: Arc::new(inner),
+            caps: Arc::new(Caps::default()),
+            state: state.clone(),
+        },
     );
     let mut listener = ListenerConfig::tcp(server_cfg.listen.clone()).l4_buffer(
         L4BufferSettings::default()
@@ -294,6 +301,51 @@ impl pingora::services::background::BackgroundService for Watchdog {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+/// The proxy listener's application: Pingora's HTTP proxy behind the connection caps
+/// (`server.max_connections`, `server.max_connections_per_ip`, read from the config in force
+/// at each accept). A connection past a cap is closed as soon as it is accepted, before any
+/// read (on a TLS listener, after the handshake Pingora's listener has done), and counted.
+struct Capped {
+    inner: Arc<pingora_proxy::HttpProxy<OrionProxy>>,
+    caps: Arc<Caps>,
+    state: Arc<SharedState>,
+}
+
+#[async_trait::async_trait]
+impl ServerApp for Capped {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &pingora::server::ShutdownWatch,
+    ) -> Option<Stream> {
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let (max_total, max_per_ip) = {
+            let rt = self.state.current();
+            let s = &rt.config.server;
+            (s.max_connections, s.max_connections_per_ip)
+        };
+        let open = match self.caps.enter(ip, max_total, max_per_ip) {
+            Ok(open) => open,
+            Err(cap) => {
+                crate::metrics::connection_refused(cap);
+                return None;
+            }
+        };
+        crate::metrics::connection_open(1);
+        // Pingora serves the whole connection (every keep-alive request) in this call.
+        let reused = self.inner.process_new(stream, shutdown).await;
+        crate::metrics::connection_open(-1);
+        drop(open);
+        reused
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
     }
 }
 

@@ -11,7 +11,7 @@ async fn the_excess_waits_then_gets_503_and_nothing_is_duplicated() {
         c.read_timeout_ms = 20_000;
         c.extra_top = concat!(
             "limits:\n",
-            "  upstream: {max_concurrent_per_endpoint: 2, max_wait_ms: 300, max_waiting: 50}\n",
+            "  upstream: {max_concurrent_per_endpoint: 2, max_wait_ms: 300, max_waiting: 50, tenant_share: 1.0, principal_share: 1.0}\n",
         )
         .into();
     })

@@ -24,6 +24,7 @@ mod facade_lifecycle;
 mod facade_lists;
 mod facade_readme;
 mod fuzz_and_reload;
+mod hostile_network;
 mod idempotency;
 mod identity_demo;
 mod identity_jwt;
