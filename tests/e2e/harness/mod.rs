@@ -1,6 +1,7 @@
 //! Test harness: the OrionVM simulator in-process on an ephemeral port, the proxy binary as a
 //! child process with a generated config on free loopback ports.
 
+pub mod console;
 pub mod facade;
 pub mod identity;
 pub mod metrics;
