@@ -50,7 +50,9 @@ async fn the_console_over_https_has_a_host_prefixed_secure_cookie() {
         assert!(attrs.contains(&want), "{want} missing: {set}");
     }
     assert!(
-        !attrs.iter().any(|a| a.to_ascii_lowercase().starts_with("domain")),
+        !attrs
+            .iter()
+            .any(|a| a.to_ascii_lowercase().starts_with("domain")),
         "{set}"
     );
     // A page renders.
@@ -66,10 +68,12 @@ async fn the_console_over_https_has_a_host_prefixed_secure_cookie() {
 
     // CSRF and Origin with the https origin: an action without the token is refused, one from
     // the http origin of the same host and port too; with both right it is done.
-    let form = [("name", "tls-made"), ("roles", "viewer"), ("tenant", "acme")];
-    let r = ui
-        .post_from("/ui/credentials/api-keys", None, &form)
-        .await;
+    let form = [
+        ("name", "tls-made"),
+        ("roles", "viewer"),
+        ("tenant", "acme"),
+    ];
+    let r = ui.post_from("/ui/credentials/api-keys", None, &form).await;
     assert_eq!(r.status, 403, "{}", r.body);
     let csrf = ui.csrf("/ui/credentials").await;
     let mut with_csrf = vec![("csrf", csrf.as_str())];
@@ -130,9 +134,11 @@ async fn the_console_over_https_has_a_host_prefixed_secure_cookie() {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let want = TestCa::serial_of(&second.cert);
-    poll("the renewed certificate", Duration::from_secs(30), || async {
-        (ca.served_serial(port_of(&p.admin_url)) == want).then_some(())
-    })
+    poll(
+        "the renewed certificate",
+        Duration::from_secs(30),
+        || async { (ca.served_serial(port_of(&p.admin_url)) == want).then_some(()) },
+    )
     .await;
 }
 
@@ -161,7 +167,8 @@ fn check_validates_the_admin_certificate_files() {
     let run = check_config(&b.write(dir.path(), &Ports::free()));
     assert!(!run.ok);
     assert!(
-        run.text().contains("server.admin_tls: the key does not fit"),
+        run.text()
+            .contains("server.admin_tls: the key does not fit"),
         "{}",
         run.text()
     );
@@ -185,7 +192,8 @@ fn check_validates_the_admin_certificate_files() {
     let run = check_config(&path);
     assert!(!run.ok);
     assert!(
-        run.text().contains("server.admin_tls: there is no admin listener"),
+        run.text()
+            .contains("server.admin_tls: there is no admin listener"),
         "{}",
         run.text()
     );
