@@ -58,7 +58,8 @@ fn base_images(logical: &[String]) -> Vec<String> {
                 .unwrap()
                 .to_string();
             let image = args.iter().fold(image, |i, (k, v)| {
-                i.replace(&format!("${{{k}}}"), v).replace(&format!("${k}"), v)
+                i.replace(&format!("${{{k}}}"), v)
+                    .replace(&format!("${k}"), v)
             });
             images.push(image);
         }
@@ -123,9 +124,9 @@ fn the_image_build_context_holds_what_the_build_reads() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let inside = |p: &std::path::Path| {
         let rel = p.strip_prefix(root).unwrap_or(p);
-        context.iter().any(|c| {
-            rel == std::path::Path::new(c) || rel.starts_with(std::path::Path::new(c))
-        })
+        context
+            .iter()
+            .any(|c| rel == std::path::Path::new(c) || rel.starts_with(std::path::Path::new(c)))
     };
     let mut stack = vec![root.join("src"), root.join("crates")];
     let mut included = 0;
