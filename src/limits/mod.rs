@@ -581,13 +581,13 @@ pub async fn before_upstream_with(
             .unwrap_or_default()
         + Duration::from_secs(1);
     let mut charged = None;
-    let path = cache_path();
+    // Made only when this request starts the call (a miss): a hit costs no extra copy.
     let fetch = || -> cache::Fetch {
         match local {
             Some(f) => f(),
             None => {
                 let (account, path, rid) =
-                    (account.clone(), path.clone(), req.request_id.to_string());
+                    (account.clone(), cache_path(), req.request_id.to_string());
                 Box::pin(async move {
                     crate::upstream::client::call(&account, http::Method::GET, &path, None, &rid)
                         .await
@@ -602,7 +602,7 @@ pub async fn before_upstream_with(
             fetch,
             &tenant.name,
             cache::group_key(&tenant.name, object_of(req)),
-            path.clone(),
+            cache_path(),
             wait,
             &mut charged,
             || limits.judge_now(req, true),
