@@ -330,3 +330,38 @@ async fn keys_are_per_tenant_and_facade_tasks_replay() {
     let tasks = ok_json(h.get(&acme, "/v1/tasks").await).await;
     assert_eq!(tasks["total"], 1, "{tasks}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_that_never_reached_orionvm_frees_its_key() {
+    // An endpoint nobody listens on: the connection is refused, nothing was created.
+    let config = ConfigBuilder::unreachable();
+    let proxy = ProxyProcess::start(&config).await;
+    let body = json!({"name": "idem-free", "key": KEY_MATERIAL});
+    for _ in 0..2 {
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/v1/public_keys", proxy.url))
+            .bearer_auth(config.key("admin"))
+            .header("idempotency-key", "free-1")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        // Not 409, not a replay of the 502: each attempt tries again.
+        assert!(!replayed(&r));
+        expect_error(r, 502, "upstream_unreachable").await;
+    }
+    let m = proxy.scrape().await;
+    let count = |result| {
+        m.value(
+            "orion_proxy_idempotency_requests_total",
+            &[("route", "public_keys.create"), ("result", result)],
+        )
+    };
+    assert_eq!(count("released"), 2.0, "{}", m.text);
+    assert_eq!(
+        count("retried"),
+        1.0,
+        "no lookup: the second attempt creates"
+    );
+    assert_eq!(count("unknown"), 0.0);
+}
