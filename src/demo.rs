@@ -18,12 +18,16 @@ pub struct DemoOptions {
     pub config: Option<PathBuf>,
 }
 
-/// The demo's API keys: role label, roles, tenant.
-const DEMO_KEYS: &[(&str, &str, &str)] = &[
-    ("viewer", "viewer", "acme"),
-    ("operator", "operator", "acme"),
-    ("admin", "admin", "acme"),
-    ("other_tenant_admin", "admin", "globex"),
+/// The demo's API keys: label, roles, tenant. `admin` administers the process (every
+/// tenant, reloads); `acme_admin` and `globex_admin` (and `other_tenant_admin`) administer
+/// their own tenant only (`crate::auth::admin_scope`).
+const DEMO_KEYS: &[(&str, &[&str], &str)] = &[
+    ("viewer", &["viewer"], "acme"),
+    ("operator", &["operator"], "acme"),
+    ("admin", &["admin", "process_admin"], "acme"),
+    ("other_tenant_admin", &["admin"], "globex"),
+    ("acme_admin", &["admin"], "acme"),
+    ("globex_admin", &["admin"], "globex"),
 ];
 
 /// The demo's OAuth2 clients for `/oauth/token`: client id, roles, tenant.
@@ -154,7 +158,7 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
     let mut keys = serde_json::Map::new();
     config.api_keys = DEMO_KEYS
         .iter()
-        .map(|(label, role, tenant)| {
+        .map(|(label, roles, tenant)| {
             let key = crate::auth::api_keys::generate();
             keys.insert(label.to_string(), serde_json::Value::String(key.clone()));
             ApiKeyConfig {
@@ -163,7 +167,7 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
                     "sha256:{}",
                     hex::encode(crate::auth::api_keys::hash_key(&key))
                 ),
-                roles: vec![role.to_string()],
+                roles: roles.iter().map(|r| r.to_string()).collect(),
                 tenant: tenant.to_string(),
                 enabled: true,
             }

@@ -1,7 +1,11 @@
-//! The admin listener: `/admin/**`, for principals with the admin role only.
+//! The admin listener: `/admin/**`, for administrators only: a process administrator
+//! (`process_admin` role) sees everything and may reload; a tenant administrator (`admin`
+//! role) sees its own tenant's audit records, usage and config entries and nothing else
+//! (`crate::auth::admin_scope`, the one place that decides it).
 //!
 //! It is its own Pingora HTTP app (not a proxy), so that answers can be streamed.
 
+use crate::auth::admin_scope::AdminScope;
 use crate::errors::ApiError;
 use crate::observe::request_id;
 use crate::routes::RouteError;
@@ -15,7 +19,7 @@ use pingora::server::ShutdownWatch;
 use serde_json::json;
 use std::sync::Arc;
 
-pub const ADMIN_ROLE: &str = "admin";
+pub const ADMIN_ROLE: &str = crate::auth::admin_scope::TENANT_ADMIN_ROLE;
 
 pub struct AdminApp {
     pub state: Arc<SharedState>,
@@ -46,25 +50,23 @@ impl AdminApp {
             .authenticate(&req.headers)
             .await
             .map_err(ApiError::from)?;
-        if !principal.has_role(ADMIN_ROLE) {
-            return Err(ApiError::new(
-                403,
-                "forbidden",
-                "Forbidden",
-                "the admin API needs the admin role",
-            ));
-        }
+        let scope = AdminScope::of(&principal)?;
         let path = crate::routes::path::normalize(req.uri.path())
             .map_err(|e| ApiError::from(RouteError::InvalidPath(e)))?;
         let method = req.method.clone();
         let query = req.uri.query().map(str::to_string);
         match (method.as_str(), path.as_str()) {
-            ("GET", "/admin/config") => Ok((200, config_summary(&rt))),
-            ("GET", "/admin/endpoints/stats") => Ok((
-                200,
-                crate::upstream::stats::report(&rt.upstreams, &rt.routes, &rt.version),
-            )),
+            ("GET", "/admin/config") => Ok((200, config_summary(&rt, &scope))),
+            ("GET", "/admin/endpoints/stats") => {
+                // Endpoints and their counts are shared by every tenant on them.
+                scope.require_process("endpoint statistics")?;
+                Ok((
+                    200,
+                    crate::upstream::stats::report(&rt.upstreams, &rt.routes, &rt.version),
+                ))
+            }
             ("GET", "/admin/audit") => {
+                let query = scope.confine_query(query.as_deref())?;
                 let export = crate::observe::audit::export(&rt.log, query.as_deref())?;
                 *stream = Some(Streamed {
                     content_type: export.content_type,
@@ -73,6 +75,7 @@ impl AdminApp {
                 Ok((200, serde_json::Value::Null))
             }
             ("GET", "/admin/usage") => {
+                let query = scope.confine_query(query.as_deref())?;
                 let usage = self.state.state.observe.usage();
                 Ok((
                     200,
@@ -80,6 +83,7 @@ impl AdminApp {
                 ))
             }
             ("POST", "/admin/reload") => {
+                scope.require_process("reload")?;
                 let state = self.state.clone();
                 let result = tokio::task::spawn_blocking(move || state.reload())
                     .await
@@ -113,12 +117,21 @@ impl AdminApp {
     }
 }
 
-/// What the admin may see of the config: structure and names, never secrets or hashes.
-fn config_summary(rt: &crate::runtime::Runtime) -> serde_json::Value {
+/// What an administrator may see of the config: structure and names, never secrets or
+/// hashes; a tenant administrator only its tenant, its account, its keys and clients.
+fn config_summary(rt: &crate::runtime::Runtime, scope: &AdminScope) -> serde_json::Value {
+    let config = &rt.config;
     let accounts: serde_json::Map<String, serde_json::Value> = rt
         .upstreams
         .accounts
         .iter()
+        .filter(|(name, _)| {
+            scope.is_process()
+                || config
+                    .tenants
+                    .iter()
+                    .any(|(t, tc)| scope.sees(t) && &tc.account == *name)
+        })
         .map(|(name, a)| {
             (
                 name.clone(),
@@ -129,16 +142,33 @@ fn config_summary(rt: &crate::runtime::Runtime) -> serde_json::Value {
             )
         })
         .collect();
-    json!({
+    let mut summary = json!({
         "config_version": rt.version,
+        "scope": match scope {
+            AdminScope::Process => json!("process"),
+            AdminScope::Tenant(t) => json!({"tenant": &**t}),
+        },
         "accounts": accounts,
-        "tenants": rt.config.tenants.iter().map(|(k, v)| (k.clone(), json!(v.account))).collect::<serde_json::Map<_, _>>(),
+        "tenants": config.tenants.iter().filter(|(k, _)| scope.sees(k)).map(|(k, v)| (k.clone(), json!(v.account))).collect::<serde_json::Map<_, _>>(),
         "roles": rt.auth.roles.patterns(),
-        "api_keys": rt.config.api_keys.iter().map(|k| json!({"name": k.name, "roles": k.roles, "tenant": k.tenant, "enabled": k.enabled})).collect::<Vec<_>>(),
-        "clients": rt.config.clients.iter().map(|c| json!({"client_id": c.client_id, "roles": c.roles, "tenant": c.tenant, "enabled": c.enabled})).collect::<Vec<_>>(),
-        "jwt_issuers": rt.config.jwt.issuers.iter().map(|i| json!({"name": i.name, "issuer": i.issuer, "algorithms": i.algorithms, "jwks_url": i.jwks_url})).collect::<Vec<_>>(),
+        "api_keys": config.api_keys.iter().filter(|k| scope.sees(&k.tenant)).map(|k| json!({"name": k.name, "roles": k.roles, "tenant": k.tenant, "enabled": k.enabled})).collect::<Vec<_>>(),
+        "clients": config.clients.iter().filter(|c| scope.sees(&c.tenant)).map(|c| json!({"client_id": c.client_id, "roles": c.roles, "tenant": c.tenant, "enabled": c.enabled})).collect::<Vec<_>>(),
         "routes": rt.routes.routes().len(),
-    })
+    });
+    // A tenant administrator sees the issuers that may speak for its tenant: those whose
+    // tokens default to it or name their tenant in a claim.
+    summary["jwt_issuers"] = config
+        .jwt
+        .issuers
+        .iter()
+        .filter(|i| {
+            scope.is_process()
+                || i.tenant_claim.is_some()
+                || i.default_tenant.as_deref().is_some_and(|t| scope.sees(t))
+        })
+        .map(|i| json!({"name": i.name, "issuer": i.issuer, "algorithms": i.algorithms, "jwks_url": i.jwks_url})).collect::<Vec<_>>()
+        .into();
+    summary
 }
 
 async fn write_json(

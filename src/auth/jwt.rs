@@ -441,6 +441,14 @@ impl Jwt {
         }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| err("malformed", "the token is not a well-formed JWT"))?;
+        if header.crit.is_some() {
+            // RFC 7515 section 4.1.11: a recipient that does not understand a critical
+            // extension must refuse the token; this proxy understands none.
+            return Err(err(
+                "critical_extension",
+                "the token names critical header parameters (crit) the proxy does not understand",
+            ));
+        }
         #[derive(serde::Deserialize)]
         struct Iss {
             iss: Option<String>,
@@ -946,6 +954,45 @@ mod tests {
         c2.as_object_mut().unwrap().remove("org");
         let t2 = jsonwebtoken::encode(&h, &c2, &enc).unwrap();
         assert_eq!(&*jwt.verify(&t2, &roles).await.unwrap().tenant, "acme");
+    }
+
+    #[tokio::test]
+    async fn unknown_critical_header_parameters_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("hs");
+        let key = b"0123456789abcdef0123456789abcdef-hs";
+        std::fs::write(&secret, key).unwrap();
+        let mut ic = issuer("hs");
+        ic.algorithms = vec!["HS256".into()];
+        ic.hmac_secret = Some(crate::config::model::SecretRef::File(
+            secret.display().to_string(),
+        ));
+        let cfg = JwtConfig {
+            issuers: vec![ic],
+            ..Default::default()
+        };
+        let roles = roles();
+        let tenants: HashSet<&str> = ["acme"].into_iter().collect();
+        let mut errors = Vec::new();
+        let jwt = Jwt::build(
+            &cfg,
+            &roles,
+            &tenants,
+            &JwksRegistry::default(),
+            &mut errors,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let claims = serde_json::json!({"iss": "https://hs.test", "aud": "proxy", "sub": "ann",
+            "exp": now() + 300, "roles": ["viewer"]});
+        let enc = EncodingKey::from_secret(key);
+        let mut h = Header::new(Algorithm::HS256);
+        h.crit = Some(vec!["exp-policy".into()]);
+        let with_crit = jsonwebtoken::encode(&h, &claims, &enc).unwrap();
+        let e = jwt.verify(&with_crit, &roles).await.unwrap_err();
+        assert_eq!(e.reason, "critical_extension");
+        // The same token without `crit` is accepted.
+        let plain = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &enc).unwrap();
+        assert!(jwt.verify(&plain, &roles).await.is_ok());
     }
 
     #[tokio::test]

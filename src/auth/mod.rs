@@ -34,6 +34,7 @@ impl AuthState {
     }
 }
 
+pub mod admin_scope;
 pub mod api_keys;
 pub mod jwt;
 pub mod permissions;
@@ -53,6 +54,9 @@ use std::sync::Arc;
 pub enum AuthError {
     Missing,
     Malformed(&'static str),
+    /// Two different credentials in one request (`X-API-Key` and an `Authorization` that
+    /// carries something else): which one speaks for the caller is ambiguous, so neither does.
+    Conflicting,
     UnknownKey,
     DisabledKey,
     /// An issued token or a JWT was refused; `detail` is safe to show the caller.
@@ -73,6 +77,7 @@ impl AuthError {
         match self {
             AuthError::Missing => "missing",
             AuthError::Malformed(_) => "malformed",
+            AuthError::Conflicting => "conflicting",
             AuthError::UnknownKey => "unknown_key",
             AuthError::DisabledKey => "disabled_key",
             AuthError::Token { reason, .. } => reason,
@@ -318,22 +323,48 @@ fn build_clients(config: &Config, roles: &Roles, errors: &mut Vec<String>) -> to
 
 /// The caller's credential: `X-API-Key`, or the token of `Authorization: Bearer`.
 pub fn credential_from(headers: &http::HeaderMap) -> Result<&str, AuthError> {
-    let mut api_keys = headers.get_all("x-api-key").iter();
-    if let Some(v) = api_keys.next() {
-        if api_keys.next().is_some() {
-            return Err(AuthError::Malformed("more than one X-API-Key header"));
-        }
-        return v
-            .to_str()
-            .map(str::trim)
-            .map_err(|_| AuthError::Malformed("X-API-Key is not visible ASCII"));
+    let api_key = api_key_header(headers)?;
+    let bearer = bearer_header(headers)?;
+    match (api_key, bearer) {
+        // The same key sent both ways is one credential.
+        (Some(k), Some(b)) if k == b => Ok(k),
+        (Some(_), Some(_)) => Err(AuthError::Conflicting),
+        (Some(k), None) | (None, Some(k)) => Ok(k),
+        (None, None) => Err(AuthError::Missing),
     }
+}
+
+fn api_key_header(headers: &http::HeaderMap) -> Result<Option<&str>, AuthError> {
+    let mut api_keys = headers.get_all("x-api-key").iter();
+    let Some(v) = api_keys.next() else {
+        return Ok(None);
+    };
+    if api_keys.next().is_some() {
+        return Err(AuthError::Malformed("more than one X-API-Key header"));
+    }
+    v.to_str()
+        .map(|k| Some(k.trim()))
+        .map_err(|_| AuthError::Malformed("X-API-Key is not visible ASCII"))
+}
+
+fn bearer_header(headers: &http::HeaderMap) -> Result<Option<&str>, AuthError> {
     let mut auths = headers.get_all(http::header::AUTHORIZATION).iter();
     let Some(v) = auths.next() else {
-        return Err(AuthError::Missing);
+        return Ok(None);
     };
     if auths.next().is_some() {
         return Err(AuthError::Malformed("more than one Authorization header"));
+    }
+    if headers.contains_key("x-api-key") {
+        // Any Authorization beside an X-API-Key is a second credential unless it is the same
+        // key as a bearer token; an unreadable one cannot be that.
+        let same = v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
+        return same.map(Some).ok_or(AuthError::Conflicting);
     }
     let v = v
         .to_str()
@@ -350,7 +381,7 @@ pub fn credential_from(headers: &http::HeaderMap) -> Result<&str, AuthError> {
     if token.is_empty() {
         return Err(AuthError::Malformed("the bearer token is empty"));
     }
-    Ok(token)
+    Ok(Some(token))
 }
 
 #[cfg(test)]
@@ -364,6 +395,31 @@ mod tests {
             h.append(*k, v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn two_different_credentials_are_refused_and_one_sent_twice_is_not() {
+        let both = |auth: &str, key: &str| {
+            credential_from(&headers(&[("authorization", auth), ("x-api-key", key)]))
+                .map(str::to_string)
+        };
+        assert!(matches!(
+            both("Bearer tenant-b-key", "tenant-a-key"),
+            Err(AuthError::Conflicting)
+        ));
+        assert!(matches!(
+            both("Basic dXNlcjpwdw==", "tenant-a-key"),
+            Err(AuthError::Conflicting)
+        ));
+        assert_eq!(both("Bearer same-key", "same-key").unwrap(), "same-key");
+        let one = headers(&[("x-api-key", "k1")]);
+        assert_eq!(credential_from(&one).unwrap(), "k1");
+        let one = headers(&[("authorization", "Bearer k2")]);
+        assert_eq!(credential_from(&one).unwrap(), "k2");
+        assert!(matches!(
+            credential_from(&HeaderMap::new()),
+            Err(AuthError::Missing)
+        ));
     }
 
     /// A route's permission, as `Auth::admit` takes it.

@@ -50,6 +50,29 @@ pub struct Config {
     /// `Idempotency-Key` on creates: the first answer kept and replayed to retries.
     #[serde(default)]
     pub idempotency: crate::config::idempotency::IdempotencyConfig,
+    /// What of the caller's request reaches OrionVM.
+    #[serde(default)]
+    pub upstream: UpstreamSettings,
+}
+
+/// What of the caller's request reaches OrionVM (every account).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSettings {
+    /// `all` (default): every header of the caller's but its credentials and the hop-by-hop
+    /// ones; `allowlist`: only those OrionVM needs (Accept, Content-Type, User-Agent,
+    /// Idempotency-Key, conditional headers...). The proxy's own (Authorization, Host,
+    /// X-Request-Id, traceparent, X-Forwarded-For, Forwarded) are added in both cases.
+    pub forward_headers: ForwardHeaders,
+}
+
+/// `upstream.forward_headers`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardHeaders {
+    #[default]
+    All,
+    Allowlist,
 }
 
 /// The REST facade's tasks (reboot, snapshot).

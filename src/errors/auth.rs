@@ -4,6 +4,7 @@
 
 use super::ApiError;
 use crate::auth::AuthError;
+use crate::auth::admin_scope::ScopeError;
 use crate::auth::token_endpoint::OAuthError;
 
 impl From<AuthError> for ApiError {
@@ -21,6 +22,12 @@ impl From<AuthError> for ApiError {
                 ApiError::new(401, "invalid_token", "Invalid credentials", what)
                     .with_header("www-authenticate", CHALLENGE)
             }
+            AuthError::Conflicting => ApiError::new(
+                400,
+                "conflicting_credentials",
+                "Conflicting credentials",
+                "send one credential: 'Authorization: Bearer ...' or 'X-API-Key: ...', not two different ones",
+            ),
             AuthError::UnknownKey | AuthError::DisabledKey => ApiError::new(
                 401,
                 "invalid_token",
@@ -39,6 +46,34 @@ impl From<AuthError> for ApiError {
                 format!("this operation needs the permission '{permission}'"),
             )
             .with_detail_entry("permission", permission.to_string()),
+        }
+    }
+}
+
+impl From<ScopeError> for ApiError {
+    fn from(e: ScopeError) -> ApiError {
+        match e {
+            ScopeError::NotAdmin => ApiError::new(
+                403,
+                "forbidden",
+                "Forbidden",
+                "the admin API needs the admin (tenant) or process_admin role",
+            ),
+            ScopeError::ProcessOnly { what } => ApiError::new(
+                403,
+                "forbidden",
+                "Forbidden",
+                format!(
+                    "{what} needs a process administrator (role process_admin); this credential administers one tenant"
+                ),
+            ),
+            ScopeError::OtherTenant { asked, own } => ApiError::new(
+                403,
+                "forbidden",
+                "Forbidden",
+                format!("this credential administers tenant '{own}', not '{asked}'"),
+            )
+            .with_detail_entry("tenant", own.to_string()),
         }
     }
 }

@@ -110,10 +110,11 @@ impl Redactor {
     pub fn json(&self, value: &mut Value) {
         match value {
             Value::Object(map) => {
-                let secret_entry = map
-                    .get("key")
-                    .and_then(Value::as_str)
-                    .is_some_and(|k| self.is_secret_field(k));
+                let secret_entry = ["key", "name"].iter().any(|entry| {
+                    map.get(*entry)
+                        .and_then(Value::as_str)
+                        .is_some_and(|k| self.is_secret_field(k))
+                });
                 for (k, v) in map.iter_mut() {
                     if self.is_secret_field(k) || (secret_entry && k == "value") {
                         *v = Value::String(REDACTED.into());
@@ -127,17 +128,110 @@ impl Redactor {
         }
     }
 
-    /// A query string with the values of secret parameters replaced.
-    pub fn query(&self, query: &str) -> String {
-        query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((k, _)) if self.is_secret_field(k) => format!("{k}={REDACTED}"),
-                _ => pair.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join("&")
+    /// Whether a query parameter's name is secret: a secret field name (`-` read as `_`), or
+    /// one of the short names services use for keys and signatures (`key`, `sig`, `auth`...).
+    pub fn is_secret_param(&self, name: &str) -> bool {
+        let n = percent_decoded(name).to_ascii_lowercase().replace('-', "_");
+        self.is_secret_field(&n)
+            || SECRET_PARAM_NAMES.contains(&n.as_str())
+            || SECRET_PARAM_WORDS.iter().any(|w| n.contains(w))
     }
+
+    /// A query string with the values of secret parameters replaced. Parameters are separated
+    /// by `&` or `;` (both are kept as they were); a `value` parameter is secret too when a
+    /// `key`/`name` parameter of the same query names a secret (`?key=root_password&value=...`).
+    pub fn query(&self, query: &str) -> String {
+        let pairs = || {
+            query
+                .split(['&', ';'])
+                .filter_map(|pair| pair.split_once('='))
+        };
+        let secret_entry = pairs().any(|(k, v)| {
+            matches!(k.to_ascii_lowercase().as_str(), "key" | "name")
+                && self.is_secret_field(&percent_decoded(v))
+        });
+        let mut out = String::with_capacity(query.len());
+        let mut rest = query;
+        loop {
+            let end = rest.find(['&', ';']).unwrap_or(rest.len());
+            let pair = &rest[..end];
+            match pair.split_once('=') {
+                Some((k, _))
+                    if self.is_secret_param(k)
+                        || (secret_entry && k.eq_ignore_ascii_case("value")) =>
+                {
+                    out.push_str(k);
+                    out.push('=');
+                    out.push_str(REDACTED);
+                }
+                _ => out.push_str(pair),
+            }
+            if end == rest.len() {
+                return out;
+            }
+            out.push_str(&rest[end..end + 1]);
+            rest = &rest[end + 1..];
+        }
+    }
+
+    /// A request target as it may appear in any log line: the path as is, the query redacted.
+    pub fn target(&self, path: &str, query: Option<&str>) -> String {
+        match query {
+            Some(q) => format!("{path}?{}", self.query(q)),
+            None => path.to_string(),
+        }
+    }
+}
+
+impl Redactor {
+    /// The request as Pingora's diagnostic lines name it (`request_summary`): method, path,
+    /// redacted query, `Host` and the request id. Never the authority or user info of an
+    /// absolute-form target.
+    pub fn request_summary(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+        host: Option<&str>,
+        request_id: &str,
+    ) -> String {
+        format!(
+            "{method} {}, Host: {}, request {request_id}",
+            self.target(uri.path(), uri.query()),
+            host.unwrap_or("-")
+        )
+    }
+}
+
+impl Default for Redactor {
+    /// The built-in names only (for lines written before a config is in force).
+    fn default() -> Self {
+        Redactor::new(&[], &[])
+    }
+}
+
+/// Query parameter names that are secret although no secret word is in them.
+const SECRET_PARAM_NAMES: &[&str] = &[
+    "key",
+    "sig",
+    "signature",
+    "auth",
+    "code",
+    "pass",
+    "pwd",
+    "jwt",
+    "session",
+    "sid",
+    "credential",
+    "credentials",
+];
+/// Parts of query parameter names that make a parameter secret (on top of the field words).
+const SECRET_PARAM_WORDS: &[&str] = &["auth", "api_key", "_key", "signature", "_sig"];
+
+/// `%XX` sequences decoded (so that `api%5Fkey` is recognised); invalid ones kept.
+fn percent_decoded(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
@@ -194,5 +288,86 @@ mod tests {
             r.query("a=1&api_key=xyz&Token=abc"),
             "a=1&api_key=[redacted]&Token=[redacted]"
         );
+    }
+
+    #[test]
+    fn query_names_services_use_for_keys_and_signatures() {
+        let r = Redactor::default();
+        for name in [
+            "api-key",
+            "API-Key",
+            "key",
+            "sig",
+            "auth",
+            "access_token",
+            "api_key",
+            "token",
+            "password",
+            "secret",
+            "client_secret",
+            "X-Amz-Signature",
+            "oauth_token",
+            "api%5Fkey",
+            "private_key",
+            "authToken",
+        ] {
+            let q = format!("region=syd&{name}=s3cr3t-v4lue&x=1");
+            let out = r.query(&q);
+            assert!(!out.contains("s3cr3t-v4lue"), "{name}: {out}");
+            assert_eq!(out, format!("region=syd&{name}=[redacted]&x=1"));
+        }
+        assert_eq!(
+            r.query("region=syd&limit=5&sort=name"),
+            "region=syd&limit=5&sort=name"
+        );
+    }
+
+    #[test]
+    fn semicolon_separated_parameters_and_key_value_entries_in_a_query() {
+        let r = Redactor::default();
+        assert_eq!(
+            r.query("a=1;api_key=xyz;b=2&token=t"),
+            "a=1;api_key=[redacted];b=2&token=[redacted]"
+        );
+        assert_eq!(
+            r.query("key=root_password&value=hunter2"),
+            "key=[redacted]&value=[redacted]"
+        );
+        assert_eq!(r.query("name=role&value=web"), "name=role&value=web");
+        assert_eq!(r.query("flag&;&="), "flag&;&=");
+        assert_eq!(
+            r.target("/api/v1/regions", Some("sig=abc")),
+            "/api/v1/regions?sig=[redacted]"
+        );
+    }
+
+    #[test]
+    fn the_request_summary_of_diagnostic_lines_is_redacted() {
+        let r = Redactor::default();
+        let uri: http::Uri = "http://u:pw@h/api/v1/regions?access_token=t0k;sig=s1g"
+            .parse()
+            .unwrap();
+        let s = r.request_summary(&http::Method::GET, &uri, Some("h"), "01R");
+        assert_eq!(
+            s,
+            "GET /api/v1/regions?access_token=[redacted];sig=[redacted], Host: h, request 01R"
+        );
+    }
+
+    #[test]
+    fn orionvm_context_entries_whose_key_looks_secret() {
+        let r = Redactor::default();
+        let mut v = json!({"context": [
+            {"key": "root_password", "value": "hunter2"},
+            {"name": "ROOT_PASSWORD", "value": "hunter3"},
+            {"key": "hostname", "value": "web-1"}
+        ]});
+        r.json(&mut v);
+        let text = v.to_string();
+        assert!(
+            !text.contains("hunter2") && !text.contains("hunter3"),
+            "{text}"
+        );
+        assert_eq!(v["context"][2]["value"], "web-1");
     }
 }

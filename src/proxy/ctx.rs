@@ -16,6 +16,9 @@ pub struct Ctx {
     pub trace_id: String,
     /// The TCP peer's address, computed once in `early_request_filter`.
     pub client_ip: Option<std::net::IpAddr>,
+    /// Whether the TCP peer is in `server.trusted_networks` (its request id, trace and
+    /// forwarding headers are taken).
+    pub client_trusted: bool,
     pub runtime: Option<Arc<Runtime>>,
     /// The normalised path.
     pub path: String,
@@ -53,6 +56,7 @@ impl Ctx {
             request_id: String::new(),
             trace_id: String::new(),
             client_ip: None,
+            client_trusted: false,
             runtime: None,
             path: String::new(),
             route: None,

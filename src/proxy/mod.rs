@@ -206,6 +206,7 @@ impl ProxyHttp for OrionProxy {
             .map(|a| a.ip());
         ctx.client_ip = client_ip;
         let trusted = request_id::is_trusted(client_ip, &rt.trusted_networks);
+        ctx.client_trusted = trusted;
         let headers = &session.req_header().headers;
         let inbound_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
         ctx.request_id = match inbound_id {
@@ -287,6 +288,16 @@ impl ProxyHttp for OrionProxy {
             request_id: &ctx.request_id,
             traceparent: &traceparent,
             body: ctx.body.as_deref(),
+            caller: crate::upstream::forward::Caller {
+                ip: ctx.client_ip,
+                trusted: ctx.client_trusted,
+                tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+            },
+            forward: ctx
+                .runtime
+                .as_ref()
+                .map(|rt| rt.upstreams.forward_headers)
+                .unwrap_or_default(),
         };
         match ctx.upstream.rewrite(&tenant.account, upstream, &out).await {
             Ok(()) => Ok(()),
@@ -359,6 +370,8 @@ impl ProxyHttp for OrionProxy {
         upstream: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // OrionVM's hop-by-hop headers end here (RFC 9110 section 7.6.1).
+        crate::upstream::forward::strip_response(upstream);
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
         if let Some(rt) = ctx.runtime.as_ref() {
             for (name, value) in crate::limits::response_fields(&rt.limits, &ctx.limits) {
@@ -516,6 +529,22 @@ impl ProxyHttp for OrionProxy {
             error_code: if downstream_gone { 0 } else { status },
             can_reuse_downstream: false,
         }
+    }
+
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        // Pingora's diagnostic lines ("Fail to proxy: ...") name the request this way: redacted
+        // like the access log, by the same redactor.
+        let req = session.req_header();
+        let host = req.headers.get("host").and_then(|v| v.to_str().ok());
+        let fallback;
+        let redactor = match ctx.runtime.as_deref() {
+            Some(rt) => &rt.log.redactor,
+            None => {
+                fallback = observe::Redactor::default();
+                &fallback
+            }
+        };
+        redactor.request_summary(&req.method, &req.uri, host, &ctx.request_id)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {

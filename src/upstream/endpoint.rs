@@ -87,6 +87,10 @@ pub struct Endpoint {
     pub budget: Option<Arc<tokio::sync::Semaphore>>,
     /// A disabled endpoint is never chosen.
     pub enabled: bool,
+    /// Pingora's `HttpPeer::group_key`: part of the connection pool's key, so that a pooled
+    /// connection is only reused by the account that opened it and with the verification it
+    /// was opened with ([`pool_key`]).
+    pub pool_key: u64,
     /// This account's series of this endpoint (`orion_proxy_upstream_requests_total`...).
     pub series: Arc<crate::metrics::UpstreamSeries>,
 }
@@ -173,6 +177,7 @@ impl Endpoint {
             stats,
             budget: None,
             enabled: cfg.enabled,
+            pool_key: 0,
             series,
         })
     }
@@ -189,6 +194,10 @@ impl Endpoint {
         if let Some(ca) = &self.ca {
             peer.options.ca = Some(ca.clone());
         }
+        // Pingora's reuse hash covers address, scheme, SNI, client certificate and the verify
+        // flags, but not the CA: without this, an account without the private CA would reuse
+        // a connection another account verified with it.
+        peer.group_key = self.pool_key;
         peer
     }
 
@@ -206,6 +215,32 @@ impl Endpoint {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}{}{}", self.authority, self.base_path, path)
     }
+}
+
+/// The key that separates the connection pools of `account`'s `endpoint`: the account's name
+/// (no account ever reuses another's connection) and everything that decides how a
+/// connection is verified: the CA bundle's bytes, SNI, TLS, the verify flags and the client
+/// certificate (none today). A changed CA file gives a new key, so connections verified with
+/// the old one are not reused after a reload.
+pub fn pool_key(account: &str, ca_pem: Option<&[u8]>, endpoint: &Endpoint) -> u64 {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for part in [
+        account.as_bytes(),
+        ca_pem.unwrap_or(b"system roots"),
+        endpoint.sni.as_bytes(),
+        if endpoint.tls { b"tls" } else { b"plain" },
+        // verify_cert, verify_hostname (Pingora's defaults, never turned off here).
+        b"verify:cert,hostname",
+        b"client-cert:none",
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    let digest = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
 }
 
 /// Loads a PEM CA bundle for per-peer verification.

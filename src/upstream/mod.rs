@@ -15,6 +15,7 @@ pub mod client;
 pub mod credentials;
 pub mod endpoint;
 pub mod error;
+pub mod forward;
 pub mod peer;
 pub mod rewrite;
 pub mod signing;
@@ -260,6 +261,8 @@ pub struct Tenant {
 pub struct Upstreams {
     pub accounts: HashMap<String, Arc<Account>>,
     pub tenants: HashMap<String, Arc<Tenant>>,
+    /// `upstream.forward_headers`: which of the caller's headers reach OrionVM.
+    pub forward_headers: crate::config::model::ForwardHeaders,
 }
 
 impl Upstreams {
@@ -307,7 +310,11 @@ impl Upstreams {
             }
         }
         if errors.is_empty() {
-            Ok(Upstreams { accounts, tenants })
+            Ok(Upstreams {
+                accounts,
+                tenants,
+                forward_headers: config.upstream.forward_headers,
+            })
         } else {
             Err(errors)
         }
@@ -404,7 +411,10 @@ fn build_account(
                 .clone()
         };
         match Endpoint::build(name, ec, ca.clone(), connect, read, kept) {
-            Ok(e) => endpoints.push(e),
+            Ok(mut e) => {
+                e.pool_key = endpoint::pool_key(name, ca_pem.as_deref(), &e);
+                endpoints.push(e)
+            }
             Err(e) => errors.push(format!("endpoints[{i}].url: {e}")),
         }
     }

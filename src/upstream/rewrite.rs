@@ -22,6 +22,10 @@ pub struct Outbound<'a> {
     /// The body read and checked in `request_filter`, when it was read: sent as is, with its
     /// `Content-Length`, and signed.
     pub body: Option<&'a [u8]>,
+    /// Who called, for the forwarding headers.
+    pub caller: super::forward::Caller,
+    /// Which of the caller's headers go on (`upstream.forward_headers`).
+    pub forward: crate::config::model::ForwardHeaders,
 }
 
 /// Headers of the caller's that never reach OrionVM.
@@ -44,10 +48,12 @@ pub async fn rewrite_request(
     account: &Account,
     out: &Outbound<'_>,
 ) -> Result<Option<http::HeaderValue>, UpstreamError> {
-    // The caller's credentials never reach OrionVM.
+    // The caller's credentials never reach OrionVM; hop-by-hop headers end here; the
+    // forwarding headers say who called (`super::forward`).
     for name in CALLER_CREDENTIALS {
         req.remove_header(name);
     }
+    super::forward::caller_headers(req, out.forward, &out.caller).map_err(header_error)?;
     let auth = account
         .credentials
         .authorization_header()
@@ -140,6 +146,12 @@ mod tests {
             request_id: "01REQ",
             traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             body,
+            caller: super::super::forward::Caller {
+                ip: None,
+                trusted: false,
+                tls: false,
+            },
+            forward: Default::default(),
         }
     }
 

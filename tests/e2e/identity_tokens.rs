@@ -81,10 +81,16 @@ async fn client_credentials_as_json_and_form_then_the_lifecycle_with_that_token(
     )
     .await;
 
-    // The admin listener takes tokens too, and only with the admin role.
+    // The admin listener takes tokens too, and only with the admin role; an admin of one
+    // tenant sees that tenant's clients only (issue 13, finding 10).
     let admin = h.proxy.admin_get(&token, "/admin/config").await;
     let cfg = ok_json(admin).await;
-    assert_eq!(cfg["clients"].as_array().unwrap().len(), 3);
+    let clients = cfg["clients"].as_array().unwrap();
+    assert!(!clients.is_empty(), "{cfg}");
+    let tenant = cfg["scope"]["tenant"]
+        .as_str()
+        .expect("a tenant administrator");
+    assert!(clients.iter().all(|c| c["tenant"] == tenant), "{cfg}");
     assert!(
         !cfg.to_string().contains("argon2"),
         "no secret hash in the admin answer"

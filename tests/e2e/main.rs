@@ -8,6 +8,7 @@
 
 mod harness;
 
+mod admin_tenants;
 mod bad_requests;
 mod body_pipeline;
 mod client_shapes;
@@ -41,3 +42,4 @@ mod secrets;
 mod signing_e2e;
 mod sim_contract;
 mod tls_upstream;
+mod trust;

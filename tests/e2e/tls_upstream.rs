@@ -50,6 +50,35 @@ async fn an_untrusted_certificate_is_refused() {
     );
 }
 
+/// Issue 13, finding 11: an account without the private CA got 502 on its own, but 200 once
+/// another account had opened a verified connection to the same address, because Pingora's
+/// pool reused that connection. Pools are now keyed by account and verification settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_account_reuses_a_connection_verified_with_another_account_s_ca() {
+    let sim = start_sim(sim_options()).await;
+    let front = tls_front(sim.addr()).await;
+    let h = Harness::start_on(sim, |c| {
+        c.sim_urls = vec![front.url.clone()];
+        c.acme_upstream = Upstream::Static;
+        // acme trusts the private CA, globex (system roots) does not.
+        c.account_extra = format!("    ca_file: \"{}\"\n", front.ca_path.display());
+        c.globex_account_extra = Some(String::new());
+    })
+    .await;
+    for round in 0..3 {
+        let r = h.get(h.key("admin"), "/api/v1/regions").await;
+        assert_eq!(r.status(), 200, "acme, round {round}");
+        let r = h.get(h.key("other_tenant_admin"), "/api/v1/regions").await;
+        expect_error(r, 502, "upstream_unreachable").await;
+    }
+    // Every call that reached OrionVM was acme's.
+    for call in h.sim.recent_requests() {
+        if call.path.starts_with("/api/") {
+            assert_eq!(call.account.as_deref(), Some("acme"), "{call:?}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_certificate_must_match_the_sni_name() {
     let sim = start_sim(sim_options()).await;

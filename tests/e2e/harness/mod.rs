@@ -116,6 +116,8 @@ pub struct ConfigBuilder {
     pub endpoint_extra: String,
     /// Extra lines of each account (indented four spaces, e.g. a `ca_file`).
     pub account_extra: String,
+    /// When set, the globex account's extra lines instead of `account_extra`.
+    pub globex_account_extra: Option<String>,
 }
 
 impl ConfigBuilder {
@@ -126,7 +128,7 @@ impl ConfigBuilder {
             keys: vec![
                 Key::new("viewer", &["viewer"], "acme"),
                 Key::new("operator", &["operator"], "acme"),
-                Key::new("admin", &["admin"], "acme"),
+                Key::new("admin", &["admin", "process_admin"], "acme"),
                 Key::new("other_tenant_admin", &["admin"], "globex"),
             ],
             extra_server: String::new(),
@@ -137,6 +139,7 @@ impl ConfigBuilder {
             acme_credentials: None,
             endpoint_extra: String::new(),
             account_extra: String::new(),
+            globex_account_extra: None,
         }
     }
 
@@ -200,7 +203,10 @@ impl ConfigBuilder {
         );
         yaml += &format!(
             "  globex-orionvm:\n    endpoints:\n{endpoints}{}    read_timeout_ms: {}\n    credentials:\n",
-            self.account_extra, self.read_timeout_ms
+            self.globex_account_extra
+                .as_deref()
+                .unwrap_or(&self.account_extra),
+            self.read_timeout_ms
         );
         yaml += &format!("      type: static_token\n      token: {{file: \"{globex_token}\"}}\n");
         yaml += "tenants:\n  acme: {account: acme-orionvm}\n  globex: {account: globex-orionvm}\n";

@@ -1,0 +1,305 @@
+//! Which of the caller's headers reach OrionVM, and what the proxy says about the caller:
+//! hop-by-hop headers stripped (RFC 9110 section 7.6.1: the fixed list and every name the
+//! `Connection` header lists), `X-Forwarded-For` and `Forwarded` (RFC 7239) appended to, and
+//! their inbound values kept only from `server.trusted_networks`; with
+//! `upstream.forward_headers: allowlist`, only the headers OrionVM needs.
+//!
+//! The same stripping applies to OrionVM's answer on its way back ([`strip_response`]).
+
+use crate::config::model::ForwardHeaders;
+use http::HeaderMap;
+use http::header::HeaderName;
+use pingora::http::{RequestHeader, ResponseHeader};
+use std::net::IpAddr;
+
+/// Hop-by-hop headers (RFC 9110 sections 7.6.1 and 7.8, RFC 9112 section 9.6 and the
+/// non-standard `Keep-Alive`/`Proxy-Connection`). `Transfer-Encoding` is hop-by-hop too but
+/// frames a streamed body, so [`hop_by_hop`] leaves it to Pingora.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Headers a `Connection` option may never remove: they frame the message or name its
+/// target, and the proxy sets or checks them itself.
+const FRAMING: &[&str] = &["content-length", "transfer-encoding", "host"];
+
+/// Headers the proxy sets about the caller; from an untrusted peer they are dropped.
+const FORWARDING: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+];
+
+/// What OrionVM needs of a caller's request under `forward_headers: allowlist` (the proxy
+/// adds its own: `Authorization`, `Host`, `X-Request-Id`, `traceparent`, the forwarding
+/// headers and a signature).
+pub const ALLOWLIST: &[&str] = &[
+    "accept",
+    "accept-language",
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "user-agent",
+    "idempotency-key",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "tracestate",
+];
+
+/// The caller as the proxy's listener saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// The TCP peer's address.
+    pub ip: Option<IpAddr>,
+    /// Whether the peer is in `server.trusted_networks` (a load balancer in front): then its
+    /// forwarding headers are kept and appended to.
+    pub trusted: bool,
+    /// Whether the caller reached the proxy over TLS.
+    pub tls: bool,
+}
+
+/// The hop-by-hop headers present in `headers` and every header the `Connection` header names
+/// (but never a framing header): the names to remove.
+pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut names: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !FRAMING.contains(&n.as_str()))
+        .collect();
+    names.extend(
+        HOP_BY_HOP
+            .iter()
+            .map(|n| HeaderName::from_static(n))
+            .filter(|n| headers.contains_key(n)),
+    );
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    names
+}
+
+/// Removes hop-by-hop headers from OrionVM's answer.
+pub fn strip_response(resp: &mut ResponseHeader) {
+    for name in hop_by_hop(&resp.headers) {
+        resp.remove_header(&name);
+    }
+}
+
+/// The caller's headers as they may go to OrionVM, before the proxy adds its own: hop-by-hop
+/// headers stripped, then the allowlist applied when configured, then the forwarding headers
+/// appended to (or started afresh for an untrusted peer).
+pub fn caller_headers(
+    req: &mut RequestHeader,
+    policy: ForwardHeaders,
+    caller: &Caller,
+) -> pingora::Result<()> {
+    // Inbound forwarding values from an untrusted peer are the caller's claims, not facts.
+    let inbound = if caller.trusted {
+        Inbound {
+            xff: joined(&req.headers, "x-forwarded-for"),
+            forwarded: joined(&req.headers, "forwarded"),
+        }
+    } else {
+        Inbound::default()
+    };
+    let mut gone = hop_by_hop(&req.headers);
+    gone.extend(
+        req.headers
+            .keys()
+            .filter(|n| match policy {
+                ForwardHeaders::Allowlist => !ALLOWLIST.contains(&n.as_str()),
+                ForwardHeaders::All => !caller.trusted && FORWARDING.contains(&n.as_str()),
+            })
+            .cloned(),
+    );
+    for name in gone {
+        req.remove_header(&name);
+    }
+    let Some(ip) = caller.ip else {
+        return Ok(());
+    };
+    let proto = if caller.tls { "https" } else { "http" };
+    let xff = match inbound.xff {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip.to_string(),
+    };
+    let element = format!("for={};proto={proto}", forwarded_node(ip));
+    let forwarded = match inbound.forwarded {
+        Some(prev) => format!("{prev}, {element}"),
+        None => element,
+    };
+    req.insert_header("x-forwarded-for", xff)?;
+    req.insert_header("forwarded", forwarded)?;
+    req.insert_header("x-forwarded-proto", proto)?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct Inbound {
+    xff: Option<String>,
+    forwarded: Option<String>,
+}
+
+/// All values of a header as one comma-separated list (`None` when absent or unreadable).
+fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+/// An RFC 7239 node: an IPv6 address is bracketed and quoted.
+fn forwarded_node(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(pairs: &[(&'static str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/api/v1/regions", None).unwrap();
+        for (k, v) in pairs {
+            r.append_header(*k, *v).unwrap();
+        }
+        r
+    }
+
+    fn get<'a>(r: &'a RequestHeader, name: &str) -> Option<&'a str> {
+        r.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    const UNTRUSTED: Caller = Caller {
+        ip: Some(IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 9))),
+        trusted: false,
+        tls: false,
+    };
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_stripped() {
+        let mut r = request(&[
+            ("connection", "keep-alive, X-Secret-Hop, content-length"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("trailer", "x-checksum"),
+            ("x-secret-hop", "1"),
+            ("content-length", "2"),
+            ("accept", "application/json"),
+        ]);
+        caller_headers(&mut r, ForwardHeaders::All, &UNTRUSTED).unwrap();
+        for gone in [
+            "connection",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "proxy-connection",
+            "trailer",
+            "x-secret-hop",
+        ] {
+            assert_eq!(get(&r, gone), None, "{gone}");
+        }
+        // Framing stays, whatever Connection says.
+        assert_eq!(get(&r, "content-length"), Some("2"));
+        assert_eq!(get(&r, "accept"), Some("application/json"));
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_header("connection", "x-upstream-hop").unwrap();
+        resp.append_header("x-upstream-hop", "1").unwrap();
+        resp.append_header("keep-alive", "timeout=5").unwrap();
+        resp.append_header("content-type", "application/json")
+            .unwrap();
+        strip_response(&mut resp);
+        let names: Vec<&str> = resp.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type"]);
+    }
+
+    #[test]
+    fn an_untrusted_peer_s_forwarding_claims_are_replaced() {
+        let mut r = request(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-real-ip", "1.2.3.4"),
+            ("x-forwarded-host", "evil.example"),
+        ]);
+        caller_headers(&mut r, ForwardHeaders::All, &UNTRUSTED).unwrap();
+        assert_eq!(get(&r, "x-forwarded-for"), Some("203.0.113.9"));
+        assert_eq!(get(&r, "forwarded"), Some("for=203.0.113.9;proto=http"));
+        assert_eq!(get(&r, "x-forwarded-proto"), Some("http"));
+        assert_eq!(get(&r, "x-real-ip"), None);
+        assert_eq!(get(&r, "x-forwarded-host"), None);
+    }
+
+    #[test]
+    fn a_trusted_peer_s_forwarding_headers_are_appended_to() {
+        let caller = Caller {
+            ip: Some("2001:db8::7".parse().unwrap()),
+            trusted: true,
+            tls: true,
+        };
+        let mut r = request(&[
+            ("x-forwarded-for", "198.51.100.1"),
+            ("x-forwarded-for", "198.51.100.2"),
+            ("forwarded", "for=198.51.100.1"),
+            ("x-real-ip", "198.51.100.1"),
+        ]);
+        caller_headers(&mut r, ForwardHeaders::All, &caller).unwrap();
+        assert_eq!(
+            get(&r, "x-forwarded-for"),
+            Some("198.51.100.1, 198.51.100.2, 2001:db8::7")
+        );
+        assert_eq!(
+            get(&r, "forwarded"),
+            Some("for=198.51.100.1, for=\"[2001:db8::7]\";proto=https")
+        );
+        assert_eq!(get(&r, "x-real-ip"), Some("198.51.100.1"));
+    }
+
+    #[test]
+    fn the_allowlist_keeps_what_orionvm_needs() {
+        let mut r = request(&[
+            ("content-type", "application/json"),
+            ("accept", "application/json"),
+            ("x-sim-fault", "reset"),
+            ("x-internal-debug", "1"),
+            ("x-real-ip", "1.2.3.4"),
+            ("idempotency-key", "k1"),
+        ]);
+        caller_headers(&mut r, ForwardHeaders::Allowlist, &UNTRUSTED).unwrap();
+        let mut names: Vec<&str> = r.headers.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "accept",
+                "content-type",
+                "forwarded",
+                "idempotency-key",
+                "x-forwarded-for",
+                "x-forwarded-proto"
+            ]
+        );
+    }
+}
