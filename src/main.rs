@@ -4,6 +4,9 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+// `--features system-alloc` keeps the system allocator, for heap profilers that hook malloc
+// (heaptrack; README "Performance", idle connections).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

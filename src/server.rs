@@ -38,8 +38,11 @@ pub fn build(config_path: &Path) -> Result<(Server, Arc<SharedState>), Vec<Strin
         OrionProxy::new(state.clone()),
         "orion-proxy",
     );
-    let mut listener = ListenerConfig::tcp(server_cfg.listen.clone())
-        .l4_buffer(L4BufferSettings::default().read(server_cfg.read_buffer_bytes));
+    let mut listener = ListenerConfig::tcp(server_cfg.listen.clone()).l4_buffer(
+        L4BufferSettings::default()
+            .read(server_cfg.read_buffer_bytes)
+            .write(server_cfg.write_buffer_bytes),
+    );
     if let Some(tls) = &server_cfg.tls {
         let settings = TlsSettings::intermediate(&tls.cert_file, &tls.key_file)
             .map_err(|e| vec![format!("server.tls: {e}")])?;

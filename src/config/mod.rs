@@ -126,6 +126,9 @@ pub fn check_server(config: &Config) -> Result<Vec<ipnet::IpNet>, Vec<String>> {
     if s.read_buffer_bytes > 1024 * 1024 {
         errors.push("server.read_buffer_bytes: must be at most 1048576".into());
     }
+    if s.write_buffer_bytes > 1024 * 1024 {
+        errors.push("server.write_buffer_bytes: must be at most 1048576".into());
+    }
     if s.max_header_bytes < 1024 || s.max_header_bytes > 1024 * 1024 {
         errors.push("server.max_header_bytes: must be between 1024 and 1048576".into());
     }

@@ -15,7 +15,13 @@ use std::sync::Arc;
 
 fn err_responses(codes: &[u16]) -> Map<String, Value> {
     let mut m = Map::new();
-    for c in codes {
+    // Every authenticated operation may be answered 400: two different credentials
+    // (`conflicting_credentials`), or a path the proxy refuses before routing (`invalid_path`).
+    let mut codes = codes.to_vec();
+    if codes.contains(&401) && !codes.contains(&400) {
+        codes.insert(0, 400);
+    }
+    for c in &codes {
         m.insert(
             c.to_string(),
             json!({"$ref": format!("#/components/responses/E{c}")}),
@@ -424,6 +430,14 @@ fn operation(r: &Route) -> Map<String, Value> {
             .unwrap_or_default()
             .to_string();
         m.insert("description".into(), json!(format!("{text}{note}").trim()));
+        // ...and those answers are declared (a reboot takes no body, yet a reused key is 422).
+        if let Some(Value::Object(responses)) = m.get_mut("responses") {
+            for c in [409, 422] {
+                responses
+                    .entry(c.to_string())
+                    .or_insert_with(|| json!({"$ref": format!("#/components/responses/E{c}")}));
+            }
+        }
     }
     if let Some((_, p)) = &r.permission {
         m.insert("x-permission".into(), json!(&**p));

@@ -43,15 +43,29 @@ pub fn trace_id_of(traceparent: &str) -> Option<&str> {
 }
 
 pub fn new_trace_id() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
+    let mut out = String::with_capacity(32);
+    push_hex(&mut out, &rand::random::<[u8; 16]>());
+    out
 }
 
 /// A `traceparent` for the upstream hop: the trace id kept, a new span id.
 pub fn child_traceparent(trace_id: &str) -> String {
-    format!(
-        "00-{trace_id}-{}-01",
-        hex::encode(rand::random::<[u8; 8]>())
-    )
+    let mut out = String::with_capacity(trace_id.len() + 24);
+    out.push_str("00-");
+    out.push_str(trace_id);
+    out.push('-');
+    push_hex(&mut out, &rand::random::<[u8; 8]>());
+    out.push_str("-01");
+    out
+}
+
+/// Lower-case hex, as `hex::encode` writes it, without its per-character collect.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
 }
 
 #[cfg(test)]
@@ -79,5 +93,11 @@ mod tests {
         assert_eq!(trace_id_of("00-XYZ-00f067aa0ba902b7-01"), None);
         let c = child_traceparent("4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(trace_id_of(&c), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        let t = new_trace_id();
+        assert_eq!(t.len(), 32);
+        assert!(trace_id_of(&format!("00-{t}-00f067aa0ba902b7-01")).is_some());
+        let mut out = String::new();
+        push_hex(&mut out, &[0x00, 0x0f, 0xa5, 0xff]);
+        assert_eq!(out, hex::encode([0x00, 0x0f, 0xa5, 0xff]));
     }
 }

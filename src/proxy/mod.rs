@@ -191,13 +191,15 @@ fn declares_empty_body(resp: &ResponseHeader) -> bool {
 
 #[async_trait]
 impl ProxyHttp for OrionProxy {
-    type CTX = Ctx;
+    /// Boxed: Pingora keeps the context inside each request's future, and moves that future
+    /// (a `Box::pin` of several KiB) more than once per request; a pointer moves for free.
+    type CTX = Box<Ctx>;
 
-    fn new_ctx(&self) -> Ctx {
-        Ctx::new()
+    fn new_ctx(&self) -> Box<Ctx> {
+        Box::new(Ctx::new())
     }
 
-    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
         metrics::in_flight(1);
         let rt = self.state.current();
         let client_ip = session
@@ -225,7 +227,7 @@ impl ProxyHttp for OrionProxy {
         Ok(())
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         // Path and route, identity and tenant, rate limits, body, audit: `admit`.
         if let Err(err) = admit::admit(session, ctx).await {
             respond::error(session, ctx, err).await?;
@@ -259,7 +261,11 @@ impl ProxyHttp for OrionProxy {
         local::answer(session, ctx, &self.state.state).await
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
         // Load balancer, health, breaker and budget: `crate::upstream::peer`.
         let tenant = ctx.tenant.clone();
         match crate::upstream::peer::peer_for(&mut ctx.upstream, tenant.as_deref()).await {
@@ -272,7 +278,7 @@ impl ProxyHttp for OrionProxy {
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         let Some(tenant) = ctx.tenant.clone() else {
             return Err(upstream_failed(
@@ -310,7 +316,7 @@ impl ProxyHttp for OrionProxy {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         if let Some(checked) = &ctx.body {
             // The bytes read and checked in request_filter are what goes upstream, on every attempt.
@@ -329,7 +335,7 @@ impl ProxyHttp for OrionProxy {
         &self,
         session: &mut Session,
         upstream: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         let status = upstream.status.as_u16();
         ctx.upstream.answered(status);
@@ -368,7 +374,7 @@ impl ProxyHttp for OrionProxy {
         &self,
         session: &mut Session,
         upstream: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         // OrionVM's hop-by-hop headers end here (RFC 9110 section 7.6.1).
         crate::upstream::forward::strip_response(upstream);
@@ -414,7 +420,7 @@ impl ProxyHttp for OrionProxy {
         session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
     ) -> Result<Option<std::time::Duration>> {
         if end_of_stream {
             // The upstream answer is complete: its concurrency slot is free for the next call.
@@ -461,7 +467,7 @@ impl ProxyHttp for OrionProxy {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Nothing reached OrionVM: another endpoint may take it.
@@ -478,7 +484,7 @@ impl ProxyHttp for OrionProxy {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        ctx: &mut Ctx,
+        ctx: &mut Self::CTX,
         client_reused: bool,
     ) -> Box<Error> {
         if *e.etype() == failure::TOKEN_REJECTED
@@ -503,7 +509,12 @@ impl ProxyHttp for OrionProxy {
         e
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
         let err = ctx.error.take().unwrap_or_else(|| {
             let (err, failure) = failure::classify(e.esource(), e.etype());
             if let Some(f) = failure {
@@ -531,7 +542,7 @@ impl ProxyHttp for OrionProxy {
         }
     }
 
-    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+    fn request_summary(&self, session: &Session, ctx: &Self::CTX) -> String {
         // Pingora's diagnostic lines ("Fail to proxy: ...") name the request this way: redacted
         // like the access log, by the same redactor.
         let req = session.req_header();
@@ -547,7 +558,7 @@ impl ProxyHttp for OrionProxy {
         redactor.request_summary(&req.method, &req.uri, host, &ctx.request_id)
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         metrics::in_flight(-1);
         crate::upstream::peer::finish_attempt(&mut ctx.upstream);
         let body = ctx.validated.take();

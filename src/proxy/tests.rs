@@ -109,7 +109,7 @@ async fn run(proxy: &OrionProxy, request: &[u8]) -> Outcome {
         .unwrap();
     let answered = proxy.request_filter(&mut session, &mut ctx).await.unwrap();
     if !answered {
-        return Outcome::Upstream(Box::new(ctx));
+        return Outcome::Upstream(ctx);
     }
     let (status, head, body) = read_answer(session, &mut client).await;
     Outcome::Answered { status, head, body }

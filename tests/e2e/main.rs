@@ -20,6 +20,7 @@ mod facade_instances;
 mod facade_lifecycle;
 mod facade_lists;
 mod facade_readme;
+mod fuzz_and_reload;
 mod idempotency;
 mod identity_demo;
 mod identity_jwt;

@@ -797,9 +797,15 @@ pub struct DemoProcess {
 impl DemoProcess {
     /// Starts the demo, reads its first line and waits until `/ready` answers 200.
     pub async fn start() -> DemoProcess {
+        DemoProcess::start_with(&[]).await
+    }
+
+    /// `start` with more arguments (e.g. `--config BASE`).
+    pub async fn start_with(args: &[&str]) -> DemoProcess {
         use std::io::{BufRead, BufReader};
         let mut child = Command::new(binary())
             .args(["demo", "--json", "--ephemeral"])
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
