@@ -543,12 +543,31 @@ class Bench:
         self.cpu_sut = 1 if pin else None
         self.cpu_load = 0 if pin else None
         self.systems = {}  # name -> dict(port, proc, pids)
+        self.redis_port = None
+        self.redis_proc = None
         self.notes = []
         self.features = {}
         self.sent = {}  # requests answered per process, to compare with its access log
         self.access_log = {}
 
     # -- systems --
+
+    def start_redis(self):
+        """A local redis-server for the shared-state scenarios, pinned beside the upstream (no
+        persistence). Left out (the scenarios skipped) when redis-server is not installed."""
+        if not shutil.which("redis-server"):
+            return
+        port = free_port()
+        p = PROCS.start(
+            "redis",
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.work],
+            os.path.join(self.work, "redis.out"),
+            cpu=self.cpu_load,
+        )
+        wait_port(port, p, "redis-server")
+        self.redis_port = port
+        self.redis_proc = p
 
     def start_upstream(self):
         port = free_port()
@@ -672,6 +691,8 @@ class Bench:
             "JWT_ISS": "https://idp.bench.invalid/",
             "JWT_AUD": "orion-proxy-bench",
         }
+        if self.redis_port:
+            v["REDIS_URL"] = f"redis://127.0.0.1:{self.redis_port}/0"
         if self.es256:
             v.update(
                 {
@@ -735,6 +756,10 @@ class Bench:
                 self.features[name] = None
                 self.notes.append(f"{name}: skipped, the openssl command is missing")
                 continue
+            if "@REDIS_URL@" in json.dumps(spec) and not self.redis_port:
+                self.features[name] = None
+                self.notes.append(f"{name}: skipped, redis-server is not installed")
+                continue
             patch = json.loads(fill(json.dumps(spec["config"]), values))
             ok, errors = self.check_config(merge(self.base_config(free_port()), patch), name)
             if ok:
@@ -781,6 +806,9 @@ class Bench:
             "pids": lambda p=p: [p.pid],
             "metrics": cfg["server"]["metrics_listen"],
         }
+        if variant and variant.startswith("state-redis") and self.redis_proc:
+            # Redis' own CPU per request, reported beside the proxy's.
+            self.systems[name]["aux_pids"] = lambda r=self.redis_proc: [r.pid]
 
     # -- scenarios --
 
@@ -804,6 +832,14 @@ class Bench:
              "feature": "limits-off", "systems": ["orion"], "bare_ref": "get_instance",
              "nginx_ref": "get_instance",
              "what": "the same GET with the limits section switched off"},
+            {"name": "get_instance_redis", "method": "GET", "path": get, "auth": "key",
+             "feature": "state-redis", "systems": ["orion"], "bare_ref": "get_instance",
+             "nginx_ref": "get_instance",
+             "what": "the same GET with rate limits on Redis, exact (one atomic call a request)"},
+            {"name": "get_instance_redis_batched", "method": "GET", "path": get, "auth": "key",
+             "feature": "state-redis-batched", "systems": ["orion"], "bare_ref": "get_instance",
+             "nginx_ref": "get_instance",
+             "what": "the same GET with rate limits on Redis, batched (synced every 100 ms)"},
             {"name": "get_token", "method": "GET", "path": get, "auth": "token",
              "feature": "identity-token", "systems": ["orion"], "bare_ref": "get_instance",
              "nginx_ref": "get_instance", "what": "GET instance with a proxy-issued token"},
@@ -925,18 +961,22 @@ class Bench:
         name = self.system_for(sc, system)
         s = self.systems[name]
         auth = self.auth_for(sc, system)
-        t0 = cpu_ticks(s["pids"]())
+        aux = s.get("aux_pids", lambda: [])
+        t0, a0 = cpu_ticks(s["pids"]()), cpu_ticks(aux())
         res = run_wrk(s["port"], sc, auth, seconds, self.args.connections, self.args.wrk_threads,
                       self.cpu_load)
-        t1 = cpu_ticks(s["pids"]())
+        t1, a1 = cpu_ticks(s["pids"]()), cpu_ticks(aux())
         self.check_statuses(sc, name, res)
         self.trim_logs()
         self.sent[name] = self.sent.get(name, 0) + res["requests"]
-        return {
+        out = {
             "rps": res["requests"] / (res["duration_us"] / 1e6),
             "cpu_us_per_req": (t1 - t0) / CLK * 1e6 / res["requests"],
             "requests": res["requests"],
         }
+        if "aux_pids" in s:
+            out["redis_cpu_us_per_req"] = (a1 - a0) / CLK * 1e6 / res["requests"]
+        return out
 
     def open_loop(self, sc, system, seconds, rate):
         name = self.system_for(sc, system)
@@ -982,6 +1022,7 @@ class Bench:
         self.body_file = write_upstream_data(self.work)
         self.make_credentials()
         self.start_upstream()
+        self.start_redis()
         self.probe_features()
         self.start_bare()
         self.start_nginx()
@@ -1193,6 +1234,9 @@ class Bench:
                     "cpu_us_per_req": med([m["cpu_us_per_req"] for m in s]),
                     "rounds": len(s),
                 }
+                if any("redis_cpu_us_per_req" in m for m in s):
+                    row["redis_cpu_us_per_req"] = med(
+                        [m["redis_cpu_us_per_req"] for m in s if "redis_cpu_us_per_req" in m])
                 l = lat.get(sc["name"], {}).get(system)
                 if l:
                     row.update({
@@ -1309,6 +1353,10 @@ def table(res):
                                      if r["bare_ref"] and r["bare_ref"] != r["scenario"]}))
                  if any(r["bare_ref"] and r["bare_ref"] != r["scenario"] for r in res["rows"])
                  else "")
+    redis_rows = [r for r in res["rows"] if r.get("redis_cpu_us_per_req") is not None]
+    if redis_rows:
+        lines.append("redis-server CPU us/req (beside the proxy's above): " + ", ".join(
+            f"{r['scenario']} {r['redis_cpu_us_per_req']:.1f}" for r in redis_rows))
     idle = res["idle_connections"]
     if idle:
         lines.append("")

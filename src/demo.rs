@@ -16,6 +16,10 @@ pub struct DemoOptions {
     pub ephemeral: bool,
     /// Base config; `conf/demo.yaml` as shipped when absent.
     pub config: Option<PathBuf>,
+    /// Proxy nodes (1: the single-node demo on the memory backend).
+    pub nodes: usize,
+    /// The Redis that several nodes share; a local `redis-server` is started when absent.
+    pub redis: Option<String>,
 }
 
 /// The demo's API keys: label, roles, tenant. `admin` administers the process (every
@@ -76,6 +80,9 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
         None => DEMO_YAML.to_string(),
     };
     let mut config: Config = crate::config::parse(&text).map_err(|e| e.join("\n"))?;
+    if opts.nodes == 0 || opts.nodes > 16 {
+        return Err("--nodes: between 1 and 16".into());
+    }
 
     // Ports: the documented defaults where free.
     let proxy_port = port(
@@ -206,16 +213,65 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
     if config.logging.audit.path == "off" {
         config.logging.audit.path = dir.path().join("audit.log").display().to_string();
     }
+    // Several nodes share one state on Redis: the one given, or a local redis-server.
+    let mut children = Vec::new();
+    let mut redis_url = opts.redis.clone();
+    if opts.nodes > 1 && redis_url.is_none() {
+        let (child, url) = start_redis(dir.path())?;
+        children.push(child);
+        redis_url = Some(url);
+    }
+    if let Some(url) = &redis_url {
+        config.state.backend = crate::config::state::Backend::Redis;
+        config.state.redis = Some(crate::config::state::RedisConfig {
+            url: url.clone(),
+            tls: false,
+            ca_file: None,
+            username: None,
+            password: None,
+            prefix: "orion-proxy-demo:".into(),
+            connect_timeout_ms: 1000,
+            command_timeout_ms: 250,
+            pool_size: 2,
+        });
+    }
     let config_path = dir.path().join("demo.yaml");
-    // Through JSON, so that enums come out as maps (`{file: ...}`), not YAML tags.
-    let as_json = serde_json::to_value(&config).map_err(|e| e.to_string())?;
-    let yaml = serde_yaml::to_string(&as_json).map_err(|e| e.to_string())?;
-    std::fs::write(&config_path, yaml).map_err(|e| e.to_string())?;
+    write_config(&config, &config_path)?;
+
+    // Nodes 2..N: child processes on their own ports (they stop with the demo).
+    let mut nodes = Vec::new();
+    for n in 2..=opts.nodes {
+        let ports = (port(0, true)?, port(0, true)?, port(0, true)?);
+        let mut c = config.clone();
+        c.server.listen = format!("127.0.0.1:{}", ports.0);
+        c.server.admin_listen = Some(format!("127.0.0.1:{}", ports.1));
+        c.server.metrics_listen = Some(format!("127.0.0.1:{}", ports.2));
+        if c.logging.audit.path != "off" {
+            c.logging.audit.path = dir
+                .path()
+                .join(format!("audit-{n}.log"))
+                .display()
+                .to_string();
+        }
+        let path = dir.path().join(format!("demo-node{n}.yaml"));
+        write_config(&c, &path)?;
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(["run", "-c"]).arg(&path);
+        children.push(spawn_with_parent(cmd)?);
+        nodes.push(ports);
+    }
 
     let proxy_url = format!("http://127.0.0.1:{proxy_port}");
     let admin_url = format!("http://127.0.0.1:{admin_port}");
     let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
-    let info = serde_json::json!({
+    let mut proxy_urls = vec![proxy_url.clone()];
+    let mut admin_urls = vec![admin_url.clone()];
+    for (p, a, _) in &nodes {
+        proxy_urls.push(format!("http://127.0.0.1:{p}"));
+        admin_urls.push(format!("http://127.0.0.1:{a}"));
+    }
+    let mut info = serde_json::json!({
         "proxy_url": proxy_url,
         "admin_url": admin_url,
         "metrics_url": metrics_url,
@@ -224,6 +280,11 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
         "api_keys": keys,
         "clients": clients,
     });
+    if opts.nodes > 1 || redis_url.is_some() {
+        info["proxy_urls"] = serde_json::json!(proxy_urls);
+        info["admin_urls"] = serde_json::json!(admin_urls);
+        info["state"] = serde_json::json!({"backend": "redis", "url": redis_url});
+    }
     let (server, state) = crate::server::build(&config_path).map_err(|e| e.join("\n"))?;
     let mut out = std::io::stdout().lock();
     if opts.json {
@@ -235,8 +296,71 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
     drop(out);
     server.run(pingora::server::RunArgs::default());
     state.state.observe.flush_all();
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
     drop(dir);
     Ok(())
+}
+
+/// Writes a config as YAML (through JSON, so that enums come out as maps, `{file: ...}`, not
+/// YAML tags).
+fn write_config(config: &Config, path: &Path) -> Result<(), String> {
+    let as_json = serde_json::to_value(config).map_err(|e| e.to_string())?;
+    let yaml = serde_yaml::to_string(&as_json).map_err(|e| e.to_string())?;
+    std::fs::write(path, yaml).map_err(|e| e.to_string())
+}
+
+/// Spawns a child that the kernel stops when the demo ends, however it ends.
+fn spawn_with_parent(mut cmd: std::process::Command) -> Result<std::process::Child, String> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    cmd.stdin(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))
+}
+
+/// A local `redis-server` on a free loopback port, without persistence; its URL.
+fn start_redis(dir: &Path) -> Result<(std::process::Child, String), String> {
+    let installed = std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        return Err(
+            "several nodes share their state on Redis, and redis-server is not installed: \
+             install it (Debian/Ubuntu: `sudo apt-get install redis-server`; scripts/setup does) \
+             or pass --redis redis://HOST:PORT/0"
+                .into(),
+        );
+    }
+    let port = port(0, true)?;
+    let mut cmd = std::process::Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(std::process::Stdio::null());
+    let mut child = spawn_with_parent(cmd)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok((child, format!("redis://127.0.0.1:{port}/0")));
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("redis-server exited: {status}"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    Err("redis-server did not start within 10 s".into())
 }
 
 fn patch_secret_refs(
@@ -278,6 +402,18 @@ fn human(info: &serde_json::Value) -> String {
     let mut out = String::new();
     out.push_str("\norion-proxy demo: the OrionVM simulator and the proxy are running.\n\n");
     out.push_str(&format!("  proxy       {}\n", s("proxy_url")));
+    if let Some(urls) = info["proxy_urls"].as_array() {
+        for u in urls.iter().skip(1) {
+            out.push_str(&format!(
+                "  proxy       {}\n",
+                u.as_str().unwrap_or_default()
+            ));
+        }
+        out.push_str(&format!(
+            "  state       redis {}\n",
+            info["state"]["url"].as_str().unwrap_or_default()
+        ));
+    }
     out.push_str(&format!("  admin       {}\n", s("admin_url")));
     out.push_str(&format!("  metrics     {}\n", s("metrics_url")));
     out.push_str(&format!("  simulator   {}\n\n", s("simulator_url")));

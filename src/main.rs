@@ -49,6 +49,13 @@ enum Command {
         /// Base config instead of the shipped conf/demo.yaml.
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Proxy nodes sharing one state (Redis) in front of the one simulator.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// The Redis they share (redis://HOST:PORT/DB); without it, several nodes start a
+        /// local redis-server.
+        #[arg(long)]
+        redis: Option<String>,
     },
     /// Print the OpenAPI document of the shipped routes (what `openapi.json` holds).
     Openapi,
@@ -133,11 +140,15 @@ fn main() -> ExitCode {
             json,
             ephemeral,
             config,
+            nodes,
+            redis,
         } => {
             match orion_proxy::demo::run(orion_proxy::demo::DemoOptions {
                 json,
                 ephemeral,
                 config,
+                nodes,
+                redis,
             }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -760,6 +760,47 @@ pub fn in_flight(delta: i64) {
     }
 }
 
+static STATE_ERRORS: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "orion_proxy_state_errors_total",
+        "Failed commands to the shared state backend (Redis), by operation: counters, kv, tasks, usage, ping",
+        &["op"]
+    )
+    .ok()
+});
+
+static STATE_UP: Lazy<Option<IntGauge>> = Lazy::new(|| {
+    register_int_gauge!(
+        "orion_proxy_state_up",
+        "Whether the shared state backend (Redis) answered its last command (1) or not (0); always 1 with the memory backend"
+    )
+    .ok()
+});
+
+/// A failed command to the shared state backend.
+pub fn state_error(op: &'static str) {
+    if let Some(c) = STATE_ERRORS.as_ref() {
+        c.with_label_values(&[op]).inc();
+    }
+}
+
+/// The shared state backend became reachable (`true`) or unreachable.
+pub fn state_up(up: bool) {
+    if let Some(g) = STATE_UP.as_ref() {
+        g.set(i64::from(up));
+    }
+}
+
+/// Declares the state series (0 errors, up) so that they exist before the first failure.
+pub fn declare_state(ops: &[&str]) {
+    if let Some(c) = STATE_ERRORS.as_ref() {
+        for op in ops {
+            c.with_label_values(&[op]);
+        }
+    }
+    state_up(true);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

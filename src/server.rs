@@ -17,7 +17,14 @@ use std::time::Duration;
 
 /// Loads the config and builds the server; the caller runs it.
 pub fn build(config_path: &Path) -> Result<(Server, Arc<SharedState>), Vec<String>> {
-    let state = Arc::new(SharedState::start(config_path, Arc::new(State::memory()))?);
+    // The state backends come from the first config (a reload cannot move them).
+    let text = crate::config::read_file(config_path)?;
+    let model = crate::config::parse(&text)?;
+    let stores = crate::runtime::state::stores_for(&model.state)?;
+    let state = Arc::new(SharedState::start(
+        config_path,
+        Arc::new(State::with_stores(stores)),
+    )?);
     let runtime = state.current();
     crate::metrics::init(&runtime.version);
     let server_cfg = runtime.config.server.clone();
@@ -92,6 +99,18 @@ pub fn build(config_path: &Path) -> Result<(Server, Arc<SharedState>), Vec<Strin
         "JWKS refresher",
         state.state.auth.refresher(),
     ));
+    // Declared with every backend, so that dashboards and alerts find the series.
+    crate::metrics::declare_state(&["counters", "kv", "tasks", "usage", "ping"]);
+    if let Some(shared) = state.state.stores.shared.clone() {
+        server.add_service(background_service(
+            "state backend sync",
+            StateSync {
+                shared,
+                tasks: state.state.stores.tasks.clone(),
+                every: Duration::from_millis(model.state.sync_interval_ms),
+            },
+        ));
+    }
     server.add_service(background_service(
         "SIGHUP reloader",
         Reloader {
@@ -146,6 +165,40 @@ impl pingora::services::background::BackgroundService for Reloader {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+/// The shared backend's background work: batched counters and usage sent every interval, task
+/// leases renewed, and the tasks of nodes that died (their lease expired) marked failed.
+struct StateSync {
+    shared: Arc<crate::store::redis::Backends>,
+    tasks: Arc<dyn crate::store::tasks::TaskStore>,
+    every: Duration,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for StateSync {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let sweep_every = self
+            .tasks
+            .lease()
+            .map(|l| l / 3)
+            .unwrap_or(Duration::from_secs(5));
+        let tasks = self.tasks.clone();
+        let sweeper = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(sweep_every).await;
+                crate::facade::tasks::sweep_orphans(&*tasks, crate::errors::facade::task_error)
+                    .await;
+            }
+        });
+        tokio::select! {
+            _ = self.shared.run_sync(self.every) => {}
+            _ = shutdown.changed() => {}
+        }
+        sweeper.abort();
+        // What was counted since the last sync is not lost at a graceful stop.
+        self.shared.usage.flush().await;
     }
 }
 

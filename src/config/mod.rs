@@ -9,6 +9,7 @@ pub mod idempotency;
 pub mod limits;
 pub mod model;
 pub mod secret;
+pub mod state;
 
 use model::{Config, RouteConfig};
 use serde::Deserialize;

@@ -53,6 +53,9 @@ pub struct Config {
     /// What of the caller's request reaches OrionVM.
     #[serde(default)]
     pub upstream: UpstreamSettings,
+    /// Where shared state lives: memory (one node) or Redis (several nodes).
+    #[serde(default)]
+    pub state: crate::config::state::StateConfig,
 }
 
 /// What of the caller's request reaches OrionVM (every account).

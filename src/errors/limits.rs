@@ -47,6 +47,12 @@ impl From<LimitsError> for ApiError {
             LimitsError::Wait(WaitFailure::Lost) => {
                 ApiError::internal("the shared call ended without an answer")
             }
+            // Which backend and why is logged by the state backend, once per change.
+            LimitsError::Unavailable => ApiError::unavailable(
+                "state_unavailable",
+                "rate limits cannot be checked: the shared state is not reachable",
+            )
+            .with_retry_after(1),
         }
     }
 }

@@ -408,3 +408,58 @@ pub fn spawn_snapshot(
         run.finish(outcome).await;
     });
 }
+
+/// Marks failed, with the reason, the tasks whose node died while running them (their lease
+/// expired; only a shared task store has leases). Each such task is claimed by one node only.
+/// `_describe` is the facade's error conversion, kept for a takeover that would resume steps.
+pub async fn sweep_orphans(store: &dyn TaskStore, _describe: DescribeError) {
+    let orphans = match store.orphans().await {
+        Ok(o) => o,
+        Err(e) => {
+            log::debug!("tasks of stopped nodes not looked for: {e}");
+            return;
+        }
+    };
+    for r in orphans {
+        let Ok(mut task) = Task::from_record(&r) else {
+            log::warn!("task {}: unreadable record left by a stopped node", r.id);
+            continue;
+        };
+        if task.is_finished() {
+            continue;
+        }
+        let now = now_text();
+        for s in task
+            .steps
+            .iter_mut()
+            .filter(|s| s.status == Status::Running)
+        {
+            s.status = Status::Failed;
+            s.finished_at = Some(now.clone());
+        }
+        let mut details = Map::new();
+        details.insert("steps_done".into(), json!(task.steps_done));
+        task.status = Status::Failed;
+        task.error = Some(TaskError {
+            code: "task_abandoned".into(),
+            message: "the proxy node that ran this task stopped before it finished (its lease \
+                      expired); the instance may be anywhere in the operation: read it before \
+                      trying again"
+                .into(),
+            status: 503,
+            details,
+        });
+        task.finished_at = Some(now.clone());
+        task.updated_at = now;
+        match task.record(&r.tenant) {
+            Ok(rec) => match store.update(rec).await {
+                Ok(_) => log::warn!(
+                    "task {} of a stopped node marked failed after its lease expired",
+                    task.id
+                ),
+                Err(e) => log::warn!("task {}: not marked failed: {e}", task.id),
+            },
+            Err(e) => log::warn!("task {}: {e}", task.id),
+        }
+    }
+}

@@ -15,9 +15,10 @@ pub mod rate;
 
 use crate::config::limits::{self as config, Fallback, LimitsConfig};
 use crate::config::model::{Config, RouteKind};
+use crate::config::state::OnUnavailable;
 use crate::request::{Decision, Reply, RequestView};
 use crate::routes::RouteTable;
-use crate::store::{Counters, Stores};
+use crate::store::{CounterOp, Counters, KvStore, Stores};
 use crate::upstream::UpstreamError;
 use crate::upstream::client::CallError;
 use bytes::Bytes;
@@ -34,6 +35,60 @@ use std::time::Duration;
 pub struct LimitsState {
     counters: Arc<dyn Counters>,
     cache: Arc<MicroCache>,
+    /// With a shared backend: the objects' versions, so that a change through another node
+    /// drops this node's cached reads of the object.
+    versions: Option<Arc<Versions>>,
+}
+
+/// The micro-cache's cross-node invalidation: every mutation through any node writes a new
+/// random version of the object (tenant + id) into the shared key-value store; a cached read
+/// first reads the object's version and drops this node's cached reads of it when the
+/// version is not the one it last saw. A node thus never serves a read that a write through
+/// another node has replaced; when the store is unreachable the local cache's TTL bounds it.
+pub struct Versions {
+    kv: Arc<dyn KvStore>,
+    seen: parking_lot::Mutex<HashMap<String, Option<Bytes>>>,
+}
+
+/// How long an object's version is kept (far longer than any cached read lives).
+const VERSION_TTL: Duration = Duration::from_secs(3600);
+/// Versions remembered at most per node (past it they are forgotten, which costs a miss).
+const MAX_SEEN: usize = 100_000;
+
+impl Versions {
+    fn key(group: &str) -> String {
+        let mut k = String::with_capacity(9 + group.len());
+        k.push_str("cachever:");
+        k.push_str(group);
+        k
+    }
+
+    /// A mutation of the object: a new version for every node.
+    async fn bump(&self, group: &str) {
+        let v = rand::random::<u64>().to_be_bytes();
+        if let Err(e) = self
+            .kv
+            .put(&Self::key(group), Bytes::copy_from_slice(&v), VERSION_TTL)
+            .await
+        {
+            log::debug!("cache version not written: {e}");
+        }
+    }
+
+    /// Before a cached read: drops the object's cached reads when another node changed it.
+    async fn check(&self, micro: &MicroCache, tenant: &str, object: &str, group: &str) {
+        let Ok(now) = self.kv.get(&Self::key(group)).await else {
+            return;
+        };
+        let mut seen = self.seen.lock();
+        if seen.get(group) != Some(&now) {
+            micro.invalidate(tenant, object);
+            if seen.len() >= MAX_SEEN {
+                seen.clear();
+            }
+            seen.insert(group.to_string(), now);
+        }
+    }
 }
 
 impl LimitsState {
@@ -42,6 +97,12 @@ impl LimitsState {
         LimitsState {
             counters: stores.counters.clone(),
             cache: Default::default(),
+            versions: stores.shared.as_ref().map(|_| {
+                Arc::new(Versions {
+                    kv: stores.kv.clone(),
+                    seen: Default::default(),
+                })
+            }),
         }
     }
 
@@ -53,6 +114,20 @@ impl LimitsState {
     /// The micro-cache, shared: for the facade, whose tasks change objects after the request.
     pub fn cache_handle(&self) -> Arc<MicroCache> {
         self.cache.clone()
+    }
+
+    /// Drops an object's cached reads here and, with a shared backend, on every other node (a
+    /// new version written in the background): for changes made outside a request's phases
+    /// (the facade's tasks).
+    pub fn invalidator(&self) -> impl Fn(&str, &str) + Send + Sync + 'static {
+        let (cache, versions) = (self.cache.clone(), self.versions.clone());
+        move |tenant: &str, object: &str| {
+            cache.invalidate(tenant, object);
+            if let Some(v) = &versions {
+                let (v, group) = (v.clone(), cache::group_key(tenant, object));
+                tokio::spawn(async move { v.bump(&group).await });
+            }
+        }
     }
 }
 
@@ -89,6 +164,8 @@ pub enum LimitsError {
     },
     /// Waiting for the shared call of a cached read failed.
     Wait(WaitFailure),
+    /// The shared counters cannot be reached and `state.on_unavailable` is `closed`.
+    Unavailable,
 }
 
 /// How waiting for a shared call failed.
@@ -133,6 +210,9 @@ pub struct Limits {
     /// From the state: the counter backend and the micro-cache.
     counters: Arc<dyn Counters>,
     micro: Arc<MicroCache>,
+    versions: Option<Arc<Versions>>,
+    /// What the rate limits do when the counter backend fails.
+    on_unavailable: OnUnavailable,
 }
 
 /// `*` matches any run of characters.
@@ -317,6 +397,8 @@ impl Limits {
             fallback: b.fallback,
             counters: state.counters.clone(),
             micro: state.cache.clone(),
+            versions: state.versions.clone(),
+            on_unavailable: config.state.on_unavailable,
         })
     }
 
@@ -358,31 +440,50 @@ impl Limits {
         Some(out)
     }
 
-    /// Charges (or only reads) every policy that applies, through whatever backend. A policy
-    /// whose backend fails is not enforced for this request (logged): an unreachable counter
-    /// store does not take the API down.
+    /// Charges (or only reads) every policy that applies, through whatever backend, in one
+    /// call. When the backend fails, `state.on_unavailable` decides: `open` enforces nothing
+    /// for this request (the backend counts and logs the failure), `closed` refuses a caller's
+    /// request (503).
     async fn judge(&self, req: &RequestView<'_>, count: bool) -> Verdicts {
         if let Some(v) = self.judge_now(req, count) {
             return v;
         }
         let mut out = Verdicts::default();
         let key = counter_key(req);
+        let mut ops = Vec::with_capacity(4);
+        let mut ids = Vec::with_capacity(4);
         for i in self.applying(req) {
             let Some(p) = self.policies.get(i as usize) else {
                 continue;
             };
-            let got = if count {
-                self.counters.hit(&p.name, p.window, &key, 1).await
-            } else {
-                self.counters.peek(&p.name, p.window, &key).await
-            };
-            match got {
-                Ok(c) => out.push(p.verdict(i, c, count)),
-                Err(e) => log::warn!(
-                    "request {}: rate-limit policy '{}' not counted: {e}",
-                    req.request_id,
-                    p.name
-                ),
+            ops.push(CounterOp {
+                scope: &p.name,
+                window: p.window,
+                key: &key,
+                cost: u64::from(count),
+            });
+            ids.push(i);
+        }
+        if ops.is_empty() {
+            return out;
+        }
+        match self.counters.count_all(&ops).await {
+            Ok(counts) => {
+                for (i, c) in ids.into_iter().zip(counts) {
+                    if let Some(p) = self.policies.get(i as usize) {
+                        out.push(p.verdict(i, c, count));
+                    }
+                }
+            }
+            Err(e) => {
+                log::debug!("request {}: rate limits not counted: {e}", req.request_id);
+                // Fail closed applies to the API's callers; the routes without a principal
+                // (liveness, readiness, the API document, the token endpoint) stay open, so
+                // that a node is not restarted or drained for its state backend.
+                if count && self.on_unavailable == OnUnavailable::Closed && req.principal.is_some()
+                {
+                    out.unavailable = true;
+                }
             }
         }
         out
@@ -390,6 +491,9 @@ impl Limits {
 
     /// The refusal of charged verdicts, if any, counted in the metrics here.
     fn refuse(&self, v: &Verdicts) -> Option<LimitsError> {
+        if v.unavailable {
+            return Some(LimitsError::Unavailable);
+        }
         let r = v.refusal()?;
         let policy = self.policies.get(r.policy as usize)?.name.clone();
         crate::metrics::rate_limited(&policy);
@@ -515,11 +619,17 @@ pub async fn before_upstream_with(
     let (Some(route), Some(tenant)) = (req.route, req.tenant) else {
         return Decision::Continue;
     };
-    // Mirror and facade mutations alike drop the object's cached reads.
+    // Mirror and facade mutations alike drop the object's cached reads (on every node).
     if req.is_mutation() {
+        let named = named_ids(extra.body);
         limits
             .micro
-            .invalidate_all(&tenant.name, object_of(req), &named_ids(extra.body));
+            .invalidate_all(&tenant.name, object_of(req), &named);
+        if let Some(v) = &limits.versions {
+            for o in std::iter::once(object_of(req)).chain(named.iter().copied()) {
+                v.bump(&cache::group_key(&tenant.name, o)).await;
+            }
+        }
     }
     let local = match route.kind {
         RouteKind::Mirror => None,
@@ -580,6 +690,11 @@ pub async fn before_upstream_with(
             .map(|b| b.max_wait)
             .unwrap_or_default()
         + Duration::from_secs(1);
+    let group = cache::group_key(&tenant.name, object_of(req));
+    if let Some(v) = &limits.versions {
+        v.check(&limits.micro, &tenant.name, object_of(req), &group)
+            .await;
+    }
     let mut charged = None;
     // Made only when this request starts the call (a miss): a hit costs no extra copy.
     let fetch = || -> cache::Fetch {
@@ -601,7 +716,7 @@ pub async fn before_upstream_with(
             settings,
             fetch,
             &tenant.name,
-            cache::group_key(&tenant.name, object_of(req)),
+            group,
             cache_path(),
             wait,
             &mut charged,
@@ -667,6 +782,20 @@ pub fn response_fields(limits: &Limits, rl: &RequestLimits) -> Fields {
         return Fields::default();
     }
     rl.verdicts.fields(&limits.policies, limits.legacy)
+}
+
+/// Whether [`changed`] has work to do (a shared backend): the proxy then calls it for a
+/// mutation's answer before the caller sees it.
+pub fn shares_cache(limits: &Limits) -> bool {
+    limits.enabled && limits.versions.is_some()
+}
+
+/// A mutation was answered: on a shared backend, a new version of the object for every node
+/// (a read another node cached while the change was under way must not outlive it).
+pub async fn changed(limits: &Limits, req: &RequestView<'_>) {
+    if let (Some(v), true, Some(t)) = (&limits.versions, req.is_mutation(), req.tenant) {
+        v.bump(&cache::group_key(&t.name, object_of(req))).await;
+    }
 }
 
 /// At the end of the request: drop cached reads of an object that was just changed, of the

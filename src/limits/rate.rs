@@ -74,10 +74,20 @@ impl Policy {
     }
 }
 
+/// The refusal that stands for "the counters cannot be reached" (`Verdicts::unavailable`).
+static UNAVAILABLE: Verdict = Verdict {
+    policy: u16::MAX,
+    remaining: 0,
+    reset: 1,
+    refused: true,
+};
+
 /// The verdicts of one request (at most a few policies apply: the caller's and the route's).
 #[derive(Debug, Default, Clone)]
 pub struct Verdicts {
     items: [Option<Verdict>; 8],
+    /// The counters could not be reached and the limits fail closed: refuse (503).
+    pub unavailable: bool,
 }
 
 impl Verdicts {
@@ -94,6 +104,9 @@ impl Verdicts {
     }
     /// The verdict that refused the request (the one with the longest wait).
     pub fn refusal(&self) -> Option<&Verdict> {
+        if self.unavailable {
+            return Some(&UNAVAILABLE);
+        }
         self.iter().filter(|v| v.refused).max_by_key(|v| v.reset)
     }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 pub async fn answer(session: &mut Session, ctx: &mut Ctx, state: &State) -> Result<bool> {
     match ctx.route.as_ref().map(|r| r.kind) {
         Some(RouteKind::Health) => health(session, ctx).await.map(|()| true),
-        Some(RouteKind::Ready) => ready(session, ctx).await.map(|()| true),
+        Some(RouteKind::Ready) => ready(session, ctx, state).await.map(|()| true),
         Some(RouteKind::OauthToken) => oauth_token(session, ctx, state).await.map(|()| true),
         // The facade, the API document, and mirror lists asked to page, filter or sort.
         Some(RouteKind::Facade | RouteKind::Openapi | RouteKind::Mirror) => {
@@ -43,8 +43,11 @@ pub async fn health(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
 }
 
 /// Ready when the config is loaded and every account has an endpoint that answered the
-/// last probe.
-pub async fn ready(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+/// last probe. With a shared state backend, the answer says whether it answers a PING within
+/// its command timeout (`state`); an unreachable one makes the node not ready only when the
+/// limits fail closed (`state.on_unavailable: closed`), since a node that fails open still
+/// serves.
+pub async fn ready(session: &mut Session, ctx: &mut Ctx, state: &State) -> Result<()> {
     let Some(rt) = ctx.runtime.clone() else {
         return respond::error(session, ctx, ApiError::internal("no configuration loaded")).await;
     };
@@ -60,15 +63,31 @@ pub async fn ready(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         all_ready &= up;
         accounts.insert(name.clone(), json!({"ready": up, "endpoints": endpoints}));
     }
+    let backend = match &state.stores.shared {
+        None => json!({"backend": "memory", "reachable": true}),
+        Some(shared) => match shared.redis.ping().await {
+            Ok(rtt) => {
+                json!({"backend": "redis", "reachable": true, "ping_ms": rtt.as_secs_f64() * 1000.0})
+            }
+            Err(e) => {
+                if rt.config.state.on_unavailable == crate::config::state::OnUnavailable::Closed {
+                    all_ready = false;
+                }
+                json!({"backend": "redis", "reachable": false, "error": e.to_string()})
+            }
+        },
+    };
     if all_ready {
-        let body = json!({"status": "ready", "config_version": rt.version, "accounts": accounts});
+        let body = json!({"status": "ready", "config_version": rt.version, "accounts": accounts, "state": backend});
         respond::json(session, ctx, 200, Bytes::from(body.to_string()), &[]).await
     } else {
         let mut details = serde_json::Map::new();
         details.insert("accounts".into(), serde_json::Value::Object(accounts));
-        let err = ApiError::unavailable("not_ready", "OrionVM is not reachable for every account")
-            .with_details(details)
-            .with_retry_after(2);
+        details.insert("state".into(), backend);
+        let err =
+            ApiError::unavailable("not_ready", "OrionVM or the shared state is not reachable")
+                .with_details(details)
+                .with_retry_after(2);
         respond::error(session, ctx, err).await
     }
 }
@@ -203,8 +222,5 @@ fn changed_hook(rt: &crate::runtime::Runtime, state: &State) -> Option<crate::fa
     if !rt.limits.enabled || rt.limits.cache.is_none() {
         return None;
     }
-    let cache = state.limits.cache_handle();
-    Some(Arc::new(move |tenant: &str, id: &str| {
-        cache.invalidate(tenant, id)
-    }))
+    Some(Arc::new(state.limits.invalidator()))
 }

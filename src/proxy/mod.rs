@@ -384,6 +384,16 @@ impl ProxyHttp for OrionProxy {
                 upstream.insert_header(name, value)?;
             }
         }
+        // A shared backend: the other nodes drop their cached reads of a changed object
+        // before the caller sees the answer.
+        if ctx
+            .runtime
+            .as_ref()
+            .is_some_and(|rt| crate::limits::shares_cache(&rt.limits))
+            && let Some((limits, view, _)) = limits_parts(session.req_header(), ctx)
+        {
+            crate::limits::changed(limits, &view).await;
+        }
         let status = upstream.status.as_u16();
         if status >= 400 {
             // Every error reaches the caller in the one error body, whatever OrionVM sent.

@@ -90,6 +90,7 @@ pub fn stage(config: Config, text: &str, state: &State) -> Result<Staged, Vec<St
         .map_err(|e| errors.extend(e))
         .ok();
     errors.extend(crate::facade::check_config(&config.facade));
+    errors.extend(crate::config::state::check(&config.state));
     let log = LogPolicy::build(&config.logging, &state.observe)
         .map_err(|e| errors.extend(e))
         .ok();

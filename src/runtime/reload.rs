@@ -52,6 +52,15 @@ impl SharedState {
                 {
                     log::warn!("listener changes take effect at the next restart");
                 }
+                // `on_unavailable` is read by the limits at each build; the rest at start.
+                let backend =
+                    |c: &crate::config::state::StateConfig| crate::config::state::StateConfig {
+                        on_unavailable: Default::default(),
+                        ..c.clone()
+                    };
+                if backend(&rt.config.state) != backend(&old.config.state) {
+                    log::warn!("state backend changes take effect at the next restart");
+                }
                 super::declare_tenants(&rt);
                 self.current.store(Arc::new(rt));
                 crate::metrics::config_reloaded(true, &version);

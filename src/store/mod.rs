@@ -6,6 +6,7 @@
 //! This module imports no concern: concerns import it, and `src/runtime/` owns the instances.
 
 pub mod memory;
+pub mod redis;
 pub mod tasks;
 pub mod usage;
 
@@ -75,11 +76,34 @@ pub trait Counters: Send + Sync {
         key: &str,
     ) -> Result<WindowCount, StoreError>;
 
+    /// Several counters at once (the policies of one request): one round trip on a remote
+    /// backend. A cost of 0 reads without adding. Answers in the order asked.
+    async fn count_all(&self, ops: &[CounterOp<'_>]) -> Result<Vec<WindowCount>, StoreError> {
+        let mut out = Vec::with_capacity(ops.len());
+        for o in ops {
+            out.push(match o.cost {
+                0 => self.peek(o.scope, o.window, o.key).await?,
+                cost => self.hit(o.scope, o.window, o.key, cost).await?,
+            });
+        }
+        Ok(out)
+    }
+
     /// The in-process backend, when this is it: a hot-path caller may then count synchronously
     /// (`MemoryCounters::window_of`) instead of through the async calls.
     fn as_memory(&self) -> Option<&memory::MemoryCounters> {
         None
     }
+}
+
+/// One counter of [`Counters::count_all`].
+#[derive(Debug, Clone, Copy)]
+pub struct CounterOp<'a> {
+    pub scope: &'a str,
+    pub window: Duration,
+    pub key: &'a str,
+    /// 0: read only.
+    pub cost: u64,
 }
 
 /// A key-value store with expiry: idempotency keys, runtime-managed credentials.
@@ -107,6 +131,9 @@ pub struct Stores {
     /// The facade's tasks (`tasks::TaskStore`).
     pub tasks: Arc<dyn tasks::TaskStore>,
     pub usage: Arc<dyn UsageStore>,
+    /// The shared backend when there is one (`None`: in-memory, one node): its readiness, its
+    /// background sync, and the micro-cache's cross-node versions in `kv`.
+    pub shared: Option<Arc<redis::Backends>>,
 }
 
 impl Stores {
@@ -117,6 +144,23 @@ impl Stores {
             kv: Arc::new(memory::MemoryKv::new(memory::DEFAULT_KV_ENTRIES)),
             tasks: Arc::new(tasks::MemoryTasks::default()),
             usage: Arc::new(usage::MemoryUsage::default()),
+            shared: None,
         }
+    }
+
+    /// The Redis backends (several nodes with the same prefix share them).
+    pub fn redis(
+        settings: &redis::Settings,
+        sync: redis::Sync,
+        task_lease: Duration,
+    ) -> Result<Stores, String> {
+        let b = Arc::new(redis::Backends::new(settings, sync, task_lease)?);
+        Ok(Stores {
+            counters: b.counters.clone(),
+            kv: b.kv.clone(),
+            tasks: b.tasks.clone(),
+            usage: b.usage.clone(),
+            shared: Some(b),
+        })
     }
 }

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
 /// One task as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +42,18 @@ pub trait TaskStore: Send + Sync {
 
     /// The tasks of `tenant`, oldest first.
     async fn list(&self, tenant: &str) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// How long a task's runner may go without renewing it before another node takes it
+    /// (`None`: tasks live and die with this process, as in memory).
+    fn lease(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Unfinished tasks whose runner stopped renewing its lease (its node died), now claimed by
+    /// this node, which must finish them (the facade marks them failed). Each is returned once.
+    async fn orphans(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 #[derive(Default)]

@@ -42,5 +42,6 @@ mod reload;
 mod secrets;
 mod signing_e2e;
 mod sim_contract;
+mod state_redis;
 mod tls_upstream;
 mod trust;

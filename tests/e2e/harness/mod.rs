@@ -4,6 +4,7 @@
 pub mod facade;
 pub mod identity;
 pub mod metrics;
+pub mod redis;
 
 pub use metrics::Scrape;
 use orion_sim::{self as sim, SimAccount, SimClient, SimHandle, SimOptions, SimTimings};
@@ -476,6 +477,22 @@ impl ProxyProcess {
             .send()
             .await
             .expect("POST")
+    }
+
+    /// `PUT path` on the proxy listener with a JSON body.
+    pub async fn http_put(
+        &self,
+        key: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> reqwest::Response {
+        self.http
+            .put(format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .expect("PUT")
     }
 
     /// `GET path` on the admin listener (`/admin/...`) with `key`.
