@@ -1,6 +1,15 @@
 # syntax=docker/dockerfile:1
-# Build stage: Rust with cmake (Pingora needs it).
-FROM rust:1-bookworm AS build
+# Base images. Pin them by digest where you build: this repository's build machines reach no
+# container registry, so the digests are not recorded here. Resolve and pass them with
+#   docker buildx imagetools inspect rust:1-bookworm      (the "Digest:" line)
+#   docker build --build-arg RUST_IMAGE=rust:1-bookworm@sha256:... \
+#                --build-arg RUNTIME_IMAGE=debian:bookworm-slim@sha256:... -t orion-proxy .
+ARG RUST_IMAGE=rust:1-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+
+# Build stage: Rust with cmake (Pingora needs it). The dist profile: release, symbols stripped.
+FROM ${RUST_IMAGE} AS build
+# hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -8,20 +17,26 @@ COPY src ./src
 COPY crates ./crates
 COPY conf ./conf
 COPY schemas ./schemas
-RUN cargo build --release --locked --bin orion-proxy
+RUN cargo build --profile dist --locked --bin orion-proxy
 
-# Final stage: only the binary, conf/ and schemas/, as a non-root user.
-FROM debian:bookworm-slim
+# Final stage: the binary, conf/ (its container config as the config) and schemas/, non-root.
+FROM ${RUNTIME_IMAGE}
+# hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin orion \
     && install -d -o 10001 -g 10001 -m 0750 /var/log/orion-proxy
-COPY --from=build /src/target/release/orion-proxy /usr/local/bin/orion-proxy
-COPY conf /etc/orion-proxy/conf
+COPY --from=build /src/target/dist/orion-proxy /usr/local/bin/orion-proxy
+COPY conf /etc/orion-proxy/
+COPY conf/container.yaml /etc/orion-proxy/orion-proxy.yaml
 COPY schemas /etc/orion-proxy/schemas
 WORKDIR /etc/orion-proxy
 USER 10001:10001
-# The audit trail (logging.audit.path) and any file access log: keep them on a volume.
+# The audit trail (logging.audit.path): keep it on a volume.
 VOLUME ["/var/log/orion-proxy"]
-EXPOSE 8443 9090 9091
+# Proxy, metrics, admin (conf/container.yaml).
+EXPOSE 8080 9090 9091
+# GET /health on the configured proxy listener; exit 0 or 1.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["/usr/local/bin/orion-proxy", "health", "-c", "/etc/orion-proxy/orion-proxy.yaml"]
 ENTRYPOINT ["/usr/local/bin/orion-proxy"]
 CMD ["run", "-c", "/etc/orion-proxy/orion-proxy.yaml"]

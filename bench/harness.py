@@ -713,6 +713,10 @@ class Bench:
                 "metrics_listen": f"127.0.0.1:{free_port()}",
                 "threads": self.args.threads,
                 "grace_period_seconds": 1,
+                # The idle-connection figure holds thousands of connections from one address:
+                # no connection caps here (bench/hostile measures them).
+                "max_connections": 0,
+                "max_connections_per_ip": 0,
             },
             "accounts": {
                 "bench-orionvm": {

@@ -32,6 +32,8 @@ const DEMO_KEYS: &[(&str, &[&str], &str)] = &[
     ("other_tenant_admin", &["admin"], "globex"),
     ("acme_admin", &["admin"], "acme"),
     ("globex_admin", &["admin"], "globex"),
+    // Signs in to the web console (/ui/ on the admin listener) read-only.
+    ("console_reader", &["console:read"], "acme"),
 ];
 
 /// The demo's OAuth2 clients for `/oauth/token`: client id, roles, tenant.
@@ -212,6 +214,10 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
     // The audit trail in the demo's directory, so that `GET /admin/audit` has something to show.
     if config.logging.audit.path == "off" {
         config.logging.audit.path = dir.path().join("audit.log").display().to_string();
+    }
+    // Runtime-managed credentials (the console, /admin/api-keys) in the demo's directory.
+    if config.state.dir.is_none() {
+        config.state.dir = Some(dir.path().join("state").display().to_string());
     }
     // Several nodes share one state on Redis: the one given, or a local redis-server.
     let mut children = Vec::new();
@@ -415,6 +421,10 @@ fn human(info: &serde_json::Value) -> String {
         ));
     }
     out.push_str(&format!("  admin       {}\n", s("admin_url")));
+    out.push_str(&format!(
+        "  console     {}/ui/  (sign in with the admin key)\n",
+        s("admin_url")
+    ));
     out.push_str(&format!("  metrics     {}\n", s("metrics_url")));
     out.push_str(&format!("  simulator   {}\n\n", s("simulator_url")));
     out.push_str("  API keys (send as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'):\n");

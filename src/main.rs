@@ -1,4 +1,4 @@
-//! The `orion-proxy` command: run, check, simulate, demo, keygen.
+//! The `orion-proxy` command: run, check, reload, health, simulate, demo, keygen.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -10,29 +10,69 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Exit statuses (also in `--help` and the README).
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_INVALID_CONFIG: u8 = 3;
+
+const EXIT_CODES: &str = "Exit status: 0 ok; 1 runtime failure (a listener cannot bind, no running process answers, \
+a health check fails); 2 usage error (bad arguments); 3 invalid config (check, run, or a reload that was refused).";
+
 #[derive(Parser)]
 #[command(
     name = "orion-proxy",
     version,
-    about = "An edge proxy in front of OrionVM's v1 API"
+    about = "An edge proxy in front of OrionVM's v1 API",
+    after_help = EXIT_CODES
 )]
-struct Cli {
+pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy with a config file.
+    /// Run the proxy with a config file. Tells systemd READY=1 once every listener is bound.
     Run {
         #[arg(short, long, default_value = "conf/orion-proxy.yaml")]
         config: PathBuf,
+        /// Zero-downtime upgrade: take the listening sockets over from the running process
+        /// (asked through server.control_socket; it drains and exits). When no process answers
+        /// there, start as usual.
+        #[arg(long)]
+        upgrade: bool,
     },
-    /// Validate a config file without starting, like `nginx -t`.
+    /// Validate a config file without starting, like `nginx -t`. Creates no file and makes no
+    /// DNS query (unless --resolve).
     Check {
         #[arg(short, long, default_value = "conf/orion-proxy.yaml")]
         config: PathBuf,
+        /// Also resolve the OrionVM endpoints' host names.
+        #[arg(long, conflicts_with = "offline")]
+        resolve: bool,
+        /// Touch no network at all (for CI; the default already makes no DNS query).
+        #[arg(long)]
+        offline: bool,
     },
+    /// Ask the running process (through server.control_socket) to reload FILE, and wait: exit 0
+    /// when the new config is in force, 3 with every error printed when it was refused.
+    Reload {
+        #[arg(short, long, default_value = "conf/orion-proxy.yaml")]
+        config: PathBuf,
+    },
+    /// GET /health on the proxy listener of the config (or --url): exit 0 when it answers 200.
+    Health {
+        #[arg(short, long, default_value = "conf/orion-proxy.yaml")]
+        config: PathBuf,
+        /// The URL to check instead, e.g. http://127.0.0.1:8080/health.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Manpage,
     /// Run the OrionVM simulator alone.
     Simulate {
         #[arg(long, default_value = "127.0.0.1:8081")]
@@ -90,30 +130,56 @@ fn main() -> ExitCode {
     orion_proxy::observe::diagnostics::init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => match orion_proxy::server::run(&config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(errors) => report(&config, &errors),
-        },
-        Command::Check { config } => {
-            match orion_proxy::runtime::load(&config, &orion_proxy::runtime::State::memory()) {
-                Ok(staged) => {
-                    let rt = staged.inspect();
-                    println!(
-                        "{}: OK (version {}, {} routes, {} accounts, {} tenants, {} API keys, {} clients, {} JWT issuers)",
-                        config.display(),
-                        rt.version,
-                        rt.routes.routes().len(),
-                        rt.upstreams.accounts.len(),
-                        rt.upstreams.tenants.len(),
-                        rt.config.api_keys.len(),
-                        rt.config.clients.len(),
-                        rt.config.jwt.issuers.len()
-                    );
-                    ExitCode::SUCCESS
+        Command::Run { config, upgrade } => {
+            let opts = orion_proxy::server::RunOptions { upgrade };
+            match orion_proxy::server::run(&config, &opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(orion_proxy::server::Failure::Config(errors)) => report(&config, &errors),
+                Err(orion_proxy::server::Failure::Runtime(e)) => {
+                    eprintln!("orion-proxy: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
                 }
-                Err(errors) => report(&config, &errors),
             }
         }
+        Command::Reload { config } => reload(&config),
+        Command::Health { config, url } => health(&config, url),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "orion-proxy", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Manpage => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
+        Command::Check {
+            config,
+            resolve,
+            offline,
+        } => match orion_proxy::runtime::check(&config, resolve && !offline) {
+            Ok(staged) => {
+                let rt = staged.inspect();
+                println!(
+                    "{}: OK (version {}, {} routes, {} accounts, {} tenants, {} API keys, {} clients, {} JWT issuers)",
+                    config.display(),
+                    rt.version,
+                    rt.routes.routes().len(),
+                    rt.upstreams.accounts.len(),
+                    rt.upstreams.tenants.len(),
+                    rt.config.api_keys.len(),
+                    rt.config.clients.len(),
+                    rt.config.jwt.issuers.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => report(&config, &errors),
+        },
         Command::Simulate { listen } => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -219,5 +285,135 @@ fn report(config: &std::path::Path, errors: &[String]) -> ExitCode {
     for e in errors {
         eprintln!("  {e}");
     }
-    ExitCode::from(2)
+    ExitCode::from(EXIT_INVALID_CONFIG)
+}
+
+/// The `server` section of a file, read leniently (the file may be the broken one a reload is
+/// about to refuse): where its control socket and listener are.
+fn server_section(config: &std::path::Path) -> Result<serde_yaml::Value, String> {
+    let text = std::fs::read_to_string(config)
+        .map_err(|e| format!("cannot read {}: {e}", config.display()))?;
+    let yaml: serde_yaml::Value =
+        serde_yaml::from_str(&text).map_err(|e| format!("{}: YAML: {e}", config.display()))?;
+    Ok(yaml.get("server").cloned().unwrap_or_default())
+}
+
+fn reload(config: &std::path::Path) -> ExitCode {
+    let server = match server_section(config) {
+        Ok(s) => s,
+        Err(e) => return report(config, &[e]),
+    };
+    let Some(socket) = server.get("control_socket").and_then(|v| v.as_str()) else {
+        eprintln!(
+            "orion-proxy reload: {} sets no server.control_socket; send SIGHUP or POST /admin/reload instead",
+            config.display()
+        );
+        return ExitCode::from(EXIT_RUNTIME);
+    };
+    let path = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+    let line = format!("reload {}", path.display());
+    match orion_proxy::server::control::request(
+        std::path::Path::new(socket),
+        &line,
+        std::time::Duration::from_secs(300),
+    ) {
+        Ok(answer) if answer["ok"] == true => {
+            println!(
+                "{}: reloaded, config version {}",
+                config.display(),
+                answer["config_version"].as_str().unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(answer) => {
+            let errors: Vec<String> = answer["errors"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|e| e.as_str().unwrap_or_default().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            eprintln!(
+                "{}: reload refused; config version {} stays in force",
+                config.display(),
+                answer["config_version"].as_str().unwrap_or("?")
+            );
+            report(config, &errors)
+        }
+        Err(e) => {
+            eprintln!("orion-proxy reload: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn health(config: &std::path::Path, url: Option<String>) -> ExitCode {
+    let url = match url {
+        Some(u) => u,
+        None => {
+            let server = match server_section(config) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("orion-proxy health: {e}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
+            let listen = server
+                .get("listen")
+                .and_then(|v| v.as_str())
+                .unwrap_or("127.0.0.1:8080");
+            let Ok(mut addr) = listen.parse::<std::net::SocketAddr>() else {
+                eprintln!("orion-proxy health: server.listen '{listen}' is not IP:port");
+                return ExitCode::from(EXIT_RUNTIME);
+            };
+            if addr.ip().is_unspecified() {
+                addr.set_ip(if addr.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                });
+            }
+            let scheme = if server.get("tls").is_some_and(|t| !t.is_null()) {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{addr}/health")
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("orion-proxy health: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    // The listener's own certificate names the public host, not the loopback address asked.
+    let result = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let r = client.get(&url).send().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(r.status())
+    });
+    match result {
+        Ok(status) if status.is_success() => {
+            println!("{url}: {status}");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            eprintln!("{url}: {status}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+        Err(e) => {
+            eprintln!("{url}: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
 }

@@ -371,24 +371,33 @@ pub fn set_tenants<'a>(tenants: impl Iterator<Item = (&'a str, &'a str)>) {
 
 /// Starts reporting the days until the proxy listener's certificate expires
 /// (`orion_proxy_tls_certificate_expiry_days`), computed at every scrape from its `notAfter`
-/// (Unix seconds).
+/// (Unix seconds). Called again (a reload renewed the certificate), it reports the new one.
 pub fn register_certificate_expiry(not_after: i64) {
+    static NOT_AFTER: once_cell::sync::OnceCell<std::sync::Arc<std::sync::atomic::AtomicI64>> =
+        once_cell::sync::OnceCell::new();
+    if let Some(current) = NOT_AFTER.get() {
+        current.store(not_after, std::sync::atomic::Ordering::Relaxed);
+        return;
+    }
     let Ok(g) = prometheus::Gauge::new(
         "orion_proxy_tls_certificate_expiry_days",
         "Days until the proxy listener's TLS certificate expires (negative: expired)",
     ) else {
         return;
     };
+    let shared = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(not_after));
     let c = CertificateExpiry {
         gauge: g,
-        not_after,
+        not_after: shared.clone(),
     };
-    let _ = prometheus::register(Box::new(c));
+    if prometheus::register(Box::new(c)).is_ok() {
+        let _ = NOT_AFTER.set(shared);
+    }
 }
 
 struct CertificateExpiry {
     gauge: prometheus::Gauge,
-    not_after: i64,
+    not_after: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl prometheus::core::Collector for CertificateExpiry {
@@ -401,7 +410,8 @@ impl prometheus::core::Collector for CertificateExpiry {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        self.gauge.set((self.not_after as f64 - now) / 86_400.0);
+        let not_after = self.not_after.load(std::sync::atomic::Ordering::Relaxed);
+        self.gauge.set((not_after as f64 - now) / 86_400.0);
         self.gauge.collect()
     }
 }
@@ -468,6 +478,17 @@ pub fn init(config_version: &str) {
     }
     if let Some(c) = RATE_LIMITED.as_ref() {
         c.with_label_values(&[UPSTREAM_POLICY]);
+    }
+    Lazy::force(&CONNECTIONS_OPEN);
+    for r in ["header_timeout", "closed", "read_error", "invalid_header"] {
+        if let Some(c) = CONNECTIONS_ABORTED.as_ref() {
+            c.with_label_values(&[r]);
+        }
+    }
+    for r in ["total", "per_ip"] {
+        if let Some(c) = CONNECTIONS_REFUSED.as_ref() {
+            c.with_label_values(&[r]);
+        }
     }
 }
 
@@ -799,6 +820,55 @@ pub fn declare_state(ops: &[&str]) {
         }
     }
     state_up(true);
+}
+
+static CONNECTIONS_OPEN: Lazy<Option<IntGauge>> = Lazy::new(|| {
+    register_int_gauge!(
+        "orion_proxy_connections_open",
+        "Client connections open on the proxy listener"
+    )
+    .ok()
+});
+
+static CONNECTIONS_REFUSED: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "orion_proxy_connections_refused_total",
+        "Client connections closed at accept time, by cap (total: server.max_connections, \
+         per_ip: server.max_connections_per_ip)",
+        &["cap"]
+    )
+    .ok()
+});
+
+static CONNECTIONS_ABORTED: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "orion_proxy_connections_aborted_total",
+        "Client connections that ended before a request header was read, by reason \
+         (header_timeout, closed, read_error, invalid_header)",
+        &["reason"]
+    )
+    .ok()
+});
+
+/// A client connection opened (+1) or closed (-1).
+pub fn connection_open(delta: i64) {
+    if let Some(g) = CONNECTIONS_OPEN.as_ref() {
+        g.add(delta);
+    }
+}
+
+/// A client connection closed at accept time by the cap `cap` (`total` or `per_ip`).
+pub fn connection_refused(cap: &'static str) {
+    if let Some(c) = CONNECTIONS_REFUSED.as_ref() {
+        c.with_label_values(&[cap]).inc();
+    }
+}
+
+/// A client connection that ended before its request header was read.
+pub fn connection_aborted(reason: &'static str) {
+    if let Some(c) = CONNECTIONS_ABORTED.as_ref() {
+        c.with_label_values(&[reason]).inc();
+    }
 }
 
 #[cfg(test)]

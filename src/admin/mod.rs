@@ -3,7 +3,12 @@
 //! role) sees its own tenant's audit records, usage and config entries and nothing else
 //! (`crate::auth::admin_scope`, the one place that decides it).
 //!
-//! It is its own Pingora HTTP app (not a proxy), so that answers can be streamed.
+//! It is its own Pingora HTTP app (not a proxy), so that answers can be streamed. It also
+//! serves the operators' web console at `/ui/` (`console`), signed in with a session cookie
+//! instead of a bearer credential.
+
+pub mod console;
+pub mod credentials;
 
 use crate::auth::admin_scope::AdminScope;
 use crate::errors::ApiError;
@@ -20,6 +25,47 @@ use serde_json::json;
 use std::sync::Arc;
 
 pub const ADMIN_ROLE: &str = crate::auth::admin_scope::TENANT_ADMIN_ROLE;
+
+/// Request bodies the admin listener reads at most.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// What the audit record of an admin call says besides the request: who, what, on what.
+#[derive(Default)]
+pub struct AuditNote {
+    pub principal: Option<Arc<crate::auth::principal::Principal>>,
+    pub action: Option<&'static str>,
+    pub resource: Option<String>,
+}
+
+/// The audit action (and the resource) of an admin call, from its method and path.
+fn action_of(method: &str, path: &str) -> (Option<&'static str>, Option<String>) {
+    let path = crate::routes::path::normalize(path).unwrap_or_default();
+    if let Some(op) = credentials::Op::parse(method, &path) {
+        let (action, resource) = op.audit();
+        return (Some(action), resource.map(str::to_string));
+    }
+    match (method, path.as_str()) {
+        ("POST", "/admin/reload") => (Some("admin.reload"), None),
+        _ => (None, None),
+    }
+}
+
+/// Reads a request body whole, up to [`MAX_BODY`]; `None` when it is larger or unreadable.
+pub async fn read_body(session: &mut ServerSession) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return None;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Some(body),
+            Err(_) => return None,
+        }
+    }
+}
 
 pub struct AdminApp {
     pub state: Arc<SharedState>,
@@ -42,19 +88,41 @@ impl AdminApp {
         &self,
         session: &mut ServerSession,
         stream: &mut Option<Streamed>,
+        note: &mut AuditNote,
     ) -> AdminResult {
         let rt = self.state.current();
         let req = session.req_header();
+        // What the call would do, named before it is authorized: a refused call is audited
+        // under the same action as an allowed one.
+        let (action, resource) = action_of(req.method.as_str(), req.uri.path());
+        note.action = action;
+        note.resource = resource;
         let principal = rt
             .auth
             .authenticate(&req.headers)
             .await
             .map_err(ApiError::from)?;
+        note.principal = Some(principal.clone());
         let scope = AdminScope::of(&principal)?;
         let path = crate::routes::path::normalize(req.uri.path())
             .map_err(|e| ApiError::from(RouteError::InvalidPath(e)))?;
         let method = req.method.clone();
         let query = req.uri.query().map(str::to_string);
+        if let Some(op) = credentials::Op::parse(method.as_str(), &path) {
+            let body = if crate::observe::audit::is_audited(&method) {
+                read_body(session).await.ok_or_else(|| {
+                    ApiError::new(
+                        413,
+                        "payload_too_large",
+                        "Request body too large",
+                        format!("at most {MAX_BODY} bytes"),
+                    )
+                })?
+            } else {
+                Vec::new()
+            };
+            return credentials::perform(&rt, &self.state.state.auth, &scope, &op, &body).await;
+        }
         match (method.as_str(), path.as_str()) {
             ("GET", "/admin/config") => Ok((200, config_summary(&rt, &scope))),
             ("GET", "/admin/endpoints/stats") => {
@@ -119,7 +187,7 @@ impl AdminApp {
 
 /// What an administrator may see of the config: structure and names, never secrets or
 /// hashes; a tenant administrator only its tenant, its account, its keys and clients.
-fn config_summary(rt: &crate::runtime::Runtime, scope: &AdminScope) -> serde_json::Value {
+pub fn config_summary(rt: &crate::runtime::Runtime, scope: &AdminScope) -> serde_json::Value {
     let config = &rt.config;
     let accounts: serde_json::Map<String, serde_json::Value> = rt
         .upstreams
@@ -233,8 +301,22 @@ impl HttpServerApp for AdminApp {
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
         let rid = request_id::new_id();
         let started = (std::time::SystemTime::now(), std::time::Instant::now());
+        if console::is_console(session.req_header().uri.path()) {
+            let done = console::serve(&self.state, &mut session, &rid, started).await;
+            if done.is_err() {
+                return None;
+            }
+            let settings = pingora::apps::HttpPersistentSettings::for_session(&session);
+            return session
+                .finish()
+                .await
+                .ok()
+                .flatten()
+                .map(|s| pingora::apps::ReusedHttpStream::from_reusable_stream(s, settings));
+        }
         let mut stream = None;
-        let outcome = self.handle(&mut session, &mut stream).await;
+        let mut note = AuditNote::default();
+        let outcome = self.handle(&mut session, &mut stream, &mut note).await;
         let (status, code) = match &outcome {
             Ok((status, _)) => (*status, None),
             Err(e) => (e.status, Some(e.code)),
@@ -242,9 +324,9 @@ impl HttpServerApp for AdminApp {
         let rt = self.state.current();
         let req = session.req_header();
         if crate::observe::audit::wants_record(&rt.log, &req.method) {
-            // Authenticated again, so that refused calls are recorded with whoever they claimed
-            // to be when the credential was valid.
-            let principal = rt.auth.authenticate(&req.headers).await.ok();
+            // Refused calls are recorded with whoever they claimed to be when the credential
+            // was valid.
+            let principal = note.principal.clone();
             let path = crate::routes::path::normalize(req.uri.path()).unwrap_or_default();
             let view = crate::request::RequestView {
                 method: &req.method,
@@ -265,7 +347,16 @@ impl HttpServerApp for AdminApp {
                     .map(|a| a.ip()),
                 request_id: &rid,
             };
-            crate::observe::audit::record_admin(&rt.log, &view, started, status, code).await;
+            crate::observe::audit::record_admin(
+                &rt.log,
+                &view,
+                started,
+                status,
+                code,
+                note.action.unwrap_or("admin.unmatched"),
+                note.resource.as_deref(),
+            )
+            .await;
         }
         let written = match (outcome, stream) {
             (Ok(_), Some(stream)) => write_stream(&mut session, stream, &rid).await,

@@ -107,6 +107,7 @@ mod tests {
             roles: roles.iter().map(|r| Arc::from(*r)).collect(),
             tenant: tenant.into(),
             permissions: PermissionSet::default(),
+            policy: None,
         }
     }
 

@@ -146,6 +146,7 @@ pub fn principal_for_key(
         roles: roles.iter().map(|r| Arc::<str>::from(r.as_str())).collect(),
         tenant: tenant.into(),
         permissions: perms,
+        policy: None,
     }
 }
 

@@ -622,6 +622,7 @@ fn map_claims(
         permissions: roles.union_of(mapped.iter().map(|r| &**r)),
         roles: mapped,
         tenant: tenant.into(),
+        policy: None,
     })
 }
 

@@ -14,18 +14,42 @@ pub struct AuthState {
     pub jwks: Arc<jwt::JwksRegistry>,
     /// Secret checks (Argon2, deliberately slow) running at once, whatever the source.
     checking: tokio::sync::Semaphore,
+    /// The runtime-managed API keys and clients (in the durable store).
+    pub managed: Arc<managed::Managed>,
 }
 
 impl Default for AuthState {
     fn default() -> Self {
-        AuthState {
-            jwks: Arc::default(),
-            checking: tokio::sync::Semaphore::new(token_endpoint::MAX_CONCURRENT_CHECKS),
-        }
+        AuthState::new(Arc::new(crate::store::memory::MemoryKv::new(
+            crate::store::file::MAX_ENTRIES,
+        )))
     }
 }
 
 impl AuthState {
+    /// The state with the runtime-managed credentials kept in `durable`.
+    pub fn new(durable: Arc<dyn crate::store::KvStore>) -> AuthState {
+        AuthState {
+            jwks: Arc::default(),
+            checking: tokio::sync::Semaphore::new(token_endpoint::MAX_CONCURRENT_CHECKS),
+            managed: Arc::new(managed::Managed::new(durable)),
+        }
+    }
+
+    /// Runs a slow secret check (Argon2) off the async workers, at most a few at once;
+    /// `None` when too many are waiting.
+    pub async fn check_secret<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let Ok(Ok(_permit)) =
+            tokio::time::timeout(token_endpoint::CHECK_WAIT, self.checking.acquire()).await
+        else {
+            return None;
+        };
+        tokio::task::spawn_blocking(f).await.ok()
+    }
+
     /// The background service that refreshes the registered JWKS.
     pub fn refresher(&self) -> jwt::Refresher {
         jwt::Refresher {
@@ -37,6 +61,7 @@ impl AuthState {
 pub mod admin_scope;
 pub mod api_keys;
 pub mod jwt;
+pub mod managed;
 pub mod permissions;
 pub mod principal;
 pub mod token_endpoint;
@@ -70,6 +95,8 @@ pub enum AuthError {
         permission: Arc<str>,
         principal: Arc<Principal>,
     },
+    /// The store of runtime-managed credentials could not be read.
+    Unavailable,
 }
 
 impl AuthError {
@@ -82,6 +109,7 @@ impl AuthError {
             AuthError::DisabledKey => "disabled_key",
             AuthError::Token { reason, .. } => reason,
             AuthError::Forbidden { .. } => "forbidden",
+            AuthError::Unavailable => "state_unavailable",
         }
     }
 
@@ -102,6 +130,8 @@ pub struct Auth {
     pub jwt: jwt::Jwt,
     /// The token endpoint's settings (lifetime, per-address limits).
     pub oauth: OAuthConfig,
+    /// The runtime-managed credentials (shared with the state; not part of the config).
+    pub managed: Arc<managed::Managed>,
 }
 
 impl Auth {
@@ -120,7 +150,7 @@ impl Auth {
                 }
             };
             for (j, r) in k.roles.iter().enumerate() {
-                if !roles.contains(r) {
+                if !roles.contains(r) && !is_console_role(r) {
                     errors.push(format!("{at}.roles[{j}]: unknown role '{r}'"));
                 }
             }
@@ -149,6 +179,7 @@ impl Auth {
                 issued,
                 jwt,
                 oauth: config.oauth.clone(),
+                managed: state.managed.clone(),
             })
         } else {
             Err(errors)
@@ -175,9 +206,20 @@ impl Auth {
     ) -> Result<Arc<Principal>, AuthError> {
         let credential = credential_from(headers)?;
         if credential.len() == tokens::TOKEN_LEN && credential.starts_with(tokens::TOKEN_PREFIX) {
+            let managed = match tokens::Issued::tag_of(credential) {
+                Some(tag) if !self.issued.knows_tag(&tag) => self
+                    .managed
+                    .client_by_tag(&tag, &self.roles)
+                    .await
+                    .map_err(|e| {
+                        log::warn!("managed credentials unavailable: {e}");
+                        AuthError::Unavailable
+                    })?,
+                _ => None,
+            };
             return self
                 .issued
-                .verify(credential, tokens::now_unix())
+                .verify_with(credential, tokens::now_unix(), managed.as_deref())
                 .map_err(|e| match e {
                     tokens::TokenError::Expired => AuthError::Token {
                         reason: "expired",
@@ -203,8 +245,27 @@ impl Auth {
                         detail: e.detail,
                     })
             }
-            None => Err(AuthError::UnknownKey),
+            None => match self.managed.key(credential, &self.roles).await {
+                Ok(Some(managed::Found::Enabled(p))) => Ok(p),
+                Ok(Some(managed::Found::Disabled)) => Err(AuthError::DisabledKey),
+                Ok(None) => Err(AuthError::UnknownKey),
+                Err(e) => {
+                    log::warn!("managed credentials unavailable: {e}");
+                    Err(AuthError::Unavailable)
+                }
+            },
         }
+    }
+
+    /// A client (configured or runtime-managed) by its id, for a secret check.
+    pub async fn client(&self, client_id: &str) -> Result<Option<Arc<tokens::Client>>, AuthError> {
+        if let Some(c) = self.issued.client(client_id) {
+            return Ok(Some(c.clone()));
+        }
+        self.managed
+            .client(client_id, &self.roles)
+            .await
+            .map_err(|_| AuthError::Unavailable)
     }
 
     /// The caller of a route that needs a principal: authenticated from its headers and
@@ -224,6 +285,15 @@ impl Auth {
         }
         admitted
     }
+}
+
+/// The roles of the web console: `console:read` sees every page, `console:write` may also act
+/// (the `admin` role may too). They grant no API permission; a key or client may hold them
+/// without the config's `roles` naming them.
+pub const CONSOLE_ROLES: [&str; 2] = ["console:read", "console:write"];
+
+pub fn is_console_role(role: &str) -> bool {
+    CONSOLE_ROLES.contains(&role)
 }
 
 /// Checks a principal against the permission a route needs.
@@ -292,7 +362,7 @@ fn build_clients(config: &Config, roles: &Roles, errors: &mut Vec<String>) -> to
             errors.push(format!("{at}.client_id: must be 1 to 128 characters"));
         }
         for (j, r) in c.roles.iter().enumerate() {
-            if !roles.contains(r) {
+            if !roles.contains(r) && !is_console_role(r) {
                 errors.push(format!("{at}.roles[{j}]: unknown role '{r}'"));
             }
         }

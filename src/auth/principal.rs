@@ -28,6 +28,9 @@ pub struct Principal {
     pub roles: Vec<Arc<str>>,
     pub tenant: Arc<str>,
     pub permissions: PermissionSet,
+    /// The rate-limit policy set for this principal (runtime-managed credentials), replacing
+    /// the one its roles would pick.
+    pub policy: Option<Arc<str>>,
 }
 
 impl Principal {

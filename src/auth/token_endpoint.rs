@@ -23,7 +23,7 @@ pub const MAX_BODY: usize = 8 * 1024;
 /// proxy's CPU stays with the API under a distributed guessing attempt.
 pub const MAX_CONCURRENT_CHECKS: usize = 4;
 /// How long a request waits for a secret-check slot before it is 503.
-const CHECK_WAIT: Duration = Duration::from_secs(2);
+pub const CHECK_WAIT: Duration = Duration::from_secs(2);
 
 /// Counter scopes in the [`Counters`] store, counted per source address (its text).
 const REQUESTS: &str = "token.requests";
@@ -275,7 +275,10 @@ async fn check(
     let oauth = &auth.oauth;
     let req = parse(headers, body)?;
     let issued = auth.issued();
-    let client = issued.client(&req.client_id).cloned();
+    let client = auth
+        .client(&req.client_id)
+        .await
+        .map_err(|_| OAuthError::Busy)?;
     let secret = req.client_secret;
     let Ok(Ok(_permit)) = tokio::time::timeout(CHECK_WAIT, state.checking.acquire()).await else {
         return Err(OAuthError::Busy);

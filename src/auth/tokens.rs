@@ -73,6 +73,7 @@ impl Client {
                 roles: roles.iter().map(|r| Arc::<str>::from(r.as_str())).collect(),
                 tenant: tenant.into(),
                 permissions: perms,
+                policy: None,
             }),
         })
     }
@@ -142,7 +143,7 @@ pub fn burn_a_verification(secret: &str) {
     let _ = verify_secret(secret, &DUMMY);
 }
 
-fn client_tag(client_id: &str) -> [u8; 8] {
+pub fn client_tag(client_id: &str) -> [u8; 8] {
     let d = Sha256::digest(client_id.as_bytes());
     let mut tag = [0u8; 8];
     tag.copy_from_slice(&d[..8]);
@@ -215,6 +216,35 @@ impl Issued {
 
     /// Verifies a token against the current clients and keys.
     pub fn verify(&self, token: &str, now: u64) -> Result<Arc<Principal>, TokenError> {
+        self.verify_with(token, now, None)
+    }
+
+    /// The client tag a token carries, when it is shaped like one of ours.
+    pub fn tag_of(token: &str) -> Option<[u8; 8]> {
+        let body = token.strip_prefix(TOKEN_PREFIX)?;
+        let mut raw = [0u8; RAW_LEN];
+        match URL_SAFE_NO_PAD.decode_slice(body, &mut raw) {
+            Ok(RAW_LEN) => {}
+            _ => return None,
+        }
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&raw[1..9]);
+        Some(tag)
+    }
+
+    /// Whether a configured client carries this tag.
+    pub fn knows_tag(&self, tag: &[u8; 8]) -> bool {
+        self.by_tag.contains_key(tag)
+    }
+
+    /// [`Issued::verify`], with a runtime-managed client to use when no configured client
+    /// carries the token's tag.
+    pub fn verify_with(
+        &self,
+        token: &str,
+        now: u64,
+        managed: Option<&Client>,
+    ) -> Result<Arc<Principal>, TokenError> {
         if token.len() != TOKEN_LEN {
             return Err(TokenError::Malformed);
         }
@@ -231,7 +261,12 @@ impl Issued {
         }
         let mut tag = [0u8; 8];
         tag.copy_from_slice(&raw[1..9]);
-        let client = self.by_tag.get(&tag).ok_or(TokenError::UnknownClient)?;
+        let client = match self.by_tag.get(&tag) {
+            Some(c) => &**c,
+            None => managed
+                .filter(|c| client_tag(&c.client_id) == tag)
+                .ok_or(TokenError::UnknownClient)?,
+        };
         let presented = &raw[SIGNED_LEN..];
         let signed = self.keys.iter().any(|k| {
             let m = mac(k.expose().as_bytes(), &raw[..SIGNED_LEN], client);

@@ -147,6 +147,12 @@ pub struct BudgetConfig {
     pub max_wait_ms: u64,
     /// Most calls waiting for room at once; past it, 503 at once.
     pub max_waiting: usize,
+    /// The share of each endpoint's `max_concurrent_per_endpoint` one tenant may hold at once
+    /// (rounded up, at least one call); past it the tenant's next call waits like any other,
+    /// then gets 503 `upstream_busy`, while other tenants still find room. 1.0: no share.
+    pub tenant_share: f64,
+    /// The same for one principal (an API key, a token's subject).
+    pub principal_share: f64,
 }
 
 impl Default for BudgetConfig {
@@ -156,6 +162,8 @@ impl Default for BudgetConfig {
             requests_per_second: None,
             max_wait_ms: 1000,
             max_waiting: 256,
+            tenant_share: 0.5,
+            principal_share: 0.25,
         }
     }
 }

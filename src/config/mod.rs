@@ -133,12 +133,35 @@ pub fn check_server(config: &Config) -> Result<Vec<ipnet::IpNet>, Vec<String>> {
     if s.max_header_bytes < 1024 || s.max_header_bytes > 1024 * 1024 {
         errors.push("server.max_header_bytes: must be between 1024 and 1048576".into());
     }
+    let t = &s.timeouts;
+    for (key, value, max) in [
+        ("header_read_ms", t.header_read_ms, 600_000),
+        ("body_read_ms", t.body_read_ms, 600_000),
+        ("keepalive_idle_ms", t.keepalive_idle_ms, 3_600_000),
+        ("upstream_connect_ms", t.upstream_connect_ms, 60_000),
+        ("upstream_read_ms", t.upstream_read_ms, 600_000),
+    ] {
+        if value == 0 || value > max {
+            errors.push(format!(
+                "server.timeouts.{key}: must be between 1 and {max}"
+            ));
+        }
+    }
     if let Some(tls) = &s.tls {
         for (k, f) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
             if !Path::new(f).is_file() {
                 errors.push(format!("server.tls.{k}: {f} is not a readable file"));
             }
         }
+    }
+    if s.upgrade_socket.is_empty() {
+        errors.push("server.upgrade_socket: must be a path".into());
+    }
+    if let Some(c) = &s.control_socket
+        && (c.is_empty() || *c == s.upgrade_socket)
+    {
+        errors
+            .push("server.control_socket: must be a path other than server.upgrade_socket".into());
     }
     let mut trusted_networks = Vec::new();
     for (i, n) in s.trusted_networks.iter().enumerate() {

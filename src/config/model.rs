@@ -50,12 +50,40 @@ pub struct Config {
     /// `Idempotency-Key` on creates: the first answer kept and replayed to retries.
     #[serde(default)]
     pub idempotency: crate::config::idempotency::IdempotencyConfig,
+    /// The web console served by the admin listener at `/ui/`.
+    #[serde(default)]
+    pub console: ConsoleConfig,
     /// What of the caller's request reaches OrionVM.
     #[serde(default)]
     pub upstream: UpstreamSettings,
     /// Where shared state lives: memory (one node) or Redis (several nodes).
     #[serde(default)]
     pub state: crate::config::state::StateConfig,
+}
+
+/// The operators' web console (`/ui/` on the admin listener).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve the console (the admin listener must be configured).
+    pub enabled: bool,
+    /// A session ends after this many seconds without a request.
+    pub idle_timeout_seconds: u64,
+    /// A session ends this many seconds after sign-in, used or not.
+    pub absolute_timeout_seconds: u64,
+    /// Failed sign-ins accepted per source address and minute; further attempts get 429.
+    pub sign_in_failures_per_minute: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            enabled: true,
+            idle_timeout_seconds: 900,
+            absolute_timeout_seconds: 8 * 3600,
+            sign_in_failures_per_minute: 5,
+        }
+    }
 }
 
 /// What of the caller's request reaches OrionVM (every account).
@@ -126,11 +154,55 @@ pub struct ServerConfig {
     /// idle keep-alive connections hold too; requests are parsed into their own buffers, so a
     /// small one costs no CPU. 0 reads unbuffered.
     pub read_buffer_bytes: usize,
+    /// Deadlines of a client connection and the defaults of the calls toward OrionVM.
+    pub timeouts: TimeoutsConfig,
+    /// Most client connections open at once over the proxy listener (0: no cap). Past it, a new
+    /// connection is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// Most client connections open at once from one IP address (0: no cap).
+    pub max_connections_per_ip: usize,
     /// Write buffer of each client connection. The response header and the first body bytes
     /// that fit in it leave in one write; Pingora's default (1460 bytes, one TCP segment) makes
     /// a header and a 1 KiB JSON body two `sendto` calls, each waking the client. 0 writes
     /// unbuffered.
     pub write_buffer_bytes: usize,
+    /// A local Unix socket (mode 0600) through which `orion-proxy reload -c FILE` asks the
+    /// running process to reload and `orion-proxy run --upgrade` asks it to hand its listening
+    /// sockets over. None: no control socket.
+    pub control_socket: Option<String>,
+    /// The Unix socket over which a process started with `run --upgrade` receives the
+    /// listening sockets of the running one (Pingora's `upgrade_sock`).
+    pub upgrade_socket: String,
+}
+
+/// `server.timeouts`, in milliseconds.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    /// The whole request header must arrive within this time (on a keep-alive connection:
+    /// after the idle wait). Past it the connection is closed with 408.
+    pub header_read_ms: u64,
+    /// The whole request body must arrive within this time once its header was read; past it,
+    /// 408 `request_timeout`. The body is read before any call to OrionVM is made.
+    pub body_read_ms: u64,
+    /// An idle keep-alive connection is closed after this time.
+    pub keepalive_idle_ms: u64,
+    /// Default of each account's `connect_timeout_ms`.
+    pub upstream_connect_ms: u64,
+    /// Default of each account's `read_timeout_ms` (one read of OrionVM's answer).
+    pub upstream_read_ms: u64,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            header_read_ms: 10_000,
+            body_read_ms: 10_000,
+            keepalive_idle_ms: 60_000,
+            upstream_connect_ms: default_connect_timeout_ms(),
+            upstream_read_ms: default_read_timeout_ms(),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -146,7 +218,12 @@ impl Default for ServerConfig {
             max_body_bytes: 65536,
             max_header_bytes: 32 * 1024,
             read_buffer_bytes: 2048,
+            timeouts: TimeoutsConfig::default(),
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
             write_buffer_bytes: 4096,
+            control_socket: None,
+            upgrade_socket: "/tmp/orion-proxy-upgrade.sock".into(),
         }
     }
 }
@@ -168,10 +245,12 @@ pub struct AccountConfig {
     pub ca_file: Option<String>,
     /// How the proxy authenticates to OrionVM for this account.
     pub credentials: CredentialsConfig,
-    #[serde(default = "default_connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
-    #[serde(default = "default_read_timeout_ms")]
-    pub read_timeout_ms: u64,
+    /// Connect timeout toward the endpoints (default: `server.timeouts.upstream_connect_ms`).
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
+    /// Timeout of one read of OrionVM's answer (default: `server.timeouts.upstream_read_ms`).
+    #[serde(default)]
+    pub read_timeout_ms: Option<u64>,
     /// Active health check of the endpoints.
     #[serde(default)]
     pub health_check: crate::config::health::HealthCheckConfig,
@@ -526,4 +605,7 @@ pub enum RouteKind {
     Facade,
     /// The OpenAPI document, answered by the proxy.
     Openapi,
+    /// The browsable API documentation (Redoc, embedded in the binary) at `/docs` and its
+    /// script at `/docs/redoc.standalone.js`, answered by the proxy.
+    Docs,
 }

@@ -26,6 +26,10 @@ pub struct StateConfig {
     /// A facade task's lease on Redis: a task whose node stopped renewing it for this long is
     /// marked failed by another node (milliseconds).
     pub task_lease_ms: u64,
+    /// With `backend: memory`, a directory for durable state: the runtime-managed API keys
+    /// and clients (`credentials.json`, mode 0600, replaced atomically). Without it they live in
+    /// memory and are lost on restart; with Redis they are kept in Redis. Read at start only.
+    pub dir: Option<String>,
 }
 
 impl Default for StateConfig {
@@ -37,6 +41,7 @@ impl Default for StateConfig {
             sync: SyncMode::Exact,
             sync_interval_ms: 100,
             task_lease_ms: 15_000,
+            dir: None,
         }
     }
 }

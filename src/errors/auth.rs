@@ -39,6 +39,13 @@ impl From<AuthError> for ApiError {
                 ApiError::new(401, "invalid_token", "Invalid credentials", detail)
                     .with_header("www-authenticate", CHALLENGE)
             }
+            AuthError::Unavailable => ApiError::new(
+                503,
+                "state_unavailable",
+                "Credentials cannot be checked",
+                "the store of managed credentials is unavailable; try again",
+            )
+            .with_retry_after(1),
             AuthError::Forbidden { permission, .. } => ApiError::new(
                 403,
                 "forbidden",

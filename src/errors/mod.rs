@@ -132,6 +132,30 @@ impl ApiError {
 
 /// Default code and title for an HTTP status, for errors whose source gave none
 /// (HTML and empty error pages from OrionVM, for example).
+/// The media type of an error answer: `application/problem+json` (RFC 9457) when the caller's
+/// `Accept` names it, `application/json` otherwise, so that OrionVM's clients (which send
+/// `Accept: application/json`, or nothing) keep the media type they parse. The body is the same.
+pub fn media_type(accept: Option<&http::HeaderValue>) -> &'static str {
+    let names_problem = accept.and_then(|v| v.to_str().ok()).is_some_and(|a| {
+        a.split(',').any(|part| {
+            let mut it = part.split(';');
+            let essence = it.next().unwrap_or("").trim();
+            let refused = it.any(|p| {
+                let p = p.trim();
+                p.strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            essence.eq_ignore_ascii_case("application/problem+json") && !refused
+        })
+    });
+    if names_problem {
+        "application/problem+json"
+    } else {
+        "application/json"
+    }
+}
+
 pub fn code_for_status(status: u16) -> (&'static str, &'static str) {
     match status {
         400 => ("invalid_request", "The request is invalid"),

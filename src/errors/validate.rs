@@ -22,6 +22,12 @@ impl From<BodyError> for ApiError {
                 "The request body could not be read",
                 "the request body was cut short or malformed",
             ),
+            BodyError::Timeout => ApiError::new(
+                408,
+                "request_timeout",
+                "The request body did not arrive in time",
+                "the request body did not arrive within the proxy's deadline",
+            ),
         }
     }
 }

@@ -15,7 +15,8 @@ const PAGING: &[&str] = &["limit", "offset", "page", "per_page", "sort"];
 /// Which filters and sort keys a list takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ListKind {
-    /// Instances (and every mirror list): `state`, `region`, `name`, `name~`, `memory_min`,
+    /// Instances (and every mirror list): `state`, `region`, `name`, `name~` (or
+    /// `name_contains`, its name in the API document), `memory_min`,
     /// `memory_max`; sort on name, state, memory, created_at.
     Instances,
     /// The facade's tasks: `status`, `type`, `instance_id`; sort on created_at, status, type.
@@ -30,6 +31,7 @@ impl ListKind {
                 "region",
                 "name",
                 "name~",
+                "name_contains",
                 "memory_min",
                 "memory_max",
             ],
@@ -158,8 +160,10 @@ impl ListQuery {
                         "memory_min" => Filter::MemoryMin(number(f, &v, 0, usize::MAX)? as u64),
                         "memory_max" => Filter::MemoryMax(number(f, &v, 0, usize::MAX)? as u64),
                         "region" => Filter::Region(values(&v)),
-                        "name~" if v.is_empty() => return Err(bad(f, "must not be empty")),
-                        "name~" => Filter::Contains(v.to_lowercase()),
+                        "name~" | "name_contains" if v.is_empty() => {
+                            return Err(bad(f, "must not be empty"));
+                        }
+                        "name~" | "name_contains" => Filter::Contains(v.to_lowercase()),
                         "name" => Filter::OneOf("name", vec![v.clone()]),
                         "state" => Filter::OneOf("state", values(&v)),
                         "status" => Filter::OneOf("status", values(&v)),

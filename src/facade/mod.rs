@@ -13,6 +13,7 @@
 pub struct FacadeState {}
 
 pub mod body;
+pub mod docs;
 pub mod instances;
 pub mod lifecycle;
 pub mod lists;

@@ -82,9 +82,14 @@ fn op(
     m.insert("operationId".into(), json!(id.replace('.', "_")));
     m.insert("tags".into(), json!([tag]));
     m.insert("summary".into(), json!(summary));
-    if !description.is_empty() {
-        m.insert("description".into(), json!(description));
-    }
+    m.insert(
+        "description".into(),
+        json!(if description.is_empty() {
+            summary
+        } else {
+            description
+        }),
+    );
     m.insert("responses".into(), Value::Object(responses));
     m
 }
@@ -300,7 +305,7 @@ fn health_op(name: &str) -> Map<String, Value> {
                 json!({"type": "object", "properties": {"status": {"const": "ok"}}}),
             ),
         ),
-        &[],
+        &[431],
     ))
 }
 
@@ -311,7 +316,7 @@ fn ready_op(name: &str) -> Map<String, Value> {
         "Readiness",
         "Ready when every account has an OrionVM endpoint that answered its last probe.",
         (200, json_response("Ready.", json!({"type": "object"}))),
-        &[503],
+        &[431, 503],
     ))
 }
 
@@ -325,7 +330,26 @@ fn openapi_op(name: &str) -> Map<String, Value> {
             200,
             json_response("The OpenAPI document.", json!({"type": "object"})),
         ),
-        &[],
+        &[431],
+    ))
+}
+
+fn docs_op(name: &str, template: &str) -> Map<String, Value> {
+    let (media, what) = if template.ends_with(".js") {
+        ("text/javascript", "Redoc's script, embedded in the binary.")
+    } else {
+        ("text/html", "The Redoc page over /openapi.json.")
+    };
+    public(op(
+        name,
+        "operations",
+        "Browsable API documentation",
+        "Redoc over this document; the page and its script are served by the proxy (no CDN).",
+        (
+            200,
+            json!({"description": what, "content": {media: {"schema": {"type": "string"}}}}),
+        ),
+        &[431],
     ))
 }
 
@@ -403,6 +427,7 @@ fn operation(r: &Route) -> Map<String, Value> {
         (RouteKind::Health, _) => health_op(&r.name),
         (RouteKind::Ready, _) => ready_op(&r.name),
         (RouteKind::Openapi, _) => openapi_op(&r.name),
+        (RouteKind::Docs, _) => docs_op(&r.name, &r.template),
         _ => mirror_op(r),
     };
     let mut params = path_params(&r.template);
@@ -430,8 +455,19 @@ fn operation(r: &Route) -> Map<String, Value> {
             .unwrap_or_default()
             .to_string();
         m.insert("description".into(), json!(format!("{text}{note}").trim()));
-        // ...and those answers are declared (a reboot takes no body, yet a reused key is 422).
+        // A replayed answer says so; a retry while the first is in flight is 409, a reused key
+        // 422 (declared even where no body is read).
         if let Some(Value::Object(responses)) = m.get_mut("responses") {
+            for (code, r) in responses.iter_mut() {
+                if code.starts_with('2')
+                    && let Value::Object(r) = r
+                    && !r.contains_key("$ref")
+                {
+                    let headers = r.entry("headers").or_insert_with(|| json!({}));
+                    headers["Idempotent-Replayed"] =
+                        json!({"$ref": "#/components/headers/Idempotent-Replayed"});
+                }
+            }
             for c in [409, 422] {
                 responses
                     .entry(c.to_string())
@@ -441,6 +477,18 @@ fn operation(r: &Route) -> Map<String, Value> {
     }
     if let Some((_, p)) = &r.permission {
         m.insert("x-permission".into(), json!(&**p));
+        // What any call that needs a principal can get besides its own answers: refused
+        // credentials or permission, a rate limit, OrionVM unreachable, unavailable or slow;
+        // and for a body the proxy reads, too large or invalid.
+        let mut codes = vec![401, 403, 429, 502, 503, 504];
+        if r.json_body {
+            codes.extend([413, 422]);
+        }
+        if let Some(Value::Object(responses)) = m.get_mut("responses") {
+            for (k, v) in err_responses(&codes) {
+                responses.entry(k).or_insert(v);
+            }
+        }
     }
     // The body's schema from `schemas/` where the route names a shipped one.
     if let Some(name) = r.schema.as_deref().filter(|n| shipped_schema(n).is_some())
@@ -448,7 +496,7 @@ fn operation(r: &Route) -> Map<String, Value> {
             m.get_mut("requestBody").and_then(|b| b.get_mut("content"))
     {
         for media in content.values_mut() {
-            media["schema"] = sref(name);
+            media["schema"] = sref(&component_name(name));
         }
     }
     m
@@ -467,13 +515,135 @@ fn shipped_schema(name: &str) -> Option<Map<String, Value>> {
         m.remove("$schema");
         m.remove("$id");
         if let Some(Value::Object(defs)) = m.remove("$defs") {
-            for (k, d) in defs {
-                out.insert(format!("{name}.{k}"), d);
+            for (k, mut d) in defs {
+                no_false_schemas(&mut d);
+                out.insert(component_name(&format!("{name}.{k}")), d);
             }
         }
     }
-    out.insert(name.to_string(), v);
+    no_false_schemas(&mut v);
+    out.insert(component_name(name), v);
     Some(out)
+}
+
+/// The component name of a shipped schema: its file name with `_` for `.` (client generators
+/// make class names from component names and read a dot as a separator, so that
+/// `instances.create` and `instances.create.id_ref` would collide).
+pub fn component_name(schema: &str) -> String {
+    schema.replace('.', "_")
+}
+
+/// An `enum` whose values are of several JSON types (OrionVM's booleans that also come as
+/// `"true"`/`"1"`) as an `anyOf` of one schema per type: the same values, and generators,
+/// which take an enum as one type, read it.
+fn split_mixed_enum(m: &mut Map<String, Value>) {
+    let kind = |v: &Value| match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    let Some(Value::Array(values)) = m.get("enum") else {
+        return;
+    };
+    let mut kinds: Vec<&str> = values.iter().map(kind).collect();
+    kinds.dedup();
+    kinds.sort_unstable();
+    kinds.dedup();
+    if kinds.len() < 2 {
+        return;
+    }
+    let values = values.clone();
+    m.remove("enum");
+    m.remove("type");
+    let any: Vec<Value> = kinds
+        .iter()
+        .map(|k| match *k {
+            "null" => json!({"type": "null"}),
+            "boolean" => json!({"type": "boolean"}),
+            k => json!({"type": k, "enum": values.iter().filter(|v| kind(v) == k).cloned().collect::<Vec<_>>()}),
+        })
+        .collect();
+    m.insert("anyOf".into(), Value::Array(any));
+}
+
+/// Two changes that keep a shipped schema's meaning and let client generators read it: a
+/// property that must not be sent (the schema `false` in `schemas/`) is `{"not": {}}`, and a
+/// schema's `title` becomes its description (generators name classes after titles, and the
+/// titles of `schemas/` are sentences).
+fn no_false_schemas(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(title)) = m.remove("title") {
+                m.entry("description").or_insert(Value::String(title));
+            }
+            split_mixed_enum(m);
+            // "One of these members is required" (`anyOf` of bare `required` lists): said in
+            // the description (generators take such an `anyOf` for a union of types and write
+            // invalid code); the proxy still enforces it.
+            let only_required = |v: &Value| {
+                v.as_object()
+                    .is_some_and(|o| o.len() == 1 && o.contains_key("required"))
+            };
+            if let Some(Value::Array(alts)) = m.get("anyOf")
+                && !alts.is_empty()
+                && alts.iter().all(only_required)
+            {
+                let names: Vec<String> = alts
+                    .iter()
+                    .flat_map(|a| a["required"].as_array().cloned().unwrap_or_default())
+                    .filter_map(|n| n.as_str().map(|n| format!("`{n}`")))
+                    .collect();
+                m.remove("anyOf");
+                let note = format!("(one of {} is required)", names.join(", "));
+                match m.get_mut("description") {
+                    Some(Value::String(d)) => {
+                        d.push(' ');
+                        d.push_str(&note);
+                    }
+                    _ => {
+                        m.insert("description".into(), json!(note));
+                    }
+                }
+            }
+            // A boolean `const` (openapi-python-client writes invalid Python for one): a boolean
+            // whose only value is named in the description, which the proxy enforces.
+            if let Some(Value::Bool(b)) = m.get("const").cloned() {
+                m.remove("const");
+                m.insert("type".into(), json!("boolean"));
+                let note = format!("(only `{b}` is accepted)");
+                match m.get_mut("description") {
+                    Some(Value::String(d)) => {
+                        d.push(' ');
+                        d.push_str(&note);
+                    }
+                    _ => {
+                        m.insert("description".into(), json!(note));
+                    }
+                }
+            }
+            for (k, x) in m.iter_mut() {
+                if k == "properties"
+                    && let Value::Object(props) = x
+                {
+                    for p in props.values_mut() {
+                        if *p == Value::Bool(false) {
+                            *p = json!({"not": {}, "description": "not accepted"});
+                        } else {
+                            no_false_schemas(p);
+                        }
+                    }
+                } else {
+                    no_false_schemas(x);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(no_false_schemas),
+        _ => {}
+    }
 }
 
 fn rewrite_refs(v: &mut Value, name: &str) {
@@ -483,8 +653,8 @@ fn rewrite_refs(v: &mut Value, name: &str) {
                 match (k.as_str(), &*x) {
                     ("$ref", Value::String(r)) if r.starts_with("#/$defs/") => {
                         *x = json!(format!(
-                            "#/components/schemas/{name}.{}",
-                            &r["#/$defs/".len()..]
+                            "#/components/schemas/{}",
+                            component_name(&format!("{name}.{}", &r["#/$defs/".len()..]))
                         ));
                     }
                     _ => rewrite_refs(x, name),
@@ -524,16 +694,33 @@ fn components() -> Value {
         (413, "Request body too large"),
         (422, "Request body is invalid"),
         (429, "Too many requests"),
+        (431, "Request headers too large (`server.max_header_bytes`)"),
         (502, "OrionVM could not be reached or refused the proxy"),
         (503, "Not ready / unavailable"),
         (504, "OrionVM did not answer in time"),
     ];
     let mut responses = Map::new();
     for (code, text) in statuses {
-        responses.insert(
-            format!("E{code}"),
-            json!({"description": text, "content": {"application/json": {"schema": sref("Error")}}}),
-        );
+        // RFC 9457's media type when the caller's Accept names it, else application/json
+        // (what OrionVM's clients send and parse); the same body either way.
+        let mut r = json!({"description": text, "content": {
+            "application/problem+json": {"schema": sref("Error")},
+            "application/json": {"schema": sref("Error")}
+        }});
+        match code {
+            429 => {
+                r["headers"] = json!({
+                    "RateLimit": {"$ref": "#/components/headers/RateLimit"},
+                    "RateLimit-Policy": {"$ref": "#/components/headers/RateLimit-Policy"},
+                    "Retry-After": {"$ref": "#/components/headers/Retry-After"}
+                });
+            }
+            503 => {
+                r["headers"] = json!({"Retry-After": {"$ref": "#/components/headers/Retry-After"}});
+            }
+            _ => {}
+        }
+        responses.insert(format!("E{code}"), r);
     }
     let more = json!({
         "Error": {
@@ -658,7 +845,7 @@ fn components() -> Value {
         "state": query_param("state", "Only these states (comma-separated)", s.clone()),
         "region": query_param("region", "Only these region codes or ids (comma-separated)", s.clone()),
         "name": query_param("name", "Exactly this name", s.clone()),
-        "name_contains": query_param("name~", "Names containing this text, without case", s.clone()),
+        "name_contains": query_param("name_contains", "Names containing this text, without case (also as `name~`)", s.clone()),
         "memory_min": query_param("memory_min", "At least this much memory (MB)", int(0, None)),
         "memory_max": query_param("memory_max", "At most this much memory (MB)", int(0, None)),
         "status": query_param("status", "Only these task statuses (comma-separated)", s.clone()),
@@ -670,6 +857,38 @@ fn components() -> Value {
             "schema": {"type": "string", "minLength": 1, "maxLength": 257}
         },
     });
+    let grants = json!({
+        "roles": {"type": "array", "minItems": 1, "items": {"type": "string"}, "description": "Role names of the config (or console:read, console:write)"},
+        "tenant": {"type": "string"},
+        "policy": {"type": ["string", "null"], "description": "A rate-limit policy of `limits.policies` replacing the one the roles pick"}
+    });
+    let managed = |name_field: &str| {
+        let mut props = json!({
+            "id": {"type": ["string", "null"], "description": "null for credentials of the config file"},
+            name_field: {"type": "string"},
+            "principal": {"type": "string"},
+            "enabled": {"type": "boolean"},
+            "source": {"type": "string", "enum": ["config", "runtime"]},
+            "created_at": {"type": "string"},
+            "updated_at": {"type": "string"}
+        });
+        if let (Some(p), Some(g)) = (props.as_object_mut(), grants.as_object()) {
+            p.extend(g.clone());
+        }
+        json!({"type": "object", "required": ["id", name_field, "principal", "roles", "tenant", "enabled", "source"], "properties": props})
+    };
+    let new = |name_field: &str| {
+        let mut props =
+            json!({name_field: {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}});
+        if let (Some(p), Some(g)) = (props.as_object_mut(), grants.as_object()) {
+            p.extend(g.clone());
+        }
+        json!({"type": "object", "additionalProperties": false, "required": [name_field, "roles", "tenant"], "properties": props})
+    };
+    schemas.insert("ManagedApiKey".into(), managed("name"));
+    schemas.insert("ManagedClient".into(), managed("client_id"));
+    schemas.insert("NewApiKey".into(), new("name"));
+    schemas.insert("NewClient".into(), new("client_id"));
     json!({
         "schemas": schemas,
         "responses": responses,
@@ -677,11 +896,16 @@ fn components() -> Value {
         "headers": {
             "X-Total-Count": {"description": "Items that pass the filters, on all pages", "schema": {"type": "integer"}},
             "Link": {"description": "RFC 8288 links: first, prev, next, last", "schema": {"type": "string"}},
+            "RateLimit": {"description": "The policy's remaining quota and the seconds until its window resets (IETF RateLimit fields), e.g. `\"default\";r=0;t=42`", "schema": {"type": "string"}},
+            "RateLimit-Policy": {"description": "The policy's quota and window, e.g. `\"default\";q=600;w=60`", "schema": {"type": "string"}},
+            "Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer", "minimum": 0}},
             "Idempotent-Replayed": {"description": "`true` on an answer replayed for an Idempotency-Key", "schema": {"type": "string"}}
         },
         "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer", "description": "An API key or a token from /oauth/token"},
-            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            "oauth2": {"type": "oauth2", "description": "A client registered in `clients:` gets a token from /oauth/token (client credentials, JSON, form or HTTP Basic) and sends it as a bearer token",
+                "flows": {"clientCredentials": {"tokenUrl": "/oauth/token", "scopes": {}}}}
         }
     })
 }
@@ -709,6 +933,9 @@ pub fn document(routes: &[Arc<Route>]) -> Value {
     if !has_token {
         add("/oauth/token", "POST", token_op("oauth.token"));
     }
+    for (path, method, operation) in admin_ops() {
+        add(path, method, operation);
+    }
     let mut components = components();
     if let Some(Value::Object(schemas)) = components.get_mut("schemas") {
         // The structs' own schemas only where no route names a shipped one instead.
@@ -733,22 +960,142 @@ pub fn document(routes: &[Arc<Route>]) -> Value {
         "info": {
             "title": "orion-proxy",
             "version": env!("CARGO_PKG_VERSION"),
+            "contact": {"name": "The operators of this orion-proxy deployment"},
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
             "description": "An edge proxy in front of OrionVM's v1 instances API: the OrionVM mirror \
                 (`/api/v1`), the REST facade (`/v1`), the token endpoint and the proxy's own \
                 endpoints. Every error is the `Error` body. `x-permission` names the permission an \
                 operation needs."
         },
-        "security": [{"bearer": []}, {"apiKey": []}],
+        "security": [{"bearer": []}, {"apiKey": []}, {"oauth2": []}],
+        "servers": [{"url": "/", "description": "The proxy listener (`server.listen`)"}],
         "tags": [
             {"name": "facade", "description": "The REST facade over OrionVM"},
             {"name": "tasks", "description": "Composite operations in progress"},
             {"name": "mirror", "description": "OrionVM v1, as OrionVM answers it"},
             {"name": "auth", "description": "Tokens"},
-            {"name": "operations", "description": "Health, readiness, this document"}
+            {"name": "operations", "description": "Health, readiness, this document"},
+            {"name": "admin", "description": "Managing API usage: runtime-managed API keys and clients, on the admin listener (`server.admin_listen`), for the admin role"}
         ],
         "paths": paths,
         "components": components,
     })
+}
+
+/// The admin listener's operations for managing API usage (`/admin/api-keys`,
+/// `/admin/clients`), served by `src/admin/credentials.rs` on `server.admin_listen`.
+fn admin_ops() -> Vec<(&'static str, &'static str, Map<String, Value>)> {
+    let server = json!([{"url": "http://127.0.0.1:9091", "description": "the admin listener (server.admin_listen)"}]);
+    let admin = |mut m: Map<String, Value>, path_id: bool| {
+        m.insert("servers".into(), server.clone());
+        m.insert("x-role".into(), json!("admin"));
+        if path_id {
+            m.insert(
+                "parameters".into(),
+                json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"},
+                    "description": "The credential's id (`k_...`, `c_...`) from the listing"}]),
+            );
+        }
+        m
+    };
+    let mut out = Vec::new();
+    for (base, kind, item, new, secret) in [
+        (
+            "/admin/api-keys",
+            "api_keys",
+            "ManagedApiKey",
+            "NewApiKey",
+            "key",
+        ),
+        (
+            "/admin/clients",
+            "clients",
+            "ManagedClient",
+            "NewClient",
+            "client_secret",
+        ),
+    ] {
+        let (list_path, one, action) = match kind {
+            "api_keys" => (
+                "/admin/api-keys",
+                "/admin/api-keys/{id}",
+                [
+                    "/admin/api-keys/{id}/enable",
+                    "/admin/api-keys/{id}/disable",
+                    "/admin/api-keys/{id}/rotate",
+                ],
+            ),
+            _ => (
+                "/admin/clients",
+                "/admin/clients/{id}",
+                [
+                    "/admin/clients/{id}/enable",
+                    "/admin/clients/{id}/disable",
+                    "/admin/clients/{id}/rotate",
+                ],
+            ),
+        };
+        let noun = if kind == "api_keys" {
+            "API key"
+        } else {
+            "client"
+        };
+        let with_secret = json!({"allOf": [sref(item), {"type": "object", "required": [secret, "note"],
+            "properties": {secret: {"type": "string", "description": "The secret, shown in this answer only"}, "note": {"type": "string"}}}]});
+        out.push((list_path, "GET", admin(op(&format!("admin.{kind}.list"), "admin",
+            &format!("Every {noun}: the config file's (read-only, `id` null) and the runtime-managed ones"),
+            "Never shows a secret or a hash.",
+            (200, json_response("The credentials", json!({"type": "object", "required": [kind], "properties": {kind: {"type": "array", "items": sref(item)}}}))),
+            &[401, 403, 503]), false)));
+        out.push((base, "POST", admin(with_body(op(&format!("admin.{kind}.create"), "admin",
+            &format!("Issue a {noun}"),
+            "Answers 201 with the secret, shown only in this answer; the state store keeps its hash. Takes effect at once. Audited.",
+            (201, json_response("Issued", with_secret.clone())), &[400, 401, 403, 409, 503]), sref(new), true), false)));
+        out.push((one, "PATCH", admin(with_body(op(&format!("admin.{kind}.policy"), "admin",
+            &format!("Set the {noun}'s rate-limit policy (null: the one its roles pick)"), "Audited.",
+            (200, json_response("Changed", sref(item))), &[400, 401, 403, 404, 503]),
+            json!({"type": "object", "required": ["policy"], "additionalProperties": false, "properties": {"policy": {"type": ["string", "null"]}}}), true), true)));
+        out.push((one, "DELETE", admin(op(&format!("admin.{kind}.delete"), "admin",
+            &format!("Delete a runtime-managed {noun}"), "Its credential stops working at once. Audited.",
+            (200, json_response("Deleted", json!({"type": "object", "properties": {"id": {"type": "string"}, "deleted": {"type": "boolean"}}}))),
+            &[401, 403, 404, 503]), true)));
+        for (path, verb) in action.into_iter().zip(["enable", "disable", "rotate"]) {
+            let ok = if verb == "rotate" {
+                (
+                    201,
+                    json_response(
+                        "Rotated: the new secret, shown only in this answer",
+                        with_secret.clone(),
+                    ),
+                )
+            } else {
+                (200, json_response("Changed", sref(item)))
+            };
+            out.push((
+                path,
+                "POST",
+                admin(
+                    op(
+                        &format!("admin.{kind}.{verb}"),
+                        "admin",
+                        &format!(
+                            "{} a runtime-managed {noun}",
+                            match verb {
+                                "enable" => "Enable",
+                                "disable" => "Disable",
+                                _ => "Rotate the secret of",
+                            }
+                        ),
+                        "Takes effect at once on every node sharing the state store. Audited.",
+                        ok,
+                        &[401, 403, 404, 503],
+                    ),
+                    true,
+                ),
+            ));
+        }
+    }
+    out
 }
 
 /// The document for the shipped routes (`openapi.json` in the repository).

@@ -204,6 +204,8 @@ pub struct Limits {
     default_policy: Vec<u16>,
     anonymous_policy: Vec<u16>,
     roles: HashMap<String, Vec<u16>>,
+    /// Policy name -> index, for a principal whose credential names its own policy.
+    by_name: HashMap<String, u16>,
     routes: HashMap<String, RoutePlan>,
     pub cache: Option<cache::Settings>,
     pub fallback: Fallback,
@@ -380,7 +382,9 @@ impl Limits {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let by_name = index.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         Ok(Limits {
+            by_name,
             enabled: c.enabled,
             legacy: c.legacy_headers,
             policies,
@@ -402,6 +406,11 @@ impl Limits {
         })
     }
 
+    /// Whether a policy of this name is configured.
+    pub fn has_policy(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
     /// The policies that apply to the request: the caller's (by role, else the default;
     /// without a principal the anonymous policy) and the route's.
     fn applying<'a>(&'a self, req: &RequestView<'_>) -> impl Iterator<Item = u16> + 'a {
@@ -410,7 +419,13 @@ impl Limits {
             .and_then(|r| self.routes.get(&*r.name))
             .map(|p| p.policies.as_slice())
             .unwrap_or(&[]);
+        let named = req
+            .principal
+            .and_then(|p| p.policy.as_deref())
+            .and_then(|n| self.by_name.get_key_value(n))
+            .map(|(_, i)| std::slice::from_ref(i));
         let base: &[u16] = match req.principal {
+            Some(_) if named.is_some() => named.unwrap_or_default(),
             Some(p) => p
                 .roles
                 .iter()

@@ -129,6 +129,7 @@ fn principal(id: &str, roles: &[&str]) -> Option<Arc<Principal>> {
         roles: roles.iter().map(|r| Arc::from(*r)).collect(),
         tenant: "acme".into(),
         permissions: PermissionSet::default(),
+        policy: None,
     }))
 }
 

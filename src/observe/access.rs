@@ -352,6 +352,9 @@ fn line(
     if let Some(k) = obs.upstream_failure {
         line.str("orion.upstream.failure", k);
     }
+    if obs.request_sent && obs.upstream_status.is_none() {
+        line.raw("orion.upstream.request_sent", "true");
+    }
     if policy.request_headers {
         line.value(
             "orion.http.request.headers",

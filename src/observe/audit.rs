@@ -69,13 +69,39 @@ pub struct Entry<'a> {
     pub status: u16,
     pub failed: bool,
     pub error_code: Option<&'a str>,
+    /// OrionVM's status, when it answered.
+    pub upstream_status: Option<u16>,
+    /// The request reached OrionVM (it may have carried it out, answered or not).
+    pub request_sent: bool,
     /// How the request's `Idempotency-Key` was handled (a replay is recorded as such).
     pub idempotency: Option<&'a str>,
 }
 
+/// The audit result, told by what OrionVM did when it was asked: a call OrionVM answered with
+/// success succeeded even if the caller's connection failed afterwards; a call OrionVM received
+/// but never answered has an unknown outcome. Otherwise by the caller's status ([`result_of`]).
+pub fn true_result(
+    status: u16,
+    failed: bool,
+    upstream_status: Option<u16>,
+    request_sent: bool,
+) -> &'static str {
+    let answer_lost = failed || status == 0 || status >= 500;
+    match upstream_status {
+        Some(s) if s < 400 && answer_lost => "success",
+        None if request_sent && answer_lost => "unknown",
+        _ => result_of(status, failed),
+    }
+}
+
 impl Entry<'_> {
     pub fn to_line(&self) -> Option<Vec<u8>> {
-        let result = result_of(self.status, self.failed);
+        let result = true_result(
+            self.status,
+            self.failed,
+            self.upstream_status,
+            self.request_sent,
+        );
         let mut rec = Map::with_capacity(20);
         rec.insert(
             "@timestamp".into(),
@@ -106,10 +132,10 @@ impl Entry<'_> {
         rec.insert("event.action".into(), json!(self.action));
         rec.insert(
             "event.outcome".into(),
-            json!(if result == "success" {
-                "success"
-            } else {
-                "failure"
+            json!(match result {
+                "success" => "success",
+                "unknown" => "unknown",
+                _ => "failure",
             }),
         );
         rec.insert("orion.audit.result".into(), json!(result));
@@ -138,6 +164,12 @@ impl Entry<'_> {
             json!(self.body_digest),
         );
         rec.insert("http.response.status_code".into(), json!(self.status));
+        if let Some(s) = self.upstream_status {
+            rec.insert("orion.upstream.status_code".into(), json!(s));
+        }
+        if self.request_sent {
+            rec.insert("orion.upstream.request_sent".into(), json!(true));
+        }
         if let Some(code) = self.error_code {
             rec.insert("error.code".into(), json!(code));
         }
@@ -212,6 +244,8 @@ pub fn submit(
         status,
         failed,
         error_code: obs.error.as_ref().map(|e| e.code),
+        upstream_status: obs.upstream_status,
+        request_sent: obs.request_sent,
         idempotency: obs.idempotency,
     }
     .submit(writer)
@@ -250,16 +284,14 @@ pub async fn record_admin(
     started: (std::time::SystemTime, std::time::Instant),
     status: u16,
     error_code: Option<&str>,
+    action: &str,
+    resource: Option<&str>,
 ) {
     if !is_audited(req.method) {
         return;
     }
     let Some(writer) = policy.audit.as_ref() else {
         return;
-    };
-    let action = match req.path {
-        "/admin/reload" => "admin.reload",
-        _ => "admin.unmatched",
     };
     let ticket = Entry {
         started_at: started.0,
@@ -271,11 +303,13 @@ pub async fn record_admin(
         client_ip: req.client_ip,
         method: req.method.as_str(),
         path: req.path,
-        resource: None,
+        resource: resource.map(str::to_string),
         body_digest: None,
         status,
         failed: false,
         error_code,
+        upstream_status: None,
+        request_sent: false,
         idempotency: None,
     }
     .submit(writer);
@@ -739,5 +773,25 @@ mod tests {
         assert_eq!(result_of(422, false), "rejected");
         assert_eq!(result_of(0, true), "error");
         assert_eq!(result_of(502, false), "error");
+    }
+}
+
+#[cfg(test)]
+mod true_result_tests {
+    use super::true_result;
+
+    #[test]
+    fn the_result_follows_what_orionvm_did() {
+        // OrionVM carried it out (200) though the caller's answer failed: success.
+        assert_eq!(true_result(502, false, Some(200), true), "success");
+        assert_eq!(true_result(200, true, Some(200), true), "success");
+        // OrionVM received it and never answered: unknown, not rejected.
+        assert_eq!(true_result(502, false, None, true), "unknown");
+        assert_eq!(true_result(0, true, None, true), "unknown");
+        // Never sent, or answered and delivered: by the caller's status.
+        assert_eq!(true_result(502, false, None, false), "error");
+        assert_eq!(true_result(400, false, None, false), "rejected");
+        assert_eq!(true_result(404, false, Some(404), true), "rejected");
+        assert_eq!(true_result(200, false, Some(200), true), "success");
     }
 }

@@ -26,6 +26,7 @@ pub mod diagnostics;
 pub mod redact;
 pub mod request_id;
 pub mod rotate;
+pub mod series;
 pub mod usage;
 
 use crate::config::model::{AuditOnFailure, LoggingConfig};
@@ -45,6 +46,8 @@ use std::time::{Duration, Instant, SystemTime};
 /// their writer threads, and the usage counters.
 pub struct ObserveState {
     usage: Arc<dyn UsageStore>,
+    /// The last hour of traffic in ten-second slots (the console's charts).
+    pub series: Arc<series::Series>,
     /// Access-log sinks by target (`stdout` or a path).
     sinks: Mutex<HashMap<String, Arc<access::Sink>>>,
     /// Audit writers by path.
@@ -55,6 +58,7 @@ impl ObserveState {
     pub fn new(usage: Arc<dyn UsageStore>) -> ObserveState {
         ObserveState {
             usage,
+            series: Arc::default(),
             sinks: Default::default(),
             audits: Default::default(),
         }
@@ -150,6 +154,8 @@ pub struct LogPolicy {
     pub audit_on_failure: AuditOnFailure,
     /// Where usage is counted (the state's store).
     pub usage: Arc<dyn UsageStore>,
+    /// The state's short traffic history.
+    pub series: Arc<series::Series>,
     /// Paths and route names that get no access-log line (`logging.access.skip_routes`).
     pub skip: Box<[Box<str>]>,
     /// The shape of the diagnostic lines, applied at commit.
@@ -243,6 +249,7 @@ impl LogPolicy {
             audit_settings,
             audit_on_failure: cfg.audit.on_failure,
             usage: state.usage.clone(),
+            series: state.series.clone(),
             skip: cfg
                 .access
                 .skip_routes
@@ -451,6 +458,8 @@ pub struct RequestObs {
     pub auth_failure: Option<&'static str>,
     /// Kind of upstream failure (connect, timeout, reset, credentials).
     pub upstream_failure: Option<&'static str>,
+    /// The request reached OrionVM on some attempt.
+    pub request_sent: bool,
     /// How the request's `Idempotency-Key` was handled (`first`, `replayed`, `recovered`...).
     pub idempotency: Option<&'static str>,
 }
@@ -476,6 +485,7 @@ impl Default for RequestObs {
             error: None,
             auth_failure: None,
             upstream_failure: None,
+            request_sent: false,
             idempotency: None,
         }
     }
@@ -593,6 +603,39 @@ pub fn audit_ready(policy: &LogPolicy, method: &http::Method) -> Result<(), Obse
     }
 }
 
+/// The access-log line of a request refused before any phase ran (a request header Pingora's
+/// parser or framing checks refuse): neither its method nor its path is known (`-`).
+pub fn log_refused_header(
+    policy: &LogPolicy,
+    request_id: &str,
+    client_ip: Option<std::net::IpAddr>,
+    status: u16,
+    error: ErrorNote,
+) {
+    let headers = http::HeaderMap::new();
+    let Ok(method) = http::Method::from_bytes(b"-") else {
+        return;
+    };
+    let req = RequestView {
+        method: &method,
+        path: "-",
+        query: None,
+        headers: &headers,
+        route: None,
+        params: &[],
+        principal: None,
+        tenant: None,
+        client_ip,
+        request_id,
+    };
+    let obs = RequestObs {
+        status: Some(status),
+        error: Some(error),
+        ..Default::default()
+    };
+    access::log_request(policy, &req, &obs, status, Some("InvalidHTTPHeader"));
+}
+
 /// `logging`: metrics, usage, the access-log line, and the audit record if no answer was
 /// completed. `status` is what the caller got (0: nothing); `error_type` the kind of error that
 /// ended the request early, if any.
@@ -627,6 +670,9 @@ pub async fn finish(
         Some(429) => metrics::rate_limited(metrics::UPSTREAM_POLICY),
         _ => {}
     }
+    policy
+        .series
+        .record(status, elapsed, obs.upstream_elapsed, obs.upstream_status);
     if let Some(p) = req.principal {
         usage::record(&*policy.usage, &p.id, &p.tenant, status).await;
     }
@@ -651,7 +697,7 @@ mod tests {
     }
 
     fn wait_until(what: &str, f: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while !f() {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             std::thread::sleep(Duration::from_millis(5));
@@ -783,6 +829,7 @@ mod tests {
             roles: vec!["operator".into()],
             tenant: "acme".into(),
             permissions: Default::default(),
+            policy: None,
         })
     }
 
@@ -933,7 +980,7 @@ mod tests {
             ..Default::default()
         };
         finish(&policy, &req, &mut obs, 0, Some("ConnectionClosed")).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while lines(&dir.path().join("audit.log")).is_empty() {
             assert!(Instant::now() < deadline, "the record of a broken call");
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -13,12 +13,21 @@ use crate::{observe, validate};
 use pingora::http::RequestHeader;
 use pingora_proxy::Session;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Path and route, identity and tenant, rate limits, body, audit. `Err`: answer with that error.
 pub(super) async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<(), ApiError> {
     let Some(rt) = ctx.runtime.clone() else {
         return Err(ApiError::internal("no configuration loaded"));
     };
+    if missing_host(session.req_header()) {
+        return Err(ApiError::new(
+            400,
+            "invalid_request",
+            "The request is invalid",
+            "an HTTP/1.1 request must carry a Host header",
+        ));
+    }
     let route = resolve_route(session.req_header(), &rt, ctx)?;
     // Routes without a principal (health, readiness, the API document, the token endpoint)
     // are limited per source address by `limits.anonymous_policy`; the token endpoint also
@@ -35,6 +44,12 @@ pub(super) async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<(), Ap
     // With `logging.audit.on_failure: closed`, no mutating call goes on unaudited.
     observe::audit_ready(&rt.log, &session.req_header().method)?;
     Ok(())
+}
+
+/// RFC 9112 section 3.2: an HTTP/1.1 request without `Host` is refused with 400 (Pingora
+/// refuses two of them, and an absolute-form target naming another host, before any phase).
+fn missing_host(req: &RequestHeader) -> bool {
+    req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST)
 }
 
 /// The routing step (`crate::routes::resolve`): keeps the normalised path, the route and its
@@ -95,11 +110,20 @@ async fn read_body(
 ) -> Result<(), ApiError> {
     let signs = tenant.account.credentials.signer().is_some();
     let method = &session.req_header().method;
-    let plan = validate::plan(method, route, &rt.body_rules, rt.max_body_bytes, signs);
+    let has_body = body::declares_body(session);
+    let plan = validate::plan(
+        method,
+        route,
+        &rt.body_rules,
+        rt.max_body_bytes,
+        signs,
+        has_body,
+    );
     let validate::BodyPlan::Read { limit, json, rules } = plan else {
         return Ok(());
     };
-    let bytes = body::read_whole(session, limit)
+    let deadline = Duration::from_millis(rt.config.server.timeouts.body_read_ms);
+    let bytes = body::read_whole(session, limit, deadline)
         .await
         .map_err(validate::AdmitError::Body)?;
     let read = validate::finish(json, rules, bytes)?;

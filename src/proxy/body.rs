@@ -7,15 +7,29 @@
 use crate::validate::body::BodyError;
 use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;
+use std::time::Duration;
 
-/// Reads the body whole, refusing it once it passes `limit` bytes.
-pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Bytes, BodyError> {
+/// Reads the body whole within `deadline`, refusing it once it passes `limit` bytes. The
+/// deadline covers the whole body, so a caller trickling bytes cannot hold the request (and
+/// nothing upstream is claimed while it reads: `upstream_peer` comes after).
+pub async fn read_whole(
+    session: &mut Session,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Bytes, BodyError> {
     if let Some(len) = declared_length(session)
         && len > limit
     {
         return Err(BodyError::TooLarge { limit });
     }
     session.enable_retry_buffering();
+    match tokio::time::timeout(deadline, read_all(session, limit)).await {
+        Ok(read) => read,
+        Err(_) => Err(BodyError::Timeout),
+    }
+}
+
+async fn read_all(session: &mut Session, limit: usize) -> Result<Bytes, BodyError> {
     let mut buf = BytesMut::new();
     loop {
         match session.read_request_body().await {
@@ -30,6 +44,13 @@ pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Bytes, Bo
         }
     }
     Ok(buf.freeze())
+}
+
+/// The request declares a body: a `Content-Length` above 0, or a `Transfer-Encoding`.
+pub fn declares_body(session: &Session) -> bool {
+    let headers = &session.req_header().headers;
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || declared_length(session).is_some_and(|n| n > 0)
 }
 
 fn declared_length(session: &Session) -> Option<usize> {

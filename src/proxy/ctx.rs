@@ -111,6 +111,7 @@ impl Ctx {
         obs.attempts = self.upstream.attempts;
         obs.auth_failure = self.auth_failure;
         obs.upstream_failure = self.upstream.failure.map(|f| f.as_str());
+        obs.request_sent = self.upstream.request_sent;
         obs.upstream_endpoint = match (&self.tenant, self.upstream.endpoint) {
             (Some(t), Some(i)) => t.account.endpoints.get(i).map(|e| e.name.clone()),
             _ => None,

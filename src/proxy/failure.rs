@@ -76,3 +76,43 @@ pub fn downstream_gone(e: &Error) -> bool {
             ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
         )
 }
+
+/// A failure after the request reached OrionVM (`request_sent`) is reported with what is known:
+/// never as the caller's fault (400) nor as a connection that never happened
+/// (`upstream_unreachable`, e.g. when a retry could not connect), but as 502 `upstream_reset`
+/// (504 for a timeout) with `details.request_sent: true` (and OrionVM's status when it had
+/// answered), so that a caller knows a mutation may have been carried out.
+/// `classified`: `err` is [`classify`]'s reading of a Pingora error (a 400 there is a
+/// downstream error, never an answer of OrionVM's, which a phase keeps as the request's error).
+pub fn after_sent(
+    err: ApiError,
+    request_sent: bool,
+    upstream_status: Option<u16>,
+    classified: bool,
+) -> ApiError {
+    if !request_sent {
+        return err;
+    }
+    let downstream = classified && err.status == 400;
+    let mut err = match (err.status, err.code) {
+        (504, "upstream_timeout") => err,
+        (502, "upstream_unreachable" | "upstream_reset") => ApiError::bad_gateway(
+            "upstream_reset",
+            "the connection failed after OrionVM received the request: it may have been \
+             carried out",
+        ),
+        _ if downstream => ApiError::bad_gateway(
+            "upstream_reset",
+            "the connection failed after OrionVM received the request: it may have been \
+             carried out",
+        ),
+        _ => return err,
+    };
+    err.details
+        .insert("request_sent".into(), serde_json::Value::Bool(true));
+    if let Some(s) = upstream_status {
+        err.details
+            .insert("upstream_status".into(), serde_json::Value::from(s));
+    }
+    err
+}

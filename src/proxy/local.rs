@@ -23,6 +23,7 @@ pub async fn answer(session: &mut Session, ctx: &mut Ctx, state: &State) -> Resu
         Some(RouteKind::Health) => health(session, ctx).await.map(|()| true),
         Some(RouteKind::Ready) => ready(session, ctx, state).await.map(|()| true),
         Some(RouteKind::OauthToken) => oauth_token(session, ctx, state).await.map(|()| true),
+        Some(RouteKind::Docs) => docs(session, ctx).await.map(|()| true),
         // The facade, the API document, and mirror lists asked to page, filter or sort.
         Some(RouteKind::Facade | RouteKind::Openapi | RouteKind::Mirror) => {
             facade(session, ctx, state).await
@@ -37,6 +38,20 @@ pub async fn health(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         ctx,
         200,
         Bytes::from_static(br#"{"status":"ok"}"#),
+        &[],
+    )
+    .await
+}
+
+/// `/docs` (the Redoc page over `/openapi.json`) and its script, both embedded in the binary.
+pub async fn docs(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+    let (content_type, body) = crate::facade::docs::asset(&ctx.path);
+    respond::typed(
+        session,
+        ctx,
+        200,
+        content_type,
+        Bytes::from_static(body),
         &[],
     )
     .await
@@ -98,7 +113,9 @@ pub async fn oauth_token(session: &mut Session, ctx: &mut Ctx, state: &State) ->
     let Some(rt) = ctx.runtime.clone() else {
         return respond::error(session, ctx, ApiError::internal("no configuration loaded")).await;
     };
-    let body = match super::body::read_whole(session, crate::auth::token_endpoint::MAX_BODY).await {
+    let deadline = std::time::Duration::from_millis(rt.config.server.timeouts.body_read_ms);
+    let limit = crate::auth::token_endpoint::MAX_BODY;
+    let body = match super::body::read_whole(session, limit, deadline).await {
         Ok(b) => b,
         Err(e) => return respond::error(session, ctx, e.into()).await,
     };

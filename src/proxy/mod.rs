@@ -6,6 +6,7 @@
 
 mod admit;
 pub mod body;
+pub mod connection;
 pub mod ctx;
 mod failure;
 pub mod local;
@@ -199,8 +200,42 @@ impl ProxyHttp for OrionProxy {
         Box::new(Ctx::new())
     }
 
+    // The request header's deadline and the answer to a header Pingora refuses: hooks of the
+    // patched pingora-proxy (`connection`, vendor/pingora-proxy/ORION-PATCH.md).
+    fn request_header_timeout(&self, reused: bool) -> Option<std::time::Duration> {
+        let rt = self.state.current();
+        Some(connection::header_deadline(
+            &rt.config.server.timeouts,
+            reused,
+        ))
+    }
+
+    async fn request_header_failed(
+        &self,
+        session: &mut pingora::protocols::http::ServerSession,
+        e: &Error,
+    ) -> bool {
+        let rt = self.state.current();
+        connection::header_failed(session, e, &rt).await
+    }
+
+    /// Marks a kept-alive connection, so that the next request's header deadline counts the
+    /// idle wait (a zero-sized box: no allocation).
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        _ctx: &Self::CTX,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        Some(Box::new(()))
+    }
+
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
         metrics::in_flight(1);
+        if self.state.is_draining() {
+            // Handing over or stopping: the client's next request opens a new connection,
+            // which the process that keeps the listeners accepts.
+            session.set_keepalive(None);
+        }
         let rt = self.state.current();
         let client_ip = session
             .client_addr()
@@ -223,6 +258,7 @@ impl ProxyHttp for OrionProxy {
             Some(t) if trusted => t.to_string(),
             _ => request_id::new_trace_id(),
         };
+        connection::per_request(session.as_downstream_mut(), &rt.config.server.timeouts);
         ctx.runtime = Some(rt);
         Ok(())
     }
@@ -268,7 +304,9 @@ impl ProxyHttp for OrionProxy {
     ) -> Result<Box<HttpPeer>> {
         // Load balancer, health, breaker and budget: `crate::upstream::peer`.
         let tenant = ctx.tenant.clone();
-        match crate::upstream::peer::peer_for(&mut ctx.upstream, tenant.as_deref()).await {
+        let principal = ctx.principal.clone();
+        let caller = principal.as_deref().map(|p| &*p.id);
+        match crate::upstream::peer::peer_for(&mut ctx.upstream, tenant.as_deref(), caller).await {
             Ok(peer) => Ok(peer),
             Err(e) => Err(upstream_failed(ctx, e)),
         }
@@ -400,7 +438,10 @@ impl ProxyHttp for OrionProxy {
             upstream.remove_header("content-length");
             upstream.remove_header("content-encoding");
             upstream.insert_header("transfer-encoding", "chunked")?;
-            upstream.insert_header("content-type", "application/json")?;
+            upstream.insert_header(
+                "content-type",
+                errors::media_type(session.req_header().headers.get("accept")),
+            )?;
             if errors::caller_status(status) != status {
                 upstream.set_status(errors::caller_status(status))?;
             }
@@ -502,6 +543,10 @@ impl ProxyHttp for OrionProxy {
         {
             return e;
         }
+        if ctx.error.is_none() {
+            // The connection to OrionVM was up: the request (or part of it) went out.
+            ctx.upstream.request_sent = true;
+        }
         if e.esource() == &ErrorSource::Upstream {
             let timed_out = matches!(
                 e.etype(),
@@ -525,15 +570,42 @@ impl ProxyHttp for OrionProxy {
         e: &Error,
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
-        let err = ctx.error.take().unwrap_or_else(|| {
-            let (err, failure) = failure::classify(e.esource(), e.etype());
-            if let Some(f) = failure {
-                ctx.upstream.failure.get_or_insert(f);
+        let (err, classified) = match ctx.error.take() {
+            Some(err) => (err, false),
+            None => {
+                let (err, failure) = failure::classify(e.esource(), e.etype());
+                if let Some(f) = failure {
+                    ctx.upstream.failure.get_or_insert(f);
+                }
+                (err, true)
             }
-            err
-        });
+        };
+        let (sent, upstream_status) = (ctx.upstream.request_sent, ctx.upstream.status);
+        let err = failure::after_sent(err, sent, upstream_status, classified);
         let status = err.status;
         let downstream_gone = failure::downstream_gone(e);
+        if !downstream_gone
+            && session.response_written().is_some()
+            && let Some(buf) = ctx.rewrite.take()
+        {
+            // OrionVM's error answer broke off while the proxy held it back to replace it: the
+            // header (chunked) is out, so the error body still can be.
+            let upstream_status = ctx.upstream.status.unwrap_or(502);
+            let answer = errors::from_upstream(upstream_status, &buf);
+            let rendered = answer.render(&ctx.request_id);
+            ctx.response_bytes += rendered.len();
+            ctx.error = Some(answer);
+            if let Err(we) = session.write_response_body(Some(rendered), true).await {
+                log::debug!(
+                    "request {}: could not finish the error body: {we}",
+                    ctx.request_id
+                );
+            }
+            return FailToProxy {
+                error_code: status,
+                can_reuse_downstream: false,
+            };
+        }
         if session.response_written().is_none() && !downstream_gone {
             // Pingora closes the connection after a failed proxy attempt: say so.
             session.as_downstream_mut().set_keepalive(None);

@@ -16,8 +16,20 @@ pub async fn json(
     body: Bytes,
     extra: &[(&'static str, String)],
 ) -> Result<()> {
+    typed(session, ctx, status, "application/json", body, extra).await
+}
+
+/// Writes an answer of the proxy's own with its media type and the request id.
+pub async fn typed(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    status: u16,
+    content_type: &'static str,
+    body: Bytes,
+    extra: &[(&'static str, String)],
+) -> Result<()> {
     let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
-    header.insert_header("content-type", "application/json")?;
+    header.insert_header("content-type", content_type)?;
     header.insert_header("content-length", body.len().to_string())?;
     header.insert_header("x-request-id", ctx.request_id.as_str())?;
     header.insert_header("cache-control", "no-store")?;
@@ -55,7 +67,8 @@ pub async fn error(session: &mut Session, ctx: &mut Ctx, err: ApiError) -> Resul
     if !session.as_downstream_mut().is_body_done() {
         session.as_downstream_mut().set_keepalive(None);
     }
-    json(session, ctx, status, body, &extra).await
+    let media = crate::errors::media_type(session.req_header().headers.get("accept"));
+    typed(session, ctx, status, media, body, &extra).await
 }
 
 /// Acts on a concern's decision: its reply or its refusal written, or nothing (`Continue`).

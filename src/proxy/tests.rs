@@ -341,3 +341,28 @@ async fn fail_to_proxy_writes_the_classified_error() {
     assert_error(&body, &head, 502, "upstream_unreachable");
     assert!(head.contains("connection: close"), "{head}");
 }
+
+#[test]
+fn a_failure_after_orionvm_received_the_request_says_so() {
+    use super::failure::after_sent;
+    // Before: a downstream error after the call was made answered 400; a retry that could not
+    // connect answered upstream_unreachable.
+    let (down, _) = classify(&ErrorSource::Downstream, &ErrorType::ConnectError);
+    let (unreachable, _) = classify(&ErrorSource::Upstream, &ErrorType::ConnectRefused);
+    let (reset, _) = classify(&ErrorSource::Upstream, &ErrorType::ConnectionClosed);
+    for err in [down, unreachable, reset] {
+        let e = after_sent(err, true, None, true);
+        assert_eq!((e.status, e.code), (502, "upstream_reset"));
+        assert_eq!(e.details["request_sent"], serde_json::json!(true));
+    }
+    let (timeout, _) = classify(&ErrorSource::Upstream, &ErrorType::ReadTimedout);
+    let e = after_sent(timeout, true, Some(200), true);
+    assert_eq!((e.status, e.code), (504, "upstream_timeout"));
+    assert_eq!(e.details["upstream_status"], serde_json::json!(200));
+    // Nothing sent: as classified.
+    let (unreachable, _) = classify(&ErrorSource::Upstream, &ErrorType::ConnectRefused);
+    assert_eq!(
+        after_sent(unreachable, false, None, true).code,
+        "upstream_unreachable"
+    );
+}

@@ -36,9 +36,11 @@ impl Route {
     /// document and the token endpoint (those are limited per source address instead).
     pub fn needs_principal(&self) -> bool {
         match self.kind {
-            RouteKind::Health | RouteKind::Ready | RouteKind::Openapi | RouteKind::OauthToken => {
-                false
-            }
+            RouteKind::Health
+            | RouteKind::Ready
+            | RouteKind::Openapi
+            | RouteKind::Docs
+            | RouteKind::OauthToken => false,
             RouteKind::Mirror | RouteKind::Facade => true,
         }
     }

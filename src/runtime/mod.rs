@@ -9,6 +9,7 @@
 
 pub mod reload;
 pub mod state;
+pub mod tls;
 
 pub use reload::SharedState;
 pub use state::State;
@@ -36,6 +37,8 @@ pub struct Runtime {
     /// Per-route body schemas and rewrite rules, compiled once per build.
     pub body_rules: crate::validate::BodyRules,
     pub limits: crate::limits::Limits,
+    /// The listener's certificate and key from `server.tls`, loaded by this build.
+    pub tls_key: Option<std::sync::Arc<pingora::tls::sign::CertifiedKey>>,
     /// `Idempotency-Key` on creates (`crate::idempotency`).
     pub idempotency: crate::idempotency::Idempotency,
 }
@@ -53,6 +56,7 @@ impl Staged {
         rt.upstreams.commit(&state.upstream);
         rt.log.commit(&state.observe);
         rt.auth.commit(&state.auth);
+        state.tls.commit(rt.tls_key.clone());
         rt
     }
 
@@ -97,6 +101,19 @@ pub fn stage(config: Config, text: &str, state: &State) -> Result<Staged, Vec<St
     let body_rules = crate::validate::BodyRules::build(route_list, &config.validation)
         .map_err(|e| errors.extend(e))
         .ok();
+    // Missing files are already reported by `check_server`.
+    let tls_key = match &config.server.tls {
+        Some(tls) if Path::new(&tls.cert_file).is_file() && Path::new(&tls.key_file).is_file() => {
+            match tls::load(tls) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let role_names: Vec<&str> = role_map.keys().map(String::as_str).collect();
     let limits = crate::limits::Limits::build(&config, routes.as_ref(), &role_names, &state.limits)
         .map_err(|e| errors.extend(e))
@@ -135,6 +152,7 @@ pub fn stage(config: Config, text: &str, state: &State) -> Result<Staged, Vec<St
                 upstreams,
                 log,
                 trusted_networks,
+                tls_key,
             },
         }),
         _ => Err(errors),
@@ -204,8 +222,15 @@ pub fn declare_tenants(rt: &Runtime) {
     );
 }
 
-/// Validates a file without starting anything: `orion-proxy check`.
-pub fn check(path: &Path) -> Result<String, Vec<String>> {
+/// Validates a file without starting anything and without side effects: `orion-proxy check`.
+/// Host names are resolved only with `resolve` (a check makes no DNS query otherwise); the
+/// staged runtime is only looked at, never committed, so no file is created and no thread
+/// started.
+pub fn check(path: &Path, resolve: bool) -> Result<Staged, Vec<String>> {
     let state = State::memory();
-    load(path, &state).map(|s| s.inspect().version.clone())
+    state
+        .upstream
+        .skip_dns
+        .store(!resolve, std::sync::atomic::Ordering::Relaxed);
+    load(path, &state)
 }

@@ -17,6 +17,8 @@ pub struct State {
     pub limits: crate::limits::LimitsState,
     pub observe: crate::observe::ObserveState,
     pub facade: crate::facade::FacadeState,
+    /// The proxy listener's certificate in force (swapped at commit, read at each handshake).
+    pub tls: std::sync::Arc<super::tls::TlsState>,
 }
 
 impl State {
@@ -27,11 +29,12 @@ impl State {
 
     pub fn with_stores(stores: Stores) -> State {
         State {
-            auth: Default::default(),
+            auth: crate::auth::AuthState::new(stores.durable.clone()),
             upstream: Default::default(),
             limits: crate::limits::LimitsState::new(&stores),
             observe: crate::observe::ObserveState::new(stores.usage.clone()),
             facade: Default::default(),
+            tls: Default::default(),
             stores,
         }
     }
@@ -46,7 +49,11 @@ pub fn stores_for(c: &StateConfig) -> Result<Stores, Vec<String>> {
         return Err(errors);
     }
     let (Backend::Redis, Some(r)) = (c.backend, &c.redis) else {
-        return Ok(Stores::memory());
+        return match &c.dir {
+            Some(dir) => Stores::memory_with_dir(std::path::Path::new(dir))
+                .map_err(|e| vec![format!("state.dir: {e}")]),
+            None => Ok(Stores::memory()),
+        };
     };
     let password = match &r.password {
         Some(p) => Some(

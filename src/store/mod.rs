@@ -5,6 +5,7 @@
 //! [`memory`] are the default (one node); a shared backend plugs in behind the same traits.
 //! This module imports no concern: concerns import it, and `src/runtime/` owns the instances.
 
+pub mod file;
 pub mod memory;
 pub mod redis;
 pub mod tasks;
@@ -131,6 +132,10 @@ pub struct Stores {
     /// The facade's tasks (`tasks::TaskStore`).
     pub tasks: Arc<dyn tasks::TaskStore>,
     pub usage: Arc<dyn UsageStore>,
+    /// Key-value data that must outlive the process (runtime-managed credentials): the
+    /// memory backend keeps it in a file under `state.dir` ([`file::FileKv`]), or in memory
+    /// without one; a shared backend keeps it where it keeps `kv`.
+    pub durable: Arc<dyn KvStore>,
     /// The shared backend when there is one (`None`: in-memory, one node): its readiness, its
     /// background sync, and the micro-cache's cross-node versions in `kv`.
     pub shared: Option<Arc<redis::Backends>>,
@@ -144,11 +149,22 @@ impl Stores {
             kv: Arc::new(memory::MemoryKv::new(memory::DEFAULT_KV_ENTRIES)),
             tasks: Arc::new(tasks::MemoryTasks::default()),
             usage: Arc::new(usage::MemoryUsage::default()),
+            durable: Arc::new(memory::MemoryKv::new(file::MAX_ENTRIES)),
             shared: None,
         }
     }
 
-    /// The Redis backends (several nodes with the same prefix share them).
+    /// The in-memory backends with durable data in a file under `dir`.
+    pub fn memory_with_dir(dir: &std::path::Path) -> Result<Stores, String> {
+        let durable = file::FileKv::open(&dir.join("credentials.json"))?;
+        Ok(Stores {
+            durable: Arc::new(durable),
+            ..Stores::memory()
+        })
+    }
+
+    /// The Redis backends (several nodes with the same prefix share them); durable data (the
+    /// runtime-managed credentials) is kept in the same Redis.
     pub fn redis(
         settings: &redis::Settings,
         sync: redis::Sync,
@@ -160,6 +176,7 @@ impl Stores {
             kv: b.kv.clone(),
             tasks: b.tasks.clone(),
             usage: b.usage.clone(),
+            durable: b.kv.clone(),
             shared: Some(b),
         })
     }

@@ -318,7 +318,9 @@ mod tests {
         let b = Arc::new(Breaker::default());
         let s = &Settings {
             threshold: 3,
-            reset_timeout: Duration::from_millis(30),
+            // Long enough that a loaded machine's stall can't reopen it before the asserts
+            // that it is open.
+            reset_timeout: Duration::from_millis(1000),
             probes: 2,
         };
         for _ in 0..2 {
@@ -329,7 +331,7 @@ mod tests {
         assert_eq!(b.state(), State::Open);
         assert!(b.try_acquire(s).is_none());
         assert!(!b.available(s));
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(1100));
         assert!(b.available(s));
         let p1 = b.try_acquire(s).unwrap();
         assert!(p1.is_probe());

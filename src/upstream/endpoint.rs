@@ -105,15 +105,17 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    /// Parses and resolves one endpoint. `kept(url, name)` hands over what the endpoint keeps
-    /// across reloads (or a fresh record).
-    /// The endpoint `cfg` of the account named `account`.
+    /// Parses and resolves one endpoint: `cfg` of the account named `account`. `kept(url,
+    /// name)` hands over what the endpoint keeps across reloads (or a fresh record). Without
+    /// `resolve` a host name is not looked up (the address is left unspecified: `orion-proxy
+    /// check` without `--resolve`).
     pub fn build(
         account: &str,
         cfg: &EndpointConfig,
         ca: Option<CaList>,
         connect_timeout: Duration,
         read_timeout: Duration,
+        resolve: bool,
         kept: impl FnOnce(&str, &str) -> Kept,
     ) -> Result<Endpoint, String> {
         let url =
@@ -139,11 +141,17 @@ impl Endpoint {
         let port = url
             .port_or_known_default()
             .unwrap_or(if tls { 443 } else { 80 });
-        let addr = (host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {host}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{host} resolves to no address"))?;
+        let addr = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => std::net::SocketAddr::new(ip, port),
+            Err(_) if !resolve => {
+                std::net::SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port)
+            }
+            Err(_) => (host.as_str(), port)
+                .to_socket_addrs()
+                .map_err(|e| format!("cannot resolve {host}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("{host} resolves to no address"))?,
+        };
         let default_port = if tls { 443 } else { 80 };
         let authority = if port == default_port {
             url.host_str().unwrap_or(&host).to_string()

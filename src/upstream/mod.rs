@@ -54,6 +54,9 @@ pub struct UpstreamState {
     credentials: Mutex<HashMap<String, (AccountConfig, Arc<Credentials>)>>,
     /// Semaphores, waiting count and global rate of the budget toward OrionVM.
     pub budget: BudgetState,
+    /// Set by `orion-proxy check` without `--resolve`: building does not resolve the
+    /// endpoints' host names (no DNS query); such a build is only looked at, never served.
+    pub skip_dns: std::sync::atomic::AtomicBool,
 }
 
 impl UpstreamState {
@@ -99,7 +102,7 @@ pub struct Attempt {
     pub index: usize,
     pub started: Instant,
     ticket: Option<Ticket>,
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    permit: Option<budget::Permits>,
     stats: Arc<EndpointStats>,
     series: Arc<crate::metrics::UpstreamSeries>,
 }
@@ -219,13 +222,26 @@ impl Account {
     /// refusal is counted here, whoever asked (the proxied path, a retry, the proxy's own
     /// calls).
     pub async fn acquire(&self, avoid: Option<usize>) -> Result<Attempt, UpstreamError> {
+        self.acquire_for(avoid, None).await
+    }
+
+    /// [`Account::acquire`] for a caller, within its tenant's and its own shares of the
+    /// endpoint (`budget`).
+    pub async fn acquire_for(
+        &self,
+        avoid: Option<usize>,
+        caller: Option<budget::Caller<'_>>,
+    ) -> Result<Attempt, UpstreamError> {
         let Some((index, ticket)) = self.choose(avoid) else {
             return Err(self.refuse_open());
         };
         let endpoint = &self.endpoints[index];
         let permit = match &self.budget {
-            Some(b) => match b.acquire(endpoint.budget.as_ref()).await {
-                Ok(p) => p,
+            Some(b) => match b
+                .acquire_for(&endpoint.url, endpoint.budget.as_ref(), caller)
+                .await
+            {
+                Ok(p) => Some(p),
                 Err(e) => {
                     count_refusal(&e);
                     return Err(e);
@@ -280,7 +296,8 @@ impl Upstreams {
         let mut staged: HashMap<String, Kept> = HashMap::new();
         for (name, ac) in &config.accounts {
             let at = format!("accounts.{name}");
-            match build_account(name, ac, &config.limits, state, &mut staged) {
+            let timeouts = &config.server.timeouts;
+            match build_account(name, ac, timeouts, &config.limits, state, &mut staged) {
                 Ok(a) => {
                     accounts.insert(name.clone(), Arc::new(a));
                 }
@@ -369,6 +386,7 @@ impl Upstreams {
 fn build_account(
     name: &str,
     ac: &AccountConfig,
+    timeouts: &crate::config::model::TimeoutsConfig,
     limits: &crate::config::limits::LimitsConfig,
     state: &UpstreamState,
     staged: &mut HashMap<String, Kept>,
@@ -377,10 +395,15 @@ fn build_account(
     if ac.endpoints.is_empty() {
         errors.push("endpoints: at least one endpoint is needed".to_string());
     }
-    if ac.connect_timeout_ms == 0 || ac.connect_timeout_ms > 60_000 {
+    // The account's own timeouts, else `server.timeouts` (checked with the server section).
+    let connect_ms = ac
+        .connect_timeout_ms
+        .unwrap_or(timeouts.upstream_connect_ms);
+    let read_ms = ac.read_timeout_ms.unwrap_or(timeouts.upstream_read_ms);
+    if ac.connect_timeout_ms.is_some() && !(1..=60_000).contains(&connect_ms) {
         errors.push("connect_timeout_ms: must be between 1 and 60000".to_string());
     }
-    if ac.read_timeout_ms == 0 || ac.read_timeout_ms > 600_000 {
+    if ac.read_timeout_ms.is_some() && !(1..=600_000).contains(&read_ms) {
         errors.push("read_timeout_ms: must be between 1 and 600000".to_string());
     }
     if !MAX_RESPONSE_BYTES_RANGE.contains(&ac.max_response_bytes) {
@@ -400,8 +423,8 @@ fn build_account(
         },
         None => (None, None),
     };
-    let connect = Duration::from_millis(ac.connect_timeout_ms.max(1));
-    let read = Duration::from_millis(ac.read_timeout_ms.max(1));
+    let connect = Duration::from_millis(connect_ms.max(1));
+    let read = Duration::from_millis(read_ms.max(1));
     let mut endpoints = Vec::new();
     for (i, ec) in ac.endpoints.iter().enumerate() {
         let kept = |url: &str, name: &str| {
@@ -410,7 +433,8 @@ fn build_account(
                 .or_insert_with(|| state.kept(url).unwrap_or_else(|| Kept::new(name)))
                 .clone()
         };
-        match Endpoint::build(name, ec, ca.clone(), connect, read, kept) {
+        let resolve = !state.skip_dns.load(std::sync::atomic::Ordering::Relaxed);
+        match Endpoint::build(name, ec, ca.clone(), connect, read, resolve, kept) {
             Ok(mut e) => {
                 e.pool_key = endpoint::pool_key(name, ca_pem.as_deref(), &e);
                 endpoints.push(e)
@@ -786,7 +810,7 @@ mod tests {
         }
         // A changed account gets new credentials; its endpoints (same URLs) keep their records.
         let mut changed = config.clone();
-        changed.accounts.get_mut("a").unwrap().read_timeout_ms = 1234;
+        changed.accounts.get_mut("a").unwrap().read_timeout_ms = Some(1234);
         changed.limits.upstream.max_concurrent_per_endpoint += 1;
         let c = testing::tenant(&changed, &state).account.clone();
         assert!(!Arc::ptr_eq(&a.credentials, &c.credentials));

@@ -37,6 +37,9 @@ pub struct AttemptState {
     pub token_retry_used: bool,
     /// The OrionVM `Authorization` value sent on the current attempt.
     pub upstream_auth: Option<http::HeaderValue>,
+    /// The request reached OrionVM on some attempt (it may have carried it out): set once the
+    /// connection carried it, kept across retries.
+    pub request_sent: bool,
 }
 
 impl AttemptState {
@@ -52,6 +55,7 @@ impl AttemptState {
 
     /// OrionVM's answer headers arrived: records the status and the time it took.
     pub fn answered(&mut self, status: u16) {
+        self.request_sent = true;
         self.status = Some(status);
         if let Some(t) = self.started {
             self.elapsed = Some(t.elapsed());
@@ -81,6 +85,7 @@ pub fn finish_attempt(state: &mut AttemptState) {
 pub async fn peer_for(
     state: &mut AttemptState,
     tenant: Option<&Tenant>,
+    principal: Option<&str>,
 ) -> Result<Box<HttpPeer>, UpstreamError> {
     let Some(tenant) = tenant else {
         return Err(UpstreamError::Internal(
@@ -94,12 +99,19 @@ pub async fn peer_for(
     };
     finish_attempt(state);
     let account = &tenant.account;
-    let attempt = account.acquire(avoid).await.map_err(|e| match e {
-        // A retry after a failed attempt found no other endpoint: report that failure (the
-        // refusal itself was counted by `acquire`).
-        UpstreamError::Open { .. } if avoid.is_some() => UpstreamError::NoOtherEndpoint,
-        e => e,
-    })?;
+    let caller = principal.map(|principal| super::budget::Caller {
+        tenant: &tenant.name,
+        principal,
+    });
+    let attempt = account
+        .acquire_for(avoid, caller)
+        .await
+        .map_err(|e| match e {
+            // A retry after a failed attempt found no other endpoint: report that failure (the
+            // refusal itself was counted by `acquire`).
+            UpstreamError::Open { .. } if avoid.is_some() => UpstreamError::NoOtherEndpoint,
+            e => e,
+        })?;
     let Some(endpoint) = account.endpoints.get(attempt.index) else {
         return Err(UpstreamError::Internal(
             "endpoint index out of range".into(),
@@ -196,7 +208,7 @@ mod tests {
     /// One attempt that OrionVM answers with `status`: claimed, answered, reported.
     async fn call(tenant: &Tenant, status: u16) -> Result<usize, UpstreamError> {
         let mut s = AttemptState::default();
-        peer_for(&mut s, Some(tenant)).await?;
+        peer_for(&mut s, Some(tenant), None).await?;
         let i = s.endpoint.unwrap();
         s.answered(status);
         finish_attempt(&mut s);
@@ -252,13 +264,13 @@ mod tests {
         let account = &tenant.account;
         for _ in 0..4 {
             let mut s = AttemptState::default();
-            peer_for(&mut s, Some(&tenant)).await.unwrap();
+            peer_for(&mut s, Some(&tenant), None).await.unwrap();
             let first = s.endpoint.unwrap();
             assert!(
                 connect_failed(&mut s, Some(account), false),
                 "one more endpoint"
             );
-            peer_for(&mut s, Some(&tenant)).await.unwrap();
+            peer_for(&mut s, Some(&tenant), None).await.unwrap();
             assert_ne!(s.endpoint, Some(first));
             assert_eq!(s.attempts, 2);
             assert_eq!(s.failure, None);
@@ -293,7 +305,7 @@ mod tests {
         assert!(!tenant.account.available());
         let before = refused("open");
         let mut s = AttemptState::default();
-        match peer_for(&mut s, Some(&tenant)).await {
+        match peer_for(&mut s, Some(&tenant), None).await {
             Err(UpstreamError::Open { retry_after }) => {
                 assert!((29..=30).contains(&retry_after), "{retry_after}")
             }
@@ -322,10 +334,10 @@ mod tests {
         assert_eq!(b.state(), breaker::State::Open);
         let before = refused("open");
         let mut s = AttemptState::default();
-        peer_for(&mut s, Some(&tenant)).await.unwrap();
+        peer_for(&mut s, Some(&tenant), None).await.unwrap();
         assert_eq!(s.endpoint, Some(0), "the open endpoint is skipped");
         assert!(connect_failed(&mut s, Some(account), false));
-        let retry = peer_for(&mut s, Some(&tenant)).await.map(|_| ());
+        let retry = peer_for(&mut s, Some(&tenant), None).await.map(|_| ());
         assert_eq!(retry, Err(UpstreamError::NoOtherEndpoint));
         assert_eq!(
             refused("open"),
@@ -341,17 +353,17 @@ mod tests {
         let top = "limits:\n  upstream: {max_concurrent_per_endpoint: 1, max_wait_ms: 80, max_waiting: 10}\n";
         let tenant = testing::tenant(&testing::config(&testing::urls(1), NO_CHECKS, top), &state);
         let mut holder = AttemptState::default();
-        peer_for(&mut holder, Some(&tenant)).await.unwrap();
+        peer_for(&mut holder, Some(&tenant), None).await.unwrap();
         let before = refused("busy");
         let started = Instant::now();
         let mut s = AttemptState::default();
-        let got = peer_for(&mut s, Some(&tenant)).await.map(|_| ());
+        let got = peer_for(&mut s, Some(&tenant), None).await.map(|_| ());
         assert!(matches!(got, Err(UpstreamError::Busy { .. })), "{got:?}");
         assert!(started.elapsed() >= Duration::from_millis(75));
         assert_eq!(refused("busy"), before + 1);
         // The answer is complete: the slot is free again.
         holder.release_budget();
-        peer_for(&mut s, Some(&tenant)).await.unwrap();
+        peer_for(&mut s, Some(&tenant), None).await.unwrap();
         assert_eq!(s.attempts, 1);
     }
 
@@ -359,7 +371,7 @@ mod tests {
     async fn half_open_lets_the_probes_through_then_closes() {
         let _one = METRICS.lock().await;
         let state = UpstreamState::default();
-        let config = testing::config(&testing::urls(1), NO_CHECKS, &breaker_config(1, 0.05, 2));
+        let config = testing::config(&testing::urls(1), NO_CHECKS, &breaker_config(1, 1.0, 2));
         let tenant = testing::tenant(&config, &state);
         let breaker = &tenant.account.endpoints[0].breaker;
         assert!(call(&tenant, 503).await.is_ok());
@@ -368,13 +380,15 @@ mod tests {
             call(&tenant, 200).await,
             Err(UpstreamError::Open { .. })
         ));
-        tokio::time::sleep(Duration::from_millis(70)).await;
+        // Past the reset timeout (1 s: long enough that a loaded machine's stall can't
+        // half-open it before the assert that it is open).
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         let mut p1 = AttemptState::default();
         let mut p2 = AttemptState::default();
-        peer_for(&mut p1, Some(&tenant)).await.unwrap();
-        peer_for(&mut p2, Some(&tenant)).await.unwrap();
+        peer_for(&mut p1, Some(&tenant), None).await.unwrap();
+        peer_for(&mut p2, Some(&tenant), None).await.unwrap();
         assert_eq!(breaker.state(), breaker::State::HalfOpen);
-        let third = peer_for(&mut AttemptState::default(), Some(&tenant))
+        let third = peer_for(&mut AttemptState::default(), Some(&tenant), None)
             .await
             .map(|_| ());
         assert!(
@@ -397,7 +411,7 @@ mod tests {
         let tenant = testing::tenant(&config, &state);
         let account = &tenant.account;
         let mut s = AttemptState::default();
-        peer_for(&mut s, Some(&tenant)).await.unwrap();
+        peer_for(&mut s, Some(&tenant), None).await.unwrap();
         let first = s.endpoint.unwrap();
         for (method, status) in [(GET, 404), (http::Method::POST, 503), (GET, 499)] {
             s.answered(status);
@@ -411,7 +425,7 @@ mod tests {
         assert!(s.attempt.is_none(), "the failed attempt was reported");
         let v = account.endpoints[first].stats.snapshot();
         assert_eq!(v["server_errors"], 1, "{v}");
-        peer_for(&mut s, Some(&tenant)).await.unwrap();
+        peer_for(&mut s, Some(&tenant), None).await.unwrap();
         assert_ne!(s.endpoint, Some(first));
         // Every endpoint was tried: the 5xx goes to the caller.
         s.answered(502);
@@ -428,7 +442,7 @@ mod tests {
                 .finish(false);
         }
         let mut s = AttemptState::default();
-        peer_for(&mut s, Some(&tenant)).await.unwrap();
+        peer_for(&mut s, Some(&tenant), None).await.unwrap();
         assert_eq!(s.endpoint, Some(first));
         s.answered(503);
         assert!(retry_on_5xx(&mut s, account, &GET, 503).is_none());
@@ -439,14 +453,14 @@ mod tests {
             &UpstreamState::default(),
         );
         let mut s = AttemptState::default();
-        peer_for(&mut s, Some(&single)).await.unwrap();
+        peer_for(&mut s, Some(&single), None).await.unwrap();
         s.answered(503);
         assert!(retry_on_5xx(&mut s, &single.account, &GET, 503).is_none());
     }
 
     #[tokio::test]
     async fn no_tenant_is_an_internal_error() {
-        let got = peer_for(&mut AttemptState::default(), None)
+        let got = peer_for(&mut AttemptState::default(), None, None)
             .await
             .map(|_| ());
         assert!(matches!(got, Err(UpstreamError::Internal(_))));

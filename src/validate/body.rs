@@ -9,6 +9,8 @@ pub enum BodyError {
     InvalidJson(String),
     /// The client went away or sent a broken body.
     Read,
+    /// The body did not arrive within `server.timeouts.body_read_ms`.
+    Timeout,
 }
 
 /// Maximum nesting of arrays and objects accepted in a JSON body.

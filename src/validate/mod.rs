@@ -167,21 +167,25 @@ pub enum BodyPlan<'a> {
 /// Methods with a body (POST, PUT, PATCH) on routes with JSON bodies (`json_body`, a schema or
 /// rewrite rules) are read whole within `server.max_body_bytes`, parsed, validated and
 /// rewritten; when the account signs its requests (`signs`), every body is read whole so that
-/// its digest can be signed. Anything else is left to stream through untouched.
+/// its digest can be signed. Any other body the request declares (`has_body`: a
+/// `Content-Length` above 0 or a `Transfer-Encoding`; GET and DELETE included) is read whole
+/// within the same limit and sent on unchanged: no call to OrionVM waits on a caller's body
+/// (the upstream slot is taken once the request is complete). Without a body: nothing to read.
 pub fn plan<'a>(
     method: &http::Method,
     route: &crate::routes::Route,
     rules: &'a BodyRules,
     max_body_bytes: usize,
     signs: bool,
+    has_body: bool,
 ) -> BodyPlan<'a> {
-    let has_body = matches!(
+    let body_method = matches!(
         *method,
         http::Method::POST | http::Method::PUT | http::Method::PATCH
     );
-    let rules = has_body.then(|| rules.get(&route.name)).flatten();
-    let json = has_body && (route.json_body || rules.is_some());
-    if !json && !signs {
+    let rules = body_method.then(|| rules.get(&route.name)).flatten();
+    let json = body_method && (route.json_body || rules.is_some());
+    if !json && !signs && !has_body {
         return BodyPlan::Stream;
     }
     BodyPlan::Read {

@@ -78,8 +78,8 @@ fn dockerfile_parses_and_is_multi_stage_non_root() {
 }
 
 #[test]
-fn systemd_unit_is_hardened_and_reloads_with_sighup() {
-    let text = std::fs::read_to_string("systemd/orion-proxy.service").unwrap();
+fn systemd_unit_is_hardened_notifies_and_reloads_with_a_report() {
+    let text = std::fs::read_to_string("systemd/orion-proxy@.service").unwrap();
     let mut section = String::new();
     let mut keys = Vec::new();
     for line in text.lines() {
@@ -101,7 +101,16 @@ fn systemd_unit_is_hardened_and_reloads_with_sighup() {
     assert!(has("[Service]", "NoNewPrivileges=yes"));
     assert!(has("[Service]", "ProtectSystem=strict"));
     assert!(has("[Service]", "DynamicUser=yes"));
-    assert!(has("[Service]", "ExecReload=/bin/kill -HUP $MAINPID"));
+    assert!(has("[Service]", "Type=notify"));
+    assert!(has(
+        "[Service]",
+        "ExecReload=/usr/bin/orion-proxy reload -c /etc/orion-proxy/orion-proxy.yaml"
+    ));
+    assert!(has(
+        "[Service]",
+        "ExecStart=/usr/bin/orion-proxy run --upgrade -c /etc/orion-proxy/orion-proxy.yaml"
+    ));
+    assert!(has("[Service]", "RuntimeDirectoryPreserve=yes"));
     assert!(
         keys.iter()
             .any(|(s, k, _)| s == "[Service]" && k == "LoadCredential")
@@ -110,10 +119,8 @@ fn systemd_unit_is_hardened_and_reloads_with_sighup() {
         keys.iter()
             .any(|(s, k, _)| s == "[Service]" && k == "TimeoutStopSec")
     );
-    assert!(
-        keys.iter().any(|(s, k, l)| s == "[Service]"
-            && k == "ExecStart"
-            && l.contains("orion-proxy run -c"))
-    );
+    assert!(keys.iter().any(|(s, k, l)| s == "[Service]"
+        && k == "ExecStart"
+        && l.contains("orion-proxy run --upgrade -c")));
     assert!(has("[Install]", "WantedBy=multi-user.target"));
 }

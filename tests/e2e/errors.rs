@@ -290,3 +290,58 @@ async fn untrusted_networks_cannot_set_request_ids() {
         .unwrap();
     assert_ne!(r.headers()["x-request-id"], "spoofed-id");
 }
+
+/// The error body's media type follows the caller's `Accept`: `application/problem+json`
+/// (RFC 9457) when it names it, `application/json` otherwise (OrionVM's clients send
+/// `Accept: application/json` or nothing, and keep what they parse). Same body either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_problem_json_when_the_caller_asks_for_it() {
+    let h = Harness::start().await;
+    let admin = h.key("admin").to_string();
+    let media = |r: &reqwest::Response| {
+        r.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let get = |path: &str, accept: Option<&str>, key: Option<&str>| {
+        let mut b = h.http.get(h.url(path));
+        if let Some(a) = accept {
+            b = b.header("accept", a);
+        }
+        if let Some(k) = key {
+            b = b.bearer_auth(k);
+        }
+        b.send()
+    };
+    for (accept, want) in [
+        (Some("application/problem+json"), "application/problem+json"),
+        (
+            Some("application/problem+json, application/json;q=0.5"),
+            "application/problem+json",
+        ),
+        (Some("application/json"), "application/json"),
+        (Some("*/*"), "application/json"),
+        (Some("application/problem+json;q=0"), "application/json"),
+        (None, "application/json"),
+    ] {
+        // The proxy's own refusal (401), and OrionVM's 404 rewritten into the error body.
+        let r = get("/api/v1/instances", accept, None).await.unwrap();
+        assert_eq!(media(&r), want, "401 with Accept {accept:?}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["status"], 401);
+        assert_eq!(body["error"], "unauthorized");
+        let r = get(
+            "/api/v1/instances/00000000-0000-4000-8000-000000000000",
+            accept,
+            Some(&admin),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 404);
+        assert_eq!(media(&r), want, "404 with Accept {accept:?}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["status"], 404);
+    }
+}

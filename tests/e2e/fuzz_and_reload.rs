@@ -53,6 +53,10 @@ async fn schemathesis_finds_no_server_error_and_every_answer_conforms() {
             &proxy,
             "--header",
             &format!("Authorization: Bearer {}", demo.key("admin")),
+            // The admin API's operations are in the same document but served by the admin
+            // listener, not at this base URL.
+            "--exclude-path-regex",
+            "^/admin/",
             "--checks",
             "not_a_server_error,content_type_conformance,status_code_conformance,response_schema_conformance",
             "--phases",
@@ -62,8 +66,10 @@ async fn schemathesis_finds_no_server_error_and_every_answer_conforms() {
             "--seed",
             "13",
             "--no-shrink",
+            // One worker: hypothesis on CPython 3.11 can fail with "AST constructor recursion
+            // depth mismatch" when it compiles from several threads (python/cpython#106905).
             "--workers",
-            "2",
+            "1",
             "--request-timeout",
             "30",
             "--generation-with-security-parameters",

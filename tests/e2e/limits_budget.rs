@@ -8,16 +8,19 @@ use std::time::{Duration, Instant};
 async fn the_excess_waits_then_gets_503_and_nothing_is_duplicated() {
     let h = Harness::start_with(|c| {
         c.acme_upstream = Upstream::Static;
+        c.read_timeout_ms = 20_000;
         c.extra_top = concat!(
             "limits:\n",
-            "  upstream: {max_concurrent_per_endpoint: 2, max_wait_ms: 300, max_waiting: 50}\n",
+            "  upstream: {max_concurrent_per_endpoint: 2, max_wait_ms: 300, max_waiting: 50, tenant_share: 1.0, principal_share: 1.0}\n",
         )
         .into();
     })
     .await;
     h.sim.set_faults(orion_sim::FaultPlan {
         path_prefix: Some("/api/v1/regions".into()),
-        latency: Some(Duration::from_millis(1500)),
+        // Long enough that all six callers are in before the first two are answered, even when
+        // a loaded machine starts them seconds apart (they wait 300 ms, then get 503).
+        latency: Some(Duration::from_millis(5000)),
         ..Default::default()
     });
     h.sim.reset_calls();

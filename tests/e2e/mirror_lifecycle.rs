@@ -203,13 +203,17 @@ async fn expired_upstream_token_is_refetched_and_the_request_retried_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_token_is_refreshed_ahead_of_expiry() {
     let mut opts = sim_options();
-    opts.token_ttl = Duration::from_secs(2);
+    opts.token_ttl = Duration::from_secs(8);
     let h = Harness::start_on(start_sim(opts).await, |_| {}).await;
     let get = || h.get(h.key("viewer"), "/api/v1/regions");
     assert_eq!(get().await.status(), 200);
+    let fetched = tokio::time::Instant::now();
     assert_eq!(h.sim.tokens_issued(), 1);
-    // Lifetime 2 s: the proxy refreshes from half-life on, before OrionVM would refuse it.
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // Lifetime 8 s: the proxy refreshes from half-life on (4 s after it asked), before OrionVM
+    // would refuse the token (8 s after the first call began). Past the half-life measured from
+    // after the first answer, the next call has over 3 s to reach OrionVM: a busy machine's
+    // stall doesn't let the token expire first.
+    tokio::time::sleep_until(fetched + Duration::from_millis(4500)).await;
     h.sim.reset_calls();
     assert_eq!(get().await.status(), 200);
     assert_eq!(h.sim.tokens_issued(), 2, "refreshed ahead of expiry");

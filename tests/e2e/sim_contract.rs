@@ -118,13 +118,14 @@ impl Api {
     }
 }
 
-/// Polls `f` every 20 ms until it gives a value or `limit` passes.
+/// Polls `f` every 20 ms until it gives a value or `limit` passes (at least 30 s: the deadline
+/// only bounds a failing test, and a loaded machine may stall a process for seconds).
 async fn poll<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + limit;
+    let deadline = Instant::now() + limit.max(Duration::from_secs(30));
     loop {
         if let Some(v) = f().await {
             return v;

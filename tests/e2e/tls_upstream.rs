@@ -10,7 +10,13 @@ async fn https_upstream_with_a_private_ca() {
     let front = tls_front(sim.addr()).await;
     let h = Harness::start_on(sim, |c| {
         c.sim_urls = vec![front.url.clone()];
-        c.account_extra = format!("    ca_file: \"{}\"\n", front.ca_path.display());
+        // A loaded machine can take more than the default second for a TLS check (issue 13,
+        // finding 14: /ready answered 503 in a fresh-clone run): give each check room, and
+        // check often, so that readiness is a condition to wait for, not a race.
+        c.account_extra = format!(
+            "    ca_file: \"{}\"\n    health_check: {{timeout_ms: 10000, interval_ms: 500}}\n",
+            front.ca_path.display()
+        );
     })
     .await;
     // acme's account uses OAuth2: the token fetch goes over TLS too.
@@ -23,7 +29,7 @@ async fn https_upstream_with_a_private_ca() {
     assert_eq!(r.status(), 200);
     // Readiness comes from the background prober, whose first check over TLS may still be
     // under way: wait for it (the endpoint stays down for good if the CA is not used).
-    let ready = poll("ready over TLS", Duration::from_secs(10), || async {
+    let ready = poll("ready over TLS", Duration::from_secs(90), || async {
         let r = h.http.get(h.url("/ready")).send().await.unwrap();
         (r.status() == 200).then_some(r)
     })

@@ -63,6 +63,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A generated API key and the config line for it.
+#[derive(Clone)]
 pub struct Key {
     pub name: String,
     pub key: String,
@@ -100,6 +101,7 @@ pub enum Upstream {
 }
 
 /// Builds a proxy config for the simulator at `sim_url`.
+#[derive(Clone)]
 pub struct ConfigBuilder {
     pub sim_urls: Vec<String>,
     pub acme_upstream: Upstream,
@@ -403,7 +405,7 @@ impl ProxyProcess {
     /// The access log's lines, parsed; waits until at least `min` lines other than the
     /// harness's `/health` probes are there (lines are written in batches every 20 ms).
     pub async fn access_log(&self, min: usize) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = std::fs::read_to_string(self.access_log_path()).unwrap_or_default();
             let lines: Vec<serde_json::Value> = text
@@ -687,7 +689,7 @@ pub async fn state_of(h: &Harness, key: &str, id: &str) -> String {
 
 pub async fn wait_state(h: &Harness, key: &str, id: &str, state: &str) {
     let mut last = String::new();
-    let result = tokio::time::timeout(Duration::from_secs(15), async {
+    let result = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             last = state_of(h, key, id).await;
             if last == state {
@@ -741,13 +743,16 @@ pub fn assert_error_body(body: &serde_json::Value, status: u16, code: &str) {
     assert_eq!(body["instance"], format!("urn:request:{rid}"));
 }
 
-/// Polls `f` until it returns Some or the deadline passes.
+/// Polls `f` until it returns Some or the deadline passes. The deadline is at least 30 s, however
+/// short `timeout`: it only bounds how long a failing test takes, and a loaded machine (CI, 2 cores
+/// shared with builds) may stall a process for seconds. What must happen within some time is
+/// asserted by the test itself, never by this deadline.
 pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + timeout.max(Duration::from_secs(30));
     loop {
         if let Some(v) = f().await {
             return v;

@@ -1,0 +1,74 @@
+// orion-proxy console: live refresh of the parts marked data-live, and charts (uPlot) from
+// /ui/data/series. The pages work without this script; it only keeps them current.
+(function () {
+  "use strict";
+  var REFRESH_MS = 5000;
+
+  function busy() {
+    var a = document.activeElement;
+    return a && (a.tagName === "INPUT" || a.tagName === "SELECT" || a.tagName === "TEXTAREA");
+  }
+
+  function refresh() {
+    if (document.hidden || busy()) return;
+    fetch(location.href, { credentials: "same-origin", headers: { "X-Console-Refresh": "1" } })
+      .then(function (r) { if (r.redirected || !r.ok) throw new Error(r.status); return r.text(); })
+      .then(function (html) {
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        document.querySelectorAll("[data-live]").forEach(function (el) {
+          var fresh = doc.getElementById(el.id);
+          if (fresh && fresh.innerHTML !== el.innerHTML) el.innerHTML = fresh.innerHTML;
+        });
+        var stamp = document.getElementById("refreshed");
+        if (stamp) stamp.textContent = new Date().toLocaleTimeString();
+      })
+      .catch(function () {});
+  }
+
+  var plots = {};
+  var CHARTS = {
+    rps: { title: "Requests per second", series: [["rps", "req/s"]] },
+    errors: { title: "Errors per 10 s", series: [["errors_4xx", "4xx"], ["errors_5xx", "5xx"], ["limited_429", "429"]] },
+    latency: { title: "Latency (ms)", series: [["p50_ms", "p50"], ["p95_ms", "p95"], ["p99_ms", "p99"]] },
+    upstream: { title: "OrionVM latency (ms) and errors", series: [["upstream_p50_ms", "p50"], ["upstream_p95_ms", "p95"], ["upstream_errors", "errors"]] }
+  };
+  var COLORS = ["#0a58ca", "#cf222e", "#9a6700", "#1a7f37"];
+
+  function draw(points) {
+    document.querySelectorAll("[data-chart]").forEach(function (el) {
+      var spec = CHARTS[el.getAttribute("data-chart")];
+      if (!spec || typeof uPlot === "undefined") return;
+      var data = [points.map(function (p) { return p.t; })];
+      spec.series.forEach(function (s) {
+        data.push(points.map(function (p) { return p[s[0]] === null ? null : p[s[0]]; }));
+      });
+      var key = el.getAttribute("data-chart");
+      var width = Math.max(300, el.clientWidth - 16);
+      if (plots[key]) { plots[key].setData(data); return; }
+      var series = [{}];
+      spec.series.forEach(function (s, i) { series.push({ label: s[1], stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: true }); });
+      var host = el.querySelector(".plot") || el;
+      plots[key] = new uPlot({ width: width, height: 180, series: series, scales: { x: { time: true } } }, data, host);
+    });
+  }
+
+  function charts() {
+    if (!document.querySelector("[data-chart]") || document.hidden) return;
+    fetch("/ui/data/series", { credentials: "same-origin" })
+      .then(function (r) { if (!r.ok) throw new Error(r.status); return r.json(); })
+      .then(function (j) { draw(j.points || []); })
+      .catch(function () {});
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    charts();
+    if (document.querySelector("[data-live]") || document.querySelector("[data-chart]")) {
+      setInterval(function () { refresh(); charts(); }, REFRESH_MS);
+    }
+    document.querySelectorAll("form[data-confirm]").forEach(function (f) {
+      f.addEventListener("submit", function (e) {
+        if (!window.confirm(f.getAttribute("data-confirm"))) e.preventDefault();
+      });
+    });
+  });
+})();

@@ -1,0 +1,438 @@
+//! Assembling the Pingora server: the proxy listener (TLS with ALPN h2 and http/1.1 when
+//! `server.tls` is set), the admin and metrics listeners, the readiness prober, the SIGHUP
+//! reloader, the SIGUSR1 log reopener and the control socket; every service supervised ([`supervise`]); what systemd is
+//! told ([`notify`]); the zero-downtime upgrade (`run --upgrade`, Pingora's listener hand-over).
+
+pub mod control;
+pub mod notify;
+pub mod supervise;
+
+use crate::admin::AdminApp;
+use crate::proxy::OrionProxy;
+use crate::proxy::connection::Caps;
+use crate::runtime::{SharedState, State};
+use crate::upstream::Prober;
+use pingora::apps::ServerApp;
+use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::protocols::Stream;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use supervise::{Readiness, Supervised};
+
+/// How `orion-proxy run` failed: the config (exit status 3) or the process (exit status 1).
+pub enum Failure {
+    Config(Vec<String>),
+    Runtime(String),
+}
+
+/// Options of `orion-proxy run`.
+#[derive(Default, Clone)]
+pub struct RunOptions {
+    /// Take the listening sockets over from the running process (found through
+    /// `server.control_socket`; without one, the operator sends it SIGQUIT).
+    pub upgrade: bool,
+}
+
+/// Loads the config and builds the server; the caller runs it.
+pub fn build(config_path: &Path) -> Result<(Server, Arc<SharedState>), Vec<String>> {
+    build_with(config_path, &RunOptions::default()).map_err(|f| match f {
+        Failure::Config(e) => e,
+        Failure::Runtime(e) => vec![e],
+    })
+}
+
+/// Loads the config and builds the server for `opts`; the caller runs it.
+pub fn build_with(
+    config_path: &Path,
+    opts: &RunOptions,
+) -> Result<(Server, Arc<SharedState>), Failure> {
+    // The state backends come from the first config (a reload cannot move them).
+    let text = crate::config::read_file(config_path).map_err(Failure::Config)?;
+    let model = crate::config::parse(&text).map_err(Failure::Config)?;
+    let stores = crate::runtime::state::stores_for(&model.state).map_err(Failure::Config)?;
+    let state = Arc::new(
+        SharedState::start(config_path, Arc::new(State::with_stores(stores)))
+            .map_err(Failure::Config)?,
+    );
+    let runtime = state.current();
+    crate::metrics::init(&runtime.version);
+    let server_cfg = runtime.config.server.clone();
+    drop(runtime);
+    crate::runtime::watch_metrics(&state);
+
+    // Upgrade: ask the running process (through the control socket) to hand over; it answers,
+    // then sends itself SIGQUIT and Pingora passes its listening sockets to `upgrade_socket`.
+    let control_path = server_cfg.control_socket.as_ref().map(PathBuf::from);
+    let mut taking_over = false;
+    if opts.upgrade {
+        match &control_path {
+            Some(path) => match control::request(path, "upgrade", Duration::from_secs(10)) {
+                Ok(answer) if answer["ok"] == true => {
+                    log::info!(
+                        "taking the listening sockets over from process {}",
+                        answer["pid"]
+                    );
+                    taking_over = true;
+                }
+                Ok(answer) => {
+                    return Err(Failure::Runtime(format!(
+                        "the running process refused to hand over: {answer}"
+                    )));
+                }
+                Err(e) => log::warn!("--upgrade: {e}; starting on fresh sockets"),
+            },
+            None => {
+                log::info!(
+                    "--upgrade without server.control_socket: waiting for the running process's sockets at {} (send it SIGQUIT)",
+                    server_cfg.upgrade_socket
+                );
+                taking_over = true;
+            }
+        }
+    }
+    let control_listener = match &control_path {
+        Some(path) => Some(control::bind(path, taking_over).map_err(Failure::Runtime)?),
+        None => None,
+    };
+
+    let conf = ServerConf {
+        threads: server_cfg.threads,
+        grace_period_seconds: Some(server_cfg.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(2),
+        upstream_keepalive_pool_size: 256,
+        upgrade_sock: server_cfg.upgrade_socket.clone(),
+        ..Default::default()
+    };
+    let opt = pingora::server::configuration::Opt {
+        upgrade: taking_over,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    if taking_over {
+        // Receives the listening sockets (Pingora exits 1 when none come within 5 s).
+        server.bootstrap();
+    }
+    let listening = 1
+        + usize::from(server_cfg.admin_listen.is_some())
+        + usize::from(server_cfg.metrics_listen.is_some());
+    let readiness = Readiness::new(listening, state.clone());
+
+    let inner = pingora_proxy::http_proxy(&server.configuration, OrionProxy::new(state.clone()));
+    let mut proxy = Service::new(
+        "orion-proxy".to_string(),
+        Capped {
+            inner: Arc::new(inner),
+            caps: Arc::new(Caps::default()),
+            state: state.clone(),
+        },
+    );
+    let mut listener = ListenerConfig::tcp(server_cfg.listen.clone()).l4_buffer(
+        L4BufferSettings::default()
+            .read(server_cfg.read_buffer_bytes)
+            .write(server_cfg.write_buffer_bytes),
+    );
+    if server_cfg.tls.is_some() {
+        // The certificate comes from the runtime state at each handshake, so that a reload
+        // renews it (src/runtime/tls.rs). ALPN offers h2 and http/1.1; h2c stays off.
+        let mut settings = TlsSettings::intermediate("", "")
+            .map_err(|e| Failure::Runtime(format!("server.tls: {e}")))?;
+        settings.set_cert_resolver(state.state.tls.resolver());
+        settings.enable_h2();
+        listener = listener.tls(settings);
+    }
+    proxy.add_listener(listener);
+    server.add_service(Supervised::new(proxy, Some(readiness.clone())));
+
+    if let Some(addr) = &server_cfg.admin_listen {
+        let mut admin = Service::new(
+            "orion-proxy admin".to_string(),
+            AdminApp {
+                state: state.clone(),
+            },
+        );
+        admin.add_tcp(addr);
+        server.add_service(Supervised::new(admin, Some(readiness.clone())));
+    }
+    if let Some(addr) = &server_cfg.metrics_listen {
+        let mut metrics = pingora_prometheus::prometheus_http_service();
+        metrics.add_tcp(addr);
+        server.add_service(Supervised::new(metrics, Some(readiness.clone())));
+    }
+    if let Some(listener) = control_listener {
+        server.add_service(Supervised::new(
+            background_service(
+                "control socket",
+                control::ControlService {
+                    listener: parking_lot::Mutex::new(Some(listener)),
+                    state: state.clone(),
+                },
+            ),
+            None,
+        ));
+    }
+    if let Some(period) = notify::watchdog_period() {
+        server.add_service(Supervised::new(
+            background_service("systemd watchdog", Watchdog { period }),
+            None,
+        ));
+    }
+    let weak = Arc::downgrade(&state);
+    state.observe_reloads(Box::new(move |event| match event {
+        crate::runtime::reload::ReloadEvent::Started => notify::reloading(),
+        crate::runtime::reload::ReloadEvent::Finished(Ok(version)) => {
+            notify::reloaded(version, None)
+        }
+        crate::runtime::reload::ReloadEvent::Finished(Err(errors)) => {
+            let kept = weak
+                .upgrade()
+                .map(|s| s.current().version.clone())
+                .unwrap_or_default();
+            notify::reloaded(&kept, Some(errors.len()))
+        }
+    }));
+    server.add_service(Supervised::new(
+        background_service(
+            "readiness prober",
+            Prober {
+                accounts: {
+                    let state = state.clone();
+                    Box::new(move || {
+                        state
+                            .current()
+                            .upstreams
+                            .accounts
+                            .values()
+                            .cloned()
+                            .collect()
+                    })
+                },
+                interval: Duration::from_secs(2),
+            },
+        ),
+        None,
+    ));
+    server.add_service(Supervised::new(
+        background_service("JWKS refresher", state.state.auth.refresher()),
+        None,
+    ));
+    // Declared with every backend, so that dashboards and alerts find the series.
+    crate::metrics::declare_state(&["counters", "kv", "tasks", "usage", "ping"]);
+    if let Some(shared) = state.state.stores.shared.clone() {
+        server.add_service(Supervised::new(
+            background_service(
+                "state backend sync",
+                StateSync {
+                    shared,
+                    tasks: state.state.stores.tasks.clone(),
+                    every: Duration::from_millis(model.state.sync_interval_ms),
+                },
+            ),
+            None,
+        ));
+    }
+    server.add_service(Supervised::new(
+        background_service(
+            "SIGHUP reloader",
+            Reloader {
+                state: state.clone(),
+            },
+        ),
+        None,
+    ));
+    server.add_service(Supervised::new(
+        background_service(
+            "SIGUSR1 log reopener",
+            LogReopener {
+                state: state.clone(),
+            },
+        ),
+        None,
+    ));
+    Ok((server, state))
+}
+
+/// Runs the server until SIGTERM (graceful), SIGINT (at once) or SIGQUIT (hand the listening
+/// sockets to a process started with `--upgrade`, then drain).
+pub fn run(config_path: &Path, opts: &RunOptions) -> Result<(), Failure> {
+    let (server, state) = build_with(config_path, opts)?;
+    let mut phases = server.watch_execution_phase();
+    let watched = state.clone();
+    std::thread::spawn(move || {
+        use pingora::server::ExecutionPhase as P;
+        while let Ok(phase) = phases.blocking_recv() {
+            match phase {
+                P::GracefulUpgradeTransferringFds => {
+                    watched.drain();
+                    notify::stopping("handing the listening sockets to the new process")
+                }
+                P::GracefulTerminate => {
+                    watched.drain();
+                    notify::stopping("draining")
+                }
+                P::ShutdownStarted => notify::stopping("stopping"),
+                P::Terminated => return,
+                _ => {}
+            }
+        }
+    });
+    server.run(RunArgs::default());
+    state.state.observe.flush_all();
+    Ok(())
+}
+
+/// Sends `WATCHDOG=1` at half the unit's `WatchdogSec=` while the process's runtimes run.
+struct Watchdog {
+    period: Duration,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for Watchdog {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut tick = tokio::time::interval(self.period / 2);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => notify::watchdog(),
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// The proxy listener's application: Pingora's HTTP proxy behind the connection caps
+/// (`server.max_connections`, `server.max_connections_per_ip`, read from the config in force
+/// at each accept). A connection past a cap is closed as soon as it is accepted, before any
+/// read (on a TLS listener, after the handshake Pingora's listener has done), and counted.
+struct Capped {
+    inner: Arc<pingora_proxy::HttpProxy<OrionProxy>>,
+    caps: Arc<Caps>,
+    state: Arc<SharedState>,
+}
+
+#[async_trait::async_trait]
+impl ServerApp for Capped {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &pingora::server::ShutdownWatch,
+    ) -> Option<Stream> {
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let (max_total, max_per_ip) = {
+            let rt = self.state.current();
+            let s = &rt.config.server;
+            (s.max_connections, s.max_connections_per_ip)
+        };
+        let open = match self.caps.enter(ip, max_total, max_per_ip) {
+            Ok(open) => open,
+            Err(cap) => {
+                crate::metrics::connection_refused(cap);
+                return None;
+            }
+        };
+        crate::metrics::connection_open(1);
+        // Pingora serves the whole connection (every keep-alive request) in this call.
+        let reused = self.inner.process_new(stream, shutdown).await;
+        crate::metrics::connection_open(-1);
+        drop(open);
+        reused
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
+
+struct Reloader {
+    state: Arc<SharedState>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP, reload only through the admin API: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    let state = self.state.clone();
+                    let _ = tokio::task::spawn_blocking(move || state.reload()).await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// The shared backend's background work: batched counters and usage sent every interval, task
+/// leases renewed, and the tasks of nodes that died (their lease expired) marked failed.
+struct StateSync {
+    shared: Arc<crate::store::redis::Backends>,
+    tasks: Arc<dyn crate::store::tasks::TaskStore>,
+    every: Duration,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for StateSync {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let sweep_every = self
+            .tasks
+            .lease()
+            .map(|l| l / 3)
+            .unwrap_or(Duration::from_secs(5));
+        let tasks = self.tasks.clone();
+        let sweeper = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(sweep_every).await;
+                crate::facade::tasks::sweep_orphans(&*tasks, crate::errors::facade::task_error)
+                    .await;
+            }
+        });
+        tokio::select! {
+            _ = self.shared.run_sync(self.every) => {}
+            _ = shutdown.changed() => {}
+        }
+        sweeper.abort();
+        // What was counted since the last sync is not lost at a graceful stop.
+        self.shared.usage.flush().await;
+    }
+}
+
+/// `SIGUSR1` (logrotate's `postrotate`): every log file is closed and opened again at its path.
+struct LogReopener {
+    state: Arc<SharedState>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for LogReopener {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut usr1 =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::error!("cannot listen for SIGUSR1, log files are not reopened: {e}");
+                    return;
+                }
+            };
+        loop {
+            tokio::select! {
+                _ = usr1.recv() => {
+                    let state = self.state.clone();
+                    let _ = tokio::task::spawn_blocking(move || state.state.observe.reopen_all()).await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
