@@ -139,11 +139,11 @@ async fn a_retry_gets_the_first_answer_and_another_body_422() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_while_the_first_is_in_flight_gets_409() {
-    // The first create takes 6 s at OrionVM (within the read timeout): room for the retry on a
+    // The first create takes 12 s at OrionVM (within the read timeout): room for the retry on a
     // loaded machine.
     let h = Harness::start_with(|c| {
         c.acme_upstream = Upstream::Static;
-        c.read_timeout_ms = 20_000;
+        c.read_timeout_ms = 40_000;
     })
     .await;
     let admin = h.key("admin").to_string();
@@ -155,17 +155,18 @@ async fn a_retry_while_the_first_is_in_flight_gets_409() {
                 .post(url)
                 .bearer_auth(admin)
                 .header("idempotency-key", "slow-1")
-                .header("x-sim-fault", "latency=6s")
+                .header("x-sim-fault", "latency=12s")
                 .json(&body)
                 .send()
                 .await
                 .unwrap()
         })
     };
-    // Wait until the first reached OrionVM, then retry.
+    // Wait until the first reached OrionVM, then retry (a generous deadline: in a loaded full
+    // run this wait took more than 20 s twice).
     poll(
         "the first create at OrionVM",
-        Duration::from_secs(20),
+        Duration::from_secs(90),
         || async { (h.sim.calls().count("POST", "/api/v1/public_keys") >= 1).then_some(()) },
     )
     .await;
