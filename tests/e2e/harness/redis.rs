@@ -1,7 +1,8 @@
 //! A real `redis-server` (Debian's package, installed by `scripts/setup`) on a free loopback
 //! port, which a test can stop and start again on the same port; stopped on drop. With
 //! [`RedisServer::start_tls`] it listens only for TLS (a certificate from a private CA made by
-//! the `openssl` command) and admits only an ACL user with a password.
+//! the `openssl` command) and admits only an ACL user with a password. Either way its clients
+//! may run only the commands of README's ACL line.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,7 +22,7 @@ pub struct RedisTls {
     pub ca_file: PathBuf,
     /// Another CA, which signed nothing the server shows.
     pub other_ca_file: PathBuf,
-    /// The ACL user: the only one allowed in, on keys under `e2e:` only.
+    /// The ACL user: the only one allowed in, with README's rules (keys under `e2e:` only).
     pub user: String,
     pub password: String,
     /// The password, alone in a file (for a `{file: ...}` secret reference).
@@ -38,6 +39,30 @@ fn answers_ping(port: u16) -> bool {
     c.write_all(b"PING\r\n").is_ok()
         && c.read(&mut buf)
             .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+}
+
+/// The rules of README's ACL line ("TLS and ACL" in the deployment section) for keys under
+/// `e2e:`: every server here admits its clients with exactly those, so that a command the proxy
+/// needs and the line forgets fails the tests.
+fn readme_acl_rules() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("ACL SETUSER orion-proxy on >PASSWORD "))
+        .expect("README's ACL line (ACL SETUSER orion-proxy on >PASSWORD ...)");
+    let rules: Vec<String> = line
+        .split_whitespace()
+        .skip(5)
+        .map(str::to_string)
+        .collect();
+    assert!(
+        rules.first().map(String::as_str) == Some("~orion-proxy:*"),
+        "README's ACL line should start its rules with ~orion-proxy:*: {line}"
+    );
+    std::iter::once("~e2e:*".to_string())
+        .chain(rules.into_iter().skip(1))
+        .collect()
 }
 
 /// Runs `openssl` with `args` in `dir`.
@@ -173,10 +198,14 @@ impl RedisServer {
 
     fn spawn(&mut self) -> bool {
         let port = self.port.to_string();
+        let rules = readme_acl_rules();
         let mut cmd = Command::new("redis-server");
         match &self.tls {
             None => {
-                cmd.args(["--port", &port]);
+                // The default user (no password), limited as README says.
+                cmd.args(["--port", &port])
+                    .args(["--user", "default", "reset", "on", "nopass"])
+                    .args(&rules);
             }
             Some(t) => {
                 let pw = format!(">{}", t.password);
@@ -189,7 +218,8 @@ impl RedisServer {
                     ])
                     .args(["--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"])
                     .args(["--user", "default", "off"])
-                    .args(["--user", &t.user, "on", &pw, "~e2e:*", "&*", "+@all"]);
+                    .args(["--user", &t.user, "reset", "on", &pw])
+                    .args(&rules);
             }
         }
         let child = cmd
