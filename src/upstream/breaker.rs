@@ -8,6 +8,7 @@
 //! await.
 
 use parking_lot::Mutex;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,6 +16,25 @@ use std::time::{Duration, Instant};
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
+/// State changes kept per breaker for the admin report and the console.
+pub const TRANSITIONS_KEPT: usize = 10;
+
+fn name_of(s: u8) -> &'static str {
+    match s {
+        CLOSED => "closed",
+        OPEN => "open",
+        _ => "half_open",
+    }
+}
+
+/// One state change of a breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub from: &'static str,
+    pub to: &'static str,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -79,6 +99,9 @@ pub struct Breaker {
     changed_at_ms: AtomicU64,
     opened_total: AtomicU64,
     inner: Mutex<Inner>,
+    /// The last [`TRANSITIONS_KEPT`] state changes, oldest first (its own lock, taken only at a
+    /// change, after `inner`).
+    transitions: Mutex<VecDeque<Transition>>,
     /// The endpoint's name, for logs and metrics.
     label: String,
 }
@@ -95,6 +118,7 @@ impl Default for Breaker {
                 probes_in_flight: 0,
                 probe_successes: 0,
             }),
+            transitions: Mutex::new(VecDeque::with_capacity(TRANSITIONS_KEPT)),
             label: String::new(),
         }
     }
@@ -174,14 +198,27 @@ impl Breaker {
         self.failures.load(Ordering::Relaxed)
     }
 
+    /// The last state changes, newest first.
+    pub fn transitions(&self) -> Vec<Transition> {
+        self.transitions.lock().iter().rev().copied().collect()
+    }
+
     fn set_state(&self, s: u8) {
-        self.state.store(s, Ordering::Release);
-        self.changed_at_ms.store(now_ms(), Ordering::Relaxed);
-        let to = match s {
-            CLOSED => "closed",
-            OPEN => "open",
-            _ => "half_open",
-        };
+        let from = self.state.swap(s, Ordering::AcqRel);
+        let at_ms = now_ms();
+        self.changed_at_ms.store(at_ms, Ordering::Relaxed);
+        let to = name_of(s);
+        {
+            let mut kept = self.transitions.lock();
+            if kept.len() >= TRANSITIONS_KEPT {
+                kept.pop_front();
+            }
+            kept.push_back(Transition {
+                from: name_of(from),
+                to,
+                at_ms,
+            });
+        }
         crate::metrics::breaker_transition(&self.label, to);
     }
 
@@ -342,6 +379,16 @@ mod tests {
         assert_eq!(b.state(), State::HalfOpen);
         p2.finish(true);
         assert_eq!(b.state(), State::Closed);
+        let moves: Vec<(&str, &str)> = b.transitions().iter().map(|t| (t.from, t.to)).collect();
+        assert_eq!(
+            moves,
+            vec![
+                ("half_open", "closed"),
+                ("open", "half_open"),
+                ("closed", "open")
+            ]
+        );
+        assert!(b.transitions()[0].at_ms >= b.transitions()[2].at_ms);
     }
 
     #[test]
@@ -359,6 +406,14 @@ mod tests {
         p.finish(false);
         assert_eq!(b.state(), State::Open);
         assert_eq!(b.opened_total(), 2);
+        // Only the last ones are kept.
+        for _ in 0..TRANSITIONS_KEPT {
+            std::thread::sleep(Duration::from_millis(15));
+            b.try_acquire(s).unwrap().finish(false);
+        }
+        let t = b.transitions();
+        assert_eq!(t.len(), TRANSITIONS_KEPT);
+        assert_eq!((t[0].from, t[0].to), ("half_open", "open"));
     }
 
     #[test]

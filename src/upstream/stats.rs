@@ -257,6 +257,7 @@ pub fn report(
                 "breaker": breaker,
                 "breaker_changed_at": at(e.breaker.changed_at_ms()),
                 "breaker_opened_total": e.breaker.opened_total(),
+                "breaker_transitions": e.breaker.transitions().iter().map(|t| serde_json::json!({"from": t.from, "to": t.to, "at": at(t.at_ms)})).collect::<Vec<_>>(),
                 "consecutive_failures": e.breaker.consecutive_failures(),
                 "in_flight": in_use,
                 "max_concurrent": account.budget.as_ref().map(|b| b.max_concurrent).filter(|c| *c > 0),

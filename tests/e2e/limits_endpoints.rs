@@ -163,6 +163,42 @@ async fn traffic_moves_to_the_healthy_endpoint_and_the_breaker_cycles() {
         s.iter()
             .any(|e| e["breaker_opened_total"].as_u64().unwrap() >= 2)
     );
+    // Each change is in the endpoint's transitions, newest first, with its time.
+    let reopened = s
+        .iter()
+        .find(|e| e["breaker_opened_total"].as_u64().unwrap() >= 2)
+        .unwrap();
+    let moves: Vec<(String, String)> = reopened["breaker_transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert!(t["at"].as_str().is_some_and(|a| a.ends_with('Z')), "{t}");
+            (
+                t["from"].as_str().unwrap().into(),
+                t["to"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        moves[..3],
+        [
+            ("half_open".into(), "open".into()),
+            ("open".into(), "half_open".into()),
+            ("closed".into(), "open".into())
+        ],
+        "{moves:?}"
+    );
+    // The console's endpoints page lists them too.
+    let mut console = crate::harness::console::Console::new(&proxy.admin_url);
+    assert_eq!(console.sign_in_key(&key).await, 303);
+    let page = console.get("/ui/endpoints").await;
+    assert_eq!(page.status, 200);
+    let table = &page.body[page.body.find("id=\"breaker-transitions\"").unwrap()..];
+    assert!(
+        table.contains("<td>half_open</td><td class=\"bad\">open</td>"),
+        "{table}"
+    );
 
     // OrionVM recovers: the next probes succeed and the breakers close.
     a.clear_faults();

@@ -353,6 +353,21 @@ fn endpoints(rt: &Arc<Runtime>, op: &Operator) -> String {
                 }
             }
         }
+        h2 { "Breaker transitions" }
+        table #breaker-transitions data-live {
+            caption { "The last state changes of each endpoint's circuit breaker, newest first" }
+            thead { tr { th scope="col" { "Account" } th scope="col" { "Endpoint" } th scope="col" { "From" } th scope="col" { "To" } th scope="col" { "At" } } }
+            tbody {
+                @for e in stats["endpoints"].as_array().into_iter().flatten() {
+                    @for t in e["breaker_transitions"].as_array().into_iter().flatten() {
+                        tr {
+                            td { (num(&e["account"])) } td { (num(&e["name"])) }
+                            td { (num(&t["from"])) } td class=(if t["to"] == "open" { "bad" } else { "" }) { (num(&t["to"])) } td { (num(&t["at"])) }
+                        }
+                    }
+                }
+            }
+        }
     };
     layout(op, "/ui/endpoints", "Endpoints", body)
 }
