@@ -694,6 +694,33 @@ async fn a_console_session_ends_when_its_credential_is_disabled_rotated_or_delet
         .await;
     assert_eq!(done.status, 200, "{}", done.body);
     assert!(!watcher.signed_in("/ui/tasks").await);
+    // A key of the config file, disabled there and reloaded: its session ends too; its console
+    // role taken away by a reload (the key stays enabled) ends the next one.
+    let tenant_admin = b.key("other_tenant_admin").to_string();
+    let mut globex = Console::new(&p.admin_url);
+    assert_eq!(globex.sign_in_key(&tenant_admin).await, 303);
+    assert!(globex.signed_in("/ui/clients").await);
+    let original = p.edit_config(|t| {
+        t.replace(
+            "name: other_tenant_admin, hash:",
+            "name: other_tenant_admin, enabled: false, hash:",
+        )
+        .replace("tenant: globex, enabled: true", "tenant: globex")
+    });
+    assert_eq!(call(M::POST, "/admin/reload".into()).await.0, 200);
+    assert!(!globex.signed_in("/ui/clients").await);
+    p.write_config(&original);
+    assert_eq!(call(M::POST, "/admin/reload".into()).await.0, 200);
+    assert_eq!(globex.sign_in_key(&tenant_admin).await, 303);
+    assert!(globex.signed_in("/ui/clients").await);
+    p.edit_config(|t| {
+        t.replace(
+            "roles: [admin], tenant: globex",
+            "roles: [viewer], tenant: globex",
+        )
+    });
+    assert_eq!(call(M::POST, "/admin/reload".into()).await.0, 200);
+    assert!(!globex.signed_in("/ui/clients").await);
     // The root operator's own session was never affected.
     assert!(rootc.signed_in("/ui/credentials").await);
     // Each ended session is in the audit trail as a refused console request.
