@@ -369,50 +369,21 @@ pub fn set_tenants<'a>(tenants: impl Iterator<Item = (&'a str, &'a str)>) {
     }
 }
 
-/// Starts reporting the days until the proxy listener's certificate expires
-/// (`orion_proxy_tls_certificate_expiry_days`), computed at every scrape from its `notAfter`
-/// (Unix seconds). Called again (a reload renewed the certificate), it reports the new one.
+/// The proxy listener's certificate expires at `not_after` (Unix seconds):
+/// `orion_proxy_tls_certificate_expiration_timestamp_seconds`, set when a certificate is put in
+/// force (a reload that renewed it sets it again). A timestamp in seconds, as Prometheus' naming
+/// rules ask (`promtool check metrics`) and as cert-manager and the blackbox exporter report it:
+/// the days left are `(... - time()) / 86400`, which the alert and the dashboard compute.
 pub fn register_certificate_expiry(not_after: i64) {
-    static NOT_AFTER: once_cell::sync::OnceCell<std::sync::Arc<std::sync::atomic::AtomicI64>> =
-        once_cell::sync::OnceCell::new();
-    if let Some(current) = NOT_AFTER.get() {
-        current.store(not_after, std::sync::atomic::Ordering::Relaxed);
-        return;
-    }
-    let Ok(g) = prometheus::Gauge::new(
-        "orion_proxy_tls_certificate_expiry_days",
-        "Days until the proxy listener's TLS certificate expires (negative: expired)",
-    ) else {
-        return;
-    };
-    let shared = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(not_after));
-    let c = CertificateExpiry {
-        gauge: g,
-        not_after: shared.clone(),
-    };
-    if prometheus::register(Box::new(c)).is_ok() {
-        let _ = NOT_AFTER.set(shared);
-    }
-}
-
-struct CertificateExpiry {
-    gauge: prometheus::Gauge,
-    not_after: std::sync::Arc<std::sync::atomic::AtomicI64>,
-}
-
-impl prometheus::core::Collector for CertificateExpiry {
-    fn desc(&self) -> Vec<&prometheus::core::Desc> {
-        self.gauge.desc()
-    }
-
-    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        let not_after = self.not_after.load(std::sync::atomic::Ordering::Relaxed);
-        self.gauge.set((not_after as f64 - now) / 86_400.0);
-        self.gauge.collect()
+    static NOT_AFTER: Lazy<Option<Gauge>> = Lazy::new(|| {
+        register_gauge!(
+            "orion_proxy_tls_certificate_expiration_timestamp_seconds",
+            "When the proxy listener's TLS certificate expires (its notAfter), in Unix seconds"
+        )
+        .ok()
+    });
+    if let Some(g) = NOT_AFTER.as_ref() {
+        g.set(not_after as f64);
     }
 }
 
@@ -822,13 +793,92 @@ pub fn declare_state(ops: &[&str]) {
     state_up(true);
 }
 
-static CONNECTIONS_OPEN: Lazy<Option<IntGauge>> = Lazy::new(|| {
-    register_int_gauge!(
+static CONNECTIONS_OPEN: Lazy<Option<IntGaugeVec>> = Lazy::new(|| {
+    register_int_gauge_vec!(
         "orion_proxy_connections_open",
-        "Client connections open on the proxy listener"
+        "Client connections open, by listener (proxy, admin, metrics)",
+        &["listener"]
     )
     .ok()
 });
+
+static CONNECTIONS_ACCEPTED: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "orion_proxy_connections_accepted_total",
+        "Client connections accepted, by listener (counted at accept, before the TLS handshake \
+         and the connection caps)",
+        &["listener"]
+    )
+    .ok()
+});
+
+static TLS_HANDSHAKES: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "orion_proxy_tls_handshakes_total",
+        "TLS handshakes with clients, by listener and result (success, failure, timeout)",
+        &["listener", "result"]
+    )
+    .ok()
+});
+
+/// The connection series of one listener, resolved once (when the listener is built) so that
+/// counting a connection looks no label up; creating them also declares them at 0.
+pub struct ListenerSeries {
+    pub name: &'static str,
+    open: Option<IntGauge>,
+    accepted: Option<IntCounter>,
+    /// `[success, failure, timeout]`, on a TLS listener only.
+    tls: Option<[IntCounter; 3]>,
+}
+
+impl ListenerSeries {
+    /// The series of the listener `name`; `tls`: it has TLS handshakes to count.
+    pub fn new(name: &'static str, tls: bool) -> ListenerSeries {
+        let tls = if tls {
+            TLS_HANDSHAKES
+                .as_ref()
+                .map(|c| ["success", "failure", "timeout"].map(|r| c.with_label_values(&[name, r])))
+        } else {
+            None
+        };
+        ListenerSeries {
+            name,
+            open: CONNECTIONS_OPEN
+                .as_ref()
+                .map(|g| g.with_label_values(&[name])),
+            accepted: CONNECTIONS_ACCEPTED
+                .as_ref()
+                .map(|c| c.with_label_values(&[name])),
+            tls,
+        }
+    }
+
+    /// A connection was accepted.
+    pub fn accepted(&self) {
+        if let Some(c) = &self.accepted {
+            c.inc();
+        }
+    }
+
+    /// A connection is served (+1) or closed (-1).
+    pub fn open(&self, delta: i64) {
+        if let Some(g) = &self.open {
+            g.add(delta);
+        }
+    }
+
+    /// A TLS handshake ended: `Some(true)` succeeded, `Some(false)` failed, `None` timed out.
+    pub fn handshake(&self, ok: Option<bool>) {
+        if let Some(t) = &self.tls {
+            t[match ok {
+                Some(true) => 0,
+                Some(false) => 1,
+                None => 2,
+            }]
+            .inc();
+        }
+    }
+}
 
 static CONNECTIONS_REFUSED: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
     register_int_counter_vec!(
@@ -849,13 +899,6 @@ static CONNECTIONS_ABORTED: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
     )
     .ok()
 });
-
-/// A client connection opened (+1) or closed (-1).
-pub fn connection_open(delta: i64) {
-    if let Some(g) = CONNECTIONS_OPEN.as_ref() {
-        g.add(delta);
-    }
-}
 
 /// A client connection closed at accept time by the cap `cap` (`total` or `per_ip`).
 pub fn connection_refused(cap: &'static str) {
@@ -884,18 +927,18 @@ mod tests {
     }
 
     #[test]
-    fn certificate_expiry_is_days_from_now_at_scrape_time() {
-        let in_ten_days = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64
-            + 10 * 86_400;
-        register_certificate_expiry(in_ten_days);
-        let days = prometheus::gather()
-            .into_iter()
-            .find(|f| f.name() == "orion_proxy_tls_certificate_expiry_days")
-            .map(|f| f.get_metric()[0].get_gauge().value())
-            .unwrap();
-        assert!((9.9..=10.0).contains(&days), "{days}");
+    fn certificate_expiry_is_the_not_after_time() {
+        register_certificate_expiry(1_900_000_000);
+        let at = |name: &str| {
+            prometheus::gather()
+                .into_iter()
+                .find(|f| f.name() == name)
+                .map(|f| f.get_metric()[0].get_gauge().value())
+        };
+        let name = "orion_proxy_tls_certificate_expiration_timestamp_seconds";
+        assert_eq!(at(name), Some(1_900_000_000.0));
+        // A renewed certificate moves it.
+        register_certificate_expiry(1_950_000_000);
+        assert_eq!(at(name), Some(1_950_000_000.0));
     }
 }
