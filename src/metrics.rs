@@ -369,21 +369,23 @@ pub fn set_tenants<'a>(tenants: impl Iterator<Item = (&'a str, &'a str)>) {
     }
 }
 
-/// The proxy listener's certificate expires at `not_after` (Unix seconds):
-/// `orion_proxy_tls_certificate_expiration_timestamp_seconds`, set when a certificate is put in
-/// force (a reload that renewed it sets it again). A timestamp in seconds, as Prometheus' naming
-/// rules ask (`promtool check metrics`) and as cert-manager and the blackbox exporter report it:
-/// the days left are `(... - time()) / 86400`, which the alert and the dashboard compute.
-pub fn register_certificate_expiry(not_after: i64) {
-    static NOT_AFTER: Lazy<Option<Gauge>> = Lazy::new(|| {
-        register_gauge!(
+/// A listener's certificate (`proxy`: `server.tls`, `admin`: `server.admin_tls`) expires at
+/// `not_after` (Unix seconds): `orion_proxy_tls_certificate_expiration_timestamp_seconds{listener}`,
+/// set when a certificate is put in force (a reload that renewed it sets it again). A timestamp
+/// in seconds, as Prometheus' naming rules ask (`promtool check metrics` refuses a days unit) and
+/// as cert-manager and the blackbox exporter report it: the days left are
+/// `(... - time()) / 86400`, which the alert and the dashboard compute.
+pub fn register_certificate_expiry(listener: &'static str, not_after: i64) {
+    static NOT_AFTER: Lazy<Option<prometheus::GaugeVec>> = Lazy::new(|| {
+        prometheus::register_gauge_vec!(
             "orion_proxy_tls_certificate_expiration_timestamp_seconds",
-            "When the proxy listener's TLS certificate expires (its notAfter), in Unix seconds"
+            "When a listener's TLS certificate expires (its notAfter), in Unix seconds",
+            &["listener"]
         )
         .ok()
     });
     if let Some(g) = NOT_AFTER.as_ref() {
-        g.set(not_after as f64);
+        g.with_label_values(&[listener]).set(not_after as f64);
     }
 }
 
@@ -928,17 +930,23 @@ mod tests {
 
     #[test]
     fn certificate_expiry_is_the_not_after_time() {
-        register_certificate_expiry(1_900_000_000);
-        let at = |name: &str| {
+        register_certificate_expiry("proxy", 1_900_000_000);
+        register_certificate_expiry("admin", 1_910_000_000);
+        let at = |listener: &str| {
             prometheus::gather()
                 .into_iter()
-                .find(|f| f.name() == name)
-                .map(|f| f.get_metric()[0].get_gauge().value())
+                .find(|f| f.name() == "orion_proxy_tls_certificate_expiration_timestamp_seconds")
+                .and_then(|f| {
+                    f.get_metric()
+                        .iter()
+                        .find(|m| m.get_label().iter().any(|l| l.value() == listener))
+                        .map(|m| m.get_gauge().value())
+                })
         };
-        let name = "orion_proxy_tls_certificate_expiration_timestamp_seconds";
-        assert_eq!(at(name), Some(1_900_000_000.0));
+        assert_eq!(at("proxy"), Some(1_900_000_000.0));
+        assert_eq!(at("admin"), Some(1_910_000_000.0));
         // A renewed certificate moves it.
-        register_certificate_expiry(1_950_000_000);
-        assert_eq!(at(name), Some(1_950_000_000.0));
+        register_certificate_expiry("proxy", 1_950_000_000);
+        assert_eq!(at("proxy"), Some(1_950_000_000.0));
     }
 }

@@ -80,7 +80,7 @@ async fn plain_http_to(port: u16) {
 fn days_left(s: &Scrape) -> f64 {
     let at = s.value(
         "orion_proxy_tls_certificate_expiration_timestamp_seconds",
-        &[],
+        &[("listener", "proxy")],
     );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -111,14 +111,14 @@ fn certificate_alert(dir: &Path, days: f64, fires: bool) -> Result<(), String> {
     let expected = if fires {
         let description = rule["annotations"]["description"].as_str().unwrap();
         format!(
-            "\n          - exp_labels: {{severity: warning, job: orion-proxy, instance: \"edge:9090\"}}\n            exp_annotations:\n              summary: \"orion-proxy edge:9090: the listener certificate expires in {value} days\"\n              description: {}\n",
+            "\n          - exp_labels: {{severity: warning, job: orion-proxy, instance: \"edge:9090\", listener: proxy}}\n            exp_annotations:\n              summary: \"orion-proxy edge:9090: the proxy listener certificate expires in {value} days\"\n              description: {}\n",
             serde_json::to_string(description).unwrap()
         )
     } else {
         " []\n".to_string()
     };
     let test = format!(
-        "rule_files:\n  - {}\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n      - series: 'orion_proxy_tls_certificate_expiration_timestamp_seconds{{job=\"orion-proxy\", instance=\"edge:9090\"}}'\n        values: '{expires_at}x10'\n    alert_rule_test:\n      - eval_time: 5m\n        alertname: OrionProxyCertificateExpiring\n        exp_alerts:{expected}",
+        "rule_files:\n  - {}\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n      - series: 'orion_proxy_tls_certificate_expiration_timestamp_seconds{{job=\"orion-proxy\", instance=\"edge:9090\", listener=\"proxy\"}}'\n        values: '{expires_at}x10'\n    alert_rule_test:\n      - eval_time: 5m\n        alertname: OrionProxyCertificateExpiring\n        exp_alerts:{expected}",
         rules_path.display()
     );
     let path = dir.join("certificate-rule.test.yaml");
