@@ -823,6 +823,17 @@ static TLS_HANDSHAKES: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
     .ok()
 });
 
+/// One open connection of a listener (`ListenerSeries::open`).
+pub struct OpenConnection<'a>(&'a ListenerSeries);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0.open {
+            g.dec();
+        }
+    }
+}
+
 /// The connection series of one listener, resolved once (when the listener is built) so that
 /// counting a connection looks no label up; creating them also declares them at 0.
 pub struct ListenerSeries {
@@ -862,11 +873,13 @@ impl ListenerSeries {
         }
     }
 
-    /// A connection is served (+1) or closed (-1).
-    pub fn open(&self, delta: i64) {
+    /// A connection is served until the guard is dropped (also when the serving future is
+    /// dropped, at shutdown).
+    pub fn open(&self) -> OpenConnection<'_> {
         if let Some(g) = &self.open {
-            g.add(delta);
+            g.inc();
         }
+        OpenConnection(self)
     }
 
     /// A TLS handshake ended: `Some(true)` succeeded, `Some(false)` failed, `None` timed out.

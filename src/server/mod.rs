@@ -392,11 +392,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
         if stream.get_ssl_digest().is_some() {
             self.series.handshake(Some(true));
         }
-        self.series.open(1);
+        let _open = self.series.open();
         // An HTTP app serves the whole connection (every keep-alive request) in this call.
-        let reused = self.inner.process_new(stream, shutdown).await;
-        self.series.open(-1);
-        reused
+        self.inner.process_new(stream, shutdown).await
     }
 
     fn handshake_failed(
@@ -448,10 +446,9 @@ impl ServerApp for Capped {
                 return None;
             }
         };
-        self.series.open(1);
+        let _counted = self.series.open();
         // Pingora serves the whole connection (every keep-alive request) in this call.
         let reused = self.inner.process_new(stream, shutdown).await;
-        self.series.open(-1);
         drop(open);
         reused
     }
