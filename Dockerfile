@@ -1,11 +1,15 @@
 # syntax=docker/dockerfile:1
-# Base images. Pin them by digest where you build: this repository's build machines reach no
-# container registry, so the digests are not recorded here. Resolve and pass them with
-#   docker buildx imagetools inspect rust:1-bookworm      (the "Digest:" line)
-#   docker build --build-arg RUST_IMAGE=rust:1-bookworm@sha256:... \
+# Base images, pinned by digest (the multi-platform index: amd64, arm64, armv7, 386, ppc64le).
+# Tag and digest as published by Docker's official-images pipeline in
+# github.com/docker-library/repo-info (repos/rust/remote/1.98.0-bookworm.md, the build of
+# 2026-08-25 on bookworm 2026-08-24; repos/debian/remote/bookworm-20260918-slim.md). No registry is
+# reachable from this repository's build machines, so re-resolve before you bump them:
+#   docker buildx imagetools inspect rust:1.98.0-bookworm      (the "Digest:" line)
+# and override either without editing this file:
+#   docker build --build-arg RUST_IMAGE=rust:1.98.0-bookworm@sha256:... \
 #                --build-arg RUNTIME_IMAGE=debian:bookworm-slim@sha256:... -t orion-proxy .
-ARG RUST_IMAGE=rust:1-bookworm
-ARG RUNTIME_IMAGE=debian:bookworm-slim
+ARG RUST_IMAGE=rust:1.98.0-bookworm@sha256:82150a52ec202c1b14d7817e14516c392bb7f5cfebd88f1ed531cb37ebd39922
+ARG RUNTIME_IMAGE=debian:bookworm-20260918-slim@sha256:3783cc01769c7b2b1b83a5c5ad96c815348e28ed7da68e2e3687004faa906251
 
 # Build stage: Rust with cmake (Pingora needs it). The dist profile: release, symbols stripped.
 FROM ${RUST_IMAGE} AS build
@@ -15,6 +19,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY crates ./crates
+COPY vendor ./vendor
+COPY assets ./assets
 COPY conf ./conf
 COPY schemas ./schemas
 RUN cargo build --profile dist --locked --bin orion-proxy

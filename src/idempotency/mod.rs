@@ -323,6 +323,11 @@ impl Claim {
     pub fn answered(&self) -> bool {
         self.captured.as_ref().is_some_and(|c| c.complete)
     }
+
+    /// The status of the answer captured, if any.
+    pub fn status(&self) -> Option<u16> {
+        self.captured.as_ref().map(|c| c.status)
+    }
 }
 
 impl std::fmt::Debug for Claim {

@@ -711,13 +711,13 @@ pub async fn before_upstream_with(
             .await;
     }
     let mut charged = None;
-    let path = cache_path();
+    // Made only when this request starts the call (a miss): a hit costs no extra copy.
     let fetch = || -> cache::Fetch {
         match local {
             Some(f) => f(),
             None => {
                 let (account, path, rid) =
-                    (account.clone(), path.clone(), req.request_id.to_string());
+                    (account.clone(), cache_path(), req.request_id.to_string());
                 Box::pin(async move {
                     crate::upstream::client::call(&account, http::Method::GET, &path, None, &rid)
                         .await
@@ -732,7 +732,7 @@ pub async fn before_upstream_with(
             fetch,
             &tenant.name,
             group,
-            path.clone(),
+            cache_path(),
             wait,
             &mut charged,
             || limits.judge_now(req, true),

@@ -122,22 +122,38 @@ async fn idempotency(
     }
 }
 
-/// What became of a create that held an `Idempotency-Key`, from what the phases saw.
+/// What became of a create that held an `Idempotency-Key`, from what the phases saw: may
+/// OrionVM have acted (the request went out: a proxied call that got a status or broke after
+/// sending; a facade step that may have acted), and was the answer written whole?
 pub(crate) fn idempotency_outcome(
     ctx: &Ctx,
     claim: &crate::idempotency::Claim,
 ) -> crate::idempotency::Outcome {
+    use crate::config::model::RouteKind;
     use crate::idempotency::Outcome;
     use crate::upstream::Failure;
     let cut = matches!(
         ctx.upstream.failure,
         Some(Failure::Timeout | Failure::Reset)
     );
-    if claim.unsure {
+    let facade = ctx
+        .route
+        .as_ref()
+        .is_some_and(|r| r.kind == RouteKind::Facade);
+    let sent = if facade {
+        claim.unsure
+    } else {
+        cut || ctx.upstream.status.is_some()
+    };
+    if claim.unsure || cut {
         Outcome::Unknown
-    } else if claim.answered() && !cut {
-        Outcome::Answered
-    } else if cut || ctx.upstream.status.is_some() {
+    } else if claim.answered() {
+        // A 5xx that never reached OrionVM (connect refused, breaker open) frees the key.
+        match claim.status() {
+            Some(s) if s >= 500 && !sent => Outcome::NotSent,
+            _ => Outcome::Answered,
+        }
+    } else if sent {
         Outcome::Unknown
     } else {
         Outcome::NotSent

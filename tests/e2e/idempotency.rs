@@ -139,11 +139,11 @@ async fn a_retry_gets_the_first_answer_and_another_body_422() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_while_the_first_is_in_flight_gets_409() {
-    // The first create takes 6 s at OrionVM (within the read timeout): room for the retry on a
+    // The first create takes 12 s at OrionVM (within the read timeout): room for the retry on a
     // loaded machine.
     let h = Harness::start_with(|c| {
         c.acme_upstream = Upstream::Static;
-        c.read_timeout_ms = 20_000;
+        c.read_timeout_ms = 40_000;
     })
     .await;
     let admin = h.key("admin").to_string();
@@ -155,17 +155,18 @@ async fn a_retry_while_the_first_is_in_flight_gets_409() {
                 .post(url)
                 .bearer_auth(admin)
                 .header("idempotency-key", "slow-1")
-                .header("x-sim-fault", "latency=6s")
+                .header("x-sim-fault", "latency=12s")
                 .json(&body)
                 .send()
                 .await
                 .unwrap()
         })
     };
-    // Wait until the first reached OrionVM, then retry.
+    // Wait until the first reached OrionVM, then retry (a generous deadline: in a loaded full
+    // run this wait took more than 20 s twice).
     poll(
         "the first create at OrionVM",
-        Duration::from_secs(20),
+        Duration::from_secs(90),
         || async { (h.sim.calls().count("POST", "/api/v1/public_keys") >= 1).then_some(()) },
     )
     .await;
@@ -329,4 +330,39 @@ async fn keys_are_per_tenant_and_facade_tasks_replay() {
     );
     let tasks = ok_json(h.get(&acme, "/v1/tasks").await).await;
     assert_eq!(tasks["total"], 1, "{tasks}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_that_never_reached_orionvm_frees_its_key() {
+    // An endpoint nobody listens on: the connection is refused, nothing was created.
+    let config = ConfigBuilder::unreachable();
+    let proxy = ProxyProcess::start(&config).await;
+    let body = json!({"name": "idem-free", "key": KEY_MATERIAL});
+    for _ in 0..2 {
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/v1/public_keys", proxy.url))
+            .bearer_auth(config.key("admin"))
+            .header("idempotency-key", "free-1")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        // Not 409, not a replay of the 502: each attempt tries again.
+        assert!(!replayed(&r));
+        expect_error(r, 502, "upstream_unreachable").await;
+    }
+    let m = proxy.scrape().await;
+    let count = |result| {
+        m.value(
+            "orion_proxy_idempotency_requests_total",
+            &[("route", "public_keys.create"), ("result", result)],
+        )
+    };
+    assert_eq!(count("released"), 2.0, "{}", m.text);
+    assert_eq!(
+        count("retried"),
+        1.0,
+        "no lookup: the second attempt creates"
+    );
+    assert_eq!(count("unknown"), 0.0);
 }

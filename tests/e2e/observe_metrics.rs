@@ -74,7 +74,7 @@ async fn traffic(h: &Harness) -> String {
     );
     let start = format!("/api/v1/instances/{id}/start");
     assert_eq!(
-        send(h, M::POST, &start, Some(&admin), Some("latency=3s")).await,
+        send(h, M::POST, &start, Some(&admin), Some("latency=15s")).await,
         504
     );
     id
@@ -82,11 +82,11 @@ async fn traffic(h: &Harness) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_traffic_mix() {
-    let h = Harness::start_with(|c| c.read_timeout_ms = 1000).await;
+    let h = Harness::start_with(|c| c.read_timeout_ms = 5000).await;
     traffic(&h).await;
 
     // Counters are updated in the logging phase, after the answer: wait for the last one.
-    let s = poll("metrics settle", Duration::from_secs(10), || async {
+    let s = poll("metrics settle", Duration::from_secs(60), || async {
         let s = h.proxy.scrape().await;
         let done = s.value("orion_proxy_requests_in_flight", &[]) == 0.0
             && s.sum(
@@ -503,9 +503,9 @@ fn promtool_checks_the_alert_rules() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_alerts_name_only_existing_metrics() {
-    let h = Harness::start_with(|c| c.read_timeout_ms = 1000).await;
+    let h = Harness::start_with(|c| c.read_timeout_ms = 5000).await;
     traffic(&h).await;
-    let s = poll("metrics settle", Duration::from_secs(10), || async {
+    let s = poll("metrics settle", Duration::from_secs(60), || async {
         let s = h.proxy.scrape().await;
         (s.value("orion_proxy_requests_in_flight", &[]) == 0.0
             && s.sum(
