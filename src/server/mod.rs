@@ -136,7 +136,9 @@ pub fn build_with(
     let mut listener = ListenerConfig::tcp(server_cfg.listen.clone()).l4_buffer(
         L4BufferSettings::default()
             .read(server_cfg.read_buffer_bytes)
-            .write(server_cfg.write_buffer_bytes),
+            .write(server_cfg.write_buffer_bytes)
+            // An idle kept-alive connection holds no buffers (vendor/pingora-core/ORION-PATCH.md).
+            .release_while_idle(true),
     );
     if server_cfg.tls.is_some() {
         // ALPN offers h2 and http/1.1; h2c stays off.

@@ -379,6 +379,10 @@ pub struct L4BufferSettings {
     pub read: Option<usize>,
     /// Write buffer size in bytes. `None` uses [`DEFAULT_L4_WRITE_BUFFER_SIZE`].
     pub write: Option<usize>,
+    /// orion-proxy patch (ORION-PATCH.md): an accepted stream gives its empty buffers back
+    /// while a read waits (a kept-alive connection between requests) and allocates them again
+    /// for the next read or write. Off by default: Pingora's behaviour.
+    pub release_while_idle: bool,
 }
 
 impl L4BufferSettings {
@@ -387,6 +391,7 @@ impl L4BufferSettings {
         Self {
             read: Some(read),
             write: Some(write),
+            release_while_idle: false,
         }
     }
 
@@ -404,6 +409,12 @@ impl L4BufferSettings {
     /// Set the write buffer size.
     pub fn write(mut self, write: usize) -> Self {
         self.write = Some(write);
+        self
+    }
+
+    /// orion-proxy patch (ORION-PATCH.md): see [`Self::release_while_idle`](#structfield.release_while_idle).
+    pub fn release_while_idle(mut self, yes: bool) -> Self {
+        self.release_while_idle = yes;
         self
     }
 
@@ -643,8 +654,9 @@ impl Stream {
         });
         let _ = mem::replace(&mut self.stream, stream);
         // orion-proxy patch (ORION-PATCH.md)
-        self.idle_buffers =
-            (buffer.read_capacity() > 0 || buffer.write_capacity() > 0).then_some(buffer);
+        self.idle_buffers = (buffer.release_while_idle
+            && (buffer.read_capacity() > 0 || buffer.write_capacity() > 0))
+            .then_some(buffer);
         self.buffers_released = false;
     }
 
