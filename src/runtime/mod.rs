@@ -37,10 +37,14 @@ pub struct Runtime {
     /// Per-route body schemas and rewrite rules, compiled once per build.
     pub body_rules: crate::validate::BodyRules,
     pub limits: crate::limits::Limits,
-    /// The listener's certificate and key from `server.tls`, loaded by this build.
+    /// The proxy listener's certificate and key from `server.tls`, loaded by this build.
     pub tls_key: Option<std::sync::Arc<pingora::tls::sign::CertifiedKey>>,
+    /// The admin listener's, from `server.admin_tls`.
+    pub admin_tls_key: Option<std::sync::Arc<pingora::tls::sign::CertifiedKey>>,
     /// `Idempotency-Key` on creates (`crate::idempotency`).
     pub idempotency: crate::idempotency::Idempotency,
+    /// OpenTelemetry traces (`tracing:`; off when absent): the exporter starts at commit.
+    pub traces: crate::observe::trace::Traces,
 }
 
 /// A runtime that was built completely but is not in force yet.
@@ -52,11 +56,13 @@ impl Staged {
     /// Puts the staged runtime's side effects into the process (files, writer threads, pools
     /// registered in the state) and returns the runtime to swap in.
     pub fn commit(self, state: &State) -> Runtime {
-        let rt = self.runtime;
+        let mut rt = self.runtime;
         rt.upstreams.commit(&state.upstream);
+        rt.traces.commit(&state.observe);
         rt.log.commit(&state.observe);
         rt.auth.commit(&state.auth);
         state.tls.commit(rt.tls_key.clone());
+        state.admin_tls.commit(rt.admin_tls_key.clone());
         rt
     }
 
@@ -101,24 +107,20 @@ pub fn stage(config: Config, text: &str, state: &State) -> Result<Staged, Vec<St
     let body_rules = crate::validate::BodyRules::build(route_list, &config.validation)
         .map_err(|e| errors.extend(e))
         .ok();
-    // Missing files are already reported by `check_server`.
-    let tls_key = match &config.server.tls {
-        Some(tls) if Path::new(&tls.cert_file).is_file() && Path::new(&tls.key_file).is_file() => {
-            match tls::load(tls) {
-                Ok(key) => Some(key),
-                Err(e) => {
-                    errors.push(e);
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
+    let tls_key = tls::stage(config.server.tls.as_ref(), "server.tls", &mut errors);
+    let admin_tls_key = tls::stage(
+        config.server.admin_tls.as_ref(),
+        "server.admin_tls",
+        &mut errors,
+    );
     let role_names: Vec<&str> = role_map.keys().map(String::as_str).collect();
     let limits = crate::limits::Limits::build(&config, routes.as_ref(), &role_names, &state.limits)
         .map_err(|e| errors.extend(e))
         .ok();
     let idempotency = crate::idempotency::Idempotency::build(&config, routes.as_ref())
+        .map_err(|e| errors.extend(e))
+        .ok();
+    let traces = crate::observe::trace::Traces::build(config.tracing.as_ref())
         .map_err(|e| errors.extend(e))
         .ok();
 
@@ -130,6 +132,7 @@ pub fn stage(config: Config, text: &str, state: &State) -> Result<Staged, Vec<St
         body_rules,
         limits,
         idempotency,
+        traces,
     ) {
         (
             Some(routes),
@@ -139,8 +142,10 @@ pub fn stage(config: Config, text: &str, state: &State) -> Result<Staged, Vec<St
             Some(body_rules),
             Some(limits),
             Some(idempotency),
+            Some(traces),
         ) if errors.is_empty() => Ok(Staged {
             runtime: Runtime {
+                traces,
                 body_rules,
                 limits,
                 idempotency,
@@ -153,6 +158,7 @@ pub fn stage(config: Config, text: &str, state: &State) -> Result<Staged, Vec<St
                 log,
                 trusted_networks,
                 tls_key,
+                admin_tls_key,
             },
         }),
         _ => Err(errors),
