@@ -775,6 +775,15 @@ impl KvStore for MeetKv {
     async fn delete(&self, key: &str) -> Result<bool, crate::store::StoreError> {
         self.0.kv.delete(key).await
     }
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&Bytes>,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, crate::store::StoreError> {
+        self.0.kv.compare_and_swap(key, expected, value, ttl).await
+    }
 }
 
 /// On a shared backend, a cached read that this node answers from its cache sends the
