@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod health;
+pub mod host;
 pub mod idempotency;
 pub mod limits;
 pub mod model;
@@ -149,7 +150,9 @@ pub fn check_server(config: &Config) -> Result<Vec<ipnet::IpNet>, Vec<String>> {
     }
     if let Some(tls) = &s.tls {
         for (k, f) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
-            if !Path::new(f).is_file() {
+            if !Path::new(f).is_file()
+                && !host::missing(|| format!("server.tls.{k}: {f} is not here"))
+            {
                 errors.push(format!("server.tls.{k}: {f} is not a readable file"));
             }
         }

@@ -218,6 +218,8 @@ fn the_deb_package_carries_everything_and_its_unit_verifies() {
         "./etc/orion-proxy/container.yaml",
         "./usr/share/orion-proxy/schemas/instances.create.json",
         "./usr/share/man/man1/orion-proxy.1.gz",
+        "./usr/share/man/man1/orion-proxy-check.1.gz",
+        "./usr/share/man/man1/orion-proxy-run.1.gz",
         "./usr/share/bash-completion/completions/orion-proxy",
         "./usr/share/zsh/vendor-completions/_orion-proxy",
         "./usr/share/fish/vendor_completions.d/orion-proxy.fish",
@@ -272,4 +274,18 @@ fn the_deb_package_carries_everything_and_its_unit_verifies() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&man.stdout).contains(".TH orion-proxy"));
+    // The page of `check` documents --offline and the exit statuses.
+    let check = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gzip -dc {}/usr/share/man/man1/orion-proxy-check.1.gz",
+            root.path().display()
+        ))
+        .output()
+        .unwrap();
+    let check = String::from_utf8_lossy(&check.stdout).to_string();
+    assert!(
+        check.contains("offline") && check.contains("not checked") && check.contains("Exit status"),
+        "{check}"
+    );
 }
