@@ -318,6 +318,70 @@ def request(port, method, path, auth=None, body=None, headers=None, timeout=10):
     return r.status, dict(r.getheaders()), data
 
 
+def redis_commandstats(port):
+    """`INFO commandstats` of the redis-server on `port`: calls per command since its start
+    (commands that scripts run are counted too, under their own names)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+        c.sendall(b"INFO commandstats\r\n")
+        head = b""
+        while b"\r\n" not in head:
+            chunk = c.recv(4096)
+            if not chunk:
+                raise BenchError("redis-server closed the connection during INFO")
+            head += chunk
+        line, rest = head.split(b"\r\n", 1)
+        if not line.startswith(b"$"):
+            raise BenchError(f"redis-server answered INFO with {line[:100]!r}")
+        size = int(line[1:])
+        while len(rest) < size:
+            chunk = c.recv(65536)
+            if not chunk:
+                raise BenchError("redis-server closed the connection during INFO")
+            rest += chunk
+    out = {}
+    for l in rest[:size].decode().splitlines():
+        m = re.match(r"^cmdstat_([^:]+):calls=(\d+),", l)
+        if m:
+            out[m.group(1)] = int(m.group(2))
+    return out
+
+
+# Commands that redis-server counts but that the proxy does not send itself: what its scripts
+# run (the counter script; the task sweep's SMEMBERS), and the INFO this harness sends.
+REDIS_NESTED = {"incrby", "pttl", "pexpire", "smembers", "info"}
+# Sent in the background, off the request path: the usage flush (one pipeline of HINCRBY and
+# EXPIREAT per sync interval).
+REDIS_BACKGROUND = {"hincrby", "expireat"}
+
+
+def redis_calls(before, after, requests):
+    """Redis commands per request between two `INFO commandstats`, and the round trips per
+    request on the request path: the commands that the proxy sent itself (a script call counts
+    once), without the background usage flush."""
+    per = {k: (after.get(k, 0) - before.get(k, 0)) / requests for k in after}
+    per = {k: v for k, v in sorted(per.items()) if v > 0}
+    sent = sum(v for k, v in per.items() if k not in REDIS_NESTED | REDIS_BACKGROUND)
+    return per, sent
+
+
+def proxy_requests(metrics):
+    """Requests a proxy has served, from its metrics listener (`host:port`), once those still
+    in flight (cut off by the load generator's end) are done (5 s at most)."""
+    port = int(metrics.rsplit(":", 1)[1])
+    deadline = time.monotonic() + 5
+    while True:
+        st, _, text = request(port, "GET", "/metrics")
+        if st != 200:
+            raise BenchError(f"the metrics listener {metrics} answered {st}")
+        lines = text.decode().splitlines()
+        busy = sum(float(l.rsplit(" ", 1)[1]) for l in lines
+                   if l.startswith("orion_proxy_requests_in_flight"))
+        if busy <= 0 or time.monotonic() > deadline:
+            return sum(float(l.rsplit(" ", 1)[1]) for l in lines
+                       if l.startswith("orion_proxy_requests_total"))
+        time.sleep(0.05)
+
+
 # ---------------------------------------------------------------------------------------------
 # Load
 
@@ -966,10 +1030,14 @@ class Bench:
         s = self.systems[name]
         auth = self.auth_for(sc, system)
         aux = s.get("aux_pids", lambda: [])
+        stats0 = redis_commandstats(self.redis_port) if "aux_pids" in s else None
+        served0 = proxy_requests(s["metrics"]) if "aux_pids" in s else None
         t0, a0 = cpu_ticks(s["pids"]()), cpu_ticks(aux())
         res = run_wrk(s["port"], sc, auth, seconds, self.args.connections, self.args.wrk_threads,
                       self.cpu_load)
         t1, a1 = cpu_ticks(s["pids"]()), cpu_ticks(aux())
+        served1 = proxy_requests(s["metrics"]) if "aux_pids" in s else None
+        stats1 = redis_commandstats(self.redis_port) if "aux_pids" in s else None
         self.check_statuses(sc, name, res)
         self.trim_logs()
         self.sent[name] = self.sent.get(name, 0) + res["requests"]
@@ -980,16 +1048,24 @@ class Bench:
         }
         if "aux_pids" in s:
             out["redis_cpu_us_per_req"] = (a1 - a0) / CLK * 1e6 / res["requests"]
+            # Per request the proxy served (wrk does not count those cut off at its end).
+            out["redis_calls_per_req"], out["redis_round_trips_per_req"] = redis_calls(
+                stats0, stats1, max(1, served1 - served0))
         return out
 
     def open_loop(self, sc, system, seconds, rate):
         name = self.system_for(sc, system)
         s = self.systems[name]
         auth = self.auth_for(sc, system)
-        t0 = cpu_ticks(s["pids"]())
+        aux = s.get("aux_pids", lambda: [])
+        stats0 = redis_commandstats(self.redis_port) if "aux_pids" in s else None
+        served0 = proxy_requests(s["metrics"]) if "aux_pids" in s else None
+        t0, a0 = cpu_ticks(s["pids"]()), cpu_ticks(aux())
         res = run_oha(s["port"], sc, auth, seconds, rate, self.args.oha_connections,
                       self.cpu_load)
-        t1 = cpu_ticks(s["pids"]())
+        t1, a1 = cpu_ticks(s["pids"]()), cpu_ticks(aux())
+        served1 = proxy_requests(s["metrics"]) if "aux_pids" in s else None
+        stats1 = redis_commandstats(self.redis_port) if "aux_pids" in s else None
         codes = res.get("statusCodeDistribution", {})
         total = sum(codes.values())
         want = str(sc.get("expect", 200))
@@ -1004,7 +1080,13 @@ class Bench:
         pct = res["latencyPercentiles"]
         self.trim_logs()
         self.sent[name] = self.sent.get(name, 0) + total
+        extra = {}
+        if "aux_pids" in s:
+            extra["redis_cpu_us_per_req"] = (a1 - a0) / CLK * 1e6 / total
+            _, extra["redis_round_trips_per_req"] = redis_calls(
+                stats0, stats1, max(1, served1 - served0))
         return {
+            **extra,
             "rate": rate,
             "achieved_rps": res["summary"]["requestsPerSec"],
             "p50_ms": pct["p50"] * 1e3,
@@ -1241,6 +1323,11 @@ class Bench:
                 if any("redis_cpu_us_per_req" in m for m in s):
                     row["redis_cpu_us_per_req"] = med(
                         [m["redis_cpu_us_per_req"] for m in s if "redis_cpu_us_per_req" in m])
+                    row["redis_round_trips_per_req"] = med(
+                        [m["redis_round_trips_per_req"] for m in s])
+                    row["redis_calls_per_req"] = {
+                        k: med([m["redis_calls_per_req"].get(k, 0) for m in s])
+                        for k in sorted({k for m in s for k in m["redis_calls_per_req"]})}
                 l = lat.get(sc["name"], {}).get(system)
                 if l:
                     row.update({
@@ -1251,6 +1338,11 @@ class Bench:
                         "p999_ms": med([m["p999_ms"] for m in l]),
                         "cpu_us_per_req_at_rate": med([m["cpu_us_per_req"] for m in l]),
                     })
+                    if all("redis_cpu_us_per_req" in m for m in l):
+                        row["redis_cpu_us_per_req_at_rate"] = med(
+                            [m["redis_cpu_us_per_req"] for m in l])
+                        row["redis_round_trips_per_req_at_rate"] = med(
+                            [m["redis_round_trips_per_req"] for m in l])
                 row["bare_ref"] = bare_ref
                 row["nginx_ref"] = nginx_ref
                 rows.append(row)
@@ -1269,6 +1361,21 @@ class Bench:
                     row[f"{key}_x_nginx"] = row[key] / n[key]
             if b and row.get("p99_ms") is not None and b.get("p99_ms") is not None:
                 row["p99_added_ms"] = row["p99_ms"] - b["p99_ms"]
+            # A shared-state variant against the same GET on the memory backend (same process
+            # config otherwise, same run): what Redis adds.
+            mem = ref_row(row["bare_ref"], "orion") if row.get("redis_cpu_us_per_req") is not None \
+                else None
+            if mem:
+                row["memory_ref"] = mem["scenario"]
+                if mem.get("cpu_us_per_req"):
+                    row["cpu_us_per_req_x_memory"] = row["cpu_us_per_req"] / mem["cpu_us_per_req"]
+                    row["cpu_with_redis_us_per_req"] = (row["cpu_us_per_req"]
+                                                        + row["redis_cpu_us_per_req"])
+                    row["cpu_with_redis_x_memory"] = (row["cpu_with_redis_us_per_req"]
+                                                      / mem["cpu_us_per_req"])
+                for key in ("p50_ms", "p99_ms"):
+                    if row.get(key) is not None and mem.get(key) is not None:
+                        row[f"{key[:-3]}_added_vs_memory_ms"] = row[key] - mem[key]
 
         result = {
             "started": started.isoformat(timespec="seconds"),
@@ -1321,6 +1428,18 @@ def targets(res):
         idle["rss_kib"] / 1024 if idle else None, 64.0, "MiB")
     add("stretch: GET CPU/request vs nginx", get("get_instance", "orion", "cpu_us_per_req_x_nginx"),
         1.0, "x")
+    # Issue 14: rate limits on Redis against the memory backend.
+    if any(r["scenario"] == "get_instance_redis" for r in rows):
+        add("Redis exact: round trips per request (saturation)",
+            get("get_instance_redis", "orion", "redis_round_trips_per_req"), 1.0, "",
+            note="commands the proxy sent, from redis-server's INFO commandstats")
+        add("Redis exact: added p99 vs memory at half load",
+            get("get_instance_redis", "orion", "p99_added_vs_memory_ms"), 0.3, "ms")
+    if any(r["scenario"] == "get_instance_redis_batched" for r in rows):
+        add("Redis batched: proxy CPU/request vs memory",
+            get("get_instance_redis_batched", "orion", "cpu_us_per_req_x_memory"), 1.1, "x")
+        add("Redis batched: proxy + redis-server CPU/request vs memory",
+            get("get_instance_redis_batched", "orion", "cpu_with_redis_x_memory"), 1.1, "x")
     return out
 
 
@@ -1359,8 +1478,24 @@ def table(res):
                  else "")
     redis_rows = [r for r in res["rows"] if r.get("redis_cpu_us_per_req") is not None]
     if redis_rows:
-        lines.append("redis-server CPU us/req (beside the proxy's above): " + ", ".join(
-            f"{r['scenario']} {r['redis_cpu_us_per_req']:.1f}" for r in redis_rows))
+        lines.append("")
+        lines.append(f"{'shared state on Redis':<26} {'proxy CPU':>9} {'x mem':>6} "
+                     f"{'redis CPU':>9} {'sum x mem':>9} {'trips/req':>9} {'+p50 ms':>7} "
+                     f"{'+p99 ms':>7}  (against {redis_rows[0].get('memory_ref') or '-'}, "
+                     "same run; CPU in us/req at saturation, latency at the rate above)")
+        for r in redis_rows:
+            lines.append(
+                f"{r['scenario']:<26} {fmt(r['cpu_us_per_req'], '9.1f')} "
+                f"{fmt(r.get('cpu_us_per_req_x_memory'), '6.2f')} "
+                f"{fmt(r['redis_cpu_us_per_req'], '9.1f')} "
+                f"{fmt(r.get('cpu_with_redis_x_memory'), '9.2f')} "
+                f"{fmt(r.get('redis_round_trips_per_req'), '9.3f')} "
+                f"{fmt(r.get('p50_added_vs_memory_ms'), '+7.3f')} "
+                f"{fmt(r.get('p99_added_vs_memory_ms'), '+7.3f')}")
+            calls = ", ".join(f"{k} {v:.3f}" for k, v in r.get("redis_calls_per_req", {}).items())
+            lines.append(f"{'':<26} redis commands/req: {calls}")
+        lines.append("trips/req: commands the proxy sent on the request path per request served "
+                     "(a script call is one; the usage flush's HINCRBY/EXPIREAT pipeline is not)")
     idle = res["idle_connections"]
     if idle:
         lines.append("")

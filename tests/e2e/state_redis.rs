@@ -490,3 +490,102 @@ fn check_validates_the_state_section() {
     let r = run(&config);
     assert!(r.ok, "{}", r.text());
 }
+
+/// `/ready`'s `state` object on `node`, once `reachable` is `want`.
+async fn state_reachable(node: &ProxyProcess, key: &str, want: bool) -> Value {
+    poll(
+        &format!("/ready to say reachable: {want}"),
+        Duration::from_secs(60),
+        || async {
+            let r = node.get(key, "/ready").await;
+            // Failing open, the node stays ready whatever Redis does.
+            assert_eq!(r.status(), 200);
+            let ready: Value = r.json().await.unwrap();
+            (ready["state"]["reachable"] == want).then(|| ready["state"].clone())
+        },
+    )
+    .await
+}
+
+/// Redis over TLS (a private CA made by `openssl`) with an ACL user whose password is a secret
+/// reference: two nodes share an exact quota through it and say it is reachable; a node that
+/// trusts another CA, or has a wrong password, says Redis is down and serves on (fail open),
+/// never showing the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_an_acl_user_to_redis() {
+    let redis = RedisServer::start_tls();
+    let tls = redis.tls.clone().unwrap();
+    let sim = start_sim(sim_options()).await;
+    let mut config = ConfigBuilder::new(&sim.url());
+    config.acme_upstream = Upstream::Static;
+    let limits = "limits:\n  policies:\n    default: {quota: 10, window_seconds: 60}\n";
+    config.extra_top = format!("{limits}{}", redis.state_yaml(""));
+    let (a, b) = two_nodes(&config).await;
+    let key = config.key("viewer").to_string();
+    for node in [&a, &b] {
+        let s = state_reachable(node, &key, true).await;
+        assert_eq!(s["backend"], "redis", "{s}");
+    }
+    // One count over both nodes: 15 requests in turn, exactly 10 answered, and the remaining
+    // value goes down by one each time whichever node answers.
+    let mut left = Vec::new();
+    for i in 0..15 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let r = node.get(&key, "/api/v1/regions").await;
+        let status = r.status().as_u16();
+        let rem = remaining(&header(&r, "ratelimit").expect("RateLimit"));
+        match (i < 10, status) {
+            (true, 200) => left.push(rem),
+            (false, 429) => assert_eq!(rem, 0),
+            _ => panic!("request {i}: status {status}"),
+        }
+    }
+    assert_eq!(left, (0..10).rev().collect::<Vec<u64>>());
+
+    // A node that trusts another CA cannot reach Redis: /ready says so, requests still pass
+    // (fail open: not counted, no quota fields), the metric counts the failures.
+    let mut wrong_ca = config.clone();
+    wrong_ca.extra_top = format!("{limits}{}", redis.state_yaml_tls("", &tls.other_ca_file));
+    // A node with the right CA and a wrong password is refused by the server.
+    let bad_pw = redis
+        .tls
+        .as_ref()
+        .unwrap()
+        .password_file
+        .with_file_name("wrong-password");
+    std::fs::write(&bad_pw, "not-the-password").unwrap();
+    let mut wrong_pw = config.clone();
+    wrong_pw.extra_top = format!("{limits}{}", redis.state_yaml("")).replace(
+        &tls.password_file.display().to_string(),
+        &bad_pw.display().to_string(),
+    );
+    for (cfg, why) in [
+        (&wrong_ca, "invalid peer certificate"),
+        (&wrong_pw, "AuthenticationFailed"),
+    ] {
+        let c = ProxyProcess::start(cfg).await;
+        let s = state_reachable(&c, &key, false).await;
+        // The reason is named: an untrusted certificate, or the server refusing the login.
+        let error = s["error"].as_str().unwrap_or_default().to_string();
+        assert!(error.contains(why), "{s}");
+        assert!(c.stderr().contains(why), "{}", c.stderr());
+        let r = c.get(&key, "/api/v1/regions").await;
+        assert_eq!(r.status(), 200);
+        assert!(header(&r, "ratelimit").is_none());
+        let m = c.scrape().await;
+        assert!(
+            m.value("orion_proxy_state_errors_total", &[("op", "counters")]) >= 1.0,
+            "{}",
+            m.text
+        );
+        assert_eq!(m.value("orion_proxy_state_up", &[]), 0.0);
+        // The password is in no answer and no log line.
+        for text in [s.to_string(), c.stderr(), m.text.clone()] {
+            assert!(!text.contains(&tls.password), "{text}");
+            assert!(!text.contains("not-the-password"), "{text}");
+        }
+    }
+    // The shared count is untouched by them, and the good nodes still agree.
+    let r = a.get(&key, "/api/v1/regions").await;
+    assert_eq!(r.status(), 429);
+}

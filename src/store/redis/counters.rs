@@ -52,6 +52,17 @@ impl RedisCounters {
             .key(&format!("rl:{scope}:{}:{key}", window.as_millis()))
     }
 
+    /// Counts `cost` (0 only reads) on one full key (from [`Self::key`]).
+    async fn count_one(
+        &self,
+        full: String,
+        cost: u64,
+        window: Duration,
+    ) -> Result<WindowCount, StoreError> {
+        let mut v = self.count_keys(&[(full, cost, window)]).await?;
+        v.pop().ok_or(StoreError::Corrupt("empty answer".into()))
+    }
+
     /// Counts (key, cost, window) triples with full keys in one call.
     async fn count_keys(
         &self,
@@ -93,10 +104,8 @@ impl Counters for RedisCounters {
         key: &str,
         cost: u64,
     ) -> Result<WindowCount, StoreError> {
-        let mut v = self
-            .count_keys(&[(self.key(scope, window, key), cost.max(1), window)])
-            .await?;
-        v.pop().ok_or(StoreError::Corrupt("empty answer".into()))
+        self.count_one(self.key(scope, window, key), cost.max(1), window)
+            .await
     }
 
     async fn peek(
@@ -105,10 +114,8 @@ impl Counters for RedisCounters {
         window: Duration,
         key: &str,
     ) -> Result<WindowCount, StoreError> {
-        let mut v = self
-            .count_keys(&[(self.key(scope, window, key), 0, window)])
-            .await?;
-        v.pop().ok_or(StoreError::Corrupt("empty answer".into()))
+        self.count_one(self.key(scope, window, key), 0, window)
+            .await
     }
 
     async fn count_all(&self, ops: &[CounterOp<'_>]) -> Result<Vec<WindowCount>, StoreError> {
@@ -222,11 +229,10 @@ impl Counters for BatchedCounters {
         if let Some(c) = self.count_here(&full, cost) {
             return Ok(c);
         }
-        let mut v = self
+        let c = self
             .exact
-            .count_keys(&[(full.clone(), cost.max(1), window)])
+            .count_one(full.clone(), cost.max(1), window)
             .await?;
-        let c = v.pop().ok_or(StoreError::Corrupt("empty answer".into()))?;
         let now = Instant::now();
         self.local.lock().insert(
             full,
@@ -251,7 +257,7 @@ impl Counters for BatchedCounters {
         if let Some(c) = self.count_here(&full, 0) {
             return Ok(c);
         }
-        self.exact.peek(scope, window, key).await
+        self.exact.count_one(full, 0, window).await
     }
 }
 

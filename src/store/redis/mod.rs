@@ -81,8 +81,12 @@ impl KindText for redis::RedisError {
     fn kind_text(&self) -> String {
         if self.is_connection_refusal() {
             "connection refused".into()
-        } else if self.is_io_error() || self.is_connection_dropped() {
+        } else if self.is_connection_dropped() {
             "connection lost".into()
+        } else if self.is_io_error() {
+            // A TLS handshake that fails says why (say, the server's certificate is not signed
+            // by `ca_file`): network-level text, which never holds the password.
+            format!("connection failed: {self}")
         } else if let Some(code) = self.code() {
             code.to_string()
         } else {
