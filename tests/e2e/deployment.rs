@@ -185,6 +185,13 @@ fn the_dockerfile_passes_hadolint_and_has_a_healthcheck() {
     assert!(model.server.listen.starts_with("0.0.0.0:"));
     assert!(model.server.metrics_listen.unwrap().starts_with("0.0.0.0:"));
     assert_eq!(model.logging.access_log, "stdout");
+    // SIGTERM drains the whole grace period, then 2 s of runtime shutdown: `docker stop` kills
+    // at 10 s, before the audit trail is flushed, unless that fits.
+    assert!(
+        model.server.grace_period_seconds + 2 < 10,
+        "grace_period_seconds {} does not fit docker stop's 10 s",
+        model.server.grace_period_seconds
+    );
 }
 
 #[test]
