@@ -369,35 +369,36 @@ pub fn set_tenants<'a>(tenants: impl Iterator<Item = (&'a str, &'a str)>) {
     }
 }
 
-/// Starts reporting the days until the proxy listener's certificate expires
-/// (`orion_proxy_tls_certificate_expiry_days`), computed at every scrape from its `notAfter`
-/// (Unix seconds). Called again (a reload renewed the certificate), it reports the new one.
-pub fn register_certificate_expiry(not_after: i64) {
-    static NOT_AFTER: once_cell::sync::OnceCell<std::sync::Arc<std::sync::atomic::AtomicI64>> =
-        once_cell::sync::OnceCell::new();
-    if let Some(current) = NOT_AFTER.get() {
-        current.store(not_after, std::sync::atomic::Ordering::Relaxed);
-        return;
-    }
-    let Ok(g) = prometheus::Gauge::new(
-        "orion_proxy_tls_certificate_expiry_days",
-        "Days until the proxy listener's TLS certificate expires (negative: expired)",
-    ) else {
-        return;
-    };
-    let shared = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(not_after));
-    let c = CertificateExpiry {
-        gauge: g,
-        not_after: shared.clone(),
-    };
-    if prometheus::register(Box::new(c)).is_ok() {
-        let _ = NOT_AFTER.set(shared);
-    }
+/// Starts reporting the days until a listener's certificate expires
+/// (`orion_proxy_tls_certificate_expiry_days{listener="proxy"|"admin"}`), computed at every
+/// scrape from its `notAfter` (Unix seconds). Called again for a listener (a reload renewed its
+/// certificate), it reports the new one.
+pub fn register_certificate_expiry(listener: &'static str, not_after: i64) {
+    type Expiries =
+        std::sync::Arc<parking_lot::Mutex<std::collections::BTreeMap<&'static str, i64>>>;
+    static NOT_AFTER: once_cell::sync::OnceCell<Expiries> = once_cell::sync::OnceCell::new();
+    let shared = NOT_AFTER.get_or_init(|| {
+        let shared = Expiries::default();
+        if let Ok(g) = prometheus::GaugeVec::new(
+            prometheus::Opts::new(
+                "orion_proxy_tls_certificate_expiry_days",
+                "Days until a listener's TLS certificate expires (negative: expired)",
+            ),
+            &["listener"],
+        ) {
+            let _ = prometheus::register(Box::new(CertificateExpiry {
+                gauge: g,
+                not_after: shared.clone(),
+            }));
+        }
+        shared
+    });
+    shared.lock().insert(listener, not_after);
 }
 
 struct CertificateExpiry {
-    gauge: prometheus::Gauge,
-    not_after: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    gauge: prometheus::GaugeVec,
+    not_after: std::sync::Arc<parking_lot::Mutex<std::collections::BTreeMap<&'static str, i64>>>,
 }
 
 impl prometheus::core::Collector for CertificateExpiry {
@@ -406,12 +407,12 @@ impl prometheus::core::Collector for CertificateExpiry {
     }
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        let not_after = self.not_after.load(std::sync::atomic::Ordering::Relaxed);
-        self.gauge.set((not_after as f64 - now) / 86_400.0);
+        let now = unix_now();
+        for (listener, not_after) in self.not_after.lock().iter() {
+            self.gauge
+                .with_label_values(&[*listener])
+                .set((*not_after as f64 - now) / 86_400.0);
+        }
         self.gauge.collect()
     }
 }
@@ -890,12 +891,21 @@ mod tests {
             .unwrap()
             .as_secs() as i64
             + 10 * 86_400;
-        register_certificate_expiry(in_ten_days);
-        let days = prometheus::gather()
+        register_certificate_expiry("proxy", in_ten_days);
+        register_certificate_expiry("admin", in_ten_days + 10 * 86_400);
+        let family = prometheus::gather()
             .into_iter()
             .find(|f| f.name() == "orion_proxy_tls_certificate_expiry_days")
-            .map(|f| f.get_metric()[0].get_gauge().value())
             .unwrap();
-        assert!((9.9..=10.0).contains(&days), "{days}");
+        let days = |listener: &str| {
+            family
+                .get_metric()
+                .iter()
+                .find(|m| m.get_label().iter().any(|l| l.value() == listener))
+                .map(|m| m.get_gauge().value())
+                .unwrap()
+        };
+        assert!((9.9..=10.0).contains(&days("proxy")), "{}", days("proxy"));
+        assert!((19.9..=20.0).contains(&days("admin")), "{}", days("admin"));
     }
 }

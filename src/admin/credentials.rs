@@ -49,36 +49,47 @@ impl Op {
         }
     }
 
+    /// The kind of credential it is about.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Op::List(k)
+            | Op::Create(k)
+            | Op::Enable(k, _)
+            | Op::Disable(k, _)
+            | Op::Rotate(k, _)
+            | Op::SetPolicy(k, _)
+            | Op::Delete(k, _) => *k,
+        }
+    }
+
+    /// The id of the existing credential it changes.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Op::Enable(_, id)
+            | Op::Disable(_, id)
+            | Op::Rotate(_, id)
+            | Op::SetPolicy(_, id)
+            | Op::Delete(_, id) => Some(id),
+            Op::List(_) | Op::Create(_) => None,
+        }
+    }
+
     /// The audit action and the credential's id.
     pub fn audit(&self) -> (&'static str, Option<&str>) {
-        let k = |kind: &Kind, key: &'static str, client: &'static str| match kind {
+        let (key, client) = match self {
+            Op::List(_) => return ("admin.credentials.list", None),
+            Op::Create(_) => ("admin.api_key.create", "admin.client.create"),
+            Op::Enable(..) => ("admin.api_key.enable", "admin.client.enable"),
+            Op::Disable(..) => ("admin.api_key.disable", "admin.client.disable"),
+            Op::Rotate(..) => ("admin.api_key.rotate", "admin.client.rotate"),
+            Op::SetPolicy(..) => ("admin.api_key.policy", "admin.client.policy"),
+            Op::Delete(..) => ("admin.api_key.delete", "admin.client.delete"),
+        };
+        let action = match self.kind() {
             Kind::ApiKey => key,
             Kind::Client => client,
         };
-        match self {
-            Op::List(_) => ("admin.credentials.list", None),
-            Op::Create(kind) => (k(kind, "admin.api_key.create", "admin.client.create"), None),
-            Op::Enable(kind, id) => (
-                k(kind, "admin.api_key.enable", "admin.client.enable"),
-                Some(id),
-            ),
-            Op::Disable(kind, id) => (
-                k(kind, "admin.api_key.disable", "admin.client.disable"),
-                Some(id),
-            ),
-            Op::Rotate(kind, id) => (
-                k(kind, "admin.api_key.rotate", "admin.client.rotate"),
-                Some(id),
-            ),
-            Op::SetPolicy(kind, id) => (
-                k(kind, "admin.api_key.policy", "admin.client.policy"),
-                Some(id),
-            ),
-            Op::Delete(kind, id) => (
-                k(kind, "admin.api_key.delete", "admin.client.delete"),
-                Some(id),
-            ),
-        }
+        (action, self.id())
     }
 }
 
@@ -102,10 +113,189 @@ struct CreateClient {
     policy: Option<String>,
 }
 
+/// A create request of either kind: its name (a key's `name`, a client's `client_id`).
+struct Create {
+    name: String,
+    roles: Vec<String>,
+    tenant: String,
+    policy: Option<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SetPolicy {
     policy: Option<String>,
+}
+
+/// The fields a change may touch, the same for both kinds.
+struct Fields<'a> {
+    enabled: &'a mut bool,
+    policy: &'a mut Option<String>,
+    /// The stored hash of the secret (a key's `sha256:` line, a client's Argon2 string).
+    secret_hash: &'a mut String,
+    updated_at: &'a mut String,
+}
+
+/// A kind of runtime-managed credential, as the one generic handler ([`run_on`]) sees it.
+trait Credential: Sized {
+    const KIND: Kind;
+    /// Its list in the document and in a listing's answer (`api_keys`, `clients`).
+    const LIST: &'static str;
+    /// The request and answer field that names it (`name`, `client_id`).
+    const NAME: &'static str;
+    /// The answer field that carries a new secret (`key`, `client_secret`).
+    const SECRET: &'static str;
+    fn all(doc: &Document) -> &Vec<Self>;
+    fn all_mut(doc: &mut Document) -> &mut Vec<Self>;
+    fn id(&self) -> &str;
+    fn name(&self) -> &str;
+    fn tenant(&self) -> &str;
+    fn fields(&mut self) -> Fields<'_>;
+    /// What listings and answers show (never the hash).
+    fn view(&self) -> Value;
+    fn parse_create(body: &[u8]) -> Result<Create, Refusal>;
+    fn new(id: String, req: Create, secret_hash: String, now: String) -> Self;
+    /// The read-only credentials of the config file, as listed.
+    fn configured(rt: &Runtime) -> Vec<Value>;
+}
+
+impl Credential for ManagedKey {
+    const KIND: Kind = Kind::ApiKey;
+    const LIST: &'static str = "api_keys";
+    const NAME: &'static str = "name";
+    const SECRET: &'static str = "key";
+    fn all(doc: &Document) -> &Vec<Self> {
+        &doc.api_keys
+    }
+    fn all_mut(doc: &mut Document) -> &mut Vec<Self> {
+        &mut doc.api_keys
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
+    fn fields(&mut self) -> Fields<'_> {
+        Fields {
+            enabled: &mut self.enabled,
+            policy: &mut self.policy,
+            secret_hash: &mut self.hash,
+            updated_at: &mut self.updated_at,
+        }
+    }
+    fn view(&self) -> Value {
+        json!({"id": self.id, "name": self.name, "principal": format!("key:{}", self.name),
+            "roles": self.roles, "tenant": self.tenant, "policy": self.policy,
+            "enabled": self.enabled, "source": "runtime", "created_at": self.created_at,
+            "updated_at": self.updated_at})
+    }
+    fn parse_create(body: &[u8]) -> Result<Create, Refusal> {
+        let r: CreateKey = parse_body(body)?;
+        Ok(Create {
+            name: r.name,
+            roles: r.roles,
+            tenant: r.tenant,
+            policy: r.policy,
+        })
+    }
+    fn new(id: String, req: Create, hash: String, now: String) -> Self {
+        ManagedKey {
+            id,
+            name: req.name,
+            hash,
+            roles: req.roles,
+            tenant: req.tenant,
+            policy: req.policy,
+            enabled: true,
+            created_at: now.clone(),
+            updated_at: now,
+        }
+    }
+    fn configured(rt: &Runtime) -> Vec<Value> {
+        rt.config
+            .api_keys
+            .iter()
+            .map(|k| {
+                json!({"id": null, "name": k.name, "principal": format!("key:{}", k.name),
+                    "roles": k.roles, "tenant": k.tenant, "policy": null,
+                    "enabled": k.enabled, "source": "config"})
+            })
+            .collect()
+    }
+}
+
+impl Credential for ManagedClient {
+    const KIND: Kind = Kind::Client;
+    const LIST: &'static str = "clients";
+    const NAME: &'static str = "client_id";
+    const SECRET: &'static str = "client_secret";
+    fn all(doc: &Document) -> &Vec<Self> {
+        &doc.clients
+    }
+    fn all_mut(doc: &mut Document) -> &mut Vec<Self> {
+        &mut doc.clients
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.client_id
+    }
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
+    fn fields(&mut self) -> Fields<'_> {
+        Fields {
+            enabled: &mut self.enabled,
+            policy: &mut self.policy,
+            secret_hash: &mut self.secret_hash,
+            updated_at: &mut self.updated_at,
+        }
+    }
+    fn view(&self) -> Value {
+        json!({"id": self.id, "client_id": self.client_id,
+            "principal": format!("client:{}", self.client_id), "roles": self.roles,
+            "tenant": self.tenant, "policy": self.policy, "enabled": self.enabled,
+            "source": "runtime", "created_at": self.created_at, "updated_at": self.updated_at})
+    }
+    fn parse_create(body: &[u8]) -> Result<Create, Refusal> {
+        let r: CreateClient = parse_body(body)?;
+        Ok(Create {
+            name: r.client_id,
+            roles: r.roles,
+            tenant: r.tenant,
+            policy: r.policy,
+        })
+    }
+    fn new(id: String, req: Create, secret_hash: String, now: String) -> Self {
+        ManagedClient {
+            id,
+            client_id: req.name,
+            secret_hash,
+            roles: req.roles,
+            tenant: req.tenant,
+            policy: req.policy,
+            enabled: true,
+            created_at: now.clone(),
+            updated_at: now,
+        }
+    }
+    fn configured(rt: &Runtime) -> Vec<Value> {
+        rt.config
+            .clients
+            .iter()
+            .map(|c| {
+                json!({"id": null, "client_id": c.client_id,
+                    "principal": format!("client:{}", c.client_id), "roles": c.roles,
+                    "tenant": c.tenant, "policy": null, "enabled": c.enabled,
+                    "source": "config"})
+            })
+            .collect()
+    }
 }
 
 /// Why a management call was refused; converted once into the error body by [`Refusal::api`].
@@ -219,64 +409,22 @@ fn check_grants(
     Ok(())
 }
 
-fn key_view(k: &ManagedKey) -> Value {
-    json!({"id": k.id, "name": k.name, "principal": format!("key:{}", k.name), "roles": k.roles,
-        "tenant": k.tenant, "policy": k.policy, "enabled": k.enabled, "source": "runtime",
-        "created_at": k.created_at, "updated_at": k.updated_at})
-}
-
-fn client_view(c: &ManagedClient) -> Value {
-    json!({"id": c.id, "client_id": c.client_id, "principal": format!("client:{}", c.client_id),
-        "roles": c.roles, "tenant": c.tenant, "policy": c.policy, "enabled": c.enabled,
-        "source": "runtime", "created_at": c.created_at, "updated_at": c.updated_at})
-}
-
 /// Every credential of a kind in the caller's scope: the config's (read-only) and the
 /// runtime-managed ones.
 pub fn listing(rt: &Runtime, kind: Kind, doc: &Document, scope: &AdminScope) -> Value {
-    let mut all = listing_all(rt, kind, doc);
-    if let Some(rows) = all
-        .as_object_mut()
-        .and_then(|o| o.values_mut().next())
-        .and_then(Value::as_array_mut)
-    {
-        rows.retain(|r| r["tenant"].as_str().is_some_and(|t| scope.sees(t)));
+    match kind {
+        Kind::ApiKey => listing_of::<ManagedKey>(rt, doc, scope),
+        Kind::Client => listing_of::<ManagedClient>(rt, doc, scope),
     }
-    all
 }
 
-fn listing_all(rt: &Runtime, kind: Kind, doc: &Document) -> Value {
-    match kind {
-        Kind::ApiKey => {
-            let mut out: Vec<Value> = rt
-                .config
-                .api_keys
-                .iter()
-                .map(|k| {
-                    json!({"id": null, "name": k.name, "principal": format!("key:{}", k.name),
-                        "roles": k.roles, "tenant": k.tenant, "policy": null,
-                        "enabled": k.enabled, "source": "config"})
-                })
-                .collect();
-            out.extend(doc.api_keys.iter().map(key_view));
-            json!({"api_keys": out})
-        }
-        Kind::Client => {
-            let mut out: Vec<Value> = rt
-                .config
-                .clients
-                .iter()
-                .map(|c| {
-                    json!({"id": null, "client_id": c.client_id,
-                        "principal": format!("client:{}", c.client_id), "roles": c.roles,
-                        "tenant": c.tenant, "policy": null, "enabled": c.enabled,
-                        "source": "config"})
-                })
-                .collect();
-            out.extend(doc.clients.iter().map(client_view));
-            json!({"clients": out})
-        }
-    }
+fn listing_of<C: Credential>(rt: &Runtime, doc: &Document, scope: &AdminScope) -> Value {
+    let mut rows = C::configured(rt);
+    rows.extend(C::all(doc).iter().map(C::view));
+    rows.retain(|r| r["tenant"].as_str().is_some_and(|t| scope.sees(t)));
+    let mut out = serde_json::Map::new();
+    out.insert(C::LIST.into(), Value::Array(rows));
+    Value::Object(out)
 }
 
 /// Carries out a management operation within the caller's administration scope: a tenant
@@ -289,44 +437,25 @@ pub async fn perform(
     op: &Op,
     body: &[u8],
 ) -> Result<(u16, Value), ApiError> {
-    if let Err(e) = in_scope(auth, scope, op).await {
-        return Err(e.api());
-    }
-    run(rt, auth, scope, op, body).await.map_err(Refusal::api)
+    let done = match op.kind() {
+        Kind::ApiKey => run_on::<ManagedKey>(rt, auth, scope, op, body).await,
+        Kind::Client => run_on::<ManagedClient>(rt, auth, scope, op, body).await,
+    };
+    done.map_err(Refusal::api)
 }
 
 /// A change to an existing credential is refused (as not found) outside the caller's tenant.
-async fn in_scope(
+async fn in_scope<C: Credential>(
     auth: &crate::auth::AuthState,
     scope: &AdminScope,
-    op: &Op,
+    id: &str,
 ) -> Result<(), Refusal> {
-    let (kind, id) = match op {
-        Op::Enable(k, id)
-        | Op::Disable(k, id)
-        | Op::Rotate(k, id)
-        | Op::SetPolicy(k, id)
-        | Op::Delete(k, id) => (k, id),
-        Op::List(_) | Op::Create(_) => return Ok(()),
-    };
     if scope.is_process() {
         return Ok(());
     }
     let doc = auth.managed.document().await.map_err(store_error)?;
-    let tenant = match kind {
-        Kind::ApiKey => doc
-            .api_keys
-            .iter()
-            .find(|k| &k.id == id)
-            .map(|k| k.tenant.clone()),
-        Kind::Client => doc
-            .clients
-            .iter()
-            .find(|c| &c.id == id)
-            .map(|c| c.tenant.clone()),
-    };
-    match tenant {
-        Some(t) if scope.sees(&t) => Ok(()),
+    match C::all(&doc).iter().find(|c| c.id() == id) {
+        Some(c) if scope.sees(c.tenant()) => Ok(()),
         _ => Err(not_found(id)),
     }
 }
@@ -348,7 +477,8 @@ fn check_scope(scope: &AdminScope, roles: &[String], tenant: &str) -> Result<(),
     Ok(())
 }
 
-async fn run(
+/// One handler for both kinds: list, create, enable/disable, policy, rotate, delete.
+async fn run_on<C: Credential>(
     rt: &Runtime,
     auth: &crate::auth::AuthState,
     scope: &AdminScope,
@@ -356,111 +486,53 @@ async fn run(
     body: &[u8],
 ) -> Result<(u16, Value), Refusal> {
     let managed = &auth.managed;
+    if let Some(id) = op.id() {
+        in_scope::<C>(auth, scope, id).await?;
+    }
     let now = crate::clock::now_text();
     match op {
-        Op::List(kind) => {
+        Op::List(_) => {
             let doc = managed.document().await.map_err(store_error)?;
-            Ok((200, listing(rt, *kind, &doc, scope)))
+            Ok((200, listing_of::<C>(rt, &doc, scope)))
         }
-        Op::Create(Kind::ApiKey) => {
-            let req: CreateKey = parse_body(body)?;
+        Op::Create(_) => {
+            let req = C::parse_create(body)?;
             if !valid_name(&req.name) {
-                return Err(invalid("name", "1 to 64 letters, digits, '-', '_' or '.'"));
+                return Err(invalid(C::NAME, "1 to 64 letters, digits, '-', '_' or '.'"));
             }
             check_grants(rt, &req.roles, &req.tenant, req.policy.as_deref())?;
             check_scope(scope, &req.roles, &req.tenant)?;
-            if rt.config.api_keys.iter().any(|k| k.name == req.name) {
+            if C::configured(rt)
+                .iter()
+                .any(|c| c[C::NAME] == req.name.as_str())
+            {
                 return Err(conflict(&req.name));
             }
-            let key = crate::auth::api_keys::generate();
-            let record = ManagedKey {
-                id: managed::new_id(Kind::ApiKey),
-                name: req.name.clone(),
-                hash: managed::hash_line(&key),
-                roles: req.roles,
-                tenant: req.tenant,
-                policy: req.policy,
-                enabled: true,
-                created_at: now.clone(),
-                updated_at: now,
-            };
-            let view = key_view(&record);
+            let (secret, hash) = new_secret(C::KIND, auth).await?;
+            let record = C::new(managed::new_id(C::KIND), req, hash, now);
+            let view = record.view();
             managed
                 .update(|d| {
-                    if d.api_keys.iter().any(|k| k.name == record.name) {
-                        return Err(conflict(&record.name));
+                    let all = C::all_mut(d);
+                    if all.iter().any(|c| c.name() == record.name()) {
+                        return Err(conflict(record.name()));
                     }
-                    if d.api_keys.len() >= managed::MAX_EACH {
-                        return Err(invalid("name", "too many managed API keys"));
+                    if all.len() >= managed::MAX_EACH {
+                        return Err(invalid(C::NAME, format!("too many managed {}", C::LIST)));
                     }
-                    d.api_keys.push(record);
+                    all.push(record);
                     Ok(())
                 })
                 .await
                 .map_err(store_error)??;
-            Ok((201, with_secret(view, "key", &key)))
+            Ok((201, with_secret(view, C::SECRET, &secret)))
         }
-        Op::Create(Kind::Client) => {
-            let req: CreateClient = parse_body(body)?;
-            if !valid_name(&req.client_id) {
-                return Err(invalid(
-                    "client_id",
-                    "1 to 64 letters, digits, '-', '_' or '.'",
-                ));
-            }
-            check_grants(rt, &req.roles, &req.tenant, req.policy.as_deref())?;
-            if rt
-                .config
-                .clients
-                .iter()
-                .any(|c| c.client_id == req.client_id)
-            {
-                return Err(conflict(&req.client_id));
-            }
-            let (secret, hash) = new_secret(auth).await?;
-            let record = ManagedClient {
-                id: managed::new_id(Kind::Client),
-                client_id: req.client_id,
-                secret_hash: hash,
-                roles: req.roles,
-                tenant: req.tenant,
-                policy: req.policy,
-                enabled: true,
-                created_at: now.clone(),
-                updated_at: now,
-            };
-            let view = client_view(&record);
-            managed
-                .update(|d| {
-                    if d.clients.iter().any(|c| c.client_id == record.client_id) {
-                        return Err(conflict(&record.client_id));
-                    }
-                    if d.clients.len() >= managed::MAX_EACH {
-                        return Err(invalid("client_id", "too many managed clients"));
-                    }
-                    d.clients.push(record);
-                    Ok(())
-                })
-                .await
-                .map_err(store_error)??;
-            Ok((201, with_secret(view, "client_secret", &secret)))
-        }
-        Op::Enable(kind, id) | Op::Disable(kind, id) => {
+        Op::Enable(_, id) | Op::Disable(_, id) => {
             let on = matches!(op, Op::Enable(..));
-            change(managed, *kind, id, |k, c| {
-                if let Some(k) = k {
-                    k.enabled = on;
-                    k.updated_at = now.clone();
-                }
-                if let Some(c) = c {
-                    c.enabled = on;
-                    c.updated_at = now.clone();
-                }
-            })
-            .await
-            .map(|v| (200, v))
+            let view = change::<C>(managed, id, &now, |f| *f.enabled = on).await?;
+            Ok((200, view))
         }
-        Op::SetPolicy(kind, id) => {
+        Op::SetPolicy(_, id) => {
             let req: SetPolicy = parse_body(body)?;
             if let Some(p) = &req.policy
                 && !rt.limits.has_policy(p)
@@ -470,52 +542,21 @@ async fn run(
                     format!("unknown rate-limit policy '{p}'"),
                 ));
             }
-            change(managed, *kind, id, |k, c| {
-                if let Some(k) = k {
-                    k.policy = req.policy.clone();
-                    k.updated_at = now.clone();
-                }
-                if let Some(c) = c {
-                    c.policy = req.policy.clone();
-                    c.updated_at = now.clone();
-                }
-            })
-            .await
-            .map(|v| (200, v))
+            let view = change::<C>(managed, id, &now, |f| *f.policy = req.policy).await?;
+            Ok((200, view))
         }
-        Op::Rotate(Kind::ApiKey, id) => {
-            let key = crate::auth::api_keys::generate();
-            let hash = managed::hash_line(&key);
-            let view = change(managed, Kind::ApiKey, id, |k, _| {
-                if let Some(k) = k {
-                    k.hash = hash.clone();
-                    k.updated_at = now.clone();
-                }
-            })
-            .await?;
-            Ok((201, with_secret(view, "key", &key)))
+        Op::Rotate(_, id) => {
+            let (secret, hash) = new_secret(C::KIND, auth).await?;
+            let view = change::<C>(managed, id, &now, |f| *f.secret_hash = hash).await?;
+            Ok((201, with_secret(view, C::SECRET, &secret)))
         }
-        Op::Rotate(Kind::Client, id) => {
-            let (secret, hash) = new_secret(auth).await?;
-            let view = change(managed, Kind::Client, id, |_, c| {
-                if let Some(c) = c {
-                    c.secret_hash = hash.clone();
-                    c.updated_at = now.clone();
-                }
-            })
-            .await?;
-            Ok((201, with_secret(view, "client_secret", &secret)))
-        }
-        Op::Delete(kind, id) => {
-            let kind = *kind;
+        Op::Delete(_, id) => {
             managed
                 .update(|d| {
-                    let before = d.api_keys.len() + d.clients.len();
-                    match kind {
-                        Kind::ApiKey => d.api_keys.retain(|k| k.id != *id),
-                        Kind::Client => d.clients.retain(|c| c.id != *id),
-                    }
-                    if d.api_keys.len() + d.clients.len() == before {
+                    let all = C::all_mut(d);
+                    let before = all.len();
+                    all.retain(|c| c.id() != id);
+                    if all.len() == before {
                         return Err(not_found(id));
                     }
                     Ok(())
@@ -542,7 +583,17 @@ fn with_secret(mut view: Value, field: &str, secret: &str) -> Value {
     view
 }
 
-async fn new_secret(auth: &crate::auth::AuthState) -> Result<(String, String), Refusal> {
+/// A new secret and its stored hash: a key and its `sha256:` line, or a client secret and its
+/// Argon2 string (slow on purpose: computed off the async workers, `auth` bounds how many).
+async fn new_secret(
+    kind: Kind,
+    auth: &crate::auth::AuthState,
+) -> Result<(String, String), Refusal> {
+    if kind == Kind::ApiKey {
+        let key = crate::auth::api_keys::generate();
+        let hash = managed::hash_line(&key);
+        return Ok((key, hash));
+    }
     let secret = crate::auth::tokens::generate_secret();
     let s = secret.clone();
     let hash = auth
@@ -553,33 +604,23 @@ async fn new_secret(auth: &crate::auth::AuthState) -> Result<(String, String), R
     Ok((secret, hash))
 }
 
-/// Changes one credential in place and answers its new view.
-async fn change(
+/// Changes one credential in place (and its `updated_at`) and answers its new view.
+async fn change<C: Credential>(
     managed: &managed::Managed,
-    kind: Kind,
     id: &str,
-    f: impl FnOnce(Option<&mut ManagedKey>, Option<&mut ManagedClient>),
+    now: &str,
+    f: impl FnOnce(Fields<'_>),
 ) -> Result<Value, Refusal> {
     managed
-        .update(|d| match kind {
-            Kind::ApiKey => {
-                let k = d
-                    .api_keys
-                    .iter_mut()
-                    .find(|k| k.id == id)
-                    .ok_or_else(|| not_found(id))?;
-                f(Some(k), None);
-                Ok(key_view(k))
-            }
-            Kind::Client => {
-                let c = d
-                    .clients
-                    .iter_mut()
-                    .find(|c| c.id == id)
-                    .ok_or_else(|| not_found(id))?;
-                f(None, Some(c));
-                Ok(client_view(c))
-            }
+        .update(|d| {
+            let c = C::all_mut(d)
+                .iter_mut()
+                .find(|c| c.id() == id)
+                .ok_or_else(|| not_found(id))?;
+            let fields = c.fields();
+            *fields.updated_at = now.to_string();
+            f(fields);
+            Ok(c.view())
         })
         .await
         .map_err(store_error)?

@@ -120,6 +120,11 @@ impl ApiKeys {
         self.states.get(index)
     }
 
+    /// A configured key by its SHA-256 (a console session finds its key again this way).
+    pub fn lookup_hash(&self, hash: &KeyHash) -> Option<&KeyState> {
+        self.states.get(*self.by_hash.get(hash)?)
+    }
+
     pub fn len(&self) -> usize {
         self.states.len()
     }

@@ -151,10 +151,19 @@ impl Managed {
         if key.len() != api_keys::KEY_LEN {
             return Ok(None);
         }
+        self.key_by_hash(&api_keys::hash_key(key), roles).await
+    }
+
+    /// A managed API key by its SHA-256.
+    pub async fn key_by_hash(
+        &self,
+        hash: &KeyHash,
+        roles: &Roles,
+    ) -> Result<Option<Found>, StoreError> {
         let parsed = self.parsed().await?;
         let Some(k) = parsed
             .by_hash
-            .get(&api_keys::hash_key(key))
+            .get(hash)
             .and_then(|i| parsed.doc.api_keys.get(*i))
         else {
             return Ok(None);
@@ -174,12 +183,8 @@ impl Managed {
         client_id: &str,
         roles: &Roles,
     ) -> Result<Option<Arc<super::tokens::Client>>, StoreError> {
-        let parsed = self.parsed().await?;
-        Ok(parsed
-            .by_client_id
-            .get(client_id)
-            .and_then(|i| parsed.doc.clients.get(*i))
-            .and_then(|c| runtime_client(c, roles)))
+        self.client_where(roles, |p| p.by_client_id.get(client_id).copied())
+            .await
     }
 
     /// A managed client by the tag an issued token carries.
@@ -188,11 +193,19 @@ impl Managed {
         tag: &[u8; 8],
         roles: &Roles,
     ) -> Result<Option<Arc<super::tokens::Client>>, StoreError> {
+        self.client_where(roles, |p| p.by_tag.get(tag).copied())
+            .await
+    }
+
+    /// The managed client that `index` finds in the document, as the proxy uses one.
+    async fn client_where(
+        &self,
+        roles: &Roles,
+        index: impl FnOnce(&Parsed) -> Option<usize>,
+    ) -> Result<Option<Arc<super::tokens::Client>>, StoreError> {
         let parsed = self.parsed().await?;
-        Ok(parsed
-            .by_tag
-            .get(tag)
-            .and_then(|i| parsed.doc.clients.get(*i))
+        Ok(index(&parsed)
+            .and_then(|i| parsed.doc.clients.get(i))
             .and_then(|c| runtime_client(c, roles)))
     }
 

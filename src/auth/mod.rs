@@ -122,6 +122,34 @@ impl AuthError {
     }
 }
 
+/// A credential as it can be found again later without keeping its secret: an API key by its
+/// SHA-256 (what the config and the credential store keep anyway), a client by its id and the
+/// digest of its stored secret hash ([`tokens::Client::binding`], changed by a rotation). A
+/// console session keeps one to re-check its credential on every request ([`Auth::resolve`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CredentialRef {
+    ApiKey { sha256: String },
+    Client { client_id: String, binding: String },
+}
+
+impl CredentialRef {
+    /// The reference of a presented API key.
+    pub fn of_key(key: &str) -> CredentialRef {
+        CredentialRef::ApiKey {
+            sha256: hex::encode(api_keys::hash_key(key)),
+        }
+    }
+
+    /// The reference of a client as it is now.
+    pub fn of_client(client: &tokens::Client) -> CredentialRef {
+        CredentialRef::Client {
+            client_id: client.client_id.to_string(),
+            binding: client.binding(),
+        }
+    }
+}
+
 /// The authentication runtime built from one config load.
 pub struct Auth {
     pub roles: Roles,
@@ -254,6 +282,39 @@ impl Auth {
                     Err(AuthError::Unavailable)
                 }
             },
+        }
+    }
+
+    /// The principal of a credential found again by its [`CredentialRef`]: `None` when it is
+    /// gone, disabled, or (a client) its secret was rotated since the reference was taken.
+    pub async fn resolve(
+        &self,
+        credential: &CredentialRef,
+    ) -> Result<Option<Arc<Principal>>, AuthError> {
+        match credential {
+            CredentialRef::ApiKey { sha256 } => {
+                let Ok(Ok(hash)) = hex::decode(sha256).map(api_keys::KeyHash::try_from) else {
+                    return Ok(None);
+                };
+                match self.keys.lookup_hash(&hash) {
+                    Some(KeyState::Enabled(p)) => return Ok(Some(p.clone())),
+                    Some(KeyState::Disabled(_)) => return Ok(None),
+                    None => {}
+                }
+                match self.managed.key_by_hash(&hash, &self.roles).await {
+                    Ok(Some(managed::Found::Enabled(p))) => Ok(Some(p)),
+                    Ok(_) => Ok(None),
+                    Err(e) => {
+                        log::warn!("managed credentials unavailable: {e}");
+                        Err(AuthError::Unavailable)
+                    }
+                }
+            }
+            CredentialRef::Client { client_id, binding } => Ok(self
+                .client(client_id)
+                .await?
+                .filter(|c| c.enabled && c.binding() == *binding)
+                .map(|c| c.principal.clone())),
         }
     }
 

@@ -78,6 +78,12 @@ impl Client {
         })
     }
 
+    /// A digest of the stored secret hash: it changes when the secret is rotated, and says
+    /// nothing about the secret (a console session keeps it to notice a rotation).
+    pub fn binding(&self) -> String {
+        hex::encode(Sha256::digest(self.secret_hash.as_bytes()))
+    }
+
     /// Checks a presented secret against the stored hash (slow on purpose: run it off the
     /// async workers).
     pub fn secret_matches(&self, secret: &str) -> bool {

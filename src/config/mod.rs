@@ -148,14 +148,18 @@ pub fn check_server(config: &Config) -> Result<Vec<ipnet::IpNet>, Vec<String>> {
             ));
         }
     }
-    if let Some(tls) = &s.tls {
+    for (path, tls) in [("server.tls", &s.tls), ("server.admin_tls", &s.admin_tls)] {
+        let Some(tls) = tls else { continue };
         for (k, f) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
             if !Path::new(f).is_file()
-                && !host::missing(|| format!("server.tls.{k}: {f} is not here"))
+                && !host::missing(|| format!("{path}.{k}: {f} is not here"))
             {
-                errors.push(format!("server.tls.{k}: {f} is not a readable file"));
+                errors.push(format!("{path}.{k}: {f} is not a readable file"));
             }
         }
+    }
+    if s.admin_tls.is_some() && s.admin_listen.is_none() {
+        errors.push("server.admin_tls: there is no admin listener (server.admin_listen)".into());
     }
     if s.upgrade_socket.is_empty() {
         errors.push("server.upgrade_socket: must be a path".into());

@@ -138,6 +138,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Address of the admin listener; none when null.
     pub admin_listen: Option<String>,
+    /// TLS for the admin listener (the admin API and the console), like `tls`; plain HTTP when
+    /// absent. With it the console's session cookie is `Secure` and `__Host-` prefixed.
+    pub admin_tls: Option<TlsConfig>,
     /// Address of the Prometheus metrics listener; none when null.
     pub metrics_listen: Option<String>,
     /// Worker threads of the proxy service.
@@ -211,6 +214,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             tls: None,
             admin_listen: Some("127.0.0.1:9091".into()),
+            admin_tls: None,
             metrics_listen: Some("127.0.0.1:9090".into()),
             threads: 2,
             grace_period_seconds: 5,
@@ -228,10 +232,14 @@ impl Default for ServerConfig {
     }
 }
 
+/// A listener's certificate: PEM files, read at start and at every reload (a reload renews the
+/// certificate without a restart).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
+    /// The certificate chain, leaf first.
     pub cert_file: String,
+    /// The private key of the leaf certificate.
     pub key_file: String,
 }
 

@@ -677,9 +677,13 @@ pub async fn finish(
         Some(429) => metrics::rate_limited(metrics::UPSTREAM_POLICY),
         _ => {}
     }
-    policy
-        .series
-        .record(status, elapsed, obs.upstream_elapsed, obs.upstream_status);
+    policy.series.record(
+        status,
+        elapsed,
+        obs.upstream_elapsed,
+        obs.upstream_status,
+        req.principal.map(|p| (&p.id, &p.tenant)),
+    );
     if let Some(p) = req.principal {
         usage::record(&*policy.usage, &p.id, &p.tenant, status).await;
     }

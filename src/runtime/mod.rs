@@ -37,8 +37,10 @@ pub struct Runtime {
     /// Per-route body schemas and rewrite rules, compiled once per build.
     pub body_rules: crate::validate::BodyRules,
     pub limits: crate::limits::Limits,
-    /// The listener's certificate and key from `server.tls`, loaded by this build.
+    /// The proxy listener's certificate and key from `server.tls`, loaded by this build.
     pub tls_key: Option<std::sync::Arc<pingora::tls::sign::CertifiedKey>>,
+    /// The admin listener's, from `server.admin_tls`.
+    pub admin_tls_key: Option<std::sync::Arc<pingora::tls::sign::CertifiedKey>>,
     /// `Idempotency-Key` on creates (`crate::idempotency`).
     pub idempotency: crate::idempotency::Idempotency,
 }
@@ -57,6 +59,7 @@ impl Staged {
         rt.log.commit(&state.observe);
         rt.auth.commit(&state.auth);
         state.tls.commit(rt.tls_key.clone());
+        state.admin_tls.commit(rt.admin_tls_key.clone());
         rt
     }
 
@@ -101,19 +104,12 @@ pub fn stage(config: Config, text: &str, state: &State) -> Result<Staged, Vec<St
     let body_rules = crate::validate::BodyRules::build(route_list, &config.validation)
         .map_err(|e| errors.extend(e))
         .ok();
-    // Missing files are already reported by `check_server`.
-    let tls_key = match &config.server.tls {
-        Some(tls) if Path::new(&tls.cert_file).is_file() && Path::new(&tls.key_file).is_file() => {
-            match tls::load(tls) {
-                Ok(key) => Some(key),
-                Err(e) => {
-                    errors.push(e);
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
+    let tls_key = tls::stage(config.server.tls.as_ref(), "server.tls", &mut errors);
+    let admin_tls_key = tls::stage(
+        config.server.admin_tls.as_ref(),
+        "server.admin_tls",
+        &mut errors,
+    );
     let role_names: Vec<&str> = role_map.keys().map(String::as_str).collect();
     let limits = crate::limits::Limits::build(&config, routes.as_ref(), &role_names, &state.limits)
         .map_err(|e| errors.extend(e))
@@ -153,6 +149,7 @@ pub fn stage(config: Config, text: &str, state: &State) -> Result<Staged, Vec<St
                 log,
                 trusted_networks,
                 tls_key,
+                admin_tls_key,
             },
         }),
         _ => Err(errors),

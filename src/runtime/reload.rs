@@ -107,6 +107,7 @@ impl SharedState {
                     || rt.config.server.admin_listen != old.config.server.admin_listen
                     || rt.config.server.metrics_listen != old.config.server.metrics_listen
                     || rt.config.server.tls.is_some() != old.config.server.tls.is_some()
+                    || rt.config.server.admin_tls.is_some() != old.config.server.admin_tls.is_some()
                 {
                     log::warn!("listener changes take effect at the next restart");
                 }

@@ -19,6 +19,8 @@ pub struct State {
     pub facade: crate::facade::FacadeState,
     /// The proxy listener's certificate in force (swapped at commit, read at each handshake).
     pub tls: std::sync::Arc<super::tls::TlsState>,
+    /// The admin listener's (`server.admin_tls`), the same way.
+    pub admin_tls: std::sync::Arc<super::tls::TlsState>,
 }
 
 impl State {
@@ -34,7 +36,8 @@ impl State {
             limits: crate::limits::LimitsState::new(&stores),
             observe: crate::observe::ObserveState::new(stores.usage.clone()),
             facade: Default::default(),
-            tls: Default::default(),
+            tls: std::sync::Arc::new(super::tls::TlsState::new("proxy")),
+            admin_tls: std::sync::Arc::new(super::tls::TlsState::new("admin")),
             stores,
         }
     }

@@ -1,5 +1,6 @@
 //! Assembling the Pingora server: the proxy listener (TLS with ALPN h2 and http/1.1 when
-//! `server.tls` is set), the admin and metrics listeners, the readiness prober, the SIGHUP
+//! `server.tls` is set), the admin listener (TLS when `server.admin_tls` is set) and the metrics
+//! listener, the readiness prober, the SIGHUP
 //! reloader, the SIGUSR1 log reopener and the control socket; every service supervised ([`supervise`]); what systemd is
 //! told ([`notify`]); the zero-downtime upgrade (`run --upgrade`, Pingora's listener hand-over).
 
@@ -141,11 +142,8 @@ pub fn build_with(
             .write(server_cfg.write_buffer_bytes),
     );
     if server_cfg.tls.is_some() {
-        // The certificate comes from the runtime state at each handshake, so that a reload
-        // renews it (src/runtime/tls.rs). ALPN offers h2 and http/1.1; h2c stays off.
-        let mut settings = TlsSettings::intermediate("", "")
-            .map_err(|e| Failure::Runtime(format!("server.tls: {e}")))?;
-        settings.set_cert_resolver(state.state.tls.resolver());
+        // ALPN offers h2 and http/1.1; h2c stays off.
+        let mut settings = tls_settings(&state.state.tls, "server.tls")?;
         settings.enable_h2();
         listener = listener.tls(settings);
     }
@@ -159,7 +157,12 @@ pub fn build_with(
                 state: state.clone(),
             },
         );
-        admin.add_tcp(addr);
+        let mut listener = ListenerConfig::tcp(addr.clone());
+        if server_cfg.admin_tls.is_some() {
+            // HTTP/1.1 only: the admin API and the console need nothing more.
+            listener = listener.tls(tls_settings(&state.state.admin_tls, "server.admin_tls")?);
+        }
+        admin.add_listener(listener);
         server.add_service(Supervised::new(admin, Some(readiness.clone())));
     }
     if let Some(addr) = &server_cfg.metrics_listen {
@@ -258,6 +261,18 @@ pub fn build_with(
         None,
     ));
     Ok((server, state))
+}
+
+/// A TLS listener's settings: Mozilla's intermediate profile, the certificate taken from the
+/// runtime state at each handshake so that a reload renews it (src/runtime/tls.rs).
+fn tls_settings(
+    tls: &Arc<crate::runtime::tls::TlsState>,
+    path: &str,
+) -> Result<TlsSettings, Failure> {
+    let mut settings =
+        TlsSettings::intermediate("", "").map_err(|e| Failure::Runtime(format!("{path}: {e}")))?;
+    settings.set_cert_resolver(tls.resolver());
+    Ok(settings)
 }
 
 /// Runs the server until SIGTERM (graceful), SIGINT (at once) or SIGQUIT (hand the listening

@@ -545,3 +545,165 @@ async fn console_sign_in_is_rate_limited_audited_and_hardened() {
         (303, "/ui/login")
     );
 }
+
+/// A console session is only as good as the credential it was opened with: once that key or
+/// client is disabled, rotated or deleted (through the admin API or the console), the session's
+/// next request is refused, pages and actions alike, and a new sign-in is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_session_ends_when_its_credential_is_disabled_rotated_or_deleted() {
+    use crate::harness::console::Console;
+    use reqwest::Method as M;
+    let sim = start_sim(sim_options()).await;
+    let state = tempfile::tempdir().unwrap();
+    let b = builder(&sim, &state.path().join("state"));
+    let root = b.key("admin").to_string();
+    let p = ProxyProcess::start(&b).await;
+    let http = reqwest::Client::new();
+    let call = |method: M, path: String| {
+        let (http, root) = (http.clone(), root.clone());
+        let p = &p;
+        async move { admin(&http, p, &root, method, &path, None).await }
+    };
+    // The root operator acts through the console.
+    let mut rootc = Console::new(&p.admin_url);
+    assert_eq!(rootc.sign_in_key(&root).await, 303);
+
+    // A managed key with a console role.
+    let (s, made) = admin(
+        &http,
+        &p,
+        &root,
+        M::POST,
+        "/admin/api-keys",
+        Some(json!({"name": "operator-ui", "roles": ["console:write"], "tenant": "acme"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{made}");
+    let id = made["id"].as_str().unwrap().to_string();
+    let mut key = made["key"].as_str().unwrap().to_string();
+    let mut op = Console::new(&p.admin_url);
+
+    // Disabled through the admin API: the next page is refused, and so is an action posted
+    // with the CSRF token the session had.
+    assert_eq!(op.sign_in_key(&key).await, 303);
+    let csrf = op.csrf("/ui/credentials").await;
+    assert_eq!(
+        call(M::POST, format!("/admin/api-keys/{id}/disable"))
+            .await
+            .0,
+        200
+    );
+    let refused = op
+        .post_from(
+            "/ui/credentials/api-keys",
+            None,
+            &[
+                ("csrf", &csrf),
+                ("name", "sneaky"),
+                ("roles", "viewer"),
+                ("tenant", "acme"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    assert!(!op.signed_in("/ui/credentials").await);
+    // Its old cookie stays dead once the key is enabled again: the session was ended.
+    assert_eq!(
+        call(M::POST, format!("/admin/api-keys/{id}/enable"))
+            .await
+            .0,
+        200
+    );
+    assert!(!op.signed_in("/ui/credentials").await);
+    let (_, list) = call(M::GET, "/admin/api-keys".into()).await;
+    assert!(!list.to_string().contains("sneaky"), "{list}");
+
+    // Disabled through the console.
+    assert_eq!(op.sign_in_key(&key).await, 303);
+    assert!(op.signed_in("/ui/clients").await);
+    let done = rootc
+        .post(
+            &format!("/ui/credentials/api-keys/{id}/disable"),
+            "/ui/credentials",
+            &[],
+        )
+        .await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(!op.signed_in("/ui/clients").await);
+    assert_eq!(
+        call(M::POST, format!("/admin/api-keys/{id}/enable"))
+            .await
+            .0,
+        200
+    );
+
+    // Rotated through the console: the session of the old key ends; the new key signs in.
+    assert_eq!(op.sign_in_key(&key).await, 303);
+    let done = rootc
+        .post(
+            &format!("/ui/credentials/api-keys/{id}/rotate"),
+            "/ui/credentials",
+            &[],
+        )
+        .await;
+    assert_eq!(done.status, 201, "{}", done.body);
+    assert!(!op.signed_in("/ui/clients").await);
+    assert_eq!(op.sign_in_key(&key).await, 401);
+    let (s, rotated) = call(M::POST, format!("/admin/api-keys/{id}/rotate")).await;
+    assert_eq!(s, 201);
+    key = rotated["key"].as_str().unwrap().to_string();
+    assert_eq!(op.sign_in_key(&key).await, 303);
+    assert!(op.signed_in("/ui/clients").await);
+
+    // Deleted through the admin API.
+    assert_eq!(
+        call(M::DELETE, format!("/admin/api-keys/{id}")).await.0,
+        200
+    );
+    assert!(!op.signed_in("/ui/clients").await);
+
+    // A client: rotated through the admin API, then deleted through the console.
+    let (s, made) = admin(
+        &http,
+        &p,
+        &root,
+        M::POST,
+        "/admin/clients",
+        Some(json!({"client_id": "watcher", "roles": ["console:read"], "tenant": "acme"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{made}");
+    let cid = made["id"].as_str().unwrap().to_string();
+    let secret = made["client_secret"].as_str().unwrap().to_string();
+    let mut watcher = Console::new(&p.admin_url);
+    assert_eq!(watcher.sign_in_client("watcher", &secret).await, 303);
+    assert!(watcher.signed_in("/ui/tasks").await);
+    let (s, rotated) = call(M::POST, format!("/admin/clients/{cid}/rotate")).await;
+    assert_eq!(s, 201);
+    assert!(!watcher.signed_in("/ui/tasks").await);
+    let secret2 = rotated["client_secret"].as_str().unwrap().to_string();
+    assert_eq!(watcher.sign_in_client("watcher", &secret).await, 401);
+    assert_eq!(watcher.sign_in_client("watcher", &secret2).await, 303);
+    assert!(watcher.signed_in("/ui/tasks").await);
+    let done = rootc
+        .post(
+            &format!("/ui/credentials/clients/{cid}/delete"),
+            "/ui/credentials",
+            &[],
+        )
+        .await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(!watcher.signed_in("/ui/tasks").await);
+    // The root operator's own session was never affected.
+    assert!(rootc.signed_in("/ui/credentials").await);
+    // Each ended session is in the audit trail as a refused console request.
+    poll("the refusals audited", Duration::from_secs(30), || async {
+        p.audit_log()
+            .iter()
+            .any(|r| {
+                r["event.action"] == "console.refused" && r["http.response.status_code"] == 401
+            })
+            .then_some(())
+    })
+    .await;
+}

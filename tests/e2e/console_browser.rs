@@ -51,6 +51,7 @@ async fn the_console_in_a_real_browser() {
         "overview",
         "endpoints",
         "clients",
+        "client",
         "audit",
         "tasks",
         "configuration",

@@ -15,6 +15,7 @@ mod client_shapes;
 mod config_check;
 mod console_admin;
 mod console_browser;
+mod console_tls;
 mod demo_and_readme;
 mod deploy_files;
 mod deployment;

@@ -491,6 +491,139 @@ fn check_validates_the_state_section() {
     assert!(r.ok, "{}", r.text());
 }
 
+/// Runtime-managed credentials (issue 15) on two nodes sharing one Redis: every change made
+/// on one node is in force on the other at its very next request, for API keys, clients (their
+/// secrets at `/oauth/token` and the tokens issued with them) and console sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_credentials_are_seen_by_a_second_node_at_once() {
+    use crate::harness::console::{Console, admin, api, signing_key_yaml, token};
+    use reqwest::Method as M;
+    let redis = RedisServer::start();
+    let sim = start_sim(sim_options()).await;
+    let shared = tempfile::tempdir().unwrap();
+    let mut config = ConfigBuilder::new(&sim.url());
+    config.acme_upstream = Upstream::Static;
+    config.extra_top = format!(
+        "{}{}",
+        signing_key_yaml(shared.path()),
+        redis.state_yaml("")
+    );
+    let (a, b) = two_nodes(&config).await;
+    let root = config.key("admin").to_string();
+    let http = reqwest::Client::new();
+    let on_a = |method: M, path: String, body: Option<Value>| {
+        let (http, url, root) = (http.clone(), a.admin_url.clone(), root.clone());
+        async move { admin(&http, &url, &root, method, &path, body).await }
+    };
+
+    // An API key made on A works on B at once.
+    let (s, made) = on_a(
+        M::POST,
+        "/admin/api-keys".into(),
+        Some(json!({"name": "ci", "roles": ["viewer", "console:read"], "tenant": "acme"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{made}");
+    let key = made["key"].as_str().unwrap().to_string();
+    let id = made["id"].as_str().unwrap().to_string();
+    assert_eq!(api(&http, &b.url, &key).await, 200);
+    // B lists it too (without its secret).
+    let (_, listed) = admin(&http, &b.admin_url, &root, M::GET, "/admin/api-keys", None).await;
+    assert!(listed.to_string().contains(&id) && !listed.to_string().contains(&key));
+    // A console session on B with that key.
+    let mut console = Console::new(&b.admin_url);
+    assert_eq!(console.sign_in_key(&key).await, 303);
+    assert!(console.signed_in("/ui/clients").await);
+
+    // Disabled on A: refused on B at the next call, the console session on B ends too.
+    let (s, _) = on_a(M::POST, format!("/admin/api-keys/{id}/disable"), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(api(&http, &b.url, &key).await, 401);
+    assert!(!console.signed_in("/ui/clients").await);
+    // Enabled again on A: B takes it at once.
+    let (s, _) = on_a(M::POST, format!("/admin/api-keys/{id}/enable"), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(api(&http, &b.url, &key).await, 200);
+    assert_eq!(console.sign_in_key(&key).await, 303);
+    assert!(console.signed_in("/ui/clients").await);
+
+    // Rotated on A: on B the old key is refused and the new one works; the session made with
+    // the old key ends.
+    let (s, rotated) = on_a(M::POST, format!("/admin/api-keys/{id}/rotate"), None).await;
+    assert_eq!(s, 201, "{rotated}");
+    let new_key = rotated["key"].as_str().unwrap().to_string();
+    assert_eq!(api(&http, &b.url, &key).await, 401);
+    assert_eq!(api(&http, &b.url, &new_key).await, 200);
+    assert!(!console.signed_in("/ui/clients").await);
+
+    // Deleted on A: refused on B.
+    let (s, _) = on_a(M::DELETE, format!("/admin/api-keys/{id}"), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(api(&http, &b.url, &new_key).await, 401);
+
+    // A client made on A: its secret gets a token from B, and the token works on both.
+    let (s, made) = on_a(
+        M::POST,
+        "/admin/clients".into(),
+        Some(json!({"client_id": "robot", "roles": ["viewer", "console:read"], "tenant": "acme"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{made}");
+    let cid = made["id"].as_str().unwrap().to_string();
+    let secret = made["client_secret"].as_str().unwrap().to_string();
+    let t = token(&http, &b.url, "robot", &secret)
+        .await
+        .expect("B grants a token for a client made on A");
+    assert_eq!(api(&http, &b.url, &t).await, 200);
+    assert_eq!(api(&http, &a.url, &t).await, 200);
+    let mut client_console = Console::new(&b.admin_url);
+    assert_eq!(client_console.sign_in_client("robot", &secret).await, 303);
+    assert!(client_console.signed_in("/ui/tasks").await);
+
+    // Disabled on A: B refuses its token, its secret and its console session at once.
+    let (s, _) = on_a(M::POST, format!("/admin/clients/{cid}/disable"), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(api(&http, &b.url, &t).await, 401);
+    assert!(token(&http, &b.url, "robot", &secret).await.is_none());
+    assert!(!client_console.signed_in("/ui/tasks").await);
+    let (s, _) = on_a(M::POST, format!("/admin/clients/{cid}/enable"), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(api(&http, &b.url, &t).await, 200);
+    assert_eq!(client_console.sign_in_client("robot", &secret).await, 303);
+
+    // Rotated on A: on B the old secret and the tokens issued with it are refused, the new
+    // secret gets a token that works, and the console session made with the old secret ends.
+    let (s, rotated) = on_a(M::POST, format!("/admin/clients/{cid}/rotate"), None).await;
+    assert_eq!(s, 201, "{rotated}");
+    let secret2 = rotated["client_secret"].as_str().unwrap().to_string();
+    assert!(token(&http, &b.url, "robot", &secret).await.is_none());
+    assert_eq!(api(&http, &b.url, &t).await, 401);
+    let t2 = token(&http, &b.url, "robot", &secret2)
+        .await
+        .expect("the rotated secret works on B");
+    assert_eq!(api(&http, &b.url, &t2).await, 200);
+    assert!(!client_console.signed_in("/ui/tasks").await);
+
+    // Deleted on A: B refuses the secret and the token.
+    let (s, _) = on_a(M::DELETE, format!("/admin/clients/{cid}"), None).await;
+    assert_eq!(s, 200);
+    assert!(token(&http, &b.url, "robot", &secret2).await.is_none());
+    assert_eq!(api(&http, &b.url, &t2).await, 401);
+
+    // And the other way round: made on B, used on A at once.
+    let (s, made) = admin(
+        &http,
+        &b.admin_url,
+        &root,
+        M::POST,
+        "/admin/api-keys",
+        Some(json!({"name": "from-b", "roles": ["viewer"], "tenant": "acme"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{made}");
+    assert_eq!(api(&http, &a.url, made["key"].as_str().unwrap()).await, 200);
+}
+
 /// `/ready`'s `state` object on `node`, once `reachable` is `want`.
 async fn state_reachable(node: &ProxyProcess, key: &str, want: bool) -> Value {
     poll(

@@ -4,7 +4,8 @@ and passes its URLs and keys in the environment. Every wait is explicit, with ge
 deadlines (the machine may be loaded); the whole run is bounded by the caller.
 
 Scenarios: sign in with the admin key; every page renders real figures (after traffic through
-the proxy, the overview's request count and the client's usage row match what was sent); the
+the proxy, the overview's request count and the client's usage row match what was sent, and the
+client's drill-down chart draws its requests, live); the
 audit search finds a mutating call; an API key issued in the console works (200) until it is
 disabled in the console (401), and both actions are in the audit page; a console:read user sees
 no action buttons and its POSTs are refused; a POST without the CSRF token is refused; after
@@ -168,6 +169,30 @@ def run(d):
     assert cells[4] == str(sent), f"last hour requests {cells}"
     assert cells[7] == str(sent), f"last day requests {cells}"
     shot(d, "clients")
+
+    # --- the client's drill-down: a live chart of its own last hour -------------------------
+    # Two more of the viewer's requests, one refused (404), arrive while the page is open: the
+    # live refresh brings them to the totals and the chart without a reload.
+    row.find_element(By.CSS_SELECTOR, "th a").click()
+    wait(d, EC.presence_of_element_located((By.CSS_SELECTOR, "[data-chart=client] canvas")), "the client's chart")
+    wait(d, lambda d: d.find_element(By.CSS_SELECTOR, "[data-chart=client]").get_attribute("data-drawn-total") == str(sent),
+         f"the client's chart to draw {sent} requests")
+    assert text_of(d, "#client-requests") == str(sent), text_of(d, "#client-requests")
+    points = int(d.find_element(By.CSS_SELECTOR, "[data-chart=client]").get_attribute("data-drawn-points"))
+    assert points == 360, f"an hour of ten-second points, got {points}"
+    status, _, _ = http("GET", PROXY + "/api/v1/regions", KEYS["viewer"])
+    assert status == 200, status
+    status, _, _ = http("GET", PROXY + "/api/v1/instances/00000000-0000-4000-8000-000000000000", KEYS["viewer"])
+    assert status >= 400 and status != 429, status
+    wait(d, lambda d: d.find_element(By.CSS_SELECTOR, "[data-chart=client]").get_attribute("data-drawn-total") == str(sent + 2),
+         "the chart to take the new requests live")
+    wait(d, lambda d: text_of(d, "#client-requests") == str(sent + 2) and text_of(d, "#client-errors") == "1",
+         "the client's totals to take the new requests live")
+    # The chart's own legend names the three series.
+    legend = text_of(d, "[data-chart=client] .u-legend")
+    assert "requests" in legend and "errors" in legend and "429" in legend, legend
+    shot(d, "client")
+    log(f"the client's chart drew {sent + 2} requests, 1 error")
 
     # --- endpoints, tasks, configuration render real data ----------------------------------
     open_page(d, "/ui/endpoints", "#endpoints tbody tr")

@@ -18,6 +18,7 @@ mod pages;
 pub mod session;
 
 use super::credentials;
+use crate::auth::CredentialRef;
 use crate::auth::principal::{CredentialKind, Principal};
 use crate::runtime::{Runtime, SharedState};
 use bytes::Bytes;
@@ -87,6 +88,8 @@ pub struct Req<'a> {
     pub headers: &'a http::HeaderMap,
     pub form: HashMap<String, String>,
     pub client_ip: Option<std::net::IpAddr>,
+    /// It came over TLS (the admin listener has `server.admin_tls`).
+    pub tls: bool,
 }
 
 /// What the audit record of a console request names.
@@ -112,6 +115,20 @@ impl Operator {
         }
     }
 
+    /// The operator with the rights its credential's principal has now; `None` when it is no
+    /// longer the same principal or holds no console role any more.
+    fn renewed(mut self, current: &Principal) -> Option<Operator> {
+        let (write, process) = rights(current)?;
+        if *current.id != *self.session.principal {
+            return None;
+        }
+        self.session.write = write;
+        self.session.process = process;
+        self.session.tenant = current.tenant.to_string();
+        self.session.roles = current.roles.iter().map(|r| r.to_string()).collect();
+        Some(self)
+    }
+
     fn principal(&self) -> Arc<Principal> {
         Arc::new(Principal {
             id: self.session.principal.as_str().into(),
@@ -131,12 +148,6 @@ impl Operator {
             policy: None,
         })
     }
-}
-
-fn tls(_rt: &Runtime) -> bool {
-    // The admin listener serves plain HTTP (bound to loopback by default); with TLS in front
-    // of it the cookie would be `Secure` and `__Host-` prefixed.
-    false
 }
 
 fn parse_pairs(s: &str) -> HashMap<String, String> {
@@ -167,6 +178,7 @@ pub async fn serve(
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     let req_header = session.req_header();
     let form = body
         .as_deref()
@@ -180,6 +192,7 @@ pub async fn serve(
         headers: &req_header.headers,
         form,
         client_ip,
+        tls,
     };
     let mut audit = Audit {
         action: "console.unmatched",
@@ -269,13 +282,19 @@ fn same_origin(req: &Req<'_>, tls: bool) -> bool {
     }
 }
 
-fn cookie(rt: &Runtime, token: &str, max_age: Option<u64>) -> String {
-    let secure = tls(rt);
+/// The session cookie (an empty token and no `max_age`: the cookie that clears it). Always
+/// `HttpOnly; SameSite=Strict`. Over TLS (`server.admin_tls`) it is also `Secure` and named with
+/// the `__Host-` prefix (which requires `Secure`, `Path=/` and no `Domain`), so that no other
+/// site or plain-HTTP page on the host can set or overwrite it. Over plain HTTP neither is
+/// possible: a browser drops a `Secure` cookie received over HTTP (loopback aside) and refuses
+/// a `__Host-` one, so the console could not sign in; the admin listener then belongs on
+/// loopback or behind a TLS-terminating proxy.
+fn cookie(tls: bool, token: &str, max_age: Option<u64>) -> String {
     let mut c = format!(
         "{}={token}; Path=/; HttpOnly; SameSite=Strict",
-        session::cookie_name(secure)
+        session::cookie_name(tls)
     );
-    if secure {
+    if tls {
         c.push_str("; Secure");
     }
     match max_age {
@@ -309,7 +328,7 @@ async fn route(
             })
             .unwrap_or_else(|| pages::message(404, "Not found", "No such asset."));
     }
-    let secure = tls(rt);
+    let secure = req.tls;
     if req.method == "POST" && !same_origin(req, secure) {
         audit.action = if path == "/ui/login" {
             "console.sign_in"
@@ -338,7 +357,7 @@ async fn route(
         Some(t) => session::resume(&*kv, t, idle(rt), absolute(rt)).await,
         None => Ok(None),
     };
-    let op = match (live, token) {
+    let op = match (live, token.clone()) {
         (Ok(Some(s)), Some(t)) => Operator {
             session: s,
             token: t,
@@ -359,6 +378,34 @@ async fn route(
             return Answer::redirect("/ui/login");
         }
     };
+    // The credential behind the session, as it is now: disabled, rotated or deleted since the
+    // sign-in (on any node), or stripped of its console role, ends the session.
+    let op = match rt.auth.resolve(&op.session.credential).await {
+        Ok(current) => match current.and_then(|p| Operator::renewed(op, &p)) {
+            Some(op) => op,
+            None => {
+                let _ = session::end(&*kv, token.as_deref().unwrap_or_default()).await;
+                audit.action = "console.refused";
+                let cleared = cookie(req.tls, "", None);
+                if req.method == "POST" {
+                    return pages::message(
+                        401,
+                        "Signed out",
+                        "The credential you signed in with was disabled, rotated or deleted; sign in again.",
+                    )
+                    .with("set-cookie", cleared);
+                }
+                return Answer::redirect("/ui/login").with("set-cookie", cleared);
+            }
+        },
+        Err(_) => {
+            return pages::message(
+                503,
+                "Unavailable",
+                "Credentials cannot be checked right now; try again.",
+            );
+        }
+    };
     audit.principal = Some(op.principal());
     if req.method == "POST" {
         let presented = req.form.get("csrf").map(String::as_str).unwrap_or("");
@@ -373,7 +420,7 @@ async fn route(
         if path == "/ui/logout" {
             audit.action = "console.sign_out";
             let _ = session::end(&*kv, &op.token).await;
-            return Answer::redirect("/ui/login").with("set-cookie", cookie(rt, "", None));
+            return Answer::redirect("/ui/login").with("set-cookie", cookie(req.tls, "", None));
         }
         if !op.session.write {
             audit.action = "console.refused";
@@ -418,7 +465,7 @@ async fn sign_in(
         .with("retry-after", c.resets_in.as_secs().max(1).to_string());
     }
     let principal = credential_principal(rt, shared, req).await;
-    let Some(p) = principal else {
+    let Some((p, credential)) = principal else {
         let _ = counters.hit(SCOPE, window, &who, 1).await;
         return Answer::html(
             401,
@@ -426,9 +473,7 @@ async fn sign_in(
         );
     };
     audit.principal = Some(p.clone());
-    let process = p.has_role(crate::auth::admin_scope::PROCESS_ADMIN_ROLE);
-    let write = process || p.has_role(super::ADMIN_ROLE) || p.has_role("console:write");
-    if !write && !p.has_role("console:read") {
+    let Some((write, process)) = rights(&p) else {
         let _ = counters.hit(SCOPE, window, &who, 1).await;
         return Answer::html(
             403,
@@ -436,7 +481,7 @@ async fn sign_in(
                 "This credential has no console role (admin, console:write or console:read).",
             )),
         );
-    }
+    };
     let s = Session {
         principal: p.id.to_string(),
         roles: p.roles.iter().map(|r| r.to_string()).collect(),
@@ -445,11 +490,12 @@ async fn sign_in(
         process,
         csrf: String::new(),
         signed_in: 0,
+        credential,
     };
     match session::start(&*shared.state.stores.kv, s, idle(rt)).await {
         Ok((token, _)) => Answer::redirect("/ui/").with(
             "set-cookie",
-            cookie(rt, &token, Some(absolute(rt).as_secs())),
+            cookie(req.tls, &token, Some(absolute(rt).as_secs())),
         ),
         Err(e) => {
             log::error!("console sessions unavailable: {e}");
@@ -458,11 +504,12 @@ async fn sign_in(
     }
 }
 
+/// The principal of the credentials of a sign-in form, and how to find them again.
 async fn credential_principal(
     rt: &Arc<Runtime>,
     shared: &Arc<SharedState>,
     req: &Req<'_>,
-) -> Option<Arc<Principal>> {
+) -> Option<(Arc<Principal>, CredentialRef)> {
     let key = req.form.get("key").map(|k| k.trim()).unwrap_or("");
     if !key.is_empty() {
         let mut h = http::HeaderMap::new();
@@ -470,7 +517,15 @@ async fn credential_principal(
             http::header::AUTHORIZATION,
             http::HeaderValue::from_str(&format!("Bearer {key}")).ok()?,
         );
-        return rt.auth.authenticate(&h).await.ok();
+        // Only an API key: an issued token or a JWT expires on its own schedule and cannot be
+        // re-checked like a key.
+        if key.len() != crate::auth::api_keys::KEY_LEN
+            || key.starts_with(crate::auth::tokens::TOKEN_PREFIX)
+        {
+            return None;
+        }
+        let p = rt.auth.authenticate(&h).await.ok()?;
+        return Some((p, CredentialRef::of_key(key)));
     }
     let id = req.form.get("client_id")?.trim().to_string();
     let secret = req.form.get("client_secret")?.to_string();
@@ -486,7 +541,20 @@ async fn credential_principal(
             }
         })
         .await??;
-    matched.enabled.then(|| matched.principal.clone())
+    matched.enabled.then(|| {
+        (
+            matched.principal.clone(),
+            CredentialRef::of_client(&matched),
+        )
+    })
+}
+
+/// What a principal may do in the console: act (`write`), and administer the whole process
+/// rather than its tenant (`process`); `None` without a console role.
+fn rights(p: &Principal) -> Option<(bool, bool)> {
+    let process = p.has_role(crate::auth::admin_scope::PROCESS_ADMIN_ROLE);
+    let write = process || p.has_role(super::ADMIN_ROLE) || p.has_role("console:write");
+    (write || p.has_role("console:read")).then_some((write, process))
 }
 
 /// A state-changing request of a signed-in operator with the write role.

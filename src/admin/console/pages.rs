@@ -207,6 +207,19 @@ pub async fn page(
                 .points(Duration::from_secs(3600));
             return super::json(&serde_json::json!({ "points": points }));
         }
+        "/ui/data/client" => {
+            let scope = op.scope();
+            let principal = req.query.get("principal").map(String::as_str).unwrap_or("");
+            let points = shared
+                .state
+                .observe
+                .series
+                .client_points(principal, Duration::from_secs(3600))
+                .filter(|(tenant, _)| scope.sees(tenant))
+                .map(|(_, points)| points)
+                .unwrap_or_default();
+            return super::json(&serde_json::json!({ "principal": principal, "points": points }));
+        }
         _ => return message(404, "Not found", "No such console page."),
     };
     Answer::html(200, html)
@@ -342,6 +355,7 @@ async fn clients(shared: &Arc<SharedState>, req: &Req<'_>, op: &Operator) -> Str
                 p.muted { "Requests, errors and 429s per principal over the last minute, hour and day; refreshed every 5 seconds." }
                 @if let Some(f) = &focus {
                     p { "Showing " strong { (f) } " only. " a href="/ui/clients" { "All clients" } }
+                    (client_chart(shared, &scope, f))
                 }
                 table #clients data-live {
                     caption { "Clients, busiest in the last hour first" }
@@ -377,6 +391,47 @@ async fn clients(shared: &Arc<SharedState>, req: &Req<'_>, op: &Operator) -> Str
         }
     };
     layout(op, "/ui/clients", "Clients and usage", body)
+}
+
+/// One principal's last hour on this node (`observe::series`), when the operator may see its
+/// tenant: totals (refreshed with the page) and a chart of requests, errors and 429s per ten
+/// seconds, drawn from `/ui/data/client`.
+fn client_chart(
+    shared: &Arc<SharedState>,
+    scope: &crate::auth::admin_scope::AdminScope,
+    principal: &str,
+) -> maud::Markup {
+    let hour = shared
+        .state
+        .observe
+        .series
+        .client_points(principal, Duration::from_secs(3600))
+        .filter(|(tenant, _)| scope.sees(tenant));
+    let Some((_, points)) = hour else {
+        return html! { p.muted #client-none { "No request from " (principal) " reached this node in the last hour." } };
+    };
+    let sum =
+        |f: fn(&crate::observe::series::ClientPoint) -> u64| points.iter().map(f).sum::<u64>();
+    let source = format!(
+        "/ui/data/client?principal={}",
+        percent_encoding::utf8_percent_encode(principal, percent_encoding::NON_ALPHANUMERIC)
+    );
+    html! {
+        section aria-labelledby="h-client-hour" {
+            h2 #h-client-hour { "Last hour on this node" }
+            dl.cards #client-hour data-live {
+                div { dt { "Requests" } dd #client-requests { (sum(|p| p.requests)) } }
+                div { dt { "Errors" } dd #client-errors { (sum(|p| p.errors)) } }
+                div { dt { "429 (rate limited)" } dd #client-limited { (sum(|p| p.limited_429)) } }
+            }
+            div.charts.wide {
+                figure.chart data-chart="client" data-source=(source) {
+                    figcaption { h3 { "Requests, errors and 429s of " (principal) " per 10 s" } }
+                    div.plot {}
+                }
+            }
+        }
+    }
 }
 
 const AUDIT_PAGE: usize = 50;

@@ -36,6 +36,9 @@ pub struct Session {
     pub csrf: String,
     /// Sign-in time, unix seconds.
     pub signed_in: u64,
+    /// The credential signed in with, found again at every request: a session ends as soon as
+    /// its key or client is disabled, rotated or deleted (anywhere: the store is shared).
+    pub credential: crate::auth::CredentialRef,
 }
 
 fn random_hex(n: usize) -> String {
@@ -133,6 +136,7 @@ mod tests {
             process: true,
             csrf: String::new(),
             signed_in: 0,
+            credential: crate::auth::CredentialRef::of_key("k"),
         };
         let hour = Duration::from_secs(3600);
         let (token, started) = start(&kv, s, hour).await.unwrap();

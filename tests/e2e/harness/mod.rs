@@ -1,10 +1,12 @@
 //! Test harness: the OrionVM simulator in-process on an ephemeral port, the proxy binary as a
 //! child process with a generated config on free loopback ports.
 
+pub mod console;
 pub mod facade;
 pub mod identity;
 pub mod metrics;
 pub mod redis;
+pub mod tls;
 
 pub use metrics::Scrape;
 use orion_sim::{self as sim, SimAccount, SimClient, SimHandle, SimOptions, SimTimings};
@@ -121,6 +123,8 @@ pub struct ConfigBuilder {
     pub account_extra: String,
     /// When set, the globex account's extra lines instead of `account_extra`.
     pub globex_account_extra: Option<String>,
+    /// The admin listener's certificate and key files (`server.admin_tls`): it serves HTTPS.
+    pub admin_tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl ConfigBuilder {
@@ -143,6 +147,7 @@ impl ConfigBuilder {
             endpoint_extra: String::new(),
             account_extra: String::new(),
             globex_account_extra: None,
+            admin_tls: None,
         }
     }
 
@@ -198,6 +203,13 @@ impl ConfigBuilder {
         yaml += &format!("  metrics_listen: \"127.0.0.1:{}\"\n", ports.metrics);
         yaml += "  threads: 2\n  grace_period_seconds: 0\n";
         yaml += &format!("  max_body_bytes: {}\n", self.max_body_bytes);
+        if let Some((cert, key)) = &self.admin_tls {
+            yaml += &format!(
+                "  admin_tls: {{cert_file: \"{}\", key_file: \"{}\"}}\n",
+                cert.display(),
+                key.display()
+            );
+        }
         yaml += &self.extra_server;
         yaml += "accounts:\n";
         yaml += &format!(
@@ -342,7 +354,15 @@ impl ProxyProcess {
                 http: reqwest::Client::new(),
                 config_path,
                 url: format!("http://127.0.0.1:{}", ports.proxy),
-                admin_url: format!("http://127.0.0.1:{}", ports.admin),
+                admin_url: format!(
+                    "{}://127.0.0.1:{}",
+                    if builder.admin_tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    },
+                    ports.admin
+                ),
                 metrics_url: format!("http://127.0.0.1:{}", ports.metrics),
                 dir,
             };
@@ -371,11 +391,14 @@ impl ProxyProcess {
                 .await
                 .map(|r| r.status().is_success())
                 .unwrap_or(false);
-            let admin_ok = client
-                .get(format!("{}/admin/config", self.admin_url))
-                .send()
-                .await
-                .is_ok();
+            // Accepting connections (over TLS too: no handshake needed to know).
+            let admin_ok = tokio::net::TcpStream::connect(
+                self.admin_url
+                    .trim_start_matches("http://")
+                    .trim_start_matches("https://"),
+            )
+            .await
+            .is_ok();
             if ok && admin_ok {
                 // A port picked free may have been taken by another test's process in the
                 // meantime; then what answered is not this proxy. Check that this child holds
