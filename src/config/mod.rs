@@ -151,8 +151,7 @@ pub fn check_server(config: &Config) -> Result<Vec<ipnet::IpNet>, Vec<String>> {
     for (path, tls) in [("server.tls", &s.tls), ("server.admin_tls", &s.admin_tls)] {
         let Some(tls) = tls else { continue };
         for (k, f) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
-            if !Path::new(f).is_file()
-                && !host::missing(|| format!("{path}.{k}: {f} is not here"))
+            if !Path::new(f).is_file() && !host::missing(|| format!("{path}.{k}: {f} is not here"))
             {
                 errors.push(format!("{path}.{k}: {f} is not a readable file"));
             }
