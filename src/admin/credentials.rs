@@ -137,7 +137,7 @@ struct Fields<'a> {
 }
 
 /// A kind of runtime-managed credential, as the one generic handler ([`run_on`]) sees it.
-trait Credential: Sized {
+trait Credential: Sized + Clone {
     const KIND: Kind;
     /// Its list in the document and in a listing's answer (`api_keys`, `clients`).
     const LIST: &'static str;
@@ -520,7 +520,7 @@ async fn run_on<C: Credential>(
                     if all.len() >= managed::MAX_EACH {
                         return Err(invalid(C::NAME, format!("too many managed {}", C::LIST)));
                     }
-                    all.push(record);
+                    all.push(record.clone());
                     Ok(())
                 })
                 .await
@@ -542,12 +542,12 @@ async fn run_on<C: Credential>(
                     format!("unknown rate-limit policy '{p}'"),
                 ));
             }
-            let view = change::<C>(managed, id, &now, |f| *f.policy = req.policy).await?;
+            let view = change::<C>(managed, id, &now, |f| *f.policy = req.policy.clone()).await?;
             Ok((200, view))
         }
         Op::Rotate(_, id) => {
             let (secret, hash) = new_secret(C::KIND, auth).await?;
-            let view = change::<C>(managed, id, &now, |f| *f.secret_hash = hash).await?;
+            let view = change::<C>(managed, id, &now, |f| *f.secret_hash = hash.clone()).await?;
             Ok((201, with_secret(view, C::SECRET, &secret)))
         }
         Op::Delete(_, id) => {
@@ -609,7 +609,7 @@ async fn change<C: Credential>(
     managed: &managed::Managed,
     id: &str,
     now: &str,
-    f: impl FnOnce(Fields<'_>),
+    f: impl Fn(Fields<'_>),
 ) -> Result<Value, Refusal> {
     managed
         .update(|d| {

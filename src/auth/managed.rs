@@ -6,7 +6,9 @@
 //! document, and only as hashes (SHA-256 for keys, Argon2 for client secrets): the secret is in
 //! the answer that created it and nowhere else. Every node reads the document from the store
 //! when a credential it does not know from its config is presented, so a change takes effect at
-//! once everywhere; the parsed document is cached by its bytes.
+//! once everywhere; the parsed document is cached by its bytes. A change is written with a
+//! compare and swap over the version it read, so two nodes changing credentials at once both
+//! get their change in.
 
 use super::api_keys::{self, KeyHash};
 use super::permissions::Roles;
@@ -25,6 +27,8 @@ pub const DOC_KEY: &str = "credentials/v1";
 const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
 /// Managed credentials of each kind at most.
 pub const MAX_EACH: usize = 1000;
+/// Reads and writes of one change before it gives up when other writers keep winning.
+const WRITE_ATTEMPTS: usize = 16;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ManagedKey {
@@ -126,9 +130,14 @@ impl Managed {
     }
 
     async fn parsed(&self) -> Result<Arc<Parsed>, StoreError> {
-        let Some(bytes) = self.kv.get(DOC_KEY).await? else {
-            return Ok(Arc::new(Parsed::new(Document::default())));
-        };
+        match self.kv.get(DOC_KEY).await? {
+            Some(bytes) => self.parse(bytes),
+            None => Ok(Arc::new(Parsed::new(Document::default()))),
+        }
+    }
+
+    /// The document of `bytes`, parsed once per distinct value.
+    fn parse(&self, bytes: Bytes) -> Result<Arc<Parsed>, StoreError> {
         if let Some((b, p)) = &*self.cache.lock()
             && *b == bytes
         {
@@ -210,21 +219,37 @@ impl Managed {
     }
 
     /// Applies `change` to the document and stores it; the change's result is returned. The
-    /// document is written only when `change` succeeds.
+    /// document is written only when `change` succeeds, and only over the version it was read
+    /// from (compare and swap): when another node (or process) wrote it in between, `change`
+    /// runs again on the new version, so that no node's change is lost.
     pub async fn update<T, E>(
         &self,
-        change: impl FnOnce(&mut Document) -> Result<T, E>,
+        mut change: impl FnMut(&mut Document) -> Result<T, E>,
     ) -> Result<Result<T, E>, StoreError> {
         let _one = self.writing.lock().await;
-        let mut doc = self.parsed().await?.doc.clone();
-        let out = match change(&mut doc) {
-            Ok(v) => v,
-            Err(e) => return Ok(Err(e)),
-        };
-        let bytes = serde_json::to_vec(&doc)
-            .map_err(|e| StoreError::Corrupt(format!("managed credentials: {e}")))?;
-        self.kv.put(DOC_KEY, Bytes::from(bytes), FOREVER).await?;
-        Ok(Ok(out))
+        for _ in 0..WRITE_ATTEMPTS {
+            let read = self.kv.get(DOC_KEY).await?;
+            let mut doc = match &read {
+                Some(bytes) => self.parse(bytes.clone())?.doc.clone(),
+                None => Document::default(),
+            };
+            let out = match change(&mut doc) {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(e)),
+            };
+            let bytes = serde_json::to_vec(&doc)
+                .map_err(|e| StoreError::Corrupt(format!("managed credentials: {e}")))?;
+            if self
+                .kv
+                .compare_and_swap(DOC_KEY, read.as_ref(), Bytes::from(bytes), FOREVER)
+                .await?
+            {
+                return Ok(Ok(out));
+            }
+        }
+        Err(StoreError::Unavailable(
+            "managed credentials: the document kept changing under this write".into(),
+        ))
     }
 }
 
@@ -275,6 +300,56 @@ mod tests {
         let mut r = std::collections::BTreeMap::new();
         r.insert("viewer".to_string(), vec!["*:read".to_string()]);
         Roles::build(&r, &reg).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_from_two_writers_at_once_are_both_kept() {
+        // Two `Managed` over one store: two nodes sharing Redis, as far as the document goes.
+        let kv: Arc<dyn KvStore> = Arc::new(MemoryKv::new(10));
+        let (a, b) = (Managed::new(kv.clone()), Managed::new(kv));
+        let key = |name: &str| ManagedKey {
+            id: new_id(Kind::ApiKey),
+            name: name.into(),
+            hash: hash_line(&api_keys::generate()),
+            roles: vec!["viewer".into()],
+            tenant: "acme".into(),
+            policy: None,
+            enabled: true,
+            created_at: String::new(),
+            updated_at: String::new(),
+        };
+        // B writes between A's read and A's write: A's write is refused and A applies its change
+        // again to B's version.
+        let mut interleaved = false;
+        a.update(|d| {
+            if !interleaved {
+                interleaved = true;
+                let b = &b;
+                let from_b = key("from-b");
+                tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current().block_on(b.update(|d| {
+                        d.api_keys.push(from_b.clone());
+                        Ok::<_, ()>(())
+                    }))
+                })
+                .unwrap()
+                .unwrap();
+            }
+            d.api_keys.push(key("from-a"));
+            Ok::<_, ()>(())
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let names: Vec<String> = b
+            .document()
+            .await
+            .unwrap()
+            .api_keys
+            .into_iter()
+            .map(|k| k.name)
+            .collect();
+        assert_eq!(names, vec!["from-b", "from-a"]);
     }
 
     #[tokio::test]

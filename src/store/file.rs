@@ -164,6 +164,31 @@ impl KvStore for FileKv {
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         self.change(|m| Ok(m.remove(key).is_some()))
     }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&Bytes>,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let e = entry(value, ttl)?;
+        let t = now();
+        self.change(|m| {
+            let current = m
+                .get(key)
+                .filter(|e| e.expires > t)
+                .map(|e| e.value.as_bytes());
+            if current != expected.map(|b| b.as_ref()) {
+                return Ok(false);
+            }
+            if !m.contains_key(key) && m.len() >= MAX_ENTRIES {
+                return Err(StoreError::Full);
+            }
+            m.insert(key.to_string(), e);
+            Ok(true)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -181,11 +206,33 @@ mod tests {
         assert!(kv.put_if_absent("b", Bytes::from("2"), long).await.unwrap());
         assert!(!kv.put_if_absent("b", Bytes::from("3"), long).await.unwrap());
         assert!(kv.delete("a").await.unwrap());
+        let (two, four) = (Bytes::from("2"), Bytes::from("4"));
+        assert!(
+            !kv.compare_and_swap("b", None, four.clone(), long)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !kv.compare_and_swap("b", Some(&four), four.clone(), long)
+                .await
+                .unwrap()
+        );
+        assert!(
+            kv.compare_and_swap("c", None, two.clone(), long)
+                .await
+                .unwrap()
+        );
+        assert!(
+            kv.compare_and_swap("c", Some(&two), four.clone(), long)
+                .await
+                .unwrap()
+        );
         let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let again = FileKv::open(&file).unwrap();
         assert_eq!(again.get("a").await.unwrap(), None);
         assert_eq!(again.get("b").await.unwrap(), Some(Bytes::from("2")));
+        assert_eq!(again.get("c").await.unwrap(), Some(Bytes::from("4")));
         // No temporary file is left beside it.
         let names: Vec<_> = std::fs::read_dir(file.parent().unwrap())
             .unwrap()

@@ -214,6 +214,29 @@ impl KvStore for MemoryKv {
             .remove(key)
             .is_some_and(|(_, until)| until > Instant::now()))
     }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&Bytes>,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut map = self.map.lock();
+        let now = Instant::now();
+        let current = map
+            .get(key)
+            .filter(|(_, until)| *until > now)
+            .map(|(v, _)| v);
+        if current != expected {
+            return Ok(false);
+        }
+        if !map.contains_key(key) && !Self::make_room(&mut map, self.max_entries) {
+            return Err(StoreError::Full);
+        }
+        map.insert(key.to_string(), (value, now + ttl));
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
@@ -232,6 +255,34 @@ mod tests {
         let peek = c.peek("p", w, "alice").await.unwrap();
         assert_eq!(peek.count, 3);
         assert!(peek.resets_in <= w && peek.resets_in > Duration::from_secs(50));
+    }
+
+    #[tokio::test]
+    async fn kv_compare_and_swap_changes_only_what_was_read() {
+        let kv = MemoryKv::new(4);
+        let long = Duration::from_secs(60);
+        let (one, two) = (Bytes::from("1"), Bytes::from("2"));
+        assert!(
+            kv.compare_and_swap("d", None, one.clone(), long)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !kv.compare_and_swap("d", None, two.clone(), long)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !kv.compare_and_swap("d", Some(&two), two.clone(), long)
+                .await
+                .unwrap()
+        );
+        assert!(
+            kv.compare_and_swap("d", Some(&one), two.clone(), long)
+                .await
+                .unwrap()
+        );
+        assert_eq!(kv.get("d").await.unwrap(), Some(two));
     }
 
     #[tokio::test]

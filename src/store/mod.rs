@@ -122,6 +122,16 @@ pub trait KvStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Removes `key`; says whether it had a live value.
     async fn delete(&self, key: &str) -> Result<bool, StoreError>;
+    /// Sets `key` to `value` for `ttl` only when its live value is `expected` (`None`: it has
+    /// none), atomically; says whether it did. A read-modify-write that several nodes share
+    /// (the runtime-managed credentials) retries on `false` instead of losing a change.
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&Bytes>,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
 }
 
 /// The backends of the state traits, as the runtime hands them to the concerns.

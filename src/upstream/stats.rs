@@ -1,11 +1,48 @@
 //! Per-endpoint counters for `GET /admin/endpoints/stats`: requests, errors, timeouts and the
-//! latencies of the last calls. Lock-free (atomics and a ring of recent latencies), kept in
-//! [`super::UpstreamState`] so that a reload does not reset them.
+//! latencies of the last calls (lock-free: atomics and a ring of recent latencies); and the last
+//! hour in ten-second slots (calls, failures, mean latency) for the console's chart of each
+//! endpoint (one short lock per call). Kept in [`super::UpstreamState`] so that a reload does
+//! not reset them.
 
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 const RING: usize = 512;
+/// Seconds per slot of an endpoint's hour.
+pub const SLOT_SECONDS: u64 = 10;
+/// Slots of an endpoint's hour.
+pub const SLOTS: usize = 360;
+
+/// One ten-second period of calls to an endpoint.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    period: u32,
+    calls: u32,
+    failures: u32,
+    /// Latencies of the calls that were answered, summed, and how many.
+    latency_us: u64,
+    timed: u32,
+}
+
+/// One period of an endpoint's hour, as the console reads it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Point {
+    /// Start of the period, unix seconds.
+    pub t: u64,
+    pub calls: u64,
+    /// Calls that failed as the breaker counts failures: no answer, or a 5xx.
+    pub failures: u64,
+    /// Mean latency of the answered calls, in milliseconds.
+    pub mean_ms: Option<f64>,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 #[derive(Debug)]
 pub struct EndpointStats {
@@ -16,6 +53,8 @@ pub struct EndpointStats {
     next: AtomicUsize,
     /// Latencies of the last calls in microseconds (0: empty slot).
     ring: Box<[AtomicU32]>,
+    /// The last hour, slot by slot.
+    hour: Mutex<Box<[Slot]>>,
 }
 
 impl Default for EndpointStats {
@@ -27,6 +66,7 @@ impl Default for EndpointStats {
             server_errors: AtomicU64::new(0),
             next: AtomicUsize::new(0),
             ring: (0..RING).map(|_| AtomicU32::new(0)).collect(),
+            hour: Mutex::new(vec![Slot::default(); SLOTS].into_boxed_slice()),
         }
     }
 }
@@ -70,6 +110,61 @@ impl EndpointStats {
             let i = self.next.fetch_add(1, Ordering::Relaxed) % RING;
             self.ring[i].store(us, Ordering::Relaxed);
         }
+        self.record_hour(now_secs(), outcome.is_failure(), elapsed);
+    }
+
+    fn record_hour(&self, now: u64, failed: bool, elapsed: Option<Duration>) {
+        let period = now / SLOT_SECONDS;
+        let mut hour = self.hour.lock();
+        let Some(s) = hour.get_mut((period % SLOTS as u64) as usize) else {
+            return;
+        };
+        // Ten-second periods since 1970 fit in 32 bits for another 1,300 years.
+        if u64::from(s.period) != period {
+            *s = Slot {
+                period: period as u32,
+                ..Slot::default()
+            };
+        }
+        s.calls = s.calls.saturating_add(1);
+        if failed {
+            s.failures = s.failures.saturating_add(1);
+        }
+        if let Some(d) = elapsed {
+            s.latency_us = s.latency_us.saturating_add(d.as_micros() as u64);
+            s.timed = s.timed.saturating_add(1);
+        }
+    }
+
+    /// The periods of the last `window` (at most an hour), oldest first, empty ones included.
+    pub fn hour(&self, window: Duration) -> Vec<Point> {
+        self.hour_at(now_secs(), window)
+    }
+
+    fn hour_at(&self, now: u64, window: Duration) -> Vec<Point> {
+        let current = now / SLOT_SECONDS;
+        let n = (window.as_secs() / SLOT_SECONDS).clamp(1, SLOTS as u64);
+        let hour = self.hour.lock();
+        (0..n)
+            .rev()
+            .filter_map(|back| current.checked_sub(back))
+            .map(|period| {
+                let t = period * SLOT_SECONDS;
+                match hour.get((period % SLOTS as u64) as usize) {
+                    Some(s) if u64::from(s.period) == period => Point {
+                        t,
+                        calls: s.calls.into(),
+                        failures: s.failures.into(),
+                        mean_ms: (s.timed > 0)
+                            .then(|| s.latency_us as f64 / f64::from(s.timed) / 1000.0),
+                    },
+                    _ => Point {
+                        t,
+                        ..Point::default()
+                    },
+                }
+            })
+            .collect()
     }
 
     pub fn snapshot(&self) -> serde_json::Value {
@@ -194,6 +289,30 @@ mod tests {
         assert_eq!(v["latency_ms"]["p99"], 99.0);
         assert!(Outcome::Status(502).is_failure());
         assert!(!Outcome::Status(404).is_failure());
+    }
+
+    #[test]
+    fn the_hour_is_kept_in_ten_second_slots() {
+        let s = EndpointStats::default();
+        let t0 = 3_000_000 * SLOT_SECONDS;
+        let ms = Duration::from_millis;
+        s.record_hour(t0, false, Some(ms(10)));
+        s.record_hour(t0 + 1, false, Some(ms(30)));
+        s.record_hour(t0 + 2, true, None);
+        s.record_hour(t0 + SLOT_SECONDS, true, Some(ms(5)));
+        let p = s.hour_at(t0 + SLOT_SECONDS, Duration::from_secs(30));
+        let got: Vec<(u64, u64, Option<f64>)> =
+            p.iter().map(|p| (p.calls, p.failures, p.mean_ms)).collect();
+        assert_eq!(
+            got,
+            vec![(0, 0, None), (3, 1, Some(20.0)), (1, 1, Some(5.0))]
+        );
+        assert_eq!(p[1].t, t0);
+        // An hour later the slot is reused.
+        let later = t0 + SLOTS as u64 * SLOT_SECONDS;
+        s.record_hour(later, false, None);
+        assert_eq!(s.hour_at(later, Duration::from_secs(10))[0].calls, 1);
+        assert_eq!(s.hour(Duration::from_secs(3600)).len(), SLOTS);
     }
 
     #[test]

@@ -622,6 +622,41 @@ async fn managed_credentials_are_seen_by_a_second_node_at_once() {
     .await;
     assert_eq!(s, 201, "{made}");
     assert_eq!(api(&http, &a.url, made["key"].as_str().unwrap()).await, 200);
+
+    // Twelve keys made at once, half through each node: none is lost (each change is written
+    // over the version it read, or read again).
+    let mut calls = Vec::new();
+    for i in 0..12 {
+        let url = if i % 2 == 0 {
+            &a.admin_url
+        } else {
+            &b.admin_url
+        };
+        let (http, url, root) = (http.clone(), url.clone(), root.clone());
+        calls.push(tokio::spawn(async move {
+            admin(
+                &http,
+                &url,
+                &root,
+                M::POST,
+                "/admin/api-keys",
+                Some(json!({"name": format!("burst-{i}"), "roles": ["viewer"], "tenant": "acme"})),
+            )
+            .await
+        }));
+    }
+    for c in calls {
+        let (s, made) = c.await.unwrap();
+        assert_eq!(s, 201, "{made}");
+    }
+    let (_, listed) = admin(&http, &b.admin_url, &root, M::GET, "/admin/api-keys", None).await;
+    let burst = listed["api_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["name"].as_str().is_some_and(|n| n.starts_with("burst-")))
+        .count();
+    assert_eq!(burst, 12, "{listed}");
 }
 
 /// `/ready`'s `state` object on `node`, once `reachable` is `want`.

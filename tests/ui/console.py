@@ -197,6 +197,16 @@ def run(d):
     # --- endpoints, tasks, configuration render real data ----------------------------------
     open_page(d, "/ui/endpoints", "#endpoints tbody tr")
     assert "up" in text_of(d, "#endpoints tbody") or "unknown" in text_of(d, "#endpoints tbody")
+    # A chart per endpoint, drawn from its own last hour: the calls made for the requests sent
+    # above are in the chart of the endpoint that served them.
+    charts = d.find_elements(By.CSS_SELECTOR, "[data-chart=endpoint]")
+    rows = d.find_elements(By.CSS_SELECTOR, "#endpoints tbody tr")
+    assert len(charts) == len(rows) and charts, (len(charts), len(rows))
+    wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-chart=endpoint] canvas")) == len(charts),
+         "a chart per endpoint")
+    wait(d, lambda d: sum(int(c.get_attribute("data-drawn-total") or 0)
+                          for c in d.find_elements(By.CSS_SELECTOR, "[data-chart=endpoint]")) >= sent,
+         f"the endpoints' charts to draw the {sent} calls")
     shot(d, "endpoints")
     # A facade task to list.
     status, _, body = http("GET", PROXY + "/v1/instances", KEYS["operator"])

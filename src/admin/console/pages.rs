@@ -169,7 +169,10 @@ pub async fn page(
     op: &Operator,
     path: &str,
 ) -> Answer {
-    let process_only = matches!(path, "" | "/ui" | "/ui/endpoints" | "/ui/data/series");
+    let process_only = matches!(
+        path,
+        "" | "/ui" | "/ui/endpoints" | "/ui/data/series" | "/ui/data/endpoint"
+    );
     if process_only && !op.session.process {
         let title = if path == "/ui/endpoints" {
             "Endpoints"
@@ -205,6 +208,22 @@ pub async fn page(
                 .observe
                 .series
                 .points(Duration::from_secs(3600));
+            return super::json(&serde_json::json!({ "points": points }));
+        }
+        "/ui/data/endpoint" => {
+            let account = req.query.get("account").map(String::as_str).unwrap_or("");
+            let index: usize = req
+                .query
+                .get("index")
+                .and_then(|i| i.parse().ok())
+                .unwrap_or(usize::MAX);
+            let points = rt
+                .upstreams
+                .accounts
+                .get(account)
+                .and_then(|a| a.endpoints.get(index))
+                .map(|e| e.stats.hour(Duration::from_secs(3600)))
+                .unwrap_or_default();
             return super::json(&serde_json::json!({ "points": points }));
         }
         "/ui/data/client" => {
@@ -298,6 +317,19 @@ fn endpoints(rt: &Arc<Runtime>, op: &Operator) -> String {
     let body = html! {
         p.muted { "What " code { "GET /admin/endpoints/stats" } " reports, refreshed every 5 seconds." }
         div.charts { figure.chart data-chart="upstream" { figcaption { h3 { "OrionVM latency (ms) and errors, all endpoints" } } div.plot {} } }
+        h2 { "Each endpoint, last hour" }
+        div.charts #endpoint-charts {
+            @for e in stats["endpoints"].as_array().into_iter().flatten() {
+                @let source = format!(
+                    "/ui/data/endpoint?{}",
+                    serde_urlencoded::to_string([("account", num(&e["account"])), ("index", num(&e["index"]))]).unwrap_or_default()
+                );
+                figure.chart data-chart="endpoint" data-source=(source) data-endpoint=(format!("{}/{}", num(&e["account"]), num(&e["name"]))) {
+                    figcaption { h3 { (num(&e["account"])) " / " (num(&e["name"])) ": calls, failures (5xx or no answer) per 10 s, mean latency (ms)" } }
+                    div.plot {}
+                }
+            }
+        }
         table #endpoints data-live {
             caption { "Each OrionVM endpoint per account" }
             thead { tr {

@@ -21,6 +21,23 @@ impl RedisKv {
     }
 }
 
+/// KEYS[1]: the key. ARGV: whether a value is expected (`1`/`0`), the expected value, the new
+/// value, its lifetime in ms. Sets the key when its value is the expected one (or it has none
+/// and none is expected); 1 when it did.
+const CAS: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if cur ~= ARGV[2] then return 0 end
+elseif cur then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+return 1
+"#;
+
+static CAS_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(CAS));
+
 fn ms(ttl: Duration) -> u64 {
     (ttl.as_millis() as u64).max(1)
 }
@@ -86,6 +103,28 @@ impl KvStore for RedisKv {
             .await?;
         Ok(n > 0)
     }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&Bytes>,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut inv = CAS_SCRIPT.prepare_invoke();
+        inv.key(self.key(key))
+            .arg(if expected.is_some() { "1" } else { "0" })
+            .arg(expected.map(|b| b.as_ref()).unwrap_or_default())
+            .arg(value.as_ref())
+            .arg(ms(ttl));
+        let set: i64 = self
+            .redis
+            .run("kv", |mut c| async move {
+                inv.invoke_async::<i64>(&mut c).await
+            })
+            .await?;
+        Ok(set == 1)
+    }
 }
 
 #[cfg(test)]
@@ -109,6 +148,44 @@ mod tests {
         assert_eq!(a.get("y").await.unwrap(), None);
         assert!(a.delete("x").await.unwrap());
         assert!(!b.delete("x").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn compare_and_swap_changes_only_what_was_read() {
+        let server = TestRedis::start();
+        let a = RedisKv::new(server.backend("kv2:"));
+        let b = RedisKv::new(server.backend("kv2:"));
+        let long = Duration::from_secs(60);
+        let (one, two, three) = (Bytes::from("1"), Bytes::from("2"), Bytes::from("3"));
+        // Absent expected: only the first of two writers gets in.
+        assert!(
+            a.compare_and_swap("d", None, one.clone(), long)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !b.compare_and_swap("d", None, two.clone(), long)
+                .await
+                .unwrap()
+        );
+        // Both read 1; the second to write finds 2 and must read again.
+        assert!(
+            b.compare_and_swap("d", Some(&one), two.clone(), long)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !a.compare_and_swap("d", Some(&one), three.clone(), long)
+                .await
+                .unwrap()
+        );
+        assert_eq!(a.get("d").await.unwrap(), Some(two.clone()));
+        assert!(
+            a.compare_and_swap("d", Some(&two), three.clone(), long)
+                .await
+                .unwrap()
+        );
+        assert_eq!(b.get("d").await.unwrap(), Some(three));
     }
 
     #[tokio::test]

@@ -32,7 +32,8 @@
     errors: { title: "Errors per 10 s", series: [["errors_4xx", "4xx"], ["errors_5xx", "5xx"], ["limited_429", "429"]] },
     latency: { title: "Latency (ms)", series: [["p50_ms", "p50"], ["p95_ms", "p95"], ["p99_ms", "p99"]] },
     upstream: { title: "OrionVM latency (ms) and errors", series: [["upstream_p50_ms", "p50"], ["upstream_p95_ms", "p95"], ["upstream_errors", "errors"]] },
-    client: { title: "Requests, errors and 429s per 10 s", series: [["requests", "requests"], ["errors", "errors"], ["limited_429", "429"]] }
+    client: { title: "Requests, errors and 429s per 10 s", series: [["requests", "requests"], ["errors", "errors"], ["limited_429", "429"]] },
+    endpoint: { title: "Calls, failures and mean latency per 10 s", series: [["calls", "calls"], ["failures", "failures"], ["mean_ms", "mean ms"]] }
   };
   var COLORS = ["#0a58ca", "#cf222e", "#9a6700", "#1a7f37"];
 
@@ -51,7 +52,7 @@
       spec.series.forEach(function (s) {
         data.push(points.map(function (p) { return p[s[0]] === null ? null : p[s[0]]; }));
       });
-      var key = el.getAttribute("data-chart");
+      var key = el.getAttribute("data-chart") + " " + source;
       var width = Math.max(300, el.clientWidth - 16);
       el.setAttribute("data-drawn-points", String(points.length));
       el.setAttribute("data-drawn-total", String(data[1].reduce(function (a, v) { return a + (v || 0); }, 0)));
