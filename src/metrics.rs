@@ -125,6 +125,16 @@ static LOG_DROPPED: Lazy<Option<IntCounter>> = Lazy::new(|| {
     .ok()
 });
 
+static TRACE_SPANS: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "orion_proxy_trace_spans_total",
+        "Trace spans handed to the OTLP exporter (`exported`) or dropped: the queue was full or \
+         the collector did not take them (`dropped`)",
+        &["result"]
+    )
+    .ok()
+});
+
 static REQUESTS: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
     register_int_counter_vec!(
         "orion_proxy_requests_total",
@@ -459,8 +469,14 @@ pub fn init(config_version: &str) {
     Lazy::force(&CACHE);
     Lazy::force(&IDEMPOTENCY);
     Lazy::force(&LOG_DROPPED);
+    Lazy::force(&TRACE_SPANS);
     Lazy::force(&AUDIT_SYNCS);
     // Known label values start at zero, so that rate() and alerts see them before the first event.
+    for r in ["exported", "dropped"] {
+        if let Some(c) = TRACE_SPANS.as_ref() {
+            c.with_label_values(&[r]);
+        }
+    }
     for r in ["ok", "error"] {
         if let Some(c) = RELOADS.as_ref() {
             c.with_label_values(&[r]);
@@ -754,6 +770,14 @@ pub fn token_refreshed() {
 }
 
 /// A token fetch from OrionVM failed.
+/// Trace spans the collector took (`exported`) or that were dropped (queue full, export failed).
+pub fn trace_spans(exported: bool, n: u64) {
+    if let Some(c) = TRACE_SPANS.as_ref() {
+        c.with_label_values(&[if exported { "exported" } else { "dropped" }])
+            .inc_by(n);
+    }
+}
+
 pub fn token_refresh_failed() {
     if let Some(c) = TOKEN_REFRESHES.as_ref() {
         c.with_label_values(&["error"]).inc();

@@ -59,6 +59,60 @@ pub struct Config {
     /// Where shared state lives: memory (one node) or Redis (several nodes).
     #[serde(default)]
     pub state: crate::config::state::StateConfig,
+    /// OpenTelemetry traces exported over OTLP/HTTP; off when absent.
+    #[serde(default)]
+    pub tracing: Option<TracingConfig>,
+}
+
+/// `tracing`: a server span per request and a client span per call to OrionVM, exported over
+/// OTLP/HTTP (protobuf) to a collector. Reloadable: a reload with other settings starts a new
+/// exporter and retires the old one once its last request is done.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// Where the spans go.
+    pub otlp: OtlpConfig,
+    /// Share of new traces that are recorded and exported, 0.0 to 1.0 (by trace id). A trace
+    /// continued from a trusted caller's `traceparent` follows the caller's sampled flag.
+    #[serde(default = "default_sampling_ratio")]
+    pub sampling_ratio: f64,
+    /// `service.name` of the exported spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+/// `tracing.otlp`: an OTLP/HTTP collector.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// The collector's URL, `http(s)://host:4318`; `/v1/traces` is added when the URL has no
+    /// path.
+    pub endpoint: String,
+    /// Headers sent with every export (an API key, a tenant): a value is a string or a secret
+    /// reference (`{env: NAME}`, `{file: PATH}`, `{credential: NAME}`), never logged.
+    #[serde(default)]
+    pub headers: BTreeMap<String, OtlpHeaderValue>,
+    /// How long one export may take before it is given up (its spans counted as dropped).
+    #[serde(default = "default_otlp_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// A header value for the collector: plain text, or a secret reference.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OtlpHeaderValue {
+    Plain(String),
+    Secret(SecretRef),
+}
+
+fn default_sampling_ratio() -> f64 {
+    1.0
+}
+fn default_service_name() -> String {
+    "orion-proxy".into()
+}
+fn default_otlp_timeout_ms() -> u64 {
+    5000
 }
 
 /// The operators' web console (`/ui/` on the admin listener).

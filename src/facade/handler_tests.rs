@@ -89,6 +89,7 @@ impl World {
             tasks: &self.tasks,
             describe,
             changed: None,
+            trace: None,
         }
     }
 

@@ -11,8 +11,7 @@ use serde_json::{Map, Value, json};
 use std::time::Duration;
 
 pub(crate) async fn handle(h: Handler, c: &Call<'_>) -> Result<Reply, FacadeError> {
-    let mut orion = orion_of(&c.req)?;
-    orion.changed = c.env.changed.clone();
+    let orion = orion_of(&c.req, c.env)?;
     let tenant = &*orion.tenant.name;
     let store = &**c.env.tasks;
     match h {

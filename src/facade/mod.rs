@@ -132,6 +132,8 @@ pub struct Orion {
     pub request_id: String,
     /// Told of each object a call other than GET changed.
     pub changed: Option<Changed>,
+    /// The request's trace: each call is a span of it (`None` when not traced).
+    pub trace: crate::upstream::trace::Trace,
 }
 
 impl Orion {
@@ -143,7 +145,15 @@ impl Orion {
         body: Option<&Value>,
     ) -> Result<Value, FacadeError> {
         let mutation = crate::request::is_mutation(&method);
-        let answer = client::call(&self.tenant.account, method, path, body, &self.request_id).await;
+        let answer = client::call_traced(
+            &self.tenant.account,
+            method,
+            path,
+            body,
+            &self.request_id,
+            self.trace.as_deref(),
+        )
+        .await;
         if mutation
             && let Some(changed) = &self.changed
             && let Some(id) = path
@@ -221,6 +231,8 @@ pub struct Env<'a> {
     pub describe: DescribeError,
     /// Told of the objects the facade (and its tasks) change at OrionVM.
     pub changed: Option<Changed>,
+    /// The request's trace (`None` when not traced): the facade's calls are its spans.
+    pub trace: crate::upstream::trace::Trace,
 }
 
 /// The request body as the proxy read it: the bytes, and the value that the route's schema
@@ -275,13 +287,14 @@ pub async fn answer<'a>(
     }
 }
 
-/// OrionVM as the caller's tenant.
-pub(crate) fn orion_of(req: &RequestView<'_>) -> Result<Orion, FacadeError> {
+/// OrionVM as the caller's tenant, told of changes and traced as `env` says.
+pub(crate) fn orion_of(req: &RequestView<'_>, env: &Env<'_>) -> Result<Orion, FacadeError> {
     match req.tenant {
         Some(t) => Ok(Orion {
             tenant: t.clone(),
             request_id: req.request_id.to_string(),
-            changed: None,
+            changed: env.changed.clone(),
+            trace: env.trace.clone(),
         }),
         None => Err(FacadeError::Call(CallError::Other("no tenant".into()))),
     }
@@ -291,7 +304,7 @@ pub(crate) fn orion_of(req: &RequestView<'_>) -> Result<Orion, FacadeError> {
 /// bare array, with `X-Total-Count` and `Link`.
 async fn mirror_list(call: &Call<'_>) -> Result<Reply, FacadeError> {
     let q = ListQuery::parse(ListKind::Instances, call.req.query)?;
-    let items = orion_of(&call.req)?.list(call.req.path).await?;
+    let items = orion_of(&call.req, call.env)?.list(call.req.path).await?;
     let page = q.apply(items);
     Ok(Reply::new(200, Value::Array(page.items))
         .header("x-total-count", page.total.to_string())

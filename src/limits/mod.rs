@@ -587,6 +587,8 @@ pub struct Extra<'a> {
     pub body: Option<&'a serde_json::Value>,
     /// For a cached facade read: how to make the facade's answer, once per flight.
     pub local: Option<Box<dyn FnOnce() -> cache::Fetch + Send + 'a>>,
+    /// The request's trace: the one shared call is a span of the request that makes it.
+    pub trace: crate::upstream::trace::Trace,
 }
 
 /// The ids a mutation's body names (at most 32): the objects it changes besides its own.
@@ -718,9 +720,17 @@ pub async fn before_upstream_with(
             None => {
                 let (account, path, rid) =
                     (account.clone(), cache_path(), req.request_id.to_string());
+                let trace = extra.trace.clone();
                 Box::pin(async move {
-                    crate::upstream::client::call(&account, http::Method::GET, &path, None, &rid)
-                        .await
+                    crate::upstream::client::call_traced(
+                        &account,
+                        http::Method::GET,
+                        &path,
+                        None,
+                        &rid,
+                        trace.as_deref(),
+                    )
+                    .await
                 })
             }
         }

@@ -279,6 +279,9 @@ fn line(
     );
     line.str("http.request.id", req.request_id);
     line.str("trace.id", &obs.trace_id);
+    if !obs.span_id.is_empty() {
+        line.str("span.id", &obs.span_id);
+    }
     if let Some(ip) = req.client_ip {
         line.display("client.ip", &ip);
     }

@@ -1,5 +1,6 @@
 //! Observability: request ids, the JSON access log with redaction, the audit trail, usage per
-//! client and Prometheus metrics.
+//! client, Prometheus metrics and OpenTelemetry traces ([`trace`]: `early_request_filter` asks
+//! `Traces::start_request` for the request's spans, `logging` ends them).
 //!
 //! The proxy phases call four hooks here: [`on_response_header`] (`response_filter`),
 //! [`on_response_body`] (`response_body_filter`), [`on_local_answer`] (before the proxy writes
@@ -27,6 +28,7 @@ pub mod redact;
 pub mod request_id;
 pub mod rotate;
 pub mod series;
+pub mod trace;
 pub mod usage;
 
 use crate::config::model::{AuditOnFailure, LoggingConfig};
@@ -52,6 +54,9 @@ pub struct ObserveState {
     sinks: Mutex<HashMap<String, Arc<access::Sink>>>,
     /// Audit writers by path.
     audits: Mutex<HashMap<PathBuf, Arc<AuditWriter>>>,
+    /// The OTLP pipeline of the config in force (`trace`), kept across reloads that keep
+    /// `tracing:` as it is.
+    tracing: trace::Slot,
 }
 
 impl ObserveState {
@@ -61,6 +66,7 @@ impl ObserveState {
             series: Arc::default(),
             sinks: Default::default(),
             audits: Default::default(),
+            tracing: Default::default(),
         }
     }
 
@@ -440,6 +446,8 @@ pub struct RequestObs {
     pub started_at: SystemTime,
     /// The W3C trace id of the request.
     pub trace_id: String,
+    /// The request's server span id when traces are exported (`trace`); empty otherwise.
+    pub span_id: String,
     /// The status the caller gets.
     pub status: Option<u16>,
     /// The response headers, redacted, when they are logged.
@@ -477,6 +485,7 @@ impl Default for RequestObs {
             started: Instant::now(),
             started_at: SystemTime::now(),
             trace_id: String::new(),
+            span_id: String::new(),
             status: None,
             response_headers: None,
             response_body: None,

@@ -23,6 +23,11 @@ pub fn is_trusted(ip: Option<IpAddr>, networks: &[ipnet::IpNet]) -> bool {
 
 /// The trace id of a valid `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
 pub fn trace_id_of(traceparent: &str) -> Option<&str> {
+    parse_traceparent(traceparent).map(|(t, _, _)| t)
+}
+
+/// A valid `traceparent`'s trace id, parent id and flags (hex, as sent).
+pub fn parse_traceparent(traceparent: &str) -> Option<(&str, &str, &str)> {
     let mut parts = traceparent.split('-');
     let (v, t, p, f) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() || v.len() != 2 || v == "ff" {
@@ -39,7 +44,7 @@ pub fn trace_id_of(traceparent: &str) -> Option<&str> {
     if t.bytes().all(|b| b == b'0') || p.bytes().all(|b| b == b'0') {
         return None;
     }
-    Some(t)
+    Some((t, p, f))
 }
 
 pub fn new_trace_id() -> String {
@@ -91,6 +96,10 @@ mod tests {
             None
         );
         assert_eq!(trace_id_of("00-XYZ-00f067aa0ba902b7-01"), None);
+        assert_eq!(
+            parse_traceparent(t),
+            Some(("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "01"))
+        );
         let c = child_traceparent("4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(trace_id_of(&c), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
         let t = new_trace_id();

@@ -48,6 +48,9 @@ pub struct Ctx {
     /// The `Idempotency-Key` this request holds, and its answer as written
     /// (`crate::idempotency`); `None` for every request without one.
     pub idem: Option<Box<crate::idempotency::Claim>>,
+    /// The request's spans when traces are exported (`crate::observe::trace`); `None` when
+    /// they are off.
+    pub trace: Option<Box<observe::trace::RequestTrace>>,
 }
 
 impl Ctx {
@@ -74,6 +77,7 @@ impl Ctx {
             obs: Default::default(),
             limits: Default::default(),
             idem: None,
+            trace: None,
         }
     }
 
@@ -140,6 +144,34 @@ impl Ctx {
             request_id: &self.request_id,
         };
         Some((log, view, obs))
+    }
+
+    /// Ends the request's spans (when traced): the proxied call's as the upstream state says,
+    /// the server span with the route, status, tenant and principal.
+    pub fn finish_trace(&mut self, session: &Session, status: u16, failure: Option<&str>) {
+        let Some(trace) = self.trace.take() else {
+            return;
+        };
+        let req = session.req_header();
+        let done = observe::trace::Finished {
+            method: req.method.as_str(),
+            route: self.route.as_deref().map(|r| &*r.template),
+            path: if self.path.is_empty() {
+                req.uri.path()
+            } else {
+                &self.path
+            },
+            status,
+            tenant: self.principal.as_deref().map(|p| &*p.tenant),
+            principal: self.principal.as_deref().map(|p| &*p.id),
+            request_id: &self.request_id,
+            error: self.error.as_ref().map(|e| e.code).or(failure),
+        };
+        let upstream = (
+            self.upstream.status,
+            self.upstream.failure.map(|f| f.as_str()),
+        );
+        (*trace).finish(&done, upstream);
     }
 
     pub fn route_name(&self) -> &str {

@@ -153,6 +153,7 @@ pub async fn facade(session: &mut Session, ctx: &mut Ctx, state: &State) -> Resu
         tasks: &state.stores.tasks,
         describe: crate::errors::facade::task_error,
         changed: changed_hook(&rt, state),
+        trace: ctx.trace.as_ref().map(|t| t.calls()),
     };
     let decision = {
         let view = ctx.view(session.req_header());
@@ -184,6 +185,7 @@ pub fn cached_facade_read(
     let route = ctx.route.clone()?;
     let (principal, tenant) = (ctx.principal.clone(), ctx.tenant.clone());
     let (path, params, request_id) = (ctx.path.clone(), ctx.params.clone(), ctx.request_id.clone());
+    let trace = ctx.trace.as_ref().map(|t| t.calls());
     let method = req.method.clone();
     let query = req.uri.query().map(str::to_string);
     let tasks = state.stores.tasks.clone();
@@ -208,6 +210,7 @@ pub fn cached_facade_read(
                 tasks: &tasks,
                 describe: crate::errors::facade::task_error,
                 changed: None,
+                trace,
             };
             let started = std::time::Instant::now();
             let decision = crate::facade::answer(view, Default::default(), &env).await;

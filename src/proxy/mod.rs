@@ -61,11 +61,13 @@ async fn before_upstream(
 ) -> Result<bool> {
     let local = local::cached_facade_read(session.req_header(), ctx, state);
     let body = ctx.validated.take();
+    let trace = ctx.trace.as_ref().map(|t| t.calls());
     let decision = match limits_parts(session.req_header(), ctx) {
         Some((limits, view, rl)) => {
             let extra = crate::limits::Extra {
                 body: body.as_ref().map(|v| &v.value),
                 local,
+                trace,
             };
             crate::limits::before_upstream_with(limits, &view, rl, extra).await
         }
@@ -250,14 +252,21 @@ impl ProxyHttp for OrionProxy {
             Some(id) if trusted && request_id::valid_inbound(id) => id.to_string(),
             _ => request_id::new_id(),
         };
-        let inbound_trace = headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(request_id::trace_id_of);
-        ctx.trace_id = match inbound_trace {
-            Some(t) if trusted => t.to_string(),
-            _ => request_id::new_trace_id(),
+        let inbound_trace = headers.get("traceparent").and_then(|v| v.to_str().ok());
+        // Exported traces (`observe::trace`): the server span, continuing a trusted caller's
+        // trace; otherwise the trace id alone, for the logs and OrionVM.
+        ctx.trace = rt.traces.start_request(
+            &session.req_header().method,
+            inbound_trace.filter(|_| trusted),
+        );
+        ctx.trace_id = match (&ctx.trace, inbound_trace.and_then(request_id::trace_id_of)) {
+            (Some(t), _) => t.trace_id().to_string(),
+            (None, Some(t)) if trusted => t.to_string(),
+            (None, _) => request_id::new_trace_id(),
         };
+        if let Some(t) = &ctx.trace {
+            ctx.obs.span_id = t.span_id().to_string();
+        }
         connection::per_request(session.as_downstream_mut(), &rt.config.server.timeouts);
         ctx.runtime = Some(rt);
         Ok(())
@@ -325,12 +334,27 @@ impl ProxyHttp for OrionProxy {
             ));
         };
         // Credentials, target, Host, ids, Content-Length, signature: `crate::upstream::rewrite`.
-        let traceparent = request_id::child_traceparent(&ctx.trace_id);
+        // Traced, each attempt is a span of its own, named by the `traceparent` it sends.
+        if let Some(t) = ctx.trace.as_deref_mut() {
+            let previous = (
+                ctx.upstream.status,
+                ctx.upstream.failure.map(|f| f.as_str()),
+            );
+            t.begin_proxied(session.req_header().method.as_str(), &ctx.path, previous);
+        }
+        let own;
+        let traceparent = match ctx.trace.as_deref().and_then(|t| t.proxied_traceparent()) {
+            Some(tp) => tp,
+            None => {
+                own = request_id::child_traceparent(&ctx.trace_id);
+                &own
+            }
+        };
         let out = crate::upstream::Outbound {
             path: &ctx.path,
             original: &session.req_header().uri,
             request_id: &ctx.request_id,
-            traceparent: &traceparent,
+            traceparent,
             body: ctx.body.as_deref(),
             caller: crate::upstream::forward::Caller {
                 ip: ctx.client_ip,
@@ -342,6 +366,7 @@ impl ProxyHttp for OrionProxy {
                 .as_ref()
                 .map(|rt| rt.upstreams.forward_headers)
                 .unwrap_or_default(),
+            trace: ctx.trace.as_deref().map(|t| t.tracer()),
         };
         match ctx.upstream.rewrite(&tenant.account, upstream, &out).await {
             Ok(()) => Ok(()),
@@ -657,6 +682,7 @@ impl ProxyHttp for OrionProxy {
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         let error_type = e.map(|e| format!("{:?}", e.etype()));
+        ctx.finish_trace(session, status, error_type.as_deref());
         if let Some((log, req, obs)) = ctx.observed(session) {
             observe::finish(log, &req, obs, status, error_type.as_deref()).await;
         }

@@ -43,6 +43,8 @@ pub struct Runtime {
     pub admin_tls_key: Option<std::sync::Arc<pingora::tls::sign::CertifiedKey>>,
     /// `Idempotency-Key` on creates (`crate::idempotency`).
     pub idempotency: crate::idempotency::Idempotency,
+    /// OpenTelemetry traces (`tracing:`; off when absent): the exporter starts at commit.
+    pub traces: crate::observe::trace::Traces,
 }
 
 /// A runtime that was built completely but is not in force yet.
@@ -54,8 +56,9 @@ impl Staged {
     /// Puts the staged runtime's side effects into the process (files, writer threads, pools
     /// registered in the state) and returns the runtime to swap in.
     pub fn commit(self, state: &State) -> Runtime {
-        let rt = self.runtime;
+        let mut rt = self.runtime;
         rt.upstreams.commit(&state.upstream);
+        rt.traces.commit(&state.observe);
         rt.log.commit(&state.observe);
         rt.auth.commit(&state.auth);
         state.tls.commit(rt.tls_key.clone());
@@ -117,6 +120,9 @@ pub fn stage(config: Config, text: &str, state: &State) -> Result<Staged, Vec<St
     let idempotency = crate::idempotency::Idempotency::build(&config, routes.as_ref())
         .map_err(|e| errors.extend(e))
         .ok();
+    let traces = crate::observe::trace::Traces::build(config.tracing.as_ref())
+        .map_err(|e| errors.extend(e))
+        .ok();
 
     match (
         routes,
@@ -126,6 +132,7 @@ pub fn stage(config: Config, text: &str, state: &State) -> Result<Staged, Vec<St
         body_rules,
         limits,
         idempotency,
+        traces,
     ) {
         (
             Some(routes),
@@ -135,8 +142,10 @@ pub fn stage(config: Config, text: &str, state: &State) -> Result<Staged, Vec<St
             Some(body_rules),
             Some(limits),
             Some(idempotency),
+            Some(traces),
         ) if errors.is_empty() => Ok(Staged {
             runtime: Runtime {
+                traces,
                 body_rules,
                 limits,
                 idempotency,

@@ -9,6 +9,7 @@
 
 use super::Account;
 use super::stats::Outcome;
+use super::trace::{CallKind, CallSpan, CallTracer};
 use bytes::Bytes;
 use std::time::Instant;
 
@@ -73,6 +74,12 @@ async fn read_bounded(
     }
 }
 
+fn end(span: Option<Box<dyn CallSpan>>, status: Option<u16>, failure: Option<&str>) {
+    if let Some(span) = span {
+        span.end(status, failure);
+    }
+}
+
 /// OrionVM's answer to one call.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -101,6 +108,19 @@ pub async fn call(
     body: Option<&serde_json::Value>,
     request_id: &str,
 ) -> Result<Answer, CallError> {
+    call_traced(account, method, path, body, request_id, None).await
+}
+
+/// [`call`], each attempt (and a token fetched for it) a span of `trace`, whose
+/// `traceparent` the attempt carries.
+pub async fn call_traced(
+    account: &Account,
+    method: http::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    request_id: &str,
+    trace: Option<&dyn CallTracer>,
+) -> Result<Answer, CallError> {
     let mut retried = false;
     let mut avoid = None;
     loop {
@@ -109,7 +129,7 @@ pub async fn call(
         let Some(endpoint) = account.endpoints.get(idx) else {
             return Err(CallError::Other("the account has no endpoint".into()));
         };
-        let auth = match account.credentials.authorization_header().await {
+        let auth = match account.credentials.authorization_header(trace).await {
             Ok(a) => a,
             Err(e) => {
                 attempt.finish(Outcome::Connect, None);
@@ -152,29 +172,44 @@ pub async fn call(
         if body.is_some() {
             req = req.body(bytes);
         }
+        let span = trace.map(|t| {
+            t.begin(
+                CallKind::Own,
+                method.as_str(),
+                path.split('?').next().unwrap_or(path),
+            )
+        });
+        if let Some(span) = &span {
+            req = req.header("traceparent", span.traceparent());
+        }
         let started = Instant::now();
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) if e.is_connect() && avoid.is_none() && account.endpoints.len() > 1 => {
+                end(span, None, Some("connect"));
                 attempt.finish(Outcome::Connect, None);
                 avoid = Some(idx);
                 continue;
             }
             Err(e) if e.is_timeout() => {
+                end(span, None, Some("timeout"));
                 attempt.finish(Outcome::Timeout, None);
                 return Err(CallError::Timeout);
             }
             Err(e) if e.is_connect() => {
+                end(span, None, Some("connect"));
                 attempt.finish(Outcome::Connect, None);
                 return Err(CallError::Connect);
             }
             Err(_) => {
+                end(span, None, Some("reset"));
                 attempt.finish(Outcome::Reset, None);
                 return Err(CallError::Other("request failed".into()));
             }
         };
         let status = resp.status().as_u16();
         if status == 401 && !retried && account.credentials.refreshes() {
+            end(span, Some(status), None);
             attempt.finish(Outcome::Status(status), None);
             if let Some(a) = &auth {
                 account.credentials.invalidate(a);
@@ -187,7 +222,18 @@ pub async fn call(
         } else {
             (account.max_response_bytes, false)
         };
-        let body = match read_bounded(resp, limit, truncate).await {
+        let read = read_bounded(resp, limit, truncate).await;
+        end(
+            span,
+            Some(status),
+            match &read {
+                Ok(_) => None,
+                Err(ReadError::TooLarge) => Some("too_large"),
+                Err(ReadError::Timeout) => Some("timeout"),
+                Err(ReadError::Broken) => Some("reset"),
+            },
+        );
+        let body = match read {
             Ok(b) => b,
             Err(ReadError::TooLarge) => {
                 // OrionVM answered; the answer is just more than the proxy takes.

@@ -2,6 +2,7 @@
 //! fetched from OrionVM's `/oauth/token`, cached, refreshed ahead of expiry, and dropped when
 //! OrionVM answers `invalid_token` so that the one retry fetches a fresh one.
 
+use super::trace::{CallKind, CallTracer};
 use crate::config::secret::Secret;
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
@@ -110,19 +111,30 @@ impl Credentials {
 
     /// The `Authorization` value for the next upstream request.
     pub async fn authorization(&self) -> Result<HeaderValue, CredentialError> {
+        self.authorization_traced(None).await
+    }
+
+    /// [`Self::authorization`]; a token fetched on the way is a span of `trace`.
+    pub async fn authorization_traced(
+        &self,
+        trace: Option<&dyn CallTracer>,
+    ) -> Result<HeaderValue, CredentialError> {
         match self {
             Credentials::Static(v) => Ok(v.clone()),
-            Credentials::OAuth2(src) => src.authorization().await,
+            Credentials::OAuth2(src) => src.authorization(trace).await,
             Credentials::Signed { bearer, .. } => bearer.clone().ok_or(CredentialError::NoBearer),
         }
     }
 
     /// The `Authorization` value to send, if this account sends one (a signing account
-    /// without a token sends none).
-    pub async fn authorization_header(&self) -> Result<Option<HeaderValue>, CredentialError> {
+    /// without a token sends none); a token fetched on the way is a span of `trace`.
+    pub async fn authorization_header(
+        &self,
+        trace: Option<&dyn CallTracer>,
+    ) -> Result<Option<HeaderValue>, CredentialError> {
         match self {
             Credentials::Signed { bearer, .. } => Ok(bearer.clone()),
-            _ => self.authorization().await.map(Some),
+            _ => self.authorization_traced(trace).await.map(Some),
         }
     }
 
@@ -204,7 +216,10 @@ impl std::fmt::Display for CredentialMode {
 }
 
 impl OAuth2Source {
-    async fn authorization(&self) -> Result<HeaderValue, CredentialError> {
+    async fn authorization(
+        &self,
+        trace: Option<&dyn CallTracer>,
+    ) -> Result<HeaderValue, CredentialError> {
         let now = Instant::now();
         if let Some(tok) = self.current.load_full()
             && now < tok.refresh_at
@@ -219,7 +234,7 @@ impl OAuth2Source {
         {
             return Ok(tok.header.clone());
         }
-        let fetched = self.fetch().await;
+        let fetched = self.fetch(trace).await;
         if fetched.is_err() {
             crate::metrics::token_refresh_failed();
         }
@@ -240,7 +255,7 @@ impl OAuth2Source {
         }
     }
 
-    async fn fetch(&self) -> Result<CachedToken, CredentialError> {
+    async fn fetch(&self, trace: Option<&dyn CallTracer>) -> Result<CachedToken, CredentialError> {
         #[derive(serde::Deserialize)]
         struct TokenAnswer {
             access_token: String,
@@ -253,14 +268,25 @@ impl OAuth2Source {
             "client_secret": self.client_secret.expose(),
         });
         let started = Instant::now();
-        let resp = self
-            .http
-            .post(&self.token_url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| CredentialError::TokenFetch(describe_reqwest(&e)))?;
+        let span = trace.map(|t| t.begin(CallKind::Token, "POST", path_of(&self.token_url)));
+        let mut req = self.http.post(&self.token_url).json(&body);
+        if let Some(span) = &span {
+            req = req.header("traceparent", span.traceparent());
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let why = describe_reqwest(&e);
+                if let Some(span) = span {
+                    span.end(None, Some(&why));
+                }
+                return Err(CredentialError::TokenFetch(why));
+            }
+        };
         let status = resp.status();
+        if let Some(span) = span {
+            span.end(Some(status.as_u16()), None);
+        }
         if !status.is_success() {
             return Err(CredentialError::TokenFetch(format!(
                 "OrionVM answered {status}"
@@ -281,6 +307,13 @@ impl OAuth2Source {
             expires_at,
         })
     }
+}
+
+/// The path of a URL (its span's name), without scheme, authority or query.
+fn path_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let path = rest.find('/').map_or("/", |i| &rest[i..]);
+    path.split('?').next().unwrap_or(path)
 }
 
 fn describe_reqwest(e: &reqwest::Error) -> String {

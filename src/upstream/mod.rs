@@ -20,6 +20,7 @@ pub mod peer;
 pub mod rewrite;
 pub mod signing;
 pub mod stats;
+pub mod trace;
 
 pub use error::{Failure, UpstreamError};
 pub use peer::AttemptState;

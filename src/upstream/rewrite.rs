@@ -26,6 +26,8 @@ pub struct Outbound<'a> {
     pub caller: super::forward::Caller,
     /// Which of the caller's headers go on (`upstream.forward_headers`).
     pub forward: crate::config::model::ForwardHeaders,
+    /// The request's trace, when it is traced: a token fetched for this call is its span.
+    pub trace: Option<&'a dyn super::trace::CallTracer>,
 }
 
 /// Headers of the caller's that never reach OrionVM.
@@ -56,7 +58,7 @@ pub async fn rewrite_request(
     super::forward::caller_headers(req, out.forward, &out.caller).map_err(header_error)?;
     let auth = account
         .credentials
-        .authorization_header()
+        .authorization_header(out.trace)
         .await
         .map_err(|e| UpstreamError::Credentials(e.to_string()))?;
     if let Some(auth) = &auth {
@@ -152,6 +154,7 @@ mod tests {
                 tls: false,
             },
             forward: Default::default(),
+            trace: None,
         }
     }
 

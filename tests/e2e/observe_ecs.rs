@@ -29,6 +29,7 @@ const ECS_FIELDS: &[(&str, &str)] = &[
     ("http.response.body.bytes", "long"),
     ("http.response.body.content", "text"),
     ("trace.id", "keyword"),
+    ("span.id", "keyword"),
     ("client.ip", "ip"),
     ("url.path", "text"),
     ("url.query", "keyword"),
