@@ -43,8 +43,8 @@ enum Command {
         upgrade: bool,
     },
     /// Validate a config file without starting, like `nginx -t`. Creates no file and opens no
-    /// connection: no DNS query (unless --resolve), nothing sent to OrionVM, a JWKS URL or
-    /// Redis. It reads what the config names on this host (secrets from the environment, files
+    /// connection: no DNS query (unless --resolve), nothing sent to OrionVM, a JWKS URL,
+    /// Redis or an OTLP collector. It reads what the config names on this host (secrets from the environment, files
     /// or systemd credentials; the certificate, key and CA files; JWKS files; log directories)
     /// and refuses the config when one is missing or unusable.
     #[command(after_help = EXIT_CODES)]

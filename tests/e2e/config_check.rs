@@ -175,8 +175,11 @@ fn keygen_prints_a_usable_key() {
 /// A config that names, for each kind, something only the deployment host has (secrets from the
 /// environment, a file and a systemd credential; the listener's certificate and key; a CA
 /// bundle; a JWKS file; log directories), and services a check must not contact: OrionVM, a
-/// JWKS URL and Redis on loopback ports that the test listens on.
-fn host_bound_config(absent: &std::path::Path, upstream: u16, jwks: u16, redis: u16) -> String {
+/// JWKS URL, Redis and an OTLP collector on loopback ports that the test listens on.
+fn host_bound_config(absent: &std::path::Path, ports: &[u16]) -> String {
+    let [upstream, jwks, redis, otlp] = ports else {
+        panic!("four ports")
+    };
     let a = absent.display();
     format!(
         r#"
@@ -211,6 +214,11 @@ state:
 logging:
   access_log: "{a}/access.log"
   audit: {{path: "{a}/audit.log"}}
+tracing:
+  otlp:
+    endpoint: "http://127.0.0.1:{otlp}"
+    headers: {{authorization: {{env: ORION_PROXY_TEST_OFFLINE_OTLP}}}}
+  sampling_ratio: 1.0
 "#,
         hash = orion_proxy::auth::tokens::hash_secret("ci-secret").unwrap()
     )
@@ -229,6 +237,7 @@ fn check_with(
         "ORION_PROXY_TEST_OFFLINE_SECRET",
         "ORION_PROXY_TEST_OFFLINE_SIGNING",
         "ORION_PROXY_TEST_OFFLINE_REDIS",
+        "ORION_PROXY_TEST_OFFLINE_OTLP",
     ] {
         cmd.env_remove(v);
     }
@@ -245,23 +254,22 @@ fn check_with(
 
 #[test]
 fn check_offline_passes_without_the_hosts_files_and_contacts_nothing() {
-    // OrionVM, the JWKS URL and Redis: listeners nobody may connect to.
-    let listeners: Vec<std::net::TcpListener> = (0..3)
+    // OrionVM, the JWKS URL, Redis and the collector: listeners nobody may connect to.
+    let listeners: Vec<std::net::TcpListener> = (0..4)
         .map(|_| {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.set_nonblocking(true).unwrap();
             l
         })
         .collect();
-    let port = |i: usize| listeners[i].local_addr().unwrap().port();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
     let dir = tempfile::tempdir().unwrap();
     let absent = dir.path().join("not-on-this-host");
     let config = dir.path().join("c.yaml");
-    std::fs::write(
-        &config,
-        host_bound_config(&absent, port(0), port(1), port(2)),
-    )
-    .unwrap();
+    std::fs::write(&config, host_bound_config(&absent, &ports)).unwrap();
 
     // Plain check: every missing one is an error, exit status 3.
     let (code, out, err) = check_with(&config, &[], &[]);
@@ -288,6 +296,7 @@ fn check_offline_passes_without_the_hosts_files_and_contacts_nothing() {
         "ed25519.key",
         "ORION_PROXY_TEST_OFFLINE_SIGNING",
         "ORION_PROXY_TEST_OFFLINE_REDIS",
+        "ORION_PROXY_TEST_OFFLINE_OTLP",
         "ca.pem",
         "jwks.json",
         "access.log",
@@ -325,7 +334,10 @@ fn check_offline_passes_without_the_hosts_files_and_contacts_nothing() {
     assert_eq!(code, 2);
 
     // Neither check connected anywhere.
-    for (i, what) in ["OrionVM", "the JWKS URL", "Redis"].iter().enumerate() {
+    for (i, what) in ["OrionVM", "the JWKS URL", "Redis", "the OTLP collector"]
+        .iter()
+        .enumerate()
+    {
         match listeners[i].accept() {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             other => panic!("check connected to {what}: {other:?}"),
