@@ -111,8 +111,13 @@ enum Command {
         #[arg(long)]
         redis: Option<String>,
     },
-    /// Print the OpenAPI document of the shipped routes (what `openapi.json` holds).
-    Openapi,
+    /// Print the OpenAPI document of the shipped routes (what `openapi.json` holds), or with
+    /// `--admin` the admin listener's (what `admin-openapi.json` holds).
+    Openapi {
+        /// The admin API's document instead of the proxy listener's.
+        #[arg(long)]
+        admin: bool,
+    },
     /// Print a new API key and the config line that stores its hash.
     Keygen {
         /// Name of the key's holder, for the printed config entry.
@@ -262,7 +267,12 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Openapi => match orion_proxy::facade::openapi::shipped() {
+        Command::Openapi { admin: true } => {
+            let doc = orion_proxy::admin::openapi::document();
+            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Command::Openapi { admin: false } => match orion_proxy::facade::openapi::shipped() {
             Ok(doc) => {
                 println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
                 ExitCode::SUCCESS

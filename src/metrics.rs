@@ -379,51 +379,23 @@ pub fn set_tenants<'a>(tenants: impl Iterator<Item = (&'a str, &'a str)>) {
     }
 }
 
-/// Starts reporting the days until a listener's certificate expires
-/// (`orion_proxy_tls_certificate_expiry_days{listener="proxy"|"admin"}`), computed at every
-/// scrape from its `notAfter` (Unix seconds). Called again for a listener (a reload renewed its
-/// certificate), it reports the new one.
+/// A listener's certificate (`proxy`: `server.tls`, `admin`: `server.admin_tls`) expires at
+/// `not_after` (Unix seconds): `orion_proxy_tls_certificate_expiration_timestamp_seconds{listener}`,
+/// set when a certificate is put in force (a reload that renewed it sets it again). A timestamp
+/// in seconds, as Prometheus' naming rules ask (`promtool check metrics` refuses a days unit) and
+/// as cert-manager and the blackbox exporter report it: the days left are
+/// `(... - time()) / 86400`, which the alert and the dashboard compute.
 pub fn register_certificate_expiry(listener: &'static str, not_after: i64) {
-    type Expiries =
-        std::sync::Arc<parking_lot::Mutex<std::collections::BTreeMap<&'static str, i64>>>;
-    static NOT_AFTER: once_cell::sync::OnceCell<Expiries> = once_cell::sync::OnceCell::new();
-    let shared = NOT_AFTER.get_or_init(|| {
-        let shared = Expiries::default();
-        if let Ok(g) = prometheus::GaugeVec::new(
-            prometheus::Opts::new(
-                "orion_proxy_tls_certificate_expiry_days",
-                "Days until a listener's TLS certificate expires (negative: expired)",
-            ),
-            &["listener"],
-        ) {
-            let _ = prometheus::register(Box::new(CertificateExpiry {
-                gauge: g,
-                not_after: shared.clone(),
-            }));
-        }
-        shared
+    static NOT_AFTER: Lazy<Option<prometheus::GaugeVec>> = Lazy::new(|| {
+        prometheus::register_gauge_vec!(
+            "orion_proxy_tls_certificate_expiration_timestamp_seconds",
+            "When a listener's TLS certificate expires (its notAfter), in Unix seconds",
+            &["listener"]
+        )
+        .ok()
     });
-    shared.lock().insert(listener, not_after);
-}
-
-struct CertificateExpiry {
-    gauge: prometheus::GaugeVec,
-    not_after: std::sync::Arc<parking_lot::Mutex<std::collections::BTreeMap<&'static str, i64>>>,
-}
-
-impl prometheus::core::Collector for CertificateExpiry {
-    fn desc(&self) -> Vec<&prometheus::core::Desc> {
-        self.gauge.desc()
-    }
-
-    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        let now = unix_now();
-        for (listener, not_after) in self.not_after.lock().iter() {
-            self.gauge
-                .with_label_values(&[*listener])
-                .set((*not_after as f64 - now) / 86_400.0);
-        }
-        self.gauge.collect()
+    if let Some(g) = NOT_AFTER.as_ref() {
+        g.with_label_values(&[listener]).set(not_after as f64);
     }
 }
 
@@ -847,13 +819,105 @@ pub fn declare_state(ops: &[&str]) {
     state_up(true);
 }
 
-static CONNECTIONS_OPEN: Lazy<Option<IntGauge>> = Lazy::new(|| {
-    register_int_gauge!(
+static CONNECTIONS_OPEN: Lazy<Option<IntGaugeVec>> = Lazy::new(|| {
+    register_int_gauge_vec!(
         "orion_proxy_connections_open",
-        "Client connections open on the proxy listener"
+        "Client connections open, by listener (proxy, admin, metrics)",
+        &["listener"]
     )
     .ok()
 });
+
+static CONNECTIONS_ACCEPTED: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "orion_proxy_connections_accepted_total",
+        "Client connections accepted, by listener (counted at accept, before the TLS handshake \
+         and the connection caps)",
+        &["listener"]
+    )
+    .ok()
+});
+
+static TLS_HANDSHAKES: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "orion_proxy_tls_handshakes_total",
+        "TLS handshakes with clients, by listener and result (success, failure, timeout)",
+        &["listener", "result"]
+    )
+    .ok()
+});
+
+/// One open connection of a listener (`ListenerSeries::open`).
+pub struct OpenConnection<'a>(&'a ListenerSeries);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0.open {
+            g.dec();
+        }
+    }
+}
+
+/// The connection series of one listener, resolved once (when the listener is built) so that
+/// counting a connection looks no label up; creating them also declares them at 0.
+pub struct ListenerSeries {
+    pub name: &'static str,
+    open: Option<IntGauge>,
+    accepted: Option<IntCounter>,
+    /// `[success, failure, timeout]`, on a TLS listener only.
+    tls: Option<[IntCounter; 3]>,
+}
+
+impl ListenerSeries {
+    /// The series of the listener `name`; `tls`: it has TLS handshakes to count.
+    pub fn new(name: &'static str, tls: bool) -> ListenerSeries {
+        let tls = if tls {
+            TLS_HANDSHAKES
+                .as_ref()
+                .map(|c| ["success", "failure", "timeout"].map(|r| c.with_label_values(&[name, r])))
+        } else {
+            None
+        };
+        ListenerSeries {
+            name,
+            open: CONNECTIONS_OPEN
+                .as_ref()
+                .map(|g| g.with_label_values(&[name])),
+            accepted: CONNECTIONS_ACCEPTED
+                .as_ref()
+                .map(|c| c.with_label_values(&[name])),
+            tls,
+        }
+    }
+
+    /// A connection was accepted.
+    pub fn accepted(&self) {
+        if let Some(c) = &self.accepted {
+            c.inc();
+        }
+    }
+
+    /// A connection is served until the guard is dropped (also when the serving future is
+    /// dropped, at shutdown).
+    pub fn open(&self) -> OpenConnection<'_> {
+        if let Some(g) = &self.open {
+            g.inc();
+        }
+        OpenConnection(self)
+    }
+
+    /// A TLS handshake ended: `Some(true)` succeeded, `Some(false)` failed, `None` timed out.
+    pub fn handshake(&self, ok: Option<bool>) {
+        if let Some(t) = &self.tls {
+            t[match ok {
+                Some(true) => 0,
+                Some(false) => 1,
+                None => 2,
+            }]
+            .inc();
+        }
+    }
+}
 
 static CONNECTIONS_REFUSED: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
     register_int_counter_vec!(
@@ -874,13 +938,6 @@ static CONNECTIONS_ABORTED: Lazy<Option<IntCounterVec>> = Lazy::new(|| {
     )
     .ok()
 });
-
-/// A client connection opened (+1) or closed (-1).
-pub fn connection_open(delta: i64) {
-    if let Some(g) = CONNECTIONS_OPEN.as_ref() {
-        g.add(delta);
-    }
-}
 
 /// A client connection closed at accept time by the cap `cap` (`total` or `per_ip`).
 pub fn connection_refused(cap: &'static str) {
@@ -909,27 +966,24 @@ mod tests {
     }
 
     #[test]
-    fn certificate_expiry_is_days_from_now_at_scrape_time() {
-        let in_ten_days = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64
-            + 10 * 86_400;
-        register_certificate_expiry("proxy", in_ten_days);
-        register_certificate_expiry("admin", in_ten_days + 10 * 86_400);
-        let family = prometheus::gather()
-            .into_iter()
-            .find(|f| f.name() == "orion_proxy_tls_certificate_expiry_days")
-            .unwrap();
-        let days = |listener: &str| {
-            family
-                .get_metric()
-                .iter()
-                .find(|m| m.get_label().iter().any(|l| l.value() == listener))
-                .map(|m| m.get_gauge().value())
-                .unwrap()
+    fn certificate_expiry_is_the_not_after_time() {
+        register_certificate_expiry("proxy", 1_900_000_000);
+        register_certificate_expiry("admin", 1_910_000_000);
+        let at = |listener: &str| {
+            prometheus::gather()
+                .into_iter()
+                .find(|f| f.name() == "orion_proxy_tls_certificate_expiration_timestamp_seconds")
+                .and_then(|f| {
+                    f.get_metric()
+                        .iter()
+                        .find(|m| m.get_label().iter().any(|l| l.value() == listener))
+                        .map(|m| m.get_gauge().value())
+                })
         };
-        assert!((9.9..=10.0).contains(&days("proxy")), "{}", days("proxy"));
-        assert!((19.9..=20.0).contains(&days("admin")), "{}", days("admin"));
+        assert_eq!(at("proxy"), Some(1_900_000_000.0));
+        assert_eq!(at("admin"), Some(1_910_000_000.0));
+        // A renewed certificate moves it.
+        register_certificate_expiry("proxy", 1_950_000_000);
+        assert_eq!(at("proxy"), Some(1_950_000_000.0));
     }
 }

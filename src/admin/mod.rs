@@ -9,6 +9,7 @@
 
 pub mod console;
 pub mod credentials;
+pub mod openapi;
 
 use crate::auth::admin_scope::AdminScope;
 use crate::errors::ApiError;
@@ -48,6 +49,85 @@ fn action_of(method: &str, path: &str) -> (Option<&'static str>, Option<String>)
         ("POST", "/admin/reload") => (Some("admin.reload"), None),
         _ => (None, None),
     }
+}
+
+/// What an admin operation does (the router's answer for a method and path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Document,
+    Docs,
+    DocsScript,
+    Config,
+    EndpointStats,
+    Audit,
+    Usage,
+    Reload,
+    /// An operation on API keys or clients (`credentials::Op` says which).
+    Credentials,
+}
+
+/// Every operation of the admin listener besides the console (`/ui/`): method, path template
+/// (`{id}`: one non-empty segment) and what it does. The router matches these and nothing else,
+/// and the API document (`openapi::document`) describes exactly these.
+pub const OPERATIONS: &[(&str, &str, Endpoint)] = &[
+    ("GET", "/openapi.json", Endpoint::Document),
+    ("GET", "/docs", Endpoint::Docs),
+    ("GET", "/docs/redoc.standalone.js", Endpoint::DocsScript),
+    ("GET", "/admin/config", Endpoint::Config),
+    ("GET", "/admin/endpoints/stats", Endpoint::EndpointStats),
+    ("GET", "/admin/audit", Endpoint::Audit),
+    ("GET", "/admin/usage", Endpoint::Usage),
+    ("POST", "/admin/reload", Endpoint::Reload),
+    ("GET", "/admin/api-keys", Endpoint::Credentials),
+    ("POST", "/admin/api-keys", Endpoint::Credentials),
+    ("PATCH", "/admin/api-keys/{id}", Endpoint::Credentials),
+    ("DELETE", "/admin/api-keys/{id}", Endpoint::Credentials),
+    ("POST", "/admin/api-keys/{id}/enable", Endpoint::Credentials),
+    (
+        "POST",
+        "/admin/api-keys/{id}/disable",
+        Endpoint::Credentials,
+    ),
+    ("POST", "/admin/api-keys/{id}/rotate", Endpoint::Credentials),
+    ("GET", "/admin/clients", Endpoint::Credentials),
+    ("POST", "/admin/clients", Endpoint::Credentials),
+    ("PATCH", "/admin/clients/{id}", Endpoint::Credentials),
+    ("DELETE", "/admin/clients/{id}", Endpoint::Credentials),
+    ("POST", "/admin/clients/{id}/enable", Endpoint::Credentials),
+    ("POST", "/admin/clients/{id}/disable", Endpoint::Credentials),
+    ("POST", "/admin/clients/{id}/rotate", Endpoint::Credentials),
+];
+
+fn template_matches(template: &str, path: &str) -> bool {
+    let mut t = template.split('/');
+    let mut p = path.split('/');
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return true,
+            (Some(ts), Some(ps)) if ts.starts_with('{') => {
+                if ps.is_empty() {
+                    return false;
+                }
+            }
+            (Some(ts), Some(ps)) if ts == ps => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The operation a method and (normalised) path name: `Err(true)` when the path is served with
+/// other methods (405), `Err(false)` when it is not served (404).
+pub fn route(method: &str, path: &str) -> Result<Endpoint, bool> {
+    let mut path_known = false;
+    for (m, template, endpoint) in OPERATIONS {
+        if template_matches(template, path) {
+            if *m == method {
+                return Ok(*endpoint);
+            }
+            path_known = true;
+        }
+    }
+    Err(path_known)
 }
 
 /// Reads a request body whole, up to [`MAX_BODY`]; `None` when it is larger or unreadable.
@@ -108,7 +188,19 @@ impl AdminApp {
             .map_err(|e| ApiError::from(RouteError::InvalidPath(e)))?;
         let method = req.method.clone();
         let query = req.uri.query().map(str::to_string);
-        if let Some(op) = credentials::Op::parse(method.as_str(), &path) {
+        let endpoint = route(method.as_str(), &path).map_err(|path_known| {
+            if path_known {
+                ApiError::from(RouteError::WrongMethod {
+                    method: method.clone(),
+                    path: path.clone(),
+                })
+            } else {
+                ApiError::from(RouteError::NotFound { path: path.clone() })
+            }
+        })?;
+        if endpoint == Endpoint::Credentials
+            && let Some(op) = credentials::Op::parse(method.as_str(), &path)
+        {
             let body = if crate::observe::audit::is_audited(&method) {
                 read_body(session).await.ok_or_else(|| {
                     ApiError::new(
@@ -123,9 +215,9 @@ impl AdminApp {
             };
             return credentials::perform(&rt, &self.state.state.auth, &scope, &op, &body).await;
         }
-        match (method.as_str(), path.as_str()) {
-            ("GET", "/admin/config") => Ok((200, config_summary(&rt, &scope))),
-            ("GET", "/admin/endpoints/stats") => {
+        match endpoint {
+            Endpoint::Config => Ok((200, config_summary(&rt, &scope))),
+            Endpoint::EndpointStats => {
                 // Endpoints and their counts are shared by every tenant on them.
                 scope.require_process("endpoint statistics")?;
                 Ok((
@@ -133,7 +225,7 @@ impl AdminApp {
                     crate::upstream::stats::report(&rt.upstreams, &rt.routes, &rt.version),
                 ))
             }
-            ("GET", "/admin/audit") => {
+            Endpoint::Audit => {
                 let query = scope.confine_query(query.as_deref())?;
                 let export = crate::observe::audit::export(&rt.log, query.as_deref())?;
                 *stream = Some(Streamed {
@@ -142,7 +234,7 @@ impl AdminApp {
                 });
                 Ok((200, serde_json::Value::Null))
             }
-            ("GET", "/admin/usage") => {
+            Endpoint::Usage => {
                 let query = scope.confine_query(query.as_deref())?;
                 let usage = self.state.state.observe.usage();
                 Ok((
@@ -150,7 +242,7 @@ impl AdminApp {
                     crate::observe::usage::report(&**usage, query.as_deref()).await?,
                 ))
             }
-            ("POST", "/admin/reload") => {
+            Endpoint::Reload => {
                 scope.require_process("reload")?;
                 let state = self.state.clone();
                 let result = tokio::task::spawn_blocking(move || state.reload())
@@ -177,10 +269,11 @@ impl AdminApp {
                     }
                 }
             }
-            (_, p) => Err(RouteError::NotFound {
-                path: p.to_string(),
+            // The public documents are answered before authentication (`process_new_http`);
+            // every credentials path is an `Op`.
+            Endpoint::Document | Endpoint::Docs | Endpoint::DocsScript | Endpoint::Credentials => {
+                Err(RouteError::NotFound { path }.into())
             }
-            .into()),
         }
     }
 }
@@ -239,15 +332,39 @@ pub fn config_summary(rt: &crate::runtime::Runtime, scope: &AdminScope) -> serde
     summary
 }
 
-async fn write_json(
+/// The admin API's document and its Redoc page (public, like the proxy listener's): the answer
+/// to a `GET` of one of them.
+fn public_document(req: &pingora::http::RequestHeader) -> Option<(&'static str, Bytes)> {
+    if req.method != http::Method::GET {
+        return None;
+    }
+    let path = crate::routes::path::normalize(req.uri.path()).ok()?;
+    match route("GET", &path) {
+        Ok(Endpoint::Document) => {
+            static DOCUMENT: once_cell::sync::Lazy<Bytes> =
+                once_cell::sync::Lazy::new(|| Bytes::from(openapi::document().to_string()));
+            Some(("application/json", DOCUMENT.clone()))
+        }
+        Ok(Endpoint::Docs | Endpoint::DocsScript) => {
+            let (content_type, bytes) = crate::facade::docs::asset(&path);
+            Some((content_type, Bytes::from_static(bytes)))
+        }
+        _ => None,
+    }
+}
+
+/// Writes a whole answer; `content_type` is `application/json` (or a document's), or for an
+/// error the media type the caller's `Accept` picks (`crate::errors::media_type`, as on the proxy listener).
+async fn write_body(
     session: &mut ServerSession,
     status: u16,
+    content_type: &'static str,
     body: Bytes,
     request_id: &str,
     extra: &[(&'static str, String)],
 ) -> pingora::Result<()> {
     let mut h = ResponseHeader::build(status, Some(4))?;
-    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-type", content_type)?;
     h.insert_header("content-length", body.len().to_string())?;
     h.insert_header("x-request-id", request_id)?;
     h.insert_header("cache-control", "no-store")?;
@@ -318,6 +435,22 @@ impl HttpServerApp for AdminApp {
                 .flatten()
                 .map(|s| pingora::apps::ReusedHttpStream::from_reusable_stream(s, settings));
         }
+        if let Some(answer) = public_document(session.req_header()) {
+            let (content_type, body) = answer;
+            if write_body(&mut session, 200, content_type, body, &rid, &[])
+                .await
+                .is_err()
+            {
+                return None;
+            }
+            let settings = pingora::apps::HttpPersistentSettings::for_session(&session);
+            return session
+                .finish()
+                .await
+                .ok()
+                .flatten()
+                .map(|s| pingora::apps::ReusedHttpStream::from_reusable_stream(s, settings));
+        }
         let mut stream = None;
         let mut note = AuditNote::default();
         let outcome = self.handle(&mut session, &mut stream, &mut note).await;
@@ -365,9 +498,10 @@ impl HttpServerApp for AdminApp {
         let written = match (outcome, stream) {
             (Ok(_), Some(stream)) => write_stream(&mut session, stream, &rid).await,
             (Ok((status, value)), None) => {
-                write_json(
+                write_body(
                     &mut session,
                     status,
+                    "application/json",
                     Bytes::from(value.to_string()),
                     &rid,
                     &[],
@@ -379,7 +513,16 @@ impl HttpServerApp for AdminApp {
                 if let Some(s) = err.retry_after {
                     extra.push(("retry-after", s.to_string()));
                 }
-                write_json(&mut session, err.status, err.render(&rid), &rid, &extra).await
+                let media = crate::errors::media_type(session.req_header().headers.get("accept"));
+                write_body(
+                    &mut session,
+                    err.status,
+                    media,
+                    err.render(&rid),
+                    &rid,
+                    &extra,
+                )
+                .await
             }
         };
         if written.is_err() {
@@ -392,5 +535,54 @@ impl HttpServerApp for AdminApp {
             .ok()
             .flatten()
             .map(|s| pingora::apps::ReusedHttpStream::from_reusable_stream(s, settings))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The router and the document are one table: every operation is documented with its
+    /// method, and the document has nothing else (tests/e2e/openapi_document.rs checks the same
+    /// against the running listener).
+    #[test]
+    fn the_document_describes_exactly_the_routed_operations() {
+        let doc = openapi::document();
+        let paths = doc["paths"].as_object().unwrap();
+        let mut documented = 0;
+        for (template, ops) in paths {
+            for method in ops.as_object().unwrap().keys() {
+                documented += 1;
+                let method = method.to_ascii_uppercase();
+                assert!(
+                    OPERATIONS
+                        .iter()
+                        .any(|(m, t, _)| *m == method && t == template),
+                    "{method} {template} is documented but not routed"
+                );
+            }
+        }
+        assert_eq!(documented, OPERATIONS.len());
+        for (method, template, endpoint) in OPERATIONS {
+            let path = template.replace("{id}", "k_1");
+            assert_eq!(route(method, &path), Ok(*endpoint), "{method} {path}");
+            // Every credentials operation is one the credentials module performs.
+            assert_eq!(
+                *endpoint == Endpoint::Credentials,
+                credentials::Op::parse(method, &path).is_some(),
+                "{method} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn paths_outside_the_table_are_not_routed() {
+        assert_eq!(route("GET", "/admin/api-keysX"), Err(false));
+        assert_eq!(route("GET", "/admin/nothing"), Err(false));
+        assert_eq!(route("POST", "/admin/api-keys/k_1/enable/x"), Err(false));
+        assert_eq!(route("POST", "/admin/api-keys//enable"), Err(false));
+        assert_eq!(route("DELETE", "/admin/config"), Err(true));
+        assert_eq!(route("GET", "/admin/reload"), Err(true));
+        assert_eq!(route("GET", "/admin/api-keys"), Ok(Endpoint::Credentials));
     }
 }

@@ -13,7 +13,7 @@ use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
-fn err_responses(codes: &[u16]) -> Map<String, Value> {
+pub(crate) fn err_responses(codes: &[u16]) -> Map<String, Value> {
     let mut m = Map::new();
     // Every authenticated operation may be answered 400: two different credentials
     // (`conflicting_credentials`), or a path the proxy refuses before routing (`invalid_path`).
@@ -30,11 +30,11 @@ fn err_responses(codes: &[u16]) -> Map<String, Value> {
     m
 }
 
-fn json_response(description: &str, schema: Value) -> Value {
+pub(crate) fn json_response(description: &str, schema: Value) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": schema}}})
 }
 
-fn sref(name: &str) -> Value {
+pub(crate) fn sref(name: &str) -> Value {
     json!({"$ref": format!("#/components/schemas/{name}")})
 }
 
@@ -68,7 +68,7 @@ fn list_params(kind: &str) -> Vec<Value> {
         .collect()
 }
 
-fn op(
+pub(crate) fn op(
     id: &str,
     tag: &str,
     summary: &str,
@@ -94,7 +94,11 @@ fn op(
     m
 }
 
-fn with_body(mut m: Map<String, Value>, schema: Value, required: bool) -> Map<String, Value> {
+pub(crate) fn with_body(
+    mut m: Map<String, Value>,
+    schema: Value,
+    required: bool,
+) -> Map<String, Value> {
     m.insert(
         "requestBody".into(),
         json!({"required": required, "content": {"application/json": {"schema": schema}}}),
@@ -671,6 +675,57 @@ fn query_param(wire: &str, description: &str, schema: Value) -> Value {
            "schema": schema})
 }
 
+/// The response component of an error status: the `Error` body as `application/problem+json`
+/// (RFC 9457) when the caller's `Accept` names it, else `application/json` (what OrionVM's
+/// clients send and parse); the same body either way (`crate::errors::media_type`). 429 and
+/// 503 carry `Retry-After` (and 429 the RateLimit fields); the document needs those header
+/// components.
+pub(crate) fn error_response(code: u16, text: &str) -> Value {
+    let mut r = json!({"description": text, "content": {
+        "application/problem+json": {"schema": sref("Error")},
+        "application/json": {"schema": sref("Error")}
+    }});
+    match code {
+        429 => {
+            r["headers"] = json!({
+                "RateLimit": {"$ref": "#/components/headers/RateLimit"},
+                "RateLimit-Policy": {"$ref": "#/components/headers/RateLimit-Policy"},
+                "Retry-After": {"$ref": "#/components/headers/Retry-After"}
+            });
+        }
+        503 => {
+            r["headers"] = json!({"Retry-After": {"$ref": "#/components/headers/Retry-After"}});
+        }
+        _ => {}
+    }
+    r
+}
+
+/// The one error body's schema (`crate::errors::ApiError::render`).
+pub(crate) fn error_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "The one error body: RFC 9457 members and the keys OrionVM's clients parse.",
+        "required": ["type", "title", "status", "detail", "instance", "request_id", "error", "error_description", "details"],
+        "properties": {
+            "type": {"type": "string", "examples": ["/problems/validation-failed"]},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "instance": {"type": "string", "examples": ["urn:request:01JD0000000000000000000000"]},
+            "request_id": {"type": "string"},
+            "error": {"type": "string", "examples": ["validation_failed", "invalid_state"]},
+            "error_description": {"type": "string"},
+            "details": {"type": "object", "additionalProperties": true}
+        }
+    })
+}
+
+/// The `Retry-After` header component.
+pub(crate) fn retry_after_header() -> Value {
+    json!({"description": "Seconds to wait before trying again", "schema": {"type": "integer", "minimum": 0}})
+}
+
 fn components() -> Value {
     let mut generator = {
         let mut s = SchemaSettings::draft2020_12();
@@ -701,44 +756,10 @@ fn components() -> Value {
     ];
     let mut responses = Map::new();
     for (code, text) in statuses {
-        // RFC 9457's media type when the caller's Accept names it, else application/json
-        // (what OrionVM's clients send and parse); the same body either way.
-        let mut r = json!({"description": text, "content": {
-            "application/problem+json": {"schema": sref("Error")},
-            "application/json": {"schema": sref("Error")}
-        }});
-        match code {
-            429 => {
-                r["headers"] = json!({
-                    "RateLimit": {"$ref": "#/components/headers/RateLimit"},
-                    "RateLimit-Policy": {"$ref": "#/components/headers/RateLimit-Policy"},
-                    "Retry-After": {"$ref": "#/components/headers/Retry-After"}
-                });
-            }
-            503 => {
-                r["headers"] = json!({"Retry-After": {"$ref": "#/components/headers/Retry-After"}});
-            }
-            _ => {}
-        }
-        responses.insert(format!("E{code}"), r);
+        responses.insert(format!("E{code}"), error_response(code, text));
     }
     let more = json!({
-        "Error": {
-            "type": "object",
-            "description": "The one error body: RFC 9457 members and the keys OrionVM's clients parse.",
-            "required": ["type", "title", "status", "detail", "instance", "request_id", "error", "error_description", "details"],
-            "properties": {
-                "type": {"type": "string", "examples": ["/problems/validation-failed"]},
-                "title": {"type": "string"},
-                "status": {"type": "integer"},
-                "detail": {"type": "string"},
-                "instance": {"type": "string", "examples": ["urn:request:01JD0000000000000000000000"]},
-                "request_id": {"type": "string"},
-                "error": {"type": "string", "examples": ["validation_failed", "invalid_state"]},
-                "error_description": {"type": "string"},
-                "details": {"type": "object", "additionalProperties": true}
-            }
-        },
+        "Error": error_schema(),
         "Object": {"description": "An OrionVM object, as OrionVM answers it.", "type": "object", "additionalProperties": true},
         "Instance": {
             "type": "object",
@@ -857,38 +878,6 @@ fn components() -> Value {
             "schema": {"type": "string", "minLength": 1, "maxLength": 257}
         },
     });
-    let grants = json!({
-        "roles": {"type": "array", "minItems": 1, "items": {"type": "string"}, "description": "Role names of the config (or console:read, console:write)"},
-        "tenant": {"type": "string"},
-        "policy": {"type": ["string", "null"], "description": "A rate-limit policy of `limits.policies` replacing the one the roles pick"}
-    });
-    let managed = |name_field: &str| {
-        let mut props = json!({
-            "id": {"type": ["string", "null"], "description": "null for credentials of the config file"},
-            name_field: {"type": "string"},
-            "principal": {"type": "string"},
-            "enabled": {"type": "boolean"},
-            "source": {"type": "string", "enum": ["config", "runtime"]},
-            "created_at": {"type": "string"},
-            "updated_at": {"type": "string"}
-        });
-        if let (Some(p), Some(g)) = (props.as_object_mut(), grants.as_object()) {
-            p.extend(g.clone());
-        }
-        json!({"type": "object", "required": ["id", name_field, "principal", "roles", "tenant", "enabled", "source"], "properties": props})
-    };
-    let new = |name_field: &str| {
-        let mut props =
-            json!({name_field: {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}});
-        if let (Some(p), Some(g)) = (props.as_object_mut(), grants.as_object()) {
-            p.extend(g.clone());
-        }
-        json!({"type": "object", "additionalProperties": false, "required": [name_field, "roles", "tenant"], "properties": props})
-    };
-    schemas.insert("ManagedApiKey".into(), managed("name"));
-    schemas.insert("ManagedClient".into(), managed("client_id"));
-    schemas.insert("NewApiKey".into(), new("name"));
-    schemas.insert("NewClient".into(), new("client_id"));
     json!({
         "schemas": schemas,
         "responses": responses,
@@ -898,7 +887,7 @@ fn components() -> Value {
             "Link": {"description": "RFC 8288 links: first, prev, next, last", "schema": {"type": "string"}},
             "RateLimit": {"description": "The policy's remaining quota and the seconds until its window resets (IETF RateLimit fields), e.g. `\"default\";r=0;t=42`", "schema": {"type": "string"}},
             "RateLimit-Policy": {"description": "The policy's quota and window, e.g. `\"default\";q=600;w=60`", "schema": {"type": "string"}},
-            "Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer", "minimum": 0}},
+            "Retry-After": retry_after_header(),
             "Idempotent-Replayed": {"description": "`true` on an answer replayed for an Idempotency-Key", "schema": {"type": "string"}}
         },
         "securitySchemes": {
@@ -933,9 +922,6 @@ pub fn document(routes: &[Arc<Route>]) -> Value {
     if !has_token {
         add("/oauth/token", "POST", token_op("oauth.token"));
     }
-    for (path, method, operation) in admin_ops() {
-        add(path, method, operation);
-    }
     let mut components = components();
     if let Some(Value::Object(schemas)) = components.get_mut("schemas") {
         // The structs' own schemas only where no route names a shipped one instead.
@@ -965,7 +951,9 @@ pub fn document(routes: &[Arc<Route>]) -> Value {
             "description": "An edge proxy in front of OrionVM's v1 instances API: the OrionVM mirror \
                 (`/api/v1`), the REST facade (`/v1`), the token endpoint and the proxy's own \
                 endpoints. Every error is the `Error` body. `x-permission` names the permission an \
-                operation needs."
+                operation needs. The admin API has its own document, served by the admin listener \
+                (`server.admin_listen`) at `/openapi.json` there and shipped as \
+                `admin-openapi.json`."
         },
         "security": [{"bearer": []}, {"apiKey": []}, {"oauth2": []}],
         "servers": [{"url": "/", "description": "The proxy listener (`server.listen`)"}],
@@ -974,128 +962,11 @@ pub fn document(routes: &[Arc<Route>]) -> Value {
             {"name": "tasks", "description": "Composite operations in progress"},
             {"name": "mirror", "description": "OrionVM v1, as OrionVM answers it"},
             {"name": "auth", "description": "Tokens"},
-            {"name": "operations", "description": "Health, readiness, this document"},
-            {"name": "admin", "description": "Managing API usage: runtime-managed API keys and clients, on the admin listener (`server.admin_listen`), for the admin role"}
+            {"name": "operations", "description": "Health, readiness, this document"}
         ],
         "paths": paths,
         "components": components,
     })
-}
-
-/// The admin listener's operations for managing API usage (`/admin/api-keys`,
-/// `/admin/clients`), served by `src/admin/credentials.rs` on `server.admin_listen`.
-fn admin_ops() -> Vec<(&'static str, &'static str, Map<String, Value>)> {
-    let server = json!([{"url": "http://127.0.0.1:9091", "description": "the admin listener (server.admin_listen)"}]);
-    let admin = |mut m: Map<String, Value>, path_id: bool| {
-        m.insert("servers".into(), server.clone());
-        m.insert("x-role".into(), json!("admin"));
-        if path_id {
-            m.insert(
-                "parameters".into(),
-                json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"},
-                    "description": "The credential's id (`k_...`, `c_...`) from the listing"}]),
-            );
-        }
-        m
-    };
-    let mut out = Vec::new();
-    for (base, kind, item, new, secret) in [
-        (
-            "/admin/api-keys",
-            "api_keys",
-            "ManagedApiKey",
-            "NewApiKey",
-            "key",
-        ),
-        (
-            "/admin/clients",
-            "clients",
-            "ManagedClient",
-            "NewClient",
-            "client_secret",
-        ),
-    ] {
-        let (list_path, one, action) = match kind {
-            "api_keys" => (
-                "/admin/api-keys",
-                "/admin/api-keys/{id}",
-                [
-                    "/admin/api-keys/{id}/enable",
-                    "/admin/api-keys/{id}/disable",
-                    "/admin/api-keys/{id}/rotate",
-                ],
-            ),
-            _ => (
-                "/admin/clients",
-                "/admin/clients/{id}",
-                [
-                    "/admin/clients/{id}/enable",
-                    "/admin/clients/{id}/disable",
-                    "/admin/clients/{id}/rotate",
-                ],
-            ),
-        };
-        let noun = if kind == "api_keys" {
-            "API key"
-        } else {
-            "client"
-        };
-        let with_secret = json!({"allOf": [sref(item), {"type": "object", "required": [secret, "note"],
-            "properties": {secret: {"type": "string", "description": "The secret, shown in this answer only"}, "note": {"type": "string"}}}]});
-        out.push((list_path, "GET", admin(op(&format!("admin.{kind}.list"), "admin",
-            &format!("Every {noun}: the config file's (read-only, `id` null) and the runtime-managed ones"),
-            "Never shows a secret or a hash.",
-            (200, json_response("The credentials", json!({"type": "object", "required": [kind], "properties": {kind: {"type": "array", "items": sref(item)}}}))),
-            &[401, 403, 503]), false)));
-        out.push((base, "POST", admin(with_body(op(&format!("admin.{kind}.create"), "admin",
-            &format!("Issue a {noun}"),
-            "Answers 201 with the secret, shown only in this answer; the state store keeps its hash. Takes effect at once. Audited.",
-            (201, json_response("Issued", with_secret.clone())), &[400, 401, 403, 409, 503]), sref(new), true), false)));
-        out.push((one, "PATCH", admin(with_body(op(&format!("admin.{kind}.policy"), "admin",
-            &format!("Set the {noun}'s rate-limit policy (null: the one its roles pick)"), "Audited.",
-            (200, json_response("Changed", sref(item))), &[400, 401, 403, 404, 503]),
-            json!({"type": "object", "required": ["policy"], "additionalProperties": false, "properties": {"policy": {"type": ["string", "null"]}}}), true), true)));
-        out.push((one, "DELETE", admin(op(&format!("admin.{kind}.delete"), "admin",
-            &format!("Delete a runtime-managed {noun}"), "Its credential stops working at once. Audited.",
-            (200, json_response("Deleted", json!({"type": "object", "properties": {"id": {"type": "string"}, "deleted": {"type": "boolean"}}}))),
-            &[401, 403, 404, 503]), true)));
-        for (path, verb) in action.into_iter().zip(["enable", "disable", "rotate"]) {
-            let ok = if verb == "rotate" {
-                (
-                    201,
-                    json_response(
-                        "Rotated: the new secret, shown only in this answer",
-                        with_secret.clone(),
-                    ),
-                )
-            } else {
-                (200, json_response("Changed", sref(item)))
-            };
-            out.push((
-                path,
-                "POST",
-                admin(
-                    op(
-                        &format!("admin.{kind}.{verb}"),
-                        "admin",
-                        &format!(
-                            "{} a runtime-managed {noun}",
-                            match verb {
-                                "enable" => "Enable",
-                                "disable" => "Disable",
-                                _ => "Rotate the secret of",
-                            }
-                        ),
-                        "Takes effect at once on every node sharing the state store. Audited.",
-                        ok,
-                        &[401, 403, 404, 503],
-                    ),
-                    true,
-                ),
-            ));
-        }
-    }
-    out
 }
 
 /// The document for the shipped routes (`openapi.json` in the repository).

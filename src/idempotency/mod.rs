@@ -394,8 +394,21 @@ pub async fn begin(
     body: Option<&[u8]>,
     json: Option<&Value>,
 ) -> Result<Begun, IdemError> {
+    begin_traced(idem, kv, req, key, body, json, None).await
+}
+
+/// [`begin`]; the lookup at OrionVM, when there is one, is a span of `trace`.
+pub async fn begin_traced(
+    idem: &Idempotency,
+    kv: &std::sync::Arc<dyn KvStore>,
+    req: &RequestView<'_>,
+    key: &str,
+    body: Option<&[u8]>,
+    json: Option<&Value>,
+    trace: Option<&dyn crate::upstream::trace::CallTracer>,
+) -> Result<Begun, IdemError> {
     let route = req.route_name();
-    let outcome = begin_inner(idem, kv, req, key, body, json).await;
+    let outcome = begin_inner(idem, kv, req, key, body, json, trace).await;
     let label = match &outcome {
         Ok(Begun::Proceed(c)) => c.how,
         Ok(Begun::Answer(_, how)) => how,
@@ -415,6 +428,7 @@ async fn begin_inner(
     key: &str,
     body: Option<&[u8]>,
     json: Option<&Value>,
+    trace: Option<&dyn crate::upstream::trace::CallTracer>,
 ) -> Result<Begun, IdemError> {
     let tenant = req.tenant.map(|t| &*t.name).unwrap_or("");
     let route = req.route_name();
@@ -494,7 +508,7 @@ async fn begin_inner(
                 status,
                 location,
             } => {
-                if let Some(obj) = lookup(req, list, json, &rec).await? {
+                if let Some(obj) = lookup(req, list, json, &rec, trace).await? {
                     let done = answer_record(&rec, status, location, &obj);
                     kv.put(&store_key, done.to_bytes(), idem.ttl).await?;
                     return Ok(Begun::Answer(done.reply("recovered"), "recovered"));
@@ -555,16 +569,18 @@ async fn lookup(
     list: &str,
     json: Option<&Value>,
     rec: &Record,
+    trace: Option<&dyn crate::upstream::trace::CallTracer>,
 ) -> Result<Option<Value>, IdemError> {
     let Some(tenant) = req.tenant else {
         return Ok(None);
     };
-    let answer = client::call(
+    let answer = client::call_traced(
         &tenant.account,
         http::Method::GET,
         list,
         None,
         req.request_id,
+        trace,
     )
     .await
     .map_err(IdemError::Lookup)?;

@@ -74,11 +74,16 @@ impl ObserveState {
         &self.usage
     }
 
-    /// Writes every access-log sink's pending lines; called once the server has stopped.
+    /// Writes every access-log sink's pending lines and sends the trace spans still queued;
+    /// called once the server has stopped.
     pub fn flush_all(&self) {
         let sinks: Vec<Arc<access::Sink>> = self.sinks.lock().values().cloned().collect();
         for s in sinks {
             s.flush();
+        }
+        let tracing = self.tracing.lock().clone();
+        if let Some(p) = tracing {
+            p.flush();
         }
     }
 

@@ -209,6 +209,12 @@ impl Drop for Pipeline {
 }
 
 impl Pipeline {
+    /// Sends the spans still queued, waiting at most the export timeout and a second: the
+    /// server calls it once it has stopped (`ObserveState::flush_all`).
+    pub fn flush(&self) {
+        let _ = self.provider.force_flush();
+    }
+
     fn start(plan: Plan) -> Result<Pipeline, String> {
         use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
         let resource = opentelemetry_sdk::Resource::builder_empty()
@@ -243,7 +249,12 @@ impl Pipeline {
                 .map_err(|e| format!("the export thread: {e}"))?;
         }
         let provider = SdkTracerProvider::builder()
-            .with_span_processor(Shipper { tx, warn, stop })
+            .with_span_processor(Shipper {
+                tx,
+                warn,
+                stop,
+                flush_wait: plan.timeout + Duration::from_secs(1),
+            })
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
                 plan.ratio,
             ))))
@@ -540,6 +551,8 @@ struct Shipper {
     tx: SyncSender<Msg>,
     warn: Arc<Warner>,
     stop: Arc<AtomicBool>,
+    /// How long a flush waits for the export thread at most.
+    flush_wait: Duration,
 }
 
 impl SpanProcessor for Shipper {
@@ -564,7 +577,7 @@ impl SpanProcessor for Shipper {
     fn force_flush(&self) -> OTelSdkResult {
         let (ack, done) = std::sync::mpsc::sync_channel(1);
         if self.tx.try_send(Msg::Flush(ack)).is_ok() {
-            let _ = done.recv_timeout(Duration::from_secs(5));
+            let _ = done.recv_timeout(self.flush_wait);
         }
         Ok(())
     }
@@ -686,6 +699,54 @@ mod tests {
         assert_eq!(plan.ratio, 1.0);
         assert_eq!(plan.service_name, "orion-proxy");
         assert_eq!(plan.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_commit_keeps_the_pipeline_of_an_unchanged_plan() {
+        let state = ObserveState::default();
+        let cfg = |endpoint: &str| config(&format!("otlp: {{endpoint: '{endpoint}'}}\n"));
+        let commit = |cfg: Option<&TracingConfig>| {
+            let mut t = Traces::build(cfg).unwrap();
+            assert!(!t.enabled(), "staged only");
+            t.commit(&state);
+            t
+        };
+        let a = commit(Some(&cfg("http://127.0.0.1:9")));
+        let same = commit(Some(&cfg("http://127.0.0.1:9")));
+        let (pa, psame) = (a.live.clone().unwrap(), same.live.clone().unwrap());
+        assert!(Arc::ptr_eq(&pa, &psame));
+        let other = commit(Some(&cfg("http://127.0.0.1:10")));
+        assert!(!Arc::ptr_eq(&pa, other.live.as_ref().unwrap()));
+        let off = commit(None);
+        assert!(!off.enabled() && state.tracing.lock().is_none());
+        let unsampled = commit(Some(&config(
+            "otlp: {endpoint: 'http://127.0.0.1:9'}\nsampling_ratio: 0.0\n",
+        )));
+        let t = unsampled.start_request(&http::Method::GET, None).unwrap();
+        assert_eq!(t.trace_id().len(), 32);
+        assert_eq!(t.span_id().len(), 16);
+        let call = t.tracer().begin(CallKind::Own, "GET", "/api/v1/regions");
+        assert!(
+            call.traceparent().ends_with("-00"),
+            "{}",
+            call.traceparent()
+        );
+        assert!(call.traceparent().contains(t.trace_id()));
+        // A trusted caller's sampled flag wins over the ratio.
+        let t = unsampled
+            .start_request(
+                &http::Method::GET,
+                Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            )
+            .unwrap();
+        assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let call = t.tracer().begin(CallKind::Own, "GET", "/api/v1/regions");
+        assert!(call.traceparent().ends_with("-01"));
+        assert!(
+            Traces::default()
+                .start_request(&http::Method::GET, None)
+                .is_none()
+        );
     }
 
     #[test]

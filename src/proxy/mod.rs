@@ -95,13 +95,14 @@ async fn idempotency(
     };
     let begun = {
         let view = ctx.view(session.req_header());
-        crate::idempotency::begin(
+        crate::idempotency::begin_traced(
             &rt.idempotency,
             &state.stores.kv,
             &view,
             key,
             ctx.body.as_deref(),
             ctx.validated.as_ref().map(|v| &v.value),
+            ctx.trace.as_deref().map(|t| t.tracer()),
         )
         .await
     };

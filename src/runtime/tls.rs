@@ -32,7 +32,7 @@ impl TlsState {
     }
 
     /// Puts a loaded certificate in force (and reports its expiry,
-    /// `orion_proxy_tls_certificate_expiry_days{listener}`).
+    /// `orion_proxy_tls_certificate_expiration_timestamp_seconds{listener}`).
     pub(super) fn commit(&self, key: Option<Arc<CertifiedKey>>) {
         let Some(key) = key else {
             return;

@@ -9,6 +9,7 @@ pub mod notify;
 pub mod supervise;
 
 use crate::admin::AdminApp;
+use crate::metrics::ListenerSeries;
 use crate::proxy::OrionProxy;
 use crate::proxy::connection::Caps;
 use crate::runtime::{SharedState, State};
@@ -128,14 +129,17 @@ pub fn build_with(
     let readiness = Readiness::new(listening, state.clone());
 
     let inner = pingora_proxy::http_proxy(&server.configuration, OrionProxy::new(state.clone()));
+    let proxy_series = Arc::new(ListenerSeries::new("proxy", server_cfg.tls.is_some()));
     let mut proxy = Service::new(
         "orion-proxy".to_string(),
         Capped {
             inner: Arc::new(inner),
             caps: Arc::new(Caps::default()),
             state: state.clone(),
+            series: proxy_series.clone(),
         },
     );
+    proxy.set_connection_filter(Arc::new(CountAccepts(proxy_series)));
     let mut listener = ListenerConfig::tcp(server_cfg.listen.clone()).l4_buffer(
         L4BufferSettings::default()
             .read(server_cfg.read_buffer_bytes)
@@ -151,12 +155,17 @@ pub fn build_with(
     server.add_service(Supervised::new(proxy, Some(readiness.clone())));
 
     if let Some(addr) = &server_cfg.admin_listen {
+        let series = Arc::new(ListenerSeries::new("admin", server_cfg.admin_tls.is_some()));
         let mut admin = Service::new(
             "orion-proxy admin".to_string(),
-            AdminApp {
-                state: state.clone(),
+            Counted {
+                inner: Arc::new(AdminApp {
+                    state: state.clone(),
+                }),
+                series: series.clone(),
             },
         );
+        admin.set_connection_filter(Arc::new(CountAccepts(series)));
         let mut listener = ListenerConfig::tcp(addr.clone());
         if server_cfg.admin_tls.is_some() {
             // HTTP/1.1 only: the admin API and the console need nothing more.
@@ -166,7 +175,15 @@ pub fn build_with(
         server.add_service(Supervised::new(admin, Some(readiness.clone())));
     }
     if let Some(addr) = &server_cfg.metrics_listen {
-        let mut metrics = metrics_service(state.clone());
+        let series = Arc::new(ListenerSeries::new("metrics", false));
+        let mut metrics = Service::new(
+            "Prometheus metric HTTP".to_string(),
+            Counted {
+                inner: Arc::new(metrics_app(state.clone())),
+                series: series.clone(),
+            },
+        );
+        metrics.set_connection_filter(Arc::new(CountAccepts(series)));
         metrics.add_tcp(addr);
         server.add_service(Supervised::new(metrics, Some(readiness.clone())));
     }
@@ -307,10 +324,10 @@ pub fn run(config_path: &Path, opts: &RunOptions) -> Result<(), Failure> {
 /// The metrics listener: pingora-prometheus's `/metrics` (gzip as it ships), whose connections
 /// close after their answer while the process hands its listeners over or drains, like the
 /// proxy's and the admin listener's.
-fn metrics_service(state: Arc<SharedState>) -> Service<HttpServer<Metrics>> {
+fn metrics_app(state: Arc<SharedState>) -> HttpServer<Metrics> {
     let mut app = HttpServer::new_app(Metrics { state });
     app.add_module(ResponseCompressionBuilder::enable(7));
-    Service::new("Prometheus metric HTTP".to_string(), app)
+    app
 }
 
 struct Metrics {
@@ -347,6 +364,80 @@ impl pingora::services::background::BackgroundService for Watchdog {
     }
 }
 
+/// Counts every connection a listener accepts (`orion_proxy_connections_accepted_total`), at
+/// accept, before the TLS handshake and the caps (Pingora's `connection_filter` hook).
+struct CountAccepts(Arc<ListenerSeries>);
+
+impl std::fmt::Debug for CountAccepts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "accept counter of the {} listener", self.0.name)
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::listeners::ConnectionFilter for CountAccepts {
+    async fn should_accept(&self, _addr: Option<&std::net::SocketAddr>) -> bool {
+        self.0.accepted();
+        true
+    }
+}
+
+/// A failed or timed-out TLS handshake (the patched Pingora's `handshake_failed` hook): counted in
+/// `orion_proxy_tls_handshakes_total`, logged at debug level only (a scanner would otherwise
+/// write an ERROR line per connection).
+fn handshake_failed(
+    series: &ListenerSeries,
+    error: Option<&pingora::Error>,
+    peer: Option<&pingora::protocols::l4::socket::SocketAddr>,
+) {
+    series.handshake(error.map(|_| false));
+    let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+    match error {
+        Some(e) => log::debug!(
+            "{} listener: TLS handshake from {peer} failed: {e}",
+            series.name
+        ),
+        None => log::debug!(
+            "{} listener: TLS handshake from {peer} timed out",
+            series.name
+        ),
+    }
+}
+
+/// A listener's application with its open connections counted (`orion_proxy_connections_open`).
+struct Counted<A> {
+    inner: Arc<A>,
+    series: Arc<ListenerSeries>,
+}
+
+#[async_trait::async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &pingora::server::ShutdownWatch,
+    ) -> Option<Stream> {
+        if stream.get_ssl_digest().is_some() {
+            self.series.handshake(Some(true));
+        }
+        let _open = self.series.open();
+        // An HTTP app serves the whole connection (every keep-alive request) in this call.
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    fn handshake_failed(
+        &self,
+        error: Option<&pingora::Error>,
+        peer: Option<&pingora::protocols::l4::socket::SocketAddr>,
+    ) {
+        handshake_failed(&self.series, error, peer);
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
+
 /// The proxy listener's application: Pingora's HTTP proxy behind the connection caps
 /// (`server.max_connections`, `server.max_connections_per_ip`, read from the config in force
 /// at each accept). A connection past a cap is closed as soon as it is accepted, before any
@@ -355,6 +446,7 @@ struct Capped {
     inner: Arc<pingora_proxy::HttpProxy<OrionProxy>>,
     caps: Arc<Caps>,
     state: Arc<SharedState>,
+    series: Arc<ListenerSeries>,
 }
 
 #[async_trait::async_trait]
@@ -364,6 +456,9 @@ impl ServerApp for Capped {
         stream: Stream,
         shutdown: &pingora::server::ShutdownWatch,
     ) -> Option<Stream> {
+        if stream.get_ssl_digest().is_some() {
+            self.series.handshake(Some(true));
+        }
         let ip = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
@@ -379,12 +474,19 @@ impl ServerApp for Capped {
                 return None;
             }
         };
-        crate::metrics::connection_open(1);
+        let _counted = self.series.open();
         // Pingora serves the whole connection (every keep-alive request) in this call.
         let reused = self.inner.process_new(stream, shutdown).await;
-        crate::metrics::connection_open(-1);
         drop(open);
         reused
+    }
+
+    fn handshake_failed(
+        &self,
+        error: Option<&pingora::Error>,
+        peer: Option<&pingora::protocols::l4::socket::SocketAddr>,
+    ) {
+        handshake_failed(&self.series, error, peer);
     }
 
     async fn cleanup(&self) {

@@ -108,12 +108,21 @@ async fn the_console_over_https_has_a_host_prefixed_secure_cookie() {
         .text()
         .await
         .unwrap();
-    let days: f64 = scrape
+    let expires_at: f64 = scrape
         .lines()
-        .find(|l| l.starts_with("orion_proxy_tls_certificate_expiry_days{listener=\"admin\"}"))
+        .find(|l| {
+            l.starts_with(
+                "orion_proxy_tls_certificate_expiration_timestamp_seconds{listener=\"admin\"}",
+            )
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no admin expiry in {scrape}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let days = (expires_at - now) / 86_400.0;
     assert!((18.9..=20.1).contains(&days), "{days}");
 
     // A reload renews the certificate: new handshakes get the new one.

@@ -293,11 +293,13 @@ async fn untrusted_networks_cannot_set_request_ids() {
 
 /// The error body's media type follows the caller's `Accept`: `application/problem+json`
 /// (RFC 9457) when it names it, `application/json` otherwise (OrionVM's clients send
-/// `Accept: application/json` or nothing, and keep what they parse). Same body either way.
+/// `Accept: application/json` or nothing, and keep what they parse). Same body either way, on
+/// the proxy listener and on the admin listener.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_problem_json_when_the_caller_asks_for_it() {
     let h = Harness::start().await;
     let admin = h.key("admin").to_string();
+    let viewer = h.key("viewer").to_string();
     let media = |r: &reqwest::Response| {
         r.headers()
             .get("content-type")
@@ -343,5 +345,26 @@ async fn errors_are_problem_json_when_the_caller_asks_for_it() {
         assert_eq!(media(&r), want, "404 with Accept {accept:?}");
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["status"], 404);
+        // The admin listener negotiates the same way: no credential (401), a credential
+        // without the admin role (403), an unknown admin path (404).
+        for (key, path, status) in [
+            (None, "/admin/config", 401),
+            (Some(viewer.as_str()), "/admin/config", 403),
+            (Some(admin.as_str()), "/admin/nothing-here", 404),
+        ] {
+            let mut b = h.http.get(format!("{}{path}", h.proxy.admin_url));
+            if let Some(a) = accept {
+                b = b.header("accept", a);
+            }
+            if let Some(k) = key {
+                b = b.bearer_auth(k);
+            }
+            let r = b.send().await.unwrap();
+            assert_eq!(r.status(), status, "admin {path}");
+            assert_eq!(media(&r), want, "admin {status} with Accept {accept:?}");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["status"], status);
+            assert!(body["request_id"].is_string(), "{body}");
+        }
     }
 }

@@ -20,43 +20,20 @@ fn schemathesis() -> std::path::PathBuf {
     path
 }
 
-/// Every operation of the served document, a bounded number of generated cases each (valid
-/// and invalid), as the demo's process administrator: no answer is a 5xx, every answer has
-/// the documented content type, status and schema. A fixed seed keeps runs comparable; the
+/// Runs schemathesis on the document at `doc` against `base` with `key`: a bounded number of
+/// generated cases per operation (valid and invalid); no answer may be a 5xx, every answer must
+/// have a documented content type, status and schema. A fixed seed keeps runs comparable; the
 /// case count and the request timeout bound the run to a few minutes on a loaded machine.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn schemathesis_finds_no_server_error_and_every_answer_conforms() {
-    let bin = schemathesis();
-    // The shipped demo config, with a quota the fuzzer's few thousand requests a minute stay
-    // under: this fuzzes the API, not the rate limiter (whose 429 has its own tests).
-    let dir = tempfile::tempdir().unwrap();
-    let shipped = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/demo.yaml"),
-    )
-    .unwrap();
-    let base = dir.path().join("demo.yaml");
-    std::fs::write(
-        &base,
-        format!(
-            "{shipped}\nlimits:\n  policies:\n    default: {{quota: 1000000, window_seconds: 60}}\n"
-        ),
-    )
-    .unwrap();
-    let demo = DemoProcess::start_with(&["--config", base.to_str().unwrap()]).await;
-    let proxy = demo.url("proxy_url");
-    let out = tokio::process::Command::new(bin)
-        .current_dir(dir.path())
+async fn fuzz(dir: &std::path::Path, doc: &str, base: &str, key: &str) {
+    let out = tokio::process::Command::new(schemathesis())
+        .current_dir(dir)
         .args([
             "run",
-            &format!("{proxy}/openapi.json"),
+            doc,
             "--url",
-            &proxy,
+            base,
             "--header",
-            &format!("Authorization: Bearer {}", demo.key("admin")),
-            // The admin API's operations are in the same document but served by the admin
-            // listener, not at this base URL.
-            "--exclude-path-regex",
-            "^/admin/",
+            &format!("Authorization: Bearer {key}"),
             "--checks",
             "not_a_server_error,content_type_conformance,status_code_conformance,response_schema_conformance",
             "--phases",
@@ -89,7 +66,7 @@ async fn schemathesis_finds_no_server_error_and_every_answer_conforms() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "schemathesis found failures ({}):\n{stdout}\n{stderr}",
+        "schemathesis found failures in {doc} ({}):\n{stdout}\n{stderr}",
         out.status
     );
     // It did test the operations (a run that tested nothing would pass too).
@@ -97,6 +74,36 @@ async fn schemathesis_finds_no_server_error_and_every_answer_conforms() {
         stdout.contains("passed") && !stdout.contains("No operations"),
         "{stdout}"
     );
+}
+
+/// Every operation of both served documents, as the demo's process administrator: the proxy
+/// listener's `/openapi.json` against the proxy listener (which serves exactly what it
+/// documents, no admin operation), then the admin listener's `/openapi.json` against the admin
+/// listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_error_and_every_answer_conforms() {
+    schemathesis();
+    // The shipped demo config, with a quota the fuzzer's few thousand requests a minute stay
+    // under: this fuzzes the API, not the rate limiter (whose 429 has its own tests).
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/demo.yaml"),
+    )
+    .unwrap();
+    let base = dir.path().join("demo.yaml");
+    std::fs::write(
+        &base,
+        format!(
+            "{shipped}\nlimits:\n  policies:\n    default: {{quota: 1000000, window_seconds: 60}}\n"
+        ),
+    )
+    .unwrap();
+    let demo = DemoProcess::start_with(&["--config", base.to_str().unwrap()]).await;
+    let key = demo.key("admin");
+    let proxy = demo.url("proxy_url");
+    fuzz(dir.path(), &format!("{proxy}/openapi.json"), &proxy, &key).await;
+    let admin = demo.url("admin_url");
+    fuzz(dir.path(), &format!("{admin}/openapi.json"), &admin, &key).await;
 }
 
 /// Reloads while several clients keep calling: every request is answered 200, none is lost

@@ -42,6 +42,7 @@ mod observe_ecs;
 mod observe_logs;
 mod observe_metrics;
 mod observe_reload;
+mod observe_tls;
 mod observe_traces;
 mod openapi_client;
 mod openapi_document;

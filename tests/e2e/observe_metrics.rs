@@ -499,6 +499,21 @@ fn promtool_checks_the_alert_rules() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("SUCCESS"), "{text}");
+    // The rules' unit tests: the alerts fire (and stay quiet) on the series they are for.
+    let path = format!(
+        "{}/conf/prometheus-alerts.test.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = std::process::Command::new("promtool")
+        .args(["test", "rules", &path])
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -555,9 +570,12 @@ async fn dashboard_and_alerts_name_only_existing_metrics() {
         named.extend(metric_names(e));
     }
     assert!(named.len() >= 8, "{named:?}");
-    // Exposed only with a TLS proxy listener (the harness's is plain HTTP); the metrics unit
-    // tests cover it.
-    let tls_only = ["orion_proxy_tls_certificate_expiry_days"];
+    // Exposed only with a TLS proxy listener (the harness's is plain HTTP);
+    // tests/e2e/observe_tls.rs checks them on a TLS listener.
+    let tls_only = [
+        "orion_proxy_tls_certificate_expiration_timestamp_seconds",
+        "orion_proxy_tls_handshakes_total",
+    ];
     let missing: Vec<&String> = named
         .iter()
         .filter(|n| !exposed.contains(*n) && !tls_only.contains(&n.as_str()))

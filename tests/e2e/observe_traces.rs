@@ -477,3 +477,88 @@ async fn a_collector_that_is_down_fails_no_request() {
     );
     assert_eq!(h.get(&viewer, "/api/v1/regions").await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_traces_to_another_collector_keeps_them_on_a_refused_file_and_turns_them_off()
+ {
+    let (first, got_first) = receiver().await;
+    let (second, got_second) = receiver().await;
+    let h = Harness::start_with(|c| c.extra_top = tracing_config(&first, "")).await;
+    let viewer = h.key("viewer").to_string();
+    // The trace id of one GET of the regions, from the traceparent OrionVM got.
+    let traced_get = || async {
+        assert_eq!(h.get(&viewer, "/api/v1/regions").await.status(), 200);
+        let tp = sent_traceparent(&h, "GET", "/api/v1/regions");
+        (tp.split('-').nth(1).unwrap().to_string(), tp)
+    };
+    let (t1, _) = traced_get().await;
+    wait_trace(&got_first, &t1, 1).await;
+
+    let text = std::fs::read_to_string(&h.proxy.config_path).unwrap();
+    let moved = text.replace(&first, &second);
+    assert_ne!(moved, text);
+    h.proxy.write_config(&moved);
+    h.reload_ok().await;
+    let (t2, _) = traced_get().await;
+    wait_trace(&got_second, &t2, 1).await;
+    assert!(spans_of(&got_first, &t2).is_empty());
+
+    // A refused file leaves the exporter in force as it was.
+    h.proxy
+        .write_config(&moved.replace("tracing:\n", "tracing:\n  sampling_ratio: 2.0\n"));
+    let r = h.reload().await;
+    assert_ne!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("tracing.sampling_ratio"), "{body}");
+    let (t3, _) = traced_get().await;
+    wait_trace(&got_second, &t3, 1).await;
+
+    // Without `tracing:` the plain propagation is back: no span id in the access log.
+    let cut = moved.find("tracing:\n").unwrap();
+    h.proxy.write_config(&moved[..cut]);
+    h.reload_ok().await;
+    let (t4, tp4) = traced_get().await;
+    assert!(tp4.ends_with("-01"), "{tp4}");
+    let line = access_line(&h, |l| l["trace.id"] == t4.as_str()).await;
+    assert!(line.get("span.id").is_none(), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_lookup_is_a_span_of_the_retry() {
+    let (collector, got) = receiver().await;
+    let h = Harness::start_with(|c| c.extra_top = tracing_config(&collector, "")).await;
+    let admin = h.key("admin").to_string();
+    const CREATE: &str = "/api/v1/instances";
+    let body = json!({"name": "traced-idem", "memory": 1024, "size": 20, "region": "SY3",
+                      "template": "debian-12", "allocate_public_ip": false, "start_when_ready": false});
+    let post = || {
+        h.http
+            .post(h.url(CREATE))
+            .bearer_auth(&admin)
+            .header("idempotency-key", "\"traced-1\"")
+            .json(&body)
+            .send()
+    };
+    // OrionVM creates, then resets the connection: the outcome is unknown.
+    h.sim.set_faults(orion_sim::FaultPlan {
+        path_prefix: Some(CREATE.into()),
+        method: Some("POST".into()),
+        reset_after: 1,
+        ..Default::default()
+    });
+    assert_eq!(post().await.unwrap().status(), 502);
+    // The retry looks the instance up at OrionVM: that GET is a child span of the retry.
+    let r = post().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-idempotency"], "recovered");
+    let tp = sent_traceparent(&h, "GET", CREATE);
+    let trace = tp.split('-').nth(1).unwrap().to_string();
+    let (server, calls) = wait_named(&got, &trace, 1, &["GET /api/v1/instances"]).await;
+    assert_eq!(server.name, "POST /api/v1/instances");
+    let lookup = calls
+        .iter()
+        .find(|c| c.name == "GET /api/v1/instances")
+        .unwrap();
+    assert_eq!(lookup.parent, server.span_id);
+    assert_eq!(tp, format!("00-{trace}-{}-01", lookup.span_id));
+}

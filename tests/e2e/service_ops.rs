@@ -14,15 +14,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// A proxy process started by these tests: its directory, config and ports.
-struct Service {
-    child: ChildGuard,
-    dir: PathBuf,
-    config_path: PathBuf,
-    ports: Ports,
+pub(crate) struct Service {
+    pub(crate) child: ChildGuard,
+    pub(crate) dir: PathBuf,
+    pub(crate) config_path: PathBuf,
+    pub(crate) ports: Ports,
 }
 
 impl Service {
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
     }
     fn control(&self) -> PathBuf {
@@ -55,7 +55,7 @@ fn spawn(config: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Chil
 }
 
 /// `orion-proxy reload -c config`: success, stdout, stderr.
-fn reload_command(config: &Path) -> (Option<i32>, String, String) {
+pub(crate) fn reload_command(config: &Path) -> (Option<i32>, String, String) {
     let out = Command::new(binary())
         .args(["reload", "-c"])
         .arg(config)
@@ -77,7 +77,10 @@ fn status(control: &Path) -> Option<serde_json::Value> {
 
 /// Starts a service with `builder` (+ `extra_server`), waiting until its control socket answers
 /// and its proxy port accepts; retries on fresh ports when a port picked free was taken.
-async fn start_service(builder: &ConfigBuilder, edit: impl Fn(&str) -> String) -> Service {
+pub(crate) async fn start_service(
+    builder: &ConfigBuilder,
+    edit: impl Fn(&str) -> String,
+) -> Service {
     let mut last = String::new();
     for _ in 0..3 {
         let dir = tempfile::tempdir().unwrap().keep();

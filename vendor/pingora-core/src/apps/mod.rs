@@ -57,6 +57,21 @@ pub trait ServerApp {
 
     /// This callback will be called once after the service stops listening to its endpoints.
     async fn cleanup(&self) {}
+
+    // orion-proxy patch: the application hears of a failed handshake (so that it can count it).
+    /// Called when a new connection's handshake (TLS) failed (`error`) or timed out (`None`),
+    /// before any [`Self::process_new()`]. The default logs it, as Pingora does without the hook.
+    fn handshake_failed(
+        &self,
+        error: Option<&pingora_error::Error>,
+        peer: Option<&crate::protocols::l4::socket::SocketAddr>,
+    ) {
+        match (error, peer) {
+            (Some(e), Some(addr)) => error!("Downstream handshake error from {}: {e}", addr),
+            (Some(e), None) => error!("Downstream handshake error: {e}"),
+            (None, _) => error!("Downstream handshake timeout"),
+        }
+    }
 }
 #[non_exhaustive]
 #[derive(Clone, Debug, Default)]

@@ -235,19 +235,12 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
-                                    Err(e) => {
-                                        // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
-                                        if let Some(addr) = peer_addr {
-                                            error!("Downstream handshake error from {}: {e}", addr);
-                                        } else {
-                                            error!("Downstream handshake error: {e}");
-                                        }
-                                    }
+                                    // orion-proxy patch: the app is told (it logs by default).
+                                    Err(e) => app.handshake_failed(Some(&e), peer_addr.as_ref()),
                                 }
                             }
-                            Err(_) => {
-                                error!("Downstream handshake timeout");
-                            }
+                            // orion-proxy patch: the app is told (it logs by default).
+                            Err(_) => app.handshake_failed(None, peer_addr.as_ref()),
                         }
                     });
                 }
