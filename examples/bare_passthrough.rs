@@ -79,6 +79,7 @@ fn main() {
             L4BufferSettings {
                 read: Some(read),
                 write: None,
+                ..Default::default()
             },
         )),
     }

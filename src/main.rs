@@ -32,6 +32,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy with a config file. Tells systemd READY=1 once every listener is bound.
+    #[command(after_help = EXIT_CODES)]
     Run {
         #[arg(short, long, default_value = "conf/orion-proxy.yaml")]
         config: PathBuf,
@@ -41,25 +42,34 @@ enum Command {
         #[arg(long)]
         upgrade: bool,
     },
-    /// Validate a config file without starting, like `nginx -t`. Creates no file and makes no
-    /// DNS query (unless --resolve).
+    /// Validate a config file without starting, like `nginx -t`. Creates no file and opens no
+    /// connection: no DNS query (unless --resolve), nothing sent to OrionVM, a JWKS URL,
+    /// Redis or an OTLP collector. It reads what the config names on this host (secrets from the environment, files
+    /// or systemd credentials; the certificate, key and CA files; JWKS files; log directories)
+    /// and refuses the config when one is missing or unusable.
+    #[command(after_help = EXIT_CODES)]
     Check {
         #[arg(short, long, default_value = "conf/orion-proxy.yaml")]
         config: PathBuf,
-        /// Also resolve the OrionVM endpoints' host names.
+        /// Also resolve the OrionVM endpoints' host names (DNS only; still no connection).
         #[arg(long, conflicts_with = "offline")]
         resolve: bool,
-        /// Touch no network at all (for CI; the default already makes no DNS query).
+        /// For CI and build machines: check the file where the deployment host's secrets,
+        /// certificates, CA bundles, JWKS files and log directories are not. Each one missing
+        /// here is listed on stderr as not checked instead of failing the check; each one
+        /// present is checked in full. No network, as always (--resolve is refused).
         #[arg(long)]
         offline: bool,
     },
     /// Ask the running process (through server.control_socket) to reload FILE, and wait: exit 0
     /// when the new config is in force, 3 with every error printed when it was refused.
+    #[command(after_help = EXIT_CODES)]
     Reload {
         #[arg(short, long, default_value = "conf/orion-proxy.yaml")]
         config: PathBuf,
     },
     /// GET /health on the proxy listener of the config (or --url): exit 0 when it answers 200.
+    #[command(after_help = EXIT_CODES)]
     Health {
         #[arg(short, long, default_value = "conf/orion-proxy.yaml")]
         config: PathBuf,
@@ -70,9 +80,13 @@ enum Command {
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     #[command(hide = true)]
     Completions { shell: clap_complete::Shell },
-    /// Print the man page (roff).
+    /// Print the man page (roff), or with --dir write one per command there
+    /// (orion-proxy.1, orion-proxy-check.1, ...).
     #[command(hide = true)]
-    Manpage,
+    Manpage {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Run the OrionVM simulator alone.
     Simulate {
         #[arg(long, default_value = "127.0.0.1:8081")]
@@ -153,9 +167,13 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut cmd, "orion-proxy", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
-        Command::Manpage => {
+        Command::Manpage { dir } => {
             let cmd = <Cli as clap::CommandFactory>::command();
-            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+            let written = match dir {
+                Some(dir) => clap_mangen::generate_to(cmd, dir),
+                None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout()),
+            };
+            match written {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{e}");
@@ -167,24 +185,45 @@ fn main() -> ExitCode {
             config,
             resolve,
             offline,
-        } => match orion_proxy::runtime::check(&config, resolve && !offline) {
-            Ok(staged) => {
-                let rt = staged.inspect();
-                println!(
-                    "{}: OK (version {}, {} routes, {} accounts, {} tenants, {} API keys, {} clients, {} JWT issuers)",
-                    config.display(),
-                    rt.version,
-                    rt.routes.routes().len(),
-                    rt.upstreams.accounts.len(),
-                    rt.upstreams.tenants.len(),
-                    rt.config.api_keys.len(),
-                    rt.config.clients.len(),
-                    rt.config.jwt.issuers.len()
+        } => {
+            let (result, not_checked) = if offline {
+                orion_proxy::runtime::check_offline(&config)
+            } else {
+                (orion_proxy::runtime::check(&config, resolve), Vec::new())
+            };
+            if !not_checked.is_empty() {
+                eprintln!(
+                    "{}: not checked here (--offline), check again on the host:",
+                    config.display()
                 );
-                ExitCode::SUCCESS
+                for n in &not_checked {
+                    eprintln!("  {n}");
+                }
             }
-            Err(errors) => report(&config, &errors),
-        },
+            match result {
+                Ok(staged) => {
+                    let rt = staged.inspect();
+                    println!(
+                        "{}: OK{} (version {}, {} routes, {} accounts, {} tenants, {} API keys, {} clients, {} JWT issuers)",
+                        config.display(),
+                        if not_checked.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" offline, {} not checked", not_checked.len())
+                        },
+                        rt.version,
+                        rt.routes.routes().len(),
+                        rt.upstreams.accounts.len(),
+                        rt.upstreams.tenants.len(),
+                        rt.config.api_keys.len(),
+                        rt.config.clients.len(),
+                        rt.config.jwt.issuers.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => report(&config, &errors),
+            }
+        }
         Command::Simulate { listen } => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -415,7 +415,11 @@ impl HttpServerApp for AdminApp {
             Ok(true) => {}
             _ => return None,
         }
-        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        // Stopping, or handing the listeners over to a new process: answer this request with
+        // `Connection: close`, so that the client's next one opens a connection that the process
+        // keeping the listeners accepts.
+        let closing = *shutdown.borrow() || self.state.is_draining();
+        session.set_keepalive(if closing { None } else { Some(60) });
         let rid = request_id::new_id();
         let started = (std::time::SystemTime::now(), std::time::Instant::now());
         if console::is_console(session.req_header().uri.path()) {

@@ -149,7 +149,10 @@ impl RemoteJwks {
             .connect_timeout(Duration::from_secs(3))
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("orion-proxy/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = &ic.ca_file {
+        if let Some(ca) = ic.ca_file.as_ref().filter(|ca| {
+            std::path::Path::new(ca).exists()
+                || !crate::config::host::missing(|| format!("jwt ca_file: {ca} is not here"))
+        }) {
             let pem = std::fs::read(ca).map_err(|e| format!("ca_file {ca}: {e}"))?;
             let cert = reqwest::Certificate::from_pem(&pem)
                 .map_err(|e| format!("ca_file {ca}: not a PEM certificate: {e}"))?;
@@ -732,20 +735,27 @@ fn build_issuer(
             },
         }
     } else if let Some(path) = &ic.jwks_file {
-        match std::fs::read(path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| KeySet::from_jwks(&b))
+        // Not on this host (an offline check): no keys, the rest of the issuer is checked.
+        if !std::path::Path::new(path).exists()
+            && crate::config::host::missing(|| format!("{at}.jwks_file: {path} is not here"))
         {
-            Ok(set) if !set.is_empty() => Some(Keys::Static(set)),
-            Ok(_) => {
-                errors.push(format!(
-                    "{at}.jwks_file: {path} holds no usable signing key"
-                ));
-                None
-            }
-            Err(e) => {
-                errors.push(format!("{at}.jwks_file: {path}: {e}"));
-                None
+            Some(Keys::Static(KeySet::default()))
+        } else {
+            match std::fs::read(path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| KeySet::from_jwks(&b))
+            {
+                Ok(set) if !set.is_empty() => Some(Keys::Static(set)),
+                Ok(_) => {
+                    errors.push(format!(
+                        "{at}.jwks_file: {path} holds no usable signing key"
+                    ));
+                    None
+                }
+                Err(e) => {
+                    errors.push(format!("{at}.jwks_file: {path}: {e}"));
+                    None
+                }
             }
         }
     } else if let Some(secret) = &ic.hmac_secret {

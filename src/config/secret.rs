@@ -30,26 +30,46 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Why a secret could not be read: it is not on this host, or it is there but unusable.
+enum ReadError {
+    Unavailable(String),
+    Invalid(String),
+}
+use ReadError::{Invalid, Unavailable};
+
 impl SecretRef {
     /// Reads the secret. The error names where it looked, never a value.
     pub fn resolve(&self) -> Result<Secret, String> {
+        match self.read() {
+            Ok(value) => Ok(value),
+            // Not on this host: an offline check goes on with a stand-in (`super::host`).
+            Err(Unavailable(e)) if super::host::missing(|| e.clone()) => {
+                Ok(Secret(super::host::stand_in()))
+            }
+            Err(Unavailable(e)) => Err(e),
+            Err(Invalid(e)) => Err(e),
+        }
+    }
+
+    fn read(&self) -> Result<Secret, ReadError> {
         let value = match self {
             SecretRef::Env(name) => std::env::var(name)
-                .map_err(|_| format!("environment variable {name} is not set"))?,
+                .map_err(|_| Unavailable(format!("environment variable {name} is not set")))?,
             SecretRef::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read secret file {path}: {e}"))?,
+                .map_err(|e| Unavailable(format!("cannot read secret file {path}: {e}")))?,
             SecretRef::Credential(name) => {
                 let dir = std::env::var("CREDENTIALS_DIRECTORY").map_err(|_| {
-                    format!("credential {name}: CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the unit)")
+                    Unavailable(format!("credential {name}: CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the unit)"))
                 })?;
                 let path = std::path::Path::new(&dir).join(name);
-                std::fs::read_to_string(&path)
-                    .map_err(|e| format!("cannot read credential {}: {e}", path.display()))?
+                std::fs::read_to_string(&path).map_err(|e| {
+                    Unavailable(format!("cannot read credential {}: {e}", path.display()))
+                })?
             }
         };
         let value = value.trim().to_string();
         if value.is_empty() {
-            return Err(format!("{} is empty", self.describe()));
+            return Err(Invalid(format!("{} is empty", self.describe())));
         }
         Ok(Secret(value))
     }

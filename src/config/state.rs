@@ -168,6 +168,7 @@ fn check_redis(r: &RedisConfig, errors: &mut Vec<String>) {
     }
     if let Some(ca) = &r.ca_file
         && std::fs::metadata(ca).is_err()
+        && !super::host::missing(|| format!("state.redis.ca_file: {ca} is not here"))
     {
         errors.push(format!("state.redis.ca_file: cannot read {ca}"));
     }

@@ -123,6 +123,14 @@ enum Step {
 }
 
 impl MicroCache {
+    /// Whether a fresh answer for `path` is here: a hit, unless the group is dropped first.
+    pub fn has_fresh(&self, settings: &Settings, group: &str, path: &str) -> bool {
+        matches!(
+            lookup(&self.store.lock(), settings, group, path),
+            Some(Step::Ready(_))
+        )
+    }
+
     /// Drops every cached read of one object of one tenant, and of the objects linked to it.
     pub fn invalidate(&self, tenant: &str, object: &str) {
         self.invalidate_all(tenant, object, &[]);

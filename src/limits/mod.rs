@@ -708,9 +708,19 @@ pub async fn before_upstream_with(
             .unwrap_or_default()
         + Duration::from_secs(1);
     let group = cache::group_key(&tenant.name, object_of(req));
+    // On a shared backend a cached read first checks the object's version. When this node
+    // holds a fresh answer (a hit unless the version changed) it also needs the rate-limit
+    // fields, read without charging: both commands are sent together, one round trip. Otherwise
+    // the read is charged (or joins a call) after the check.
+    let mut peeked = None;
     if let Some(v) = &limits.versions {
-        v.check(&limits.micro, &tenant.name, object_of(req), &group)
-            .await;
+        let check = v.check(&limits.micro, &tenant.name, object_of(req), &group);
+        if limits.micro.has_fresh(settings, &group, &cache_path()) {
+            let ((), p) = tokio::join!(check, limits.judge(req, false));
+            peeked = Some(p);
+        } else {
+            check.await;
+        }
     }
     let mut charged = None;
     // Made only when this request starts the call (a miss): a hit costs no extra copy.
@@ -749,9 +759,10 @@ pub async fn before_upstream_with(
             limits.judge(req, true),
         )
         .await;
-    rl.verdicts = match charged {
-        Some(v) => v,
-        None => limits.judge(req, false).await,
+    rl.verdicts = match (charged, peeked) {
+        (Some(v), _) => v,
+        (None, Some(v)) => v,
+        (None, None) => limits.judge(req, false).await,
     };
     let (label, filled) = match served {
         Ok(Served::Hit(f)) => ("hit", f),

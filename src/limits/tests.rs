@@ -706,3 +706,138 @@ async fn cache_routes_take_any_get_route_and_refuse_the_others() {
         }
     }
 }
+
+/// Waits at `meet` once armed: a call that only returns when another armed call is in flight
+/// at the same time.
+struct Meet {
+    armed: std::sync::atomic::AtomicBool,
+    meet: tokio::sync::Barrier,
+    counters: crate::store::memory::MemoryCounters,
+    kv: crate::store::memory::MemoryKv,
+}
+
+impl Meet {
+    async fn wait(&self) {
+        if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            self.meet.wait().await;
+        }
+    }
+}
+
+struct MeetCounters(Arc<Meet>);
+struct MeetKv(Arc<Meet>);
+
+#[async_trait::async_trait]
+impl Counters for MeetCounters {
+    async fn hit(
+        &self,
+        scope: &str,
+        window: Duration,
+        key: &str,
+        cost: u64,
+    ) -> Result<crate::store::WindowCount, crate::store::StoreError> {
+        self.0.counters.hit(scope, window, key, cost).await
+    }
+
+    async fn peek(
+        &self,
+        scope: &str,
+        window: Duration,
+        key: &str,
+    ) -> Result<crate::store::WindowCount, crate::store::StoreError> {
+        self.0.wait().await;
+        self.0.counters.peek(scope, window, key).await
+    }
+}
+
+#[async_trait::async_trait]
+impl KvStore for MeetKv {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, crate::store::StoreError> {
+        self.0.wait().await;
+        self.0.kv.get(key).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<(), crate::store::StoreError> {
+        self.0.kv.put(key, value, ttl).await
+    }
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, crate::store::StoreError> {
+        self.0.kv.put_if_absent(key, value, ttl).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, crate::store::StoreError> {
+        self.0.kv.delete(key).await
+    }
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&Bytes>,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, crate::store::StoreError> {
+        self.0.kv.compare_and_swap(key, expected, value, ttl).await
+    }
+}
+
+/// On a shared backend, a cached read that this node answers from its cache sends the
+/// object's version check and the rate-limit read together (one round trip, not two): here
+/// each waits until the other is in flight, so sending them one after the other never ends.
+#[tokio::test]
+async fn a_cached_hit_on_a_shared_backend_is_one_round_trip() {
+    let (sim, id) = simulator().await;
+    let w = world(&sim.url(), CACHED);
+    let meet = Arc::new(Meet {
+        armed: Default::default(),
+        meet: tokio::sync::Barrier::new(2),
+        counters: Default::default(),
+        kv: crate::store::memory::MemoryKv::new(100),
+    });
+    // A shared backend that is never reached (connections are made at the first command):
+    // only its presence matters; the counters and the key-value store are the ones above.
+    let settings = crate::store::redis::Settings {
+        url: "redis://127.0.0.1:9/0".into(),
+        tls: false,
+        root_cert: None,
+        username: None,
+        password: None,
+        prefix: "t:".into(),
+        connect_timeout: Duration::from_millis(100),
+        command_timeout: Duration::from_millis(100),
+        pool_size: 1,
+        on_error: |_| {},
+        on_change: |_| {},
+    };
+    let mut stores = Stores::redis(
+        &settings,
+        crate::store::redis::Sync::Exact,
+        Duration::from_secs(15),
+    )
+    .unwrap();
+    stores.counters = Arc::new(MeetCounters(meet.clone()));
+    stores.kv = Arc::new(MeetKv(meet.clone()));
+    let limits = w.limits(&LimitsState::new(&stores));
+    let get = w.req(
+        Method::GET,
+        &format!("/api/v1/instances/{id}"),
+        principal("key:alice", &["viewer"]),
+    );
+    let first = reply(before(&limits, &get).await.0);
+    assert_eq!(header(&first, "x-cache"), Some("miss"));
+    meet.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let hit = tokio::time::timeout(Duration::from_secs(30), before(&limits, &get))
+        .await
+        .expect("the version check and the rate-limit read were not in flight together");
+    let hit = reply(hit.0);
+    assert_eq!(header(&hit, "x-cache"), Some("hit"));
+    // The rate-limit fields come from that read (one request charged: the miss).
+    let fields = header(&hit, "ratelimit").unwrap_or_default();
+    assert!(fields.starts_with("\"default\";r=99;"), "{fields}");
+    assert_eq!(sim.calls().count("GET", "/api/v1/instances/{id}"), 1);
+}

@@ -474,7 +474,11 @@ impl Line {
 /// copied between quotes; the rest go through serde_json's escaper, which works byte by byte
 /// through its escape table (`serialize_str` was the largest self cost of the line).
 fn json_string(buf: &mut Vec<u8>, v: &str) {
-    if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // Without an early exit the check compiles to vector compares, 16 bytes at a time.
+    let needs_escape = v.bytes().fold(false, |bad, b| {
+        bad | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if !needs_escape {
         buf.reserve(v.len() + 2);
         buf.push(b'"');
         buf.extend_from_slice(v.as_bytes());

@@ -385,6 +385,13 @@ fn check_target(path: &str) -> Result<(), String> {
                 dir.display()
             ));
         }
+        Err(_)
+            if crate::config::host::missing(|| {
+                format!("log file {path}: directory {} is not here", dir.display())
+            }) =>
+        {
+            return Ok(());
+        }
         Err(_) => {
             return Err(format!(
                 "cannot open {path}: directory {} does not exist",

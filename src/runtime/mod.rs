@@ -240,3 +240,11 @@ pub fn check(path: &Path, resolve: bool) -> Result<Staged, Vec<String>> {
         .store(!resolve, std::sync::atomic::Ordering::Relaxed);
     load(path, &state)
 }
+
+/// `orion-proxy check --offline`: [`check`] without DNS, where what the config names on the
+/// deployment host may be missing (CI): each missing secret, certificate, key, CA bundle, JWKS
+/// file or log directory is returned as not checked instead of an error
+/// (`crate::config::host`); what is there is checked in full.
+pub fn check_offline(path: &Path) -> (Result<Staged, Vec<String>>, Vec<String>) {
+    crate::config::host::offline(|| check(path, false))
+}

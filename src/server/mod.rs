@@ -15,9 +15,12 @@ use crate::proxy::connection::Caps;
 use crate::runtime::{SharedState, State};
 use crate::upstream::Prober;
 use pingora::apps::ServerApp;
+use pingora::apps::http_app::{HttpServer, ServeHttp};
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::modules::http::compression::ResponseCompressionBuilder;
 use pingora::protocols::Stream;
+use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
@@ -140,7 +143,9 @@ pub fn build_with(
     let mut listener = ListenerConfig::tcp(server_cfg.listen.clone()).l4_buffer(
         L4BufferSettings::default()
             .read(server_cfg.read_buffer_bytes)
-            .write(server_cfg.write_buffer_bytes),
+            .write(server_cfg.write_buffer_bytes)
+            // An idle kept-alive connection holds no buffers (vendor/pingora-core/ORION-PATCH.md).
+            .release_while_idle(true),
     );
     if server_cfg.tls.is_some() {
         // ALPN offers h2 and http/1.1; h2c stays off.
@@ -176,7 +181,7 @@ pub fn build_with(
         let mut metrics = Service::new(
             "Prometheus metric HTTP".to_string(),
             Counted {
-                inner: Arc::new(pingora_prometheus::new_prometheus_server()),
+                inner: Arc::new(metrics_app(state.clone())),
                 series: series.clone(),
             },
         );
@@ -316,6 +321,31 @@ pub fn run(config_path: &Path, opts: &RunOptions) -> Result<(), Failure> {
     server.run(RunArgs::default());
     state.state.observe.flush_all();
     Ok(())
+}
+
+/// The metrics listener: pingora-prometheus's `/metrics` (gzip as it ships), whose connections
+/// close after their answer while the process hands its listeners over or drains, like the
+/// proxy's and the admin listener's.
+fn metrics_app(state: Arc<SharedState>) -> HttpServer<Metrics> {
+    let mut app = HttpServer::new_app(Metrics { state });
+    app.add_module(ResponseCompressionBuilder::enable(7));
+    app
+}
+
+struct Metrics {
+    state: Arc<SharedState>,
+}
+
+#[async_trait::async_trait]
+impl ServeHttp for Metrics {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        if self.state.is_draining() {
+            session.set_keepalive(None);
+        }
+        pingora_prometheus::PrometheusHttpApp
+            .response(session)
+            .await
+    }
 }
 
 /// Sends `WATCHDOG=1` at half the unit's `WatchdogSec=` while the process's runtimes run.

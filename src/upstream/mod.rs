@@ -417,6 +417,12 @@ fn build_account(
     let (ca, ca_pem) = match &ac.ca_file {
         Some(path) => match endpoint::load_ca(path) {
             Ok((list, pem)) => (Some(list), Some(pem)),
+            Err(_)
+                if !std::path::Path::new(path).exists()
+                    && crate::config::host::missing(|| format!("ca_file: {path} is not here")) =>
+            {
+                (None, None)
+            }
             Err(e) => {
                 errors.push(format!("ca_file: {e}"));
                 (None, None)

@@ -171,3 +171,185 @@ fn keygen_prints_a_usable_key() {
     );
     assert!(text.contains(&hash), "{text}");
 }
+
+/// A config that names, for each kind, something only the deployment host has (secrets from the
+/// environment, a file and a systemd credential; the listener's certificate and key; a CA
+/// bundle; a JWKS file; log directories), and services a check must not contact: OrionVM, a
+/// JWKS URL, Redis and an OTLP collector on loopback ports that the test listens on.
+fn host_bound_config(absent: &std::path::Path, ports: &[u16]) -> String {
+    let [upstream, jwks, redis, otlp] = ports else {
+        panic!("four ports")
+    };
+    let a = absent.display();
+    format!(
+        r#"
+server:
+  listen: "127.0.0.1:18080"
+  tls: {{cert_file: "{a}/proxy.crt", key_file: "{a}/proxy.key"}}
+accounts:
+  main:
+    endpoints: [{{url: "https://127.0.0.1:{upstream}"}}]
+    ca_file: "{a}/ca.pem"
+    credentials:
+      type: oauth2
+      client_id: {{credential: orionvm-client-id}}
+      client_secret: {{env: ORION_PROXY_TEST_OFFLINE_SECRET}}
+  signed:
+    endpoints: [{{url: "http://127.0.0.1:{upstream}"}}]
+    credentials: {{type: signature, keyid: k1, algorithm: ed25519, key: {{file: "{a}/ed25519.key"}}}}
+tenants:
+  default: {{account: main}}
+  other: {{account: signed}}
+oauth:
+  signing_key: {{env: ORION_PROXY_TEST_OFFLINE_SIGNING}}
+clients:
+  - {{client_id: ci, secret_hash: '{hash}', roles: [viewer], tenant: default}}
+jwt:
+  issuers:
+    - {{name: idp, issuer: "https://idp.example", audiences: [orion], algorithms: [RS256], jwks_url: "http://127.0.0.1:{jwks}/jwks.json", default_tenant: default}}
+    - {{name: files, issuer: "https://files.example", audiences: [orion], algorithms: [RS256], jwks_file: "{a}/jwks.json", default_tenant: default}}
+state:
+  backend: redis
+  redis: {{url: "redis://127.0.0.1:{redis}/0", password: {{env: ORION_PROXY_TEST_OFFLINE_REDIS}}}}
+logging:
+  access_log: "{a}/access.log"
+  audit: {{path: "{a}/audit.log"}}
+tracing:
+  otlp:
+    endpoint: "http://127.0.0.1:{otlp}"
+    headers: {{authorization: {{env: ORION_PROXY_TEST_OFFLINE_OTLP}}}}
+  sampling_ratio: 1.0
+"#,
+        hash = orion_proxy::auth::tokens::hash_secret("ci-secret").unwrap()
+    )
+}
+
+/// `check` with `args`, without the host's secrets (`env` added): exit status, stdout, stderr.
+fn check_with(
+    config: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let mut cmd = Command::new(binary());
+    cmd.arg("check").args(args).arg("-c").arg(config);
+    for v in [
+        "CREDENTIALS_DIRECTORY",
+        "ORION_PROXY_TEST_OFFLINE_SECRET",
+        "ORION_PROXY_TEST_OFFLINE_SIGNING",
+        "ORION_PROXY_TEST_OFFLINE_REDIS",
+        "ORION_PROXY_TEST_OFFLINE_OTLP",
+    ] {
+        cmd.env_remove(v);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_offline_passes_without_the_hosts_files_and_contacts_nothing() {
+    // OrionVM, the JWKS URL, Redis and the collector: listeners nobody may connect to.
+    let listeners: Vec<std::net::TcpListener> = (0..4)
+        .map(|_| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.set_nonblocking(true).unwrap();
+            l
+        })
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let absent = dir.path().join("not-on-this-host");
+    let config = dir.path().join("c.yaml");
+    std::fs::write(&config, host_bound_config(&absent, &ports)).unwrap();
+
+    // Plain check: every missing one is an error, exit status 3.
+    let (code, out, err) = check_with(&config, &[], &[]);
+    assert_eq!(code, 3, "{out}{err}");
+    for needle in [
+        "server.tls.cert_file",
+        "orionvm-client-id",
+        "ca_file",
+        "logging",
+    ] {
+        assert!(err.contains(needle), "plain check lacks '{needle}':\n{err}");
+    }
+
+    // Offline: OK, and each one is listed as not checked.
+    let (code, out, err) = check_with(&config, &["--offline"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("OK offline"), "{out}");
+    assert!(err.contains("not checked here (--offline)"), "{err}");
+    for needle in [
+        "server.tls.cert_file",
+        "server.tls.key_file",
+        "orionvm-client-id",
+        "ORION_PROXY_TEST_OFFLINE_SECRET",
+        "ed25519.key",
+        "ORION_PROXY_TEST_OFFLINE_SIGNING",
+        "ORION_PROXY_TEST_OFFLINE_REDIS",
+        "ORION_PROXY_TEST_OFFLINE_OTLP",
+        "ca.pem",
+        "jwks.json",
+        "access.log",
+        "audit.log",
+    ] {
+        assert!(
+            err.contains(needle),
+            "offline check lacks '{needle}':\n{err}"
+        );
+    }
+    assert!(!absent.exists(), "check created {}", absent.display());
+
+    // What is there is checked in full: a signing key too short is refused offline too.
+    let (code, _, err) = check_with(
+        &config,
+        &["--offline"],
+        &[("ORION_PROXY_TEST_OFFLINE_SIGNING", "short")],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("oauth.signing_key: must be at least"), "{err}");
+    assert!(!err.contains("ORION_PROXY_TEST_OFFLINE_SIGNING"), "{err}");
+    // And the file's own mistakes are errors as ever.
+    let typo = dir.path().join("typo.yaml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &typo,
+        text.replace("  default: {account: main}", "  default: {account: mian}"),
+    )
+    .unwrap();
+    let (code, _, err) = check_with(&typo, &["--offline"], &[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("mian"), "{err}");
+    // --offline and --resolve contradict each other: a usage error.
+    let (code, _, _) = check_with(&config, &["--offline", "--resolve"], &[]);
+    assert_eq!(code, 2);
+
+    // Neither check connected anywhere.
+    for (i, what) in ["OrionVM", "the JWKS URL", "Redis", "the OTLP collector"]
+        .iter()
+        .enumerate()
+    {
+        match listeners[i].accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("check connected to {what}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_shipped_configs_pass_check_offline() {
+    for config in ["conf/orion-proxy.yaml", "conf/container.yaml"] {
+        let (code, out, err) = check_with(std::path::Path::new(config), &["--offline"], &[]);
+        assert_eq!(code, 0, "{config}: {out}{err}");
+        assert!(out.contains(": OK"), "{out}");
+    }
+}

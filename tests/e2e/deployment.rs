@@ -185,6 +185,13 @@ fn the_dockerfile_passes_hadolint_and_has_a_healthcheck() {
     assert!(model.server.listen.starts_with("0.0.0.0:"));
     assert!(model.server.metrics_listen.unwrap().starts_with("0.0.0.0:"));
     assert_eq!(model.logging.access_log, "stdout");
+    // SIGTERM drains the whole grace period, then 2 s of runtime shutdown: `docker stop` kills
+    // at 10 s, before the audit trail is flushed, unless that fits.
+    assert!(
+        model.server.grace_period_seconds + 2 < 10,
+        "grace_period_seconds {} does not fit docker stop's 10 s",
+        model.server.grace_period_seconds
+    );
 }
 
 #[test]
@@ -218,6 +225,8 @@ fn the_deb_package_carries_everything_and_its_unit_verifies() {
         "./etc/orion-proxy/container.yaml",
         "./usr/share/orion-proxy/schemas/instances.create.json",
         "./usr/share/man/man1/orion-proxy.1.gz",
+        "./usr/share/man/man1/orion-proxy-check.1.gz",
+        "./usr/share/man/man1/orion-proxy-run.1.gz",
         "./usr/share/bash-completion/completions/orion-proxy",
         "./usr/share/zsh/vendor-completions/_orion-proxy",
         "./usr/share/fish/vendor_completions.d/orion-proxy.fish",
@@ -272,4 +281,18 @@ fn the_deb_package_carries_everything_and_its_unit_verifies() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&man.stdout).contains(".TH orion-proxy"));
+    // The page of `check` documents --offline and the exit statuses.
+    let check = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gzip -dc {}/usr/share/man/man1/orion-proxy-check.1.gz",
+            root.path().display()
+        ))
+        .output()
+        .unwrap();
+    let check = String::from_utf8_lossy(&check.stdout).to_string();
+    assert!(
+        check.contains("offline") && check.contains("not checked") && check.contains("Exit status"),
+        "{check}"
+    );
 }

@@ -1,7 +1,8 @@
 //! The proxy as a service operators run (issue 18): it tells systemd when it is ready, exits
 //! non-zero naming a listener it cannot bind, reloads through `orion-proxy reload` with a
 //! result, renews its certificate on reload, speaks HTTP/2 on its TLS listener, and hands its
-//! listening sockets to a process started with `run --upgrade` without losing a request.
+//! listening sockets (proxy, admin and metrics listeners) to a process started with
+//! `run --upgrade` without losing a request.
 
 use crate::harness::*;
 use rustls_pki_types::pem::PemObject;
@@ -586,9 +587,76 @@ async fn an_upgrade_under_load_loses_no_request() {
             ids
         }));
     }
+    // One keep-alive client on the admin listener (`GET /admin/config` with the admin key) and
+    // one on the metrics listener (`GET /metrics`): every answer is 200 and says which config
+    // version (so which process) answered.
+    let old_version = status(&old.control()).unwrap()["config_version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let admin_key = builder.key("admin").to_string();
+    let side = |url: String, key: Option<String>| {
+        let (stop, failures) = (stop.clone(), failures.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap();
+            let mut versions = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let mut req = http.get(&url);
+                if let Some(k) = &key {
+                    req = req.bearer_auth(k);
+                }
+                match req.send().await {
+                    Ok(r) if r.status() == 200 => {
+                        let text = r.text().await.unwrap_or_default();
+                        versions.push(version_in(&text));
+                    }
+                    Ok(r) => failures
+                        .lock()
+                        .push(format!("{url}: status {}", r.status())),
+                    Err(e) => failures.lock().push(format!("{url}: {e:?}")),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            versions
+        })
+    };
+    let admin_side = side(
+        format!("http://127.0.0.1:{}/admin/config", old.ports.admin),
+        Some(admin_key),
+    );
+    let metrics_side = side(
+        format!("http://127.0.0.1:{}/metrics", old.ports.metrics),
+        None,
+    );
     let warm = Instant::now();
     while sent.load(Ordering::Relaxed) < 200 && warm.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Two keep-alive connections to the old process's admin and metrics listeners, opened now
+    // and used again once it hands over (below).
+    let idle = reqwest::Client::builder()
+        .pool_max_idle_per_host(2)
+        .build()
+        .unwrap();
+    let admin_url = format!("http://127.0.0.1:{}/admin/config", old.ports.admin);
+    let metrics_url = format!("http://127.0.0.1:{}/metrics", old.ports.metrics);
+    let ask = |url: &str| {
+        let req = idle.get(url);
+        if url.contains("/admin/") {
+            req.bearer_auth(builder.key("admin"))
+        } else {
+            req
+        }
+    };
+    for url in [&admin_url, &metrics_url] {
+        let r = ask(url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["connection"], "keep-alive", "{url}");
+        assert_eq!(version_in(&r.text().await.unwrap()), old_version);
     }
 
     // The new process: same listeners and sockets, its own log files.
@@ -600,6 +668,25 @@ async fn an_upgrade_under_load_loses_no_request() {
     std::fs::write(&new_config, grace(&text)).unwrap();
     let mut new = spawn(&new_config, &new_dir, &["--upgrade"], &[]);
     let new_pid = new.0.id();
+    // Once the old process hands over (it logs that after it started draining), an answer on a
+    // connection it already had says `Connection: close`, so that the client's next request
+    // goes to a new connection (which the new process accepts), not after its 5 s of
+    // accepting, nor cut when it exits.
+    poll(
+        "the old process hands over",
+        Duration::from_secs(60),
+        || {
+            let handing = old.stderr().contains("handing the listening sockets over");
+            async move { handing.then_some(()) }
+        },
+    )
+    .await;
+    for url in [&admin_url, &metrics_url] {
+        let r = ask(url).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        assert_eq!(r.headers()["connection"], "close", "{url}");
+        assert_eq!(version_in(&r.text().await.unwrap()), old_version, "{url}");
+    }
     // The old one hands over, drains and exits 0; the new one answers on the control socket.
     let deadline = Instant::now() + Duration::from_secs(90);
     let old_status = loop {
@@ -615,7 +702,13 @@ async fn an_upgrade_under_load_loses_no_request() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(old_status.success(), "old: {old_status}: {}", old.stderr());
-    assert_eq!(status(&old.control()).unwrap()["pid"], new_pid);
+    let new_status = status(&old.control()).unwrap();
+    assert_eq!(new_status["pid"], new_pid);
+    let new_version = new_status["config_version"].as_str().unwrap().to_string();
+    assert_ne!(
+        old_version, new_version,
+        "the two configs differ (their log paths)"
+    );
     // Some more requests to the new one alone, then stop.
     let more = sent.load(Ordering::Relaxed) + 100;
     let until = Instant::now() + Duration::from_secs(30);
@@ -626,6 +719,18 @@ async fn an_upgrade_under_load_loses_no_request() {
     let mut answered = BTreeSet::new();
     for c in clients {
         answered.extend(c.await.unwrap());
+    }
+    // The admin and metrics listeners were handed over too: answered throughout (no failure
+    // below), first by the old process, last by the new one.
+    for (what, side) in [("admin", admin_side), ("metrics", metrics_side)] {
+        let versions = side.await.unwrap();
+        assert!(
+            versions.first() == Some(&old_version) && versions.last() == Some(&new_version),
+            "{what}: {} answers, first by {:?}, last by {:?} (old {old_version}, new {new_version})",
+            versions.len(),
+            versions.first(),
+            versions.last()
+        );
     }
     let failures = failures.lock().clone();
     assert!(
@@ -667,6 +772,18 @@ async fn an_upgrade_under_load_loses_no_request() {
     );
     assert_ne!(old_pid, new_pid);
     drop(new);
+}
+
+/// The config version in an admin `/admin/config` answer or a `/metrics` scrape.
+fn version_in(text: &str) -> String {
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
+        return v["config_version"].as_str().unwrap_or_default().to_string();
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("orion_proxy_config_info{version=\""))
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]

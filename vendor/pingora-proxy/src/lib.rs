@@ -1172,6 +1172,42 @@ impl<SV, C> HttpProxy<SV, C>
 where
     C: custom::Connector,
 {
+    // orion-proxy patch (ORION-PATCH.md): what `process_new_http` did after the request header
+    // was read, moved here unchanged so that it runs in its own boxed future.
+    async fn serve_request(
+        self: &Arc<Self>,
+        downstream_session: Box<HttpSession>,
+        prev_user_ctx: Option<Box<dyn std::any::Any + Send + Sync>>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream>
+    where
+        SV: ProxyHttp + Send + Sync + 'static,
+        <SV as ProxyHttp>::CTX: Send + Sync,
+    {
+        let mut session = Session::new(
+            downstream_session,
+            &self.downstream_modules,
+            #[cfg(feature = "upstream_modules")]
+            &self.upstream_modules,
+            self.shutdown_flag.clone(),
+        );
+
+        if *shutdown.borrow() {
+            // stop downstream from reusing if this service is shutting down soon
+            session.set_keepalive(None);
+        }
+
+        let mut ctx = self.inner.new_ctx();
+
+        // Deliver user context from the previous request on this reused connection
+        if let Some(prev_ctx) = prev_user_ctx {
+            self.inner
+                .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
+        }
+
+        self.process_request(session, ctx).await
+    }
+
     async fn process_request(
         self: &Arc<Self>,
         mut session: Session,
@@ -1595,31 +1631,13 @@ where
         let session = Box::new(session);
 
         // TODO: keepalive pool, use stack
-        let mut session = match self.handle_new_request(session).await {
-            Some(downstream_session) => Session::new(
-                downstream_session,
-                &self.downstream_modules,
-                #[cfg(feature = "upstream_modules")]
-                &self.upstream_modules,
-                self.shutdown_flag.clone(),
-            ),
-            None => return None, // bad request
-        };
+        let downstream_session = self.handle_new_request(session).await?;
 
-        if *shutdown.borrow() {
-            // stop downstream from reusing if this service is shutting down soon
-            session.set_keepalive(None);
-        }
-
-        let mut ctx = self.inner.new_ctx();
-
-        // Deliver user context from the previous request on this reused connection
-        if let Some(prev_ctx) = prev_user_ctx {
-            self.inner
-                .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
-        }
-
-        self.process_request(session, ctx).await
+        // orion-proxy patch (ORION-PATCH.md): the request is processed in a future of its own
+        // box. This future is what a kept-alive connection holds while it waits for its next
+        // request header; with the whole proxy pipeline inline it was as large as the
+        // pipeline's largest state (tens of KiB per idle connection).
+        Box::pin(self.serve_request(downstream_session, prev_user_ctx, shutdown)).await
     }
 
     async fn http_cleanup(&self) {

@@ -616,6 +616,7 @@ mod test {
         let l4_buffer = L4BufferSettings {
             read: Some(0),
             write: None,
+            ..Default::default()
         };
 
         listeners.add_listener(
@@ -665,6 +666,7 @@ mod test {
         let l4_buffer = L4BufferSettings {
             read: None,
             write: Some(0),
+            ..Default::default()
         };
 
         assert_eq!(l4_buffer.read_capacity(), DEFAULT_L4_READ_BUFFER_SIZE);

@@ -229,9 +229,13 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 Ok(io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
+                    // orion-proxy patch (ORION-PATCH.md): the accepted stream and its (TLS)
+                    // handshake are boxed, so that they do not enlarge the task every connection
+                    // keeps for its whole life.
+                    let io = Box::new(io);
                     current_handle().spawn(async move {
                         let peer_addr = io.peer_addr();
-                        match timeout(Duration::from_secs(60), io.handshake()).await {
+                        match timeout(Duration::from_secs(60), Box::pin((*io).handshake())).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,

@@ -379,6 +379,10 @@ pub struct L4BufferSettings {
     pub read: Option<usize>,
     /// Write buffer size in bytes. `None` uses [`DEFAULT_L4_WRITE_BUFFER_SIZE`].
     pub write: Option<usize>,
+    /// orion-proxy patch (ORION-PATCH.md): an accepted stream gives its empty buffers back
+    /// while a read waits (a kept-alive connection between requests) and allocates them again
+    /// for the next read or write. Off by default: Pingora's behaviour.
+    pub release_while_idle: bool,
 }
 
 impl L4BufferSettings {
@@ -387,6 +391,7 @@ impl L4BufferSettings {
         Self {
             read: Some(read),
             write: Some(write),
+            release_while_idle: false,
         }
     }
 
@@ -404,6 +409,12 @@ impl L4BufferSettings {
     /// Set the write buffer size.
     pub fn write(mut self, write: usize) -> Self {
         self.write = Some(write);
+        self
+    }
+
+    /// orion-proxy patch (ORION-PATCH.md): see [`Self::release_while_idle`](#structfield.release_while_idle).
+    pub fn release_while_idle(mut self, yes: bool) -> Self {
+        self.release_while_idle = yes;
         self
     }
 
@@ -540,6 +551,10 @@ pub struct Stream {
     write_pending_time: AccumulatedDuration,
     /// Last rx timestamp associated with the last recvmsg call.
     pub rx_ts: Option<SystemTime>,
+    // orion-proxy patch (ORION-PATCH.md): the buffer sizes `set_buffer` gave an accepted
+    // stream, and whether its buffers are released while a read waits.
+    idle_buffers: Option<L4BufferSettings>,
+    buffers_released: bool,
 }
 
 impl Stream {
@@ -638,6 +653,50 @@ impl Stream {
             )
         });
         let _ = mem::replace(&mut self.stream, stream);
+        // orion-proxy patch (ORION-PATCH.md)
+        self.idle_buffers = (buffer.release_while_idle
+            && (buffer.read_capacity() > 0 || buffer.write_capacity() > 0))
+            .then_some(buffer);
+        self.buffers_released = false;
+    }
+
+    // orion-proxy patch (ORION-PATCH.md): an accepted stream whose read waits (a kept-alive
+    // connection between requests, mostly) gives its empty read and write buffers back; the
+    // next read or write allocates them again. Nothing buffered is ever dropped: a buffer that
+    // holds data is kept.
+    fn release_idle_buffers(&mut self) {
+        if self.buffers_released || self.idle_buffers.is_none() {
+            return;
+        }
+        let empty = match self.stream() {
+            BufferedStream::UnbufferedRead(writer) => writer.buffer().is_empty(),
+            BufferedStream::BufferedRead(reader) => {
+                reader.buffer().is_empty() && reader.get_ref().buffer().is_empty()
+            }
+        };
+        if !empty {
+            return;
+        }
+        let stream = self
+            .stream
+            .take()
+            .map(|s| BufferedStream::with_capacity(0, 0, s.into_inner()));
+        self.stream = stream;
+        self.buffers_released = true;
+    }
+
+    // orion-proxy patch (ORION-PATCH.md): the buffers `release_idle_buffers` gave back.
+    fn restore_idle_buffers(&mut self) {
+        if !self.buffers_released {
+            return;
+        }
+        self.buffers_released = false;
+        if let Some(b) = self.idle_buffers {
+            let stream = self.stream.take().map(|s| {
+                BufferedStream::with_capacity(b.read_capacity(), b.write_capacity(), s.into_inner())
+            });
+            self.stream = stream;
+        }
     }
 }
 
@@ -660,6 +719,8 @@ impl From<TcpStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            idle_buffers: None,
+            buffers_released: false,
         }
     }
 }
@@ -683,6 +744,8 @@ impl From<virt::VirtualSocketStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            idle_buffers: None,
+            buffers_released: false,
         }
     }
 }
@@ -707,6 +770,8 @@ impl From<UnixStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            idle_buffers: None,
+            buffers_released: false,
         }
     }
 }
@@ -857,7 +922,14 @@ impl AsyncRead for Stream {
             }
             result
         } else {
-            Pin::new(&mut self.stream_mut()).poll_read(cx, buf)
+            // orion-proxy patch (ORION-PATCH.md): buffers back for the read, given back while
+            // it waits.
+            self.restore_idle_buffers();
+            let result = Pin::new(&mut self.stream_mut()).poll_read(cx, buf);
+            if result.is_pending() {
+                self.release_idle_buffers();
+            }
+            result
         };
         self.read_pending_time.poll_time(&result);
         self.rx_ts = self.stream().get_ref().rx_ts;
@@ -871,6 +943,7 @@ impl AsyncWrite for Stream {
         cx: &mut Context,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.restore_idle_buffers(); // orion-proxy patch (ORION-PATCH.md)
         let result = if self.buffer_write {
             Pin::new(&mut self.stream_mut()).poll_write(cx, buf)
         } else {
@@ -896,6 +969,7 @@ impl AsyncWrite for Stream {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let total_size = bufs.iter().fold(0, |acc, s| acc + s.len());
+        self.restore_idle_buffers(); // orion-proxy patch (ORION-PATCH.md)
 
         let result = if self.buffer_write {
             Pin::new(&mut self.stream_mut()).poll_write_vectored(cx, bufs)

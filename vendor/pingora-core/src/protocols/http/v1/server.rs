@@ -209,9 +209,9 @@ impl HttpSession {
         }
     }
 
-    async fn read_request_buf(
+    async fn read_request_buf<B: BufMut>(
         &mut self,
-        buf: &mut BytesMut,
+        buf: &mut B,
         already_read: usize,
     ) -> Result<Option<usize>> {
         let read_result = {
@@ -296,13 +296,31 @@ impl HttpSession {
         // below tries to parse first when we already have pipelined bytes —
         // a pipelined prefix can contain a complete request header, in which
         // case we must NOT issue another stream read (which would block).
-        let mut buf = self
+        let prefix = self
             .pipelined_prefix
             .take()
-            .filter(|prefix| !prefix.is_empty())
-            .unwrap_or_else(|| BytesMut::with_capacity(INIT_HEADER_BUF_SIZE));
+            .filter(|prefix| !prefix.is_empty());
+        let pipelined = prefix.is_some();
+        let mut buf = match prefix {
+            Some(prefix) => prefix,
+            // orion-proxy patch (ORION-PATCH.md): a kept-alive connection waiting for its next
+            // request holds no header buffer. The wait reads one byte (from the L4 read buffer,
+            // which the same read fills); the buffer is allocated once that byte is there.
+            None => {
+                let mut first = [0u8; 1];
+                let n = match self.read_request_buf(&mut &mut first[..], 0).await? {
+                    Some(n) => n,
+                    None => return Ok(None),
+                };
+                let mut buf = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
+                buf.extend_from_slice(&first[..n]);
+                buf
+            }
+        };
         let mut already_read = buf.len();
-        let mut skip_next_read = already_read != 0;
+        // A pipelined prefix may hold a whole header: parse it before reading. One byte never
+        // does: read the rest first.
+        let mut skip_next_read = pipelined;
         let mut detached_suffix = None;
         loop {
             if already_read > MAX_HEADER_SIZE {
