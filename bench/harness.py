@@ -548,6 +548,9 @@ def measure_idle(port, pids_fn, auth, count, path, cpu):
     ]
     if cpu is not None:
         argv = ["taskset", "-c", str(cpu)] + argv
+    # The verify requests just ran: let the allocators give their freed pages back first
+    # (mimalloc's purge delay is 1 s), or "before" counts garbage that "held" no longer does.
+    time.sleep(2.5)
     before = rss_kib(pids_fn())
     p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

@@ -470,6 +470,34 @@ async fn slow_and_idle_connections_are_closed_and_counted_not_logged() {
         "the idle connection stayed open"
     );
 
+    // A kept-alive connection waits for its next request without a session (pingora-core
+    // patch 3); once the next request's first bytes come, the header deadline holds there too.
+    let mut s = connect(&h).await;
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: orion\r\n\r\n")
+        .await
+        .unwrap();
+    let answers = read_answers(&mut s, 1, SOON).await;
+    assert_eq!(answers.len(), 1);
+    s.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    loop {
+        assert!(
+            started.elapsed() < SOON,
+            "a slow header on a reused connection kept it for {SOON:?}"
+        );
+        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&chunk[..n]),
+            Err(_) if answer.is_empty() => {
+                let _ = s.write_all(b"X-Slow: still-here\r\n").await;
+            }
+            Err(_) => {}
+        }
+    }
+    let (a, _) = parse_one(&answer).expect("an answer before the close");
+    assert_eq!(a.status, 408, "reused connection: {a:?}");
+
     // A client that gives up in the middle of its header: counted, not logged as an error.
     let mut s = connect(&h).await;
     s.write_all(b"GET /health HTTP/1.1\r\nHo").await.unwrap();

@@ -330,12 +330,14 @@ where
         // phase 1 read request header
 
         // orion-proxy patch (ORION-PATCH.md): a deadline for the whole request header. A reused
-        // keep-alive session carries the context `persist_connection_context` returned.
+        // keep-alive session carries the context `persist_connection_context` returned; its
+        // deadline counts the idle time unless pingora-core's keep-alive loop already waited for
+        // the first bytes.
         let reused = {
             let uc = downstream_session.take_connection_user_context();
             let reused = uc.is_some();
             downstream_session.set_connection_user_context(uc);
-            reused
+            reused && !downstream_session.idle_wait_done()
         };
         let header_deadline = self.inner.request_header_timeout(reused);
         let read = async {

@@ -125,8 +125,9 @@ pub trait ProxyHttp {
     /// orion-proxy patch (ORION-PATCH.md): the longest the whole request header may take to
     /// arrive, counted from when the proxy starts waiting for it (`reused`: on a keep-alive
     /// connection, where the wait includes the idle time; a session is taken as reused when
-    /// `persist_connection_context` gave the connection a context). `None`: only Pingora's
-    /// per-read timeout.
+    /// `persist_connection_context` gave the connection a context, and pingora-core's keep-alive
+    /// loop has not already waited for the first bytes, which it does on plain TCP).
+    /// `None`: only Pingora's per-read timeout.
     fn request_header_timeout(&self, _reused: bool) -> Option<Duration> {
         None
     }

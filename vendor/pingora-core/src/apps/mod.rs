@@ -163,6 +163,14 @@ impl HttpPersistentSettings {
         self.pipelined_prefix = Some(prefix);
     }
 
+    /// orion-proxy patch (ORION-PATCH.md): how long the kept-alive connection may idle
+    /// (`Some(0)`: forever; `None`: keep-alive off), and whether the next request's first
+    /// bytes are already here.
+    fn idle_wait(&self) -> (Option<u64>, bool) {
+        let prefixed = self.pipelined_prefix.as_ref().is_some_and(|p| !p.is_empty());
+        (self.keepalive_timeout, prefixed)
+    }
+
     pub fn apply_to_session(self, session: &mut ServerSession) {
         let Self {
             keepalive_timeout,
@@ -320,7 +328,57 @@ where
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
-            let mut session = ServerSession::new_http1(stream);
+            // orion-proxy patch (ORION-PATCH.md): each session is built in `serve_http1`, a plain
+            // function, and moved straight into `process_new_http`'s boxed future: as a local
+            // here, the (large) `ServerSession` took its room in this future, which every
+            // connection holds for its whole life, although it was moved out before any await.
+            let mut result = serve_http1(self, stream, None, false, shutdown).await;
+            while let Some((mut stream, persistent_settings)) = result.map(|r| r.consume()) {
+                // orion-proxy patch (ORION-PATCH.md): the connection idles holding only its
+                // stream; the session is built when the next request's first bytes arrive.
+                let waited = match wait_for_next_request(
+                    &mut stream,
+                    persistent_settings.as_ref(),
+                    shutdown,
+                )
+                .await
+                {
+                    NextRequest::Arrived => true,
+                    NextRequest::CannotWait => false,
+                    NextRequest::Gone => return None,
+                };
+                result =
+                    serve_http1(self, stream, Some(persistent_settings), waited, shutdown).await;
+            }
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.http_cleanup().await;
+    }
+}
+
+type ServeHttp1<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<ReusedHttpStream>> + Send + 'a>>;
+
+// orion-proxy patch (ORION-PATCH.md): the HTTP/1 session for a connection's first request
+// (`reused` `None`) or for a reused one, handed to `process_new_http` (see `process_new`).
+fn serve_http1<'a, T>(
+    app: &'a Arc<T>,
+    stream: Stream,
+    reused: Option<Option<HttpPersistentSettings>>,
+    waited: bool,
+    shutdown: &'a ShutdownWatch,
+) -> ServeHttp1<'a>
+where
+    T: HttpServerApp + Send + Sync + 'static,
+{
+    let mut session = ServerSession::new_http1(stream);
+    match reused {
+        Some(Some(settings)) => settings.apply_to_session(&mut session),
+        Some(None) => {}
+        None => {
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
@@ -329,25 +387,74 @@ where
                 session.set_keepalive(Some(60));
             }
             session.set_keepalive_reuses_remaining(
-                self.server_options()
+                app.server_options()
                     .and_then(|opts| opts.keepalive_request_limit),
             );
+        }
+    }
+    if let ServerSession::H1(s) = &mut session {
+        s.set_idle_wait_done(waited);
+    }
+    app.process_new_http(session, shutdown)
+}
 
-            let mut result = self.process_new_http(session, shutdown).await;
-            while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
-                let mut session = ServerSession::new_http1(stream);
-                if let Some(persistent_settings) = persistent_settings {
-                    persistent_settings.apply_to_session(&mut session);
+// orion-proxy patch (ORION-PATCH.md): what a kept-alive HTTP/1 connection's wait for its next
+// request ended with.
+enum NextRequest {
+    /// Bytes are there (or the peer closed: the session's read sees it).
+    Arrived,
+    /// The stream cannot wait without reading (TLS), or keep-alive is off: the session waits.
+    CannotWait,
+    /// The keep-alive time passed, or the service is shutting down: close the connection.
+    Gone,
+}
+
+// orion-proxy patch (ORION-PATCH.md): wait for the next request on a kept-alive HTTP/1
+// connection holding nothing but the stream (no session, no header buffer, no request future),
+// within the keep-alive time, and give up when the service shuts down.
+async fn wait_for_next_request(
+    stream: &mut Stream,
+    settings: Option<&HttpPersistentSettings>,
+    shutdown: &ShutdownWatch,
+) -> NextRequest {
+    let Some((keepalive, prefixed)) = settings.map(HttpPersistentSettings::idle_wait) else {
+        return NextRequest::CannotWait;
+    };
+    if prefixed {
+        return NextRequest::Arrived;
+    }
+    let Some(keepalive) = keepalive else {
+        return NextRequest::CannotWait;
+    };
+    if *shutdown.borrow() {
+        return NextRequest::Gone;
+    }
+    let mut shutdown = shutdown.clone();
+    let readable = std::future::poll_fn(|cx| stream.poll_wait_readable(cx));
+    let idle = async {
+        if keepalive == 0 {
+            readable.await
+        } else {
+            match tokio::time::timeout(Duration::from_secs(keepalive), readable).await {
+                Ok(r) => r,
+                Err(_) => {
+                    debug!("keepalive timeout {keepalive}s reached while idle");
+                    return Err(std::io::ErrorKind::TimedOut.into());
                 }
-
-                result = self.process_new_http(session, shutdown).await;
             }
         }
-        None
-    }
-
-    async fn cleanup(&self) {
-        self.http_cleanup().await;
+    };
+    tokio::select! {
+        biased;
+        r = idle => match r {
+            Ok(true) => NextRequest::Arrived,
+            Ok(false) => NextRequest::CannotWait,
+            Err(e) => {
+                debug!("kept-alive connection gone while idle: {e}");
+                NextRequest::Gone
+            }
+        },
+        _ = shutdown.changed() => NextRequest::Gone,
     }
 }
 

@@ -79,6 +79,17 @@ pub trait Peek {
     async fn try_peek(&mut self, _buf: &mut [u8]) -> std::io::Result<bool> {
         Ok(false)
     }
+
+    /// orion-proxy patch (ORION-PATCH.md): wait, without reading, until data can be read (or
+    /// the peer closed): `Ready(Ok(true))` then; `Ready(Ok(false))` if this stream cannot wait
+    /// this way. A kept-alive HTTP/1 connection waits here for its next request while holding
+    /// nothing but the stream.
+    fn poll_wait_readable(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<bool>> {
+        std::task::Poll::Ready(Ok(false))
+    }
 }
 
 use std::any::Any;

@@ -25,6 +25,7 @@ use crate::listeners::AcceptAllFilter;
 use crate::listeners::{
     ConnectionFilter, ListenerConfig, Listeners, ServerAddress, TcpSocketOptions, TransportStack,
 };
+use crate::listeners::UninitializedStream;
 use crate::protocols::Stream;
 #[cfg(unix)]
 use crate::server::ListenFds;
@@ -188,6 +189,24 @@ impl<A> Service<A> {
 }
 
 impl<A: ServerApp + Send + Sync + 'static> Service<A> {
+    // orion-proxy patch (ORION-PATCH.md): an accepted stream's handshake, within 60 s; a failure
+    // or timeout is the app's to report (it logs by default).
+    async fn handshake(io: Box<UninitializedStream>, app: &A) -> Option<Stream> {
+        let peer_addr = io.peer_addr();
+        let handshake = Box::pin(async move { (*io).handshake().await });
+        match timeout(Duration::from_secs(60), handshake).await {
+            Ok(Ok(io)) => Some(io),
+            Ok(Err(e)) => {
+                app.handshake_failed(Some(&e), peer_addr.as_ref());
+                None
+            }
+            Err(_) => {
+                app.handshake_failed(None, peer_addr.as_ref());
+                None
+            }
+        }
+    }
+
     pub async fn handle_event(event: Stream, app_logic: Arc<A>, shutdown: ShutdownWatch) {
         debug!("new event!");
         let mut reuse_event = app_logic.process_new(event, &shutdown).await;
@@ -232,19 +251,16 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     // orion-proxy patch (ORION-PATCH.md): the accepted stream and its (TLS)
                     // handshake are boxed, so that they do not enlarge the task every connection
                     // keeps for its whole life.
+                    // The handshake's result is bound before the match: as the match's
+                    // scrutinee, the timeout future (its timer box and the boxed handshake, about
+                    // 2.5 KiB) would live until the connection ends. The boxed stream moves into
+                    // the handshake's future, so its box goes with it.
                     let io = Box::new(io);
+                    // The peer address (for the failure report) lives in `handshake`'s future
+                    // only, not beside the connection's.
                     current_handle().spawn(async move {
-                        let peer_addr = io.peer_addr();
-                        match timeout(Duration::from_secs(60), Box::pin((*io).handshake())).await {
-                            Ok(handshake) => {
-                                match handshake {
-                                    Ok(io) => Self::handle_event(io, app, shutdown).await,
-                                    // orion-proxy patch: the app is told (it logs by default).
-                                    Err(e) => app.handshake_failed(Some(&e), peer_addr.as_ref()),
-                                }
-                            }
-                            // orion-proxy patch: the app is told (it logs by default).
-                            Err(_) => app.handshake_failed(None, peer_addr.as_ref()),
+                        if let Some(io) = Self::handshake(io, &app).await {
+                            Self::handle_event(io, app, shutdown).await
                         }
                     });
                 }

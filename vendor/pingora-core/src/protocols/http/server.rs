@@ -932,6 +932,15 @@ impl Session {
         }
     }
 
+    /// orion-proxy patch (ORION-PATCH.md): whether the HTTP/1 keep-alive loop already waited
+    /// for this request's first bytes, so its idle time is over (always `false` for h2).
+    pub fn idle_wait_done(&self) -> bool {
+        match self {
+            Self::H1(s) => s.idle_wait_done(),
+            _ => false,
+        }
+    }
+
     /// Enable or disable HTTP/1.1 request pipelining on this session.
     ///
     /// No-op for H2 / Subrequest / Custom. See

@@ -815,6 +815,32 @@ impl Peek for Stream {
         self.rewind(buf);
         Ok(true)
     }
+
+    // orion-proxy patch (ORION-PATCH.md): bytes already buffered or rewound are ready at once;
+    // otherwise the socket's read readiness. While it waits, the empty buffers are given back
+    // (with `release_while_idle`), as a pending read would.
+    fn poll_wait_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let buffered = match self.stream() {
+            BufferedStream::UnbufferedRead(_) => false,
+            BufferedStream::BufferedRead(reader) => !reader.buffer().is_empty(),
+        };
+        if buffered || !self.rewind_read_buf.is_empty() {
+            return Poll::Ready(Ok(true));
+        }
+        let ready = match &self.stream().get_ref().stream {
+            RawStream::Tcp(s) => s.poll_read_ready(cx),
+            #[cfg(unix)]
+            RawStream::Unix(s) => s.poll_read_ready(cx),
+            RawStream::Virtual(_) => return Poll::Ready(Ok(false)),
+        };
+        match ready {
+            Poll::Ready(r) => Poll::Ready(r.map(|()| true)),
+            Poll::Pending => {
+                self.release_idle_buffers();
+                Poll::Pending
+            }
+        }
+    }
 }
 
 #[async_trait]

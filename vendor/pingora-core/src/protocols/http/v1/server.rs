@@ -158,6 +158,9 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// orion-proxy patch (ORION-PATCH.md): the keep-alive loop already waited for this
+    /// request's first bytes (the idle time is over when the session is built).
+    idle_wait_done: bool,
 }
 
 impl HttpSession {
@@ -206,6 +209,7 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            idle_wait_done: false,
         }
     }
 
@@ -1011,6 +1015,17 @@ impl HttpSession {
     /// Whether HTTP/1.1 request pipelining is enabled for this session.
     pub fn pipelining_enabled(&self) -> bool {
         self.pipelining_enabled
+    }
+
+    /// orion-proxy patch (ORION-PATCH.md): whether the keep-alive loop already waited for this
+    /// request's first bytes.
+    pub fn idle_wait_done(&self) -> bool {
+        self.idle_wait_done
+    }
+
+    /// orion-proxy patch (ORION-PATCH.md): see [`Self::idle_wait_done`].
+    pub fn set_idle_wait_done(&mut self, done: bool) {
+        self.idle_wait_done = done;
     }
 
     /// Enable or disable HTTP/1.1 request pipelining on this session.
