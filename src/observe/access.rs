@@ -283,7 +283,7 @@ fn line(
         line.str("span.id", &obs.span_id);
     }
     if let Some(ip) = req.client_ip {
-        line.display("client.ip", &ip);
+        line.ip("client.ip", ip);
     }
     line.str("http.request.method", req.method.as_str());
     line.str("url.path", cut(req.path, 256));
@@ -416,8 +416,14 @@ impl Line {
         self.buf.push(b'"');
     }
 
-    fn display(&mut self, k: &str, v: &dyn std::fmt::Display) {
-        self.str(k, &v.to_string());
+    /// An address: its text needs no escaping (digits, dots, colons, hex letters).
+    fn ip(&mut self, k: &str, ip: std::net::IpAddr) {
+        let mut text = String::with_capacity(40);
+        crate::upstream::forward::push_ip(&mut text, ip);
+        self.key(k);
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(text.as_bytes());
+        self.buf.push(b'"');
     }
 
     fn str_list<'a>(&mut self, k: &str, items: impl Iterator<Item = &'a str>) {

@@ -51,11 +51,9 @@ pub async fn rewrite_request(
     out: &Outbound<'_>,
 ) -> Result<Option<http::HeaderValue>, UpstreamError> {
     // The caller's credentials never reach OrionVM; hop-by-hop headers end here; the
-    // forwarding headers say who called (`super::forward`).
-    for name in CALLER_CREDENTIALS {
-        req.remove_header(name);
-    }
-    super::forward::caller_headers(req, out.forward, &out.caller).map_err(header_error)?;
+    // forwarding headers say who called (`super::forward`, one pass over the names).
+    super::forward::caller_headers(req, out.forward, &out.caller, &CALLER_CREDENTIALS)
+        .map_err(header_error)?;
     let auth = account
         .credentials
         .authorization_header(out.trace)
