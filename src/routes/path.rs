@@ -54,13 +54,17 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
     Ok(out)
 }
 
+/// Checks one segment: its escapes are well formed and decode to no separator or control
+/// byte, and it is not `.` or `..` (decoded). Counts what the decoded segment would hold
+/// instead of decoding it (no allocation per segment).
 fn check_segment(segment: &str) -> Result<(), PathError> {
     let bytes = segment.as_bytes();
-    let mut decoded: Vec<u8> = Vec::with_capacity(bytes.len());
+    // Decoded length, and how many of the decoded bytes are dots.
+    let (mut len, mut dots) = (0usize, 0usize);
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
-        match b {
+        let decoded = match b {
             b'%' => {
                 let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEncoding)?;
                 let value = std::str::from_utf8(hex)
@@ -70,19 +74,22 @@ fn check_segment(segment: &str) -> Result<(), PathError> {
                 match value {
                     b'/' | b'\\' => return Err(PathError::EncodedSeparator),
                     0..=0x1f | 0x7f => return Err(PathError::BadByte),
-                    _ => decoded.push(value),
+                    _ => {}
                 }
                 i += 3;
+                value
             }
             b'\\' => return Err(PathError::EncodedSeparator),
             0..=0x20 | 0x7f => return Err(PathError::BadByte),
             _ => {
-                decoded.push(b);
                 i += 1;
+                b
             }
-        }
+        };
+        len += 1;
+        dots += usize::from(decoded == b'.');
     }
-    if decoded == b"." || decoded == b".." {
+    if dots == len && (len == 1 || len == 2) {
         return Err(PathError::DotSegment);
     }
     Ok(())
@@ -113,6 +120,8 @@ mod tests {
             "/api/v1/./instances",
             "/api/v1/%2e%2e/x",
             "/api/v1/%2E./x",
+            "/api/v1/%2e/x",
+            "/api/v1/x/.%2E",
             "/api/v1/instances%2Fx",
             "/api/v1/instances%2fx",
             "/api/v1/a%5cb",
@@ -136,5 +145,8 @@ mod tests {
             normalize("/api/v1/instances/abc/context/my%20key").unwrap(),
             "/api/v1/instances/abc/context/my%20key"
         );
+        // Only `.` and `..` are dot segments.
+        assert_eq!(normalize("/a/.../.b/c.").unwrap(), "/a/.../.b/c.");
+        assert_eq!(normalize("/a/%2e%2e%2e").unwrap(), "/a/%2e%2e%2e");
     }
 }
