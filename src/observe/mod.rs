@@ -532,7 +532,7 @@ pub fn wants_request_body(policy: &LogPolicy, method: &http::Method) -> bool {
 /// Whether a request body the proxy did not read itself may be taken from what it received
 /// (it is logged only when it is JSON).
 pub fn is_json_request(headers: &http::HeaderMap) -> bool {
-    is_json(headers.get("content-type"))
+    is_json(headers.get(http::header::CONTENT_TYPE))
 }
 
 /// Whether the response body should be kept: logged, or needed to name the resource a
@@ -542,7 +542,7 @@ fn wants_response_body(
     req: &RequestView<'_>,
     headers: &http::HeaderMap,
 ) -> bool {
-    if !is_json(headers.get("content-type")) {
+    if !is_json(headers.get(http::header::CONTENT_TYPE)) {
         return false;
     }
     policy.response_body || (audit::wants_record(policy, req.method) && req.param("id").is_none())

@@ -59,6 +59,8 @@ pub const ALLOWLIST: &[&str] = &[
     "tracestate",
 ];
 
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// The caller as the proxy's listener saw it.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
@@ -116,8 +118,8 @@ pub fn caller_headers(
     // Inbound forwarding values from an untrusted peer are the caller's claims, not facts.
     let inbound = if caller.trusted {
         Inbound {
-            xff: joined(&req.headers, "x-forwarded-for"),
-            forwarded: joined(&req.headers, "forwarded"),
+            xff: joined(&req.headers, &X_FORWARDED_FOR),
+            forwarded: joined(&req.headers, &http::header::FORWARDED),
         }
     } else {
         Inbound::default()
@@ -156,7 +158,7 @@ pub fn caller_headers(
     forwarded.push_str(proto);
     req.insert_header("x-forwarded-for", xff)?;
     req.insert_header("forwarded", forwarded)?;
-    req.insert_header("x-forwarded-proto", proto)?;
+    req.insert_header("x-forwarded-proto", http::HeaderValue::from_static(proto))?;
     Ok(())
 }
 
@@ -167,7 +169,7 @@ struct Inbound {
 }
 
 /// All values of a header as one comma-separated list (`None` when absent or unreadable).
-fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     let values: Vec<&str> = headers
         .get_all(name)
         .iter()
