@@ -72,7 +72,7 @@ struct Confirmed {
 
 /// The confirmed map's keys are already SipHash values: used as they are.
 #[derive(Default)]
-struct PassThrough(u64);
+pub(super) struct PassThrough(u64);
 
 impl Hasher for PassThrough {
     fn finish(&self) -> u64 {

@@ -452,6 +452,8 @@ fn build_clients(config: &Config, roles: &Roles, errors: &mut Vec<String>) -> to
     issued
 }
 
+static X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+
 /// The caller's credential: `X-API-Key`, or the token of `Authorization: Bearer`.
 pub fn credential_from(headers: &http::HeaderMap) -> Result<&str, AuthError> {
     let api_key = api_key_header(headers)?;
@@ -466,7 +468,7 @@ pub fn credential_from(headers: &http::HeaderMap) -> Result<&str, AuthError> {
 }
 
 fn api_key_header(headers: &http::HeaderMap) -> Result<Option<&str>, AuthError> {
-    let mut api_keys = headers.get_all("x-api-key").iter();
+    let mut api_keys = headers.get_all(&X_API_KEY).iter();
     let Some(v) = api_keys.next() else {
         return Ok(None);
     };
@@ -486,7 +488,7 @@ fn bearer_header(headers: &http::HeaderMap) -> Result<Option<&str>, AuthError> {
     if auths.next().is_some() {
         return Err(AuthError::Malformed("more than one Authorization header"));
     }
-    if headers.contains_key("x-api-key") {
+    if headers.contains_key(&X_API_KEY) {
         // Any Authorization beside an X-API-Key is a second credential unless it is the same
         // key as a bearer token; an unreadable one cannot be that.
         let same = v

@@ -516,9 +516,13 @@ fn is_json(content_type: Option<&http::HeaderValue>) -> bool {
     content_type
         .and_then(|v| v.to_str().ok())
         .map(|v| {
-            let v = v.to_ascii_lowercase();
-            let essence = v.split(';').next().unwrap_or("").trim().to_string();
-            essence == "application/json" || essence.ends_with("+json")
+            // Compared without case and without a lowercased copy.
+            let essence = v.split(';').next().unwrap_or("").trim().as_bytes();
+            essence.eq_ignore_ascii_case(b"application/json")
+                || essence
+                    .len()
+                    .checked_sub(5)
+                    .is_some_and(|at| essence[at..].eq_ignore_ascii_case(b"+json"))
         })
         .unwrap_or(false)
 }
@@ -532,7 +536,7 @@ pub fn wants_request_body(policy: &LogPolicy, method: &http::Method) -> bool {
 /// Whether a request body the proxy did not read itself may be taken from what it received
 /// (it is logged only when it is JSON).
 pub fn is_json_request(headers: &http::HeaderMap) -> bool {
-    is_json(headers.get("content-type"))
+    is_json(headers.get(http::header::CONTENT_TYPE))
 }
 
 /// Whether the response body should be kept: logged, or needed to name the resource a
@@ -542,7 +546,7 @@ fn wants_response_body(
     req: &RequestView<'_>,
     headers: &http::HeaderMap,
 ) -> bool {
-    if !is_json(headers.get("content-type")) {
+    if !is_json(headers.get(http::header::CONTENT_TYPE)) {
         return false;
     }
     policy.response_body || (audit::wants_record(policy, req.method) && req.param("id").is_none())
@@ -707,6 +711,31 @@ pub async fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_media_types_are_recognised_in_any_case() {
+        let is = |v: &str| is_json(Some(&http::HeaderValue::from_str(v).unwrap()));
+        for yes in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            " application/json ;q=1",
+            "application/problem+json",
+            "application/VND.ORION+JSON",
+        ] {
+            assert!(is(yes), "{yes}");
+        }
+        for no in [
+            "text/plain",
+            "application/jsonx",
+            "json",
+            "+jso",
+            "",
+            "application/json5",
+        ] {
+            assert!(!is(no), "{no}");
+        }
+        assert!(!is_json(None));
+    }
 
     fn policy(cfg: LoggingConfig) -> LogPolicy {
         LogPolicy::build(&cfg, &ObserveState::default()).unwrap()

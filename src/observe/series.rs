@@ -342,35 +342,41 @@ fn record_client(
     period: u64,
     status: u16,
 ) {
-    if !clients.contains_key(&**id) {
-        let reused = if clients.len() >= MAX_PRINCIPALS {
-            let oldest = clients
-                .iter()
-                .min_by_key(|(_, r)| r.last)
-                .map(|(k, _)| k.clone());
-            oldest.and_then(|k| clients.remove(&k))
-        } else {
-            None
-        };
-        let slots = match reused {
-            Some(mut r) => {
-                r.slots.fill(ClientSlot::default());
-                r.slots
-            }
-            None => vec![ClientSlot::default(); SLOTS].into_boxed_slice(),
-        };
-        clients.insert(
-            id.clone(),
-            ClientRing {
-                tenant: tenant.clone(),
-                last: period,
-                slots,
-            },
-        );
-    }
-    let Some(ring) = clients.get_mut(&**id) else {
+    // A known principal (every request but its first): one lookup.
+    if let Some(ring) = clients.get_mut(&**id) {
+        count_client(ring, tenant, period, status);
         return;
+    }
+    let reused = if clients.len() >= MAX_PRINCIPALS {
+        let oldest = clients
+            .iter()
+            .min_by_key(|(_, r)| r.last)
+            .map(|(k, _)| k.clone());
+        oldest.and_then(|k| clients.remove(&k))
+    } else {
+        None
     };
+    let slots = match reused {
+        Some(mut r) => {
+            r.slots.fill(ClientSlot::default());
+            r.slots
+        }
+        None => vec![ClientSlot::default(); SLOTS].into_boxed_slice(),
+    };
+    clients.insert(
+        id.clone(),
+        ClientRing {
+            tenant: tenant.clone(),
+            last: period,
+            slots,
+        },
+    );
+    if let Some(ring) = clients.get_mut(&**id) {
+        count_client(ring, tenant, period, status);
+    }
+}
+
+fn count_client(ring: &mut ClientRing, tenant: &Arc<str>, period: u64, status: u16) {
     ring.last = period;
     if *ring.tenant != **tenant {
         ring.tenant = tenant.clone();

@@ -169,6 +169,14 @@ impl Usage {
             last_seen: 0,
         }
     }
+
+    /// One request seen at `at`.
+    fn add(&mut self, at: u64, errors: u32, limited: u32) {
+        self.last_seen = at;
+        for ring in self.rings.iter_mut() {
+            ring.add(at, errors, limited);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -225,26 +233,26 @@ impl MemoryUsage {
         let limited = u32::from(outcome == Outcome::RateLimited);
         let errors = u32::from(outcome == Outcome::Error);
         let mut clients = self.clients.lock();
-        let known = clients
+        // A known client (every request but its first): two lookups by `&str`, no key built.
+        if let Some(usage) = clients
             .by_tenant
-            .get(tenant)
-            .is_some_and(|ps| ps.contains_key(principal));
-        if !known {
-            if clients.len >= self.max_clients {
-                clients.evict_oldest();
-            }
-            clients.len += 1;
+            .get_mut(tenant)
+            .and_then(|ps| ps.get_mut(principal))
+        {
+            usage.add(at, errors, limited);
+            return;
         }
-        let usage = clients
+        if clients.len >= self.max_clients {
+            clients.evict_oldest();
+        }
+        clients.len += 1;
+        clients
             .by_tenant
             .entry(tenant.into())
             .or_default()
             .entry(principal.into())
-            .or_insert_with(Usage::new);
-        usage.last_seen = at;
-        for ring in usage.rings.iter_mut() {
-            ring.add(at, errors, limited);
-        }
+            .or_insert_with(Usage::new)
+            .add(at, errors, limited);
     }
 
     /// Synchronous form of [`UsageStore::report`]; forgets clients not seen for a day.

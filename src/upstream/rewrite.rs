@@ -30,7 +30,8 @@ pub struct Outbound<'a> {
     pub trace: Option<&'a dyn super::trace::CallTracer>,
 }
 
-/// Headers of the caller's that never reach OrionVM.
+/// Headers of the caller's that never reach OrionVM (`authorization` first: an account's own
+/// replaces it).
 const CALLER_CREDENTIALS: [&str; 4] = [
     "authorization",
     "x-api-key",
@@ -50,17 +51,19 @@ pub async fn rewrite_request(
     account: &Account,
     out: &Outbound<'_>,
 ) -> Result<Option<http::HeaderValue>, UpstreamError> {
-    // The caller's credentials never reach OrionVM; hop-by-hop headers end here; the
-    // forwarding headers say who called (`super::forward`).
-    for name in CALLER_CREDENTIALS {
-        req.remove_header(name);
-    }
-    super::forward::caller_headers(req, out.forward, &out.caller).map_err(header_error)?;
-    let auth = account
-        .credentials
-        .authorization_header(out.trace)
-        .await
-        .map_err(|e| UpstreamError::Credentials(e.to_string()))?;
+    let auth = account.credentials.authorization_header(out.trace).await;
+    // The caller's credentials never reach OrionVM (not even on a request that fails here);
+    // hop-by-hop headers end here; the forwarding headers say who called (`super::forward`,
+    // one pass over the names). A caller's `Authorization` that the account's replaces is not
+    // removed first: the insert below replaces it.
+    let credentials: &[&str] = if matches!(auth, Ok(Some(_))) {
+        &CALLER_CREDENTIALS[1..]
+    } else {
+        &CALLER_CREDENTIALS
+    };
+    super::forward::caller_headers(req, out.forward, &out.caller, credentials)
+        .map_err(header_error)?;
+    let auth = auth.map_err(|e| UpstreamError::Credentials(e.to_string()))?;
     if let Some(auth) = &auth {
         req.insert_header("authorization", auth.clone())
             .map_err(header_error)?;

@@ -35,22 +35,32 @@ fn short(e: &serde_json::Error) -> String {
     s.split(" at line").next().unwrap_or(&s).to_string()
 }
 
+/// Fails past `max` levels of nesting. Strings are skipped to their closing quote by
+/// `memchr` (most of a body's bytes are in strings); the brackets outside them are counted.
+/// An unterminated string or unbalanced brackets are left to the parser.
 fn check_depth(bytes: &[u8], max: usize) -> Result<(), BodyError> {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                loop {
+                    let Some(at) = bytes
+                        .get(i..)
+                        .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+                    else {
+                        return Ok(());
+                    };
+                    if bytes[i + at] == b'"' {
+                        i += at + 1;
+                        break;
+                    }
+                    // A backslash escapes the byte after it, whatever it is.
+                    i += at + 2;
+                }
+                continue;
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max {
@@ -62,6 +72,7 @@ fn check_depth(bytes: &[u8], max: usize) -> Result<(), BodyError> {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     Ok(())
 }
@@ -69,6 +80,26 @@ fn check_depth(bytes: &[u8], max: usize) -> Result<(), BodyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn brackets_in_strings_and_escapes_do_not_count() {
+        let nest = |n: usize| "[".repeat(n) + &"]".repeat(n);
+        let within = nest(MAX_DEPTH);
+        assert!(check_depth(within.as_bytes(), MAX_DEPTH).is_ok());
+        assert!(check_depth(nest(MAX_DEPTH + 1).as_bytes(), MAX_DEPTH).is_err());
+        let quoted = format!(
+            r#"{{"a":"{}","b":"\"{}\\"}}"#,
+            "[".repeat(100),
+            "{".repeat(100)
+        );
+        assert!(check_depth(quoted.as_bytes(), MAX_DEPTH).is_ok());
+        // An escaped quote does not end the string; an escaped backslash does not escape it.
+        let deep_after = format!(r#"["\"[[[", "\\", {}]"#, nest(MAX_DEPTH));
+        assert!(check_depth(deep_after.as_bytes(), MAX_DEPTH).is_err());
+        for cut in [r#"["abc"#, r#"["abc\"#, r#"""#, "\\"] {
+            assert!(check_depth(cut.as_bytes(), MAX_DEPTH).is_ok(), "{cut}");
+        }
+    }
 
     #[test]
     fn depth_is_bounded() {

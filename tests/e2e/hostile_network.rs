@@ -471,7 +471,7 @@ async fn slow_and_idle_connections_are_closed_and_counted_not_logged() {
     );
 
     // A kept-alive connection waits for its next request without a session (pingora-core
-    // patch 3); once the next request's first bytes come, the header deadline holds there too.
+    // patch 4); once the next request's first bytes come, the header deadline holds there too.
     let mut s = connect(&h).await;
     s.write_all(b"GET /health HTTP/1.1\r\nHost: orion\r\n\r\n")
         .await

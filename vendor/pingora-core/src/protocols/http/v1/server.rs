@@ -375,7 +375,8 @@ impl HttpSession {
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
+                            // orion-proxy patch (ORION-PATCH.md): room for the headers a proxy adds.
+                            Some(req.headers.len() + crate::protocols::http::HEADER_ROOM),
                         )?);
 
                         request_header.set_version(match req.version {
