@@ -1650,7 +1650,12 @@ def main():
         out = os.path.join(BENCH, "results", f"{stamp}-{res['commit']}.json")
     encoded = json.dumps(res, indent=1)
     json.loads(encoded)  # the result must round-trip, smoke run included
-    shutil.rmtree(bench.work, ignore_errors=True)
+    if os.environ.get("BENCH_KEEP_WORK"):
+        # The configs, access logs and process output, for a look at what a run did (the
+        # access log's timings of slow requests, README "Performance").
+        log(f"bench: work dir kept: {bench.work}")
+    else:
+        shutil.rmtree(bench.work, ignore_errors=True)
     if not out:
         log("bench: smoke run passed (results not kept)")
         return 0
