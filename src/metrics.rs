@@ -697,8 +697,48 @@ pub fn bytes(tenant: &str, request: usize, response: usize) {
     }
 }
 
+/// A route's latency series, resolved at the first request that records one (not when a
+/// config is staged: a reload that is not committed leaves no series behind) and kept with the
+/// route, so that a request does not look them up by label.
+#[derive(Default)]
+pub struct RouteSeries {
+    latency: OnceLock<Option<Histogram>>,
+    upstream: OnceLock<Option<Histogram>>,
+}
+
+impl std::fmt::Debug for RouteSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteSeries")
+    }
+}
+
+/// Observes `value` in `vec`'s series of `route`, through the route's `cell` when it has one.
+fn observe_route(
+    cell: Option<&OnceLock<Option<Histogram>>>,
+    vec: &Lazy<Option<HistogramVec>>,
+    route: &str,
+    value: f64,
+) {
+    match cell {
+        Some(cell) => {
+            let resolved = cell.get_or_init(|| vec.as_ref().map(|h| h.with_label_values(&[route])));
+            if let Some(h) = resolved {
+                h.observe(value);
+            }
+        }
+        None => {
+            if let Some(h) = vec.as_ref() {
+                h.with_label_values(&[route]).observe(value);
+            }
+        }
+    }
+}
+
+/// A finished request: counted, and its latencies observed in `series` (the route's, `None`
+/// for a request that matched no route).
 pub fn request_done(
     route: &str,
+    series: Option<&RouteSeries>,
     method: &str,
     status: u16,
     tenant: &str,
@@ -715,11 +755,9 @@ pub fn request_done(
         ])
         .inc();
     }
-    if let Some(h) = LATENCY.as_ref() {
-        h.with_label_values(&[route]).observe(seconds);
-    }
-    if let (Some(h), Some(s)) = (UPSTREAM_LATENCY.as_ref(), upstream_seconds) {
-        h.with_label_values(&[route]).observe(s);
+    observe_route(series.map(|s| &s.latency), &LATENCY, route, seconds);
+    if let Some(s) = upstream_seconds {
+        observe_route(series.map(|s| &s.upstream), &UPSTREAM_LATENCY, route, s);
     }
 }
 

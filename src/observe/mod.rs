@@ -682,6 +682,7 @@ pub async fn finish(
     let tenant = req.principal.map(|p| &*p.tenant).unwrap_or("none");
     metrics::request_done(
         req.route_name(),
+        req.route.map(|r| &r.series),
         req.method.as_str(),
         status,
         tenant,

@@ -29,6 +29,8 @@ pub struct Route {
     pub list: bool,
     /// The JSON Schema its body must match (`validate`), by the name the config gives.
     pub schema: Option<Arc<str>>,
+    /// Its latency series (`metrics`), resolved at its first request.
+    pub series: crate::metrics::RouteSeries,
 }
 
 impl Route {
@@ -119,6 +121,7 @@ impl RouteTable {
                 handler,
                 list: rc.list,
                 schema: rc.schema.as_deref().map(Arc::from),
+                series: Default::default(),
             });
             let router = table.by_method.entry(method).or_default();
             if let Err(e) = router.insert(rc.path.clone(), route.clone()) {
