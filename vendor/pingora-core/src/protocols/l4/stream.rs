@@ -555,6 +555,10 @@ pub struct Stream {
     // stream, and whether its buffers are released while a read waits.
     idle_buffers: Option<L4BufferSettings>,
     buffers_released: bool,
+    // orion-proxy patch (ORION-PATCH.md): the keep-alive loop waits on this stream with
+    // `poll_wait_readable`, so the buffers are given back there only, not at every pending read
+    // (Pingora's read of an idle client while the upstream answers, mostly).
+    release_at_wait_only: bool,
 }
 
 impl Stream {
@@ -721,6 +725,7 @@ impl From<TcpStream> for Stream {
             rx_ts: None,
             idle_buffers: None,
             buffers_released: false,
+            release_at_wait_only: false,
         }
     }
 }
@@ -746,6 +751,7 @@ impl From<virt::VirtualSocketStream> for Stream {
             rx_ts: None,
             idle_buffers: None,
             buffers_released: false,
+            release_at_wait_only: false,
         }
     }
 }
@@ -772,6 +778,7 @@ impl From<UnixStream> for Stream {
             rx_ts: None,
             idle_buffers: None,
             buffers_released: false,
+            release_at_wait_only: false,
         }
     }
 }
@@ -827,6 +834,7 @@ impl Peek for Stream {
         if buffered || !self.rewind_read_buf.is_empty() {
             return Poll::Ready(Ok(true));
         }
+        self.release_at_wait_only = true;
         let ready = match &self.stream().get_ref().stream {
             RawStream::Tcp(s) => s.poll_read_ready(cx),
             #[cfg(unix)]
@@ -952,7 +960,7 @@ impl AsyncRead for Stream {
             // it waits.
             self.restore_idle_buffers();
             let result = Pin::new(&mut self.stream_mut()).poll_read(cx, buf);
-            if result.is_pending() {
+            if result.is_pending() && !self.release_at_wait_only {
                 self.release_idle_buffers();
             }
             result
