@@ -15,6 +15,7 @@ is stopped on exit, whatever the exit.
 import argparse
 import base64
 import datetime
+import glob
 import hashlib
 import http.client
 import json
@@ -621,6 +622,7 @@ class Bench:
         self.features = {}
         self.sent = {}  # requests answered per process, to compare with its access log
         self.access_log = {}
+        self.orion_access_logs = {}
 
     # -- systems --
 
@@ -865,6 +867,7 @@ class Bench:
     def start_orion(self, name, variant=None):
         port = free_port()
         cfg = self.orion_config(port, variant)
+        self.orion_access_logs[name] = cfg["logging"]["access_log"]
         path = os.path.join(self.work, f"{name}.yaml")
         with open(path, "w") as f:
             json.dump(cfg, f, indent=1)
@@ -1022,6 +1025,43 @@ class Bench:
                 f"transport errors out of {res['requests']}"
             )
 
+    def log_timings(self, name):
+        """Where the time of one latency run went, from the proxy's own access log (it holds
+        this run's lines only: `trim_logs` empties it after every run): the request's time in
+        the proxy (`event.duration`), OrionVM's part (`orion.upstream.latency_ms`) and the rest.
+        A client's latency beyond the first is time before the proxy read the request (queueing,
+        scheduling), which no line shows."""
+        path = self.orion_access_logs.get(name)
+        if not path:
+            return None
+        time.sleep(0.1)  # the writer flushes every 20 ms
+        total, upstream = [], []
+        for f in sorted(glob.glob(path + "*")):
+            try:
+                with open(f, "rb") as fh:
+                    for raw in fh:
+                        try:
+                            d = json.loads(raw)
+                        except ValueError:
+                            continue
+                        if d.get("http.response.status_code") != 200:
+                            continue
+                        total.append(d.get("event.duration", 0) / 1e6)
+                        upstream.append(float(d.get("orion.upstream.latency_ms") or 0.0))
+            except OSError:
+                continue
+        if not total:
+            return None
+        own = [t - u for t, u in zip(total, upstream)]
+
+        def pcts(xs):
+            xs = sorted(xs)
+            at = lambda q: xs[min(len(xs) - 1, int(len(xs) * q))]  # noqa: E731
+            return {"p50_ms": at(0.5), "p99_ms": at(0.99), "p999_ms": at(0.999), "max_ms": xs[-1]}
+
+        return {"lines": len(total), "total": pcts(total), "upstream": pcts(upstream),
+                "own": pcts(own)}
+
     def trim_logs(self):
         """Access logs are written in full (that is part of the work measured) but emptied
         after each run, so that a run never holds more than one run's lines on disk. The writers
@@ -1086,6 +1126,7 @@ class Bench:
                               f"the run ({res.get('errorDistribution')}); figure left out")
             return None
         pct = res["latencyPercentiles"]
+        timings = self.log_timings(name)
         self.trim_logs()
         self.sent[name] = self.sent.get(name, 0) + total
         extra = {}
@@ -1093,6 +1134,8 @@ class Bench:
             extra["redis_cpu_us_per_req"] = (a1 - a0) / CLK * 1e6 / total
             _, extra["redis_round_trips_per_req"] = redis_calls(
                 stats0, stats1, max(1, served1 - served0))
+        if timings:
+            extra["access_log_timings"] = timings
         return {
             **extra,
             "rate": rate,
@@ -1351,6 +1394,11 @@ class Bench:
                             [m["redis_cpu_us_per_req"] for m in l])
                         row["redis_round_trips_per_req_at_rate"] = med(
                             [m["redis_round_trips_per_req"] for m in l])
+                    if all("access_log_timings" in m for m in l):
+                        t = [m["access_log_timings"] for m in l]
+                        row["access_log_timings"] = {
+                            part: {k: med([x[part][k] for x in t]) for k in t[0][part]}
+                            for part in ("total", "upstream", "own")}
                 row["bare_ref"] = bare_ref
                 row["nginx_ref"] = nginx_ref
                 rows.append(row)
@@ -1504,6 +1552,22 @@ def table(res):
             lines.append(f"{'':<26} redis commands/req: {calls}")
         lines.append("trips/req: commands the proxy sent on the request path per request served "
                      "(a script call is one; the usage flush's HINCRBY/EXPIREAT pipeline is not)")
+    timed = [r for r in res["rows"] if r.get("access_log_timings")]
+    if timed:
+        lines.append("")
+        lines.append("latency runs, from orion's access log (median of rounds; ms): the request in "
+                     "the proxy, OrionVM's part, the proxy's own; the client's p99 above minus "
+                     "the proxy's is time before the proxy read the request")
+        lines.append(f"{'scenario':<26} {'process':<27} {'total p50/p99':>15} "
+                     f"{'upstream p50/p99':>17} {'own p50/p99':>13} {'client p99':>10}")
+        for r in timed:
+            t = r["access_log_timings"]
+            lines.append(
+                f"{r['scenario']:<26} {r['process']:<27} "
+                f"{t['total']['p50_ms']:6.3f}/{t['total']['p99_ms']:7.3f} "
+                f"{t['upstream']['p50_ms']:7.3f}/{t['upstream']['p99_ms']:8.3f} "
+                f"{t['own']['p50_ms']:5.3f}/{t['own']['p99_ms']:6.3f} "
+                f"{fmt(r.get('p99_ms'), '10.3f')}")
     idle = res["idle_connections"]
     if idle:
         lines.append("")
