@@ -427,13 +427,7 @@ impl HttpServerApp for AdminApp {
             if done.is_err() {
                 return None;
             }
-            let settings = pingora::apps::HttpPersistentSettings::for_session(&session);
-            return session
-                .finish()
-                .await
-                .ok()
-                .flatten()
-                .map(|s| pingora::apps::ReusedHttpStream::from_reusable_stream(s, settings));
+            return reuse(session).await;
         }
         if let Some(answer) = public_document(session.req_header()) {
             let (content_type, body) = answer;
@@ -443,13 +437,7 @@ impl HttpServerApp for AdminApp {
             {
                 return None;
             }
-            let settings = pingora::apps::HttpPersistentSettings::for_session(&session);
-            return session
-                .finish()
-                .await
-                .ok()
-                .flatten()
-                .map(|s| pingora::apps::ReusedHttpStream::from_reusable_stream(s, settings));
+            return reuse(session).await;
         }
         let mut stream = None;
         let mut note = AuditNote::default();
@@ -528,14 +516,20 @@ impl HttpServerApp for AdminApp {
         if written.is_err() {
             return None;
         }
-        let settings = pingora::apps::HttpPersistentSettings::for_session(&session);
-        session
-            .finish()
-            .await
-            .ok()
-            .flatten()
-            .map(|s| pingora::apps::ReusedHttpStream::from_reusable_stream(s, settings))
+        reuse(session).await
     }
+}
+
+/// A session whose answer is written: its connection back to Pingora for the next request
+/// (`None`: not reusable, so it is closed).
+async fn reuse(session: ServerSession) -> Option<pingora::apps::ReusedHttpStream> {
+    let settings = pingora::apps::HttpPersistentSettings::for_session(&session);
+    session
+        .finish()
+        .await
+        .ok()
+        .flatten()
+        .map(|s| pingora::apps::ReusedHttpStream::from_reusable_stream(s, settings))
 }
 
 #[cfg(test)]

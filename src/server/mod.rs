@@ -11,7 +11,7 @@ pub mod supervise;
 use crate::admin::AdminApp;
 use crate::metrics::ListenerSeries;
 use crate::proxy::OrionProxy;
-use crate::proxy::connection::Caps;
+use crate::proxy::connection::{Caps, Open};
 use crate::runtime::{SharedState, State};
 use crate::upstream::Prober;
 use pingora::apps::ServerApp;
@@ -132,11 +132,13 @@ pub fn build_with(
     let proxy_series = Arc::new(ListenerSeries::new("proxy", server_cfg.tls.is_some()));
     let mut proxy = Service::new(
         "orion-proxy".to_string(),
-        Capped {
+        Counted {
             inner: Arc::new(inner),
-            caps: Arc::new(Caps::default()),
-            state: state.clone(),
             series: proxy_series.clone(),
+            caps: Some(Capped {
+                caps: Arc::new(Caps::default()),
+                state: state.clone(),
+            }),
         },
     );
     proxy.set_connection_filter(Arc::new(CountAccepts(proxy_series)));
@@ -165,6 +167,7 @@ pub fn build_with(
                     state: state.clone(),
                 }),
                 series: series.clone(),
+                caps: None,
             },
         );
         admin.set_connection_filter(Arc::new(CountAccepts(series)));
@@ -183,6 +186,7 @@ pub fn build_with(
             Counted {
                 inner: Arc::new(metrics_app(state.clone())),
                 series: series.clone(),
+                caps: None,
             },
         );
         metrics.set_connection_filter(Arc::new(CountAccepts(series)));
@@ -406,10 +410,43 @@ fn handshake_failed(
     }
 }
 
-/// A listener's application with its open connections counted (`orion_proxy_connections_open`).
+/// A listener's application with its TLS handshakes and open connections counted
+/// (`orion_proxy_connections_open`), behind the connection caps where the listener has them
+/// (the proxy listener).
 struct Counted<A> {
     inner: Arc<A>,
     series: Arc<ListenerSeries>,
+    caps: Option<Capped>,
+}
+
+/// The proxy listener's connection caps (`server.max_connections`,
+/// `server.max_connections_per_ip`, read from the config in force at each accept). A connection
+/// past a cap is closed as soon as it is accepted, before any read (on a TLS listener, after the
+/// handshake Pingora's listener has done), and counted.
+struct Capped {
+    caps: Arc<Caps>,
+    state: Arc<SharedState>,
+}
+
+impl Capped {
+    /// A place for a connection from `stream`'s peer, or `None` (counted) past a cap.
+    fn enter(&self, stream: &Stream) -> Option<Open> {
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let (max_total, max_per_ip) = {
+            let rt = self.state.current();
+            let s = &rt.config.server;
+            (s.max_connections, s.max_connections_per_ip)
+        };
+        match self.caps.enter(ip, max_total, max_per_ip) {
+            Ok(open) => Some(open),
+            Err(cap) => {
+                crate::metrics::connection_refused(cap);
+                None
+            }
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -422,64 +459,14 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
         if stream.get_ssl_digest().is_some() {
             self.series.handshake(Some(true));
         }
+        let place = match &self.caps {
+            Some(caps) => Some(caps.enter(&stream)?),
+            None => None,
+        };
         let _open = self.series.open();
         // An HTTP app serves the whole connection (every keep-alive request) in this call.
-        self.inner.process_new(stream, shutdown).await
-    }
-
-    fn handshake_failed(
-        &self,
-        error: Option<&pingora::Error>,
-        peer: Option<&pingora::protocols::l4::socket::SocketAddr>,
-    ) {
-        handshake_failed(&self.series, error, peer);
-    }
-
-    async fn cleanup(&self) {
-        self.inner.cleanup().await;
-    }
-}
-
-/// The proxy listener's application: Pingora's HTTP proxy behind the connection caps
-/// (`server.max_connections`, `server.max_connections_per_ip`, read from the config in force
-/// at each accept). A connection past a cap is closed as soon as it is accepted, before any
-/// read (on a TLS listener, after the handshake Pingora's listener has done), and counted.
-struct Capped {
-    inner: Arc<pingora_proxy::HttpProxy<OrionProxy>>,
-    caps: Arc<Caps>,
-    state: Arc<SharedState>,
-    series: Arc<ListenerSeries>,
-}
-
-#[async_trait::async_trait]
-impl ServerApp for Capped {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &pingora::server::ShutdownWatch,
-    ) -> Option<Stream> {
-        if stream.get_ssl_digest().is_some() {
-            self.series.handshake(Some(true));
-        }
-        let ip = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        let (max_total, max_per_ip) = {
-            let rt = self.state.current();
-            let s = &rt.config.server;
-            (s.max_connections, s.max_connections_per_ip)
-        };
-        let open = match self.caps.enter(ip, max_total, max_per_ip) {
-            Ok(open) => open,
-            Err(cap) => {
-                crate::metrics::connection_refused(cap);
-                return None;
-            }
-        };
-        let _counted = self.series.open();
-        // Pingora serves the whole connection (every keep-alive request) in this call.
         let reused = self.inner.process_new(stream, shutdown).await;
-        drop(open);
+        drop(place);
         reused
     }
 
