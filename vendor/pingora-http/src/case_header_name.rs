@@ -26,6 +26,14 @@ impl CaseHeaderName {
 }
 
 impl CaseHeaderName {
+    // orion-proxy patch: a case-preserved name built at compile time, for the inserts by
+    // prebuilt names (`RequestHeader::insert_header_name`): no copy, no allocation, and
+    // cloning it into a map is a copy of the static reference (ORION-PATCH.md, 1).
+    /// A case-preserved name from a static string, usable in a `const` or `static`.
+    pub const fn from_static(name: &'static str) -> Self {
+        CaseHeaderName(Bytes::from_static(name.as_bytes()))
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         &self.0
     }
@@ -38,6 +46,19 @@ impl CaseHeaderName {
 /// A trait that converts into case-sensitive header names.
 pub trait IntoCaseHeaderName {
     fn into_case_header_name(self) -> CaseHeaderName;
+
+    // orion-proxy patch: a name that already is a `HeaderName` is not parsed back from its
+    // case-preserved bytes (ORION-PATCH.md, 2). The default keeps 0.9.1's behaviour.
+    /// The name for the value map and the case-preserved name for the case map.
+    fn into_header_names(self) -> Result<(HeaderName, CaseHeaderName)>
+    where
+        Self: Sized,
+    {
+        let case_header_name = self.into_case_header_name();
+        let header_name = HeaderName::try_from(case_header_name.as_slice())
+            .or_err(InvalidHTTPHeader, "invalid header name")?;
+        Ok((header_name, case_header_name))
+    }
 }
 
 impl IntoCaseHeaderName for CaseHeaderName {
@@ -62,11 +83,22 @@ impl IntoCaseHeaderName for HeaderName {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(titled_header_name(&self))
     }
+
+    // orion-proxy patch (ORION-PATCH.md, 2)
+    fn into_header_names(self) -> Result<(HeaderName, CaseHeaderName)> {
+        let case_header_name = CaseHeaderName(titled_header_name(&self));
+        Ok((self, case_header_name))
+    }
 }
 
 impl IntoCaseHeaderName for &HeaderName {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(titled_header_name(self))
+    }
+
+    // orion-proxy patch (ORION-PATCH.md, 2)
+    fn into_header_names(self) -> Result<(HeaderName, CaseHeaderName)> {
+        Ok((self.clone(), CaseHeaderName(titled_header_name(self))))
     }
 }
 

@@ -42,7 +42,9 @@ pub mod authority;
 use authority::{raw_target_authority, RawTargetAuthority};
 
 mod case_header_name;
-use case_header_name::CaseHeaderName;
+// orion-proxy patch: exported, so that an application can build case-preserved names as
+// constants for `insert_header_name` (ORION-PATCH.md, 1). 0.9.1: `use`, not `pub use`.
+pub use case_header_name::CaseHeaderName;
 pub use case_header_name::IntoCaseHeaderName;
 
 pub mod prelude {
@@ -237,6 +239,60 @@ impl RequestHeader {
         &'a N: 'a + AsHeaderName,
     {
         remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name)
+    }
+
+    // orion-proxy patch: inserts by prebuilt names, and room for them (ORION-PATCH.md, 1).
+    /// Insert `value` under a name given both ways, prebuilt (typically constants): `name` for
+    /// the value map and `case` for the case-preserved name written on the wire. Nothing is
+    /// parsed or copied; replaces every existing header of the same name as
+    /// [Self::insert_header()] does.
+    ///
+    /// `case` must be `name` up to ASCII case (it is not checked).
+    pub fn insert_header_name(
+        &mut self,
+        name: &HeaderName,
+        case: &CaseHeaderName,
+        value: HeaderValue,
+    ) -> Result<()> {
+        insert_named(
+            self.header_name_map.as_mut(),
+            &mut self.base.headers,
+            name,
+            case,
+            value,
+        )
+    }
+
+    /// As [Self::insert_header_name()], but adds the value without removing others of the same
+    /// name, as [Self::append_header()] does.
+    pub fn append_header_name(
+        &mut self,
+        name: &HeaderName,
+        case: &CaseHeaderName,
+        value: HeaderValue,
+    ) -> Result<bool> {
+        append_named(
+            self.header_name_map.as_mut(),
+            &mut self.base.headers,
+            name,
+            case,
+            value,
+        )
+    }
+
+    /// Make room for `additional` more header names in both maps (values and case), so that
+    /// that many inserts of new names allocate nothing.
+    ///
+    /// The maps are rebuilt (their names moved and hashed once) with the room: `HeaderMap`'s own
+    /// `reserve` grows the entries' storage only when its index lacks room, and a clone (the
+    /// request a proxy sends upstream is one) has an index with room but storage exactly full,
+    /// which then reallocates at the first inserts.
+    pub fn reserve(&mut self, additional: usize) -> Result<()> {
+        rebuild_with_room(&mut self.base.headers, additional)?;
+        if let Some(name_map) = self.header_name_map.as_mut() {
+            rebuild_with_room(name_map, additional)?;
+        }
+        Ok(())
     }
 
     /// Write the header to the `buf` in HTTP/1.1 wire format.
@@ -593,6 +649,60 @@ impl ResponseHeader {
         remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name)
     }
 
+    // orion-proxy patch: inserts by prebuilt names, and room for them (ORION-PATCH.md, 1).
+    /// Insert `value` under a name given both ways, prebuilt (typically constants): `name` for
+    /// the value map and `case` for the case-preserved name written on the wire. Nothing is
+    /// parsed or copied; replaces every existing header of the same name as
+    /// [Self::insert_header()] does.
+    ///
+    /// `case` must be `name` up to ASCII case (it is not checked).
+    pub fn insert_header_name(
+        &mut self,
+        name: &HeaderName,
+        case: &CaseHeaderName,
+        value: HeaderValue,
+    ) -> Result<()> {
+        insert_named(
+            self.header_name_map.as_mut(),
+            &mut self.base.headers,
+            name,
+            case,
+            value,
+        )
+    }
+
+    /// As [Self::insert_header_name()], but adds the value without removing others of the same
+    /// name, as [Self::append_header()] does.
+    pub fn append_header_name(
+        &mut self,
+        name: &HeaderName,
+        case: &CaseHeaderName,
+        value: HeaderValue,
+    ) -> Result<bool> {
+        append_named(
+            self.header_name_map.as_mut(),
+            &mut self.base.headers,
+            name,
+            case,
+            value,
+        )
+    }
+
+    /// Make room for `additional` more header names in both maps (values and case), so that
+    /// that many inserts of new names allocate nothing.
+    ///
+    /// The maps are rebuilt (their names moved and hashed once) with the room: `HeaderMap`'s own
+    /// `reserve` grows the entries' storage only when its index lacks room, and a clone (the
+    /// request a proxy sends upstream is one) has an index with room but storage exactly full,
+    /// which then reallocates at the first inserts.
+    pub fn reserve(&mut self, additional: usize) -> Result<()> {
+        rebuild_with_room(&mut self.base.headers, additional)?;
+        if let Some(name_map) = self.header_name_map.as_mut() {
+            rebuild_with_room(name_map, additional)?;
+        }
+        Ok(())
+    }
+
     /// Write the header to the `buf` in HTTP/1.1 wire format.
     ///
     /// The header case will be preserved.
@@ -852,11 +962,8 @@ fn append_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<bool> {
-    let case_header_name = name.into_case_header_name();
-    let header_name: HeaderName = case_header_name
-        .as_slice()
-        .try_into()
-        .or_err(InvalidHTTPHeader, "invalid header name")?;
+    // orion-proxy patch: a `HeaderName` is not parsed back from its case (ORION-PATCH.md, 2).
+    let (header_name, case_header_name) = name.into_header_names()?;
     // store the original case in the map
     if let Some(name_map) = name_map {
         // Use the non-panicking `try_append`: the infallible `append` calls
@@ -881,16 +988,92 @@ fn insert_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<()> {
-    let case_header_name = name.into_case_header_name();
-    let header_name: HeaderName = case_header_name
-        .as_slice()
-        .try_into()
-        .or_err(InvalidHTTPHeader, "invalid header name")?;
+    // orion-proxy patch: a `HeaderName` is not parsed back from its case (ORION-PATCH.md, 2).
+    let (header_name, case_header_name) = name.into_header_names()?;
     if let Some(name_map) = name_map {
         // store the original case in the map
         name_map.insert(header_name.clone(), case_header_name);
     }
     value_map.insert(header_name, value);
+    Ok(())
+}
+
+// orion-proxy patch: the inserts by prebuilt names and the rebuild with room (ORION-PATCH.md, 1).
+#[inline]
+fn insert_named<T>(
+    name_map: Option<&mut CaseMap>,
+    value_map: &mut HMap<T>,
+    name: &HeaderName,
+    case: &CaseHeaderName,
+    value: T,
+) -> Result<()> {
+    if let Some(name_map) = name_map {
+        name_map
+            .try_insert(name.clone(), case.clone())
+            .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+    }
+    value_map.try_insert(name.clone(), value).or_err(
+        InvalidHTTPHeader,
+        "header value map size overflows MAX_SIZE",
+    )?;
+    Ok(())
+}
+
+#[inline]
+fn append_named<T>(
+    name_map: Option<&mut CaseMap>,
+    value_map: &mut HMap<T>,
+    name: &HeaderName,
+    case: &CaseHeaderName,
+    value: T,
+) -> Result<bool> {
+    if let Some(name_map) = name_map {
+        name_map
+            .try_append(name.clone(), case.clone())
+            .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+    }
+    value_map.try_append(name.clone(), value).or_err(
+        InvalidHTTPHeader,
+        "header value map size overflows MAX_SIZE",
+    )
+}
+
+/// `map` rebuilt with room for `additional` more names: same names, values and order (the
+/// entries are moved in iteration order, each name's values in theirs, so a value map and its
+/// case map rebuilt alike still iterate in step).
+fn rebuild_with_room<T>(map: &mut HMap<T>, additional: usize) -> Result<()> {
+    let mut rebuilt = HMap::try_with_capacity(map.keys_len().saturating_add(additional))
+        .or_err(InvalidHTTPHeader, "header map size overflows MAX_SIZE")?;
+    {
+        // The names are moved, not cloned: a name's first value opens its entry, and the
+        // following values (`None` names) are appended to that entry.
+        let mut current: Option<http::header::OccupiedEntry<'_, T>> = None;
+        for (name, value) in std::mem::take(map) {
+            match name {
+                Some(name) => {
+                    let entry = rebuilt
+                        .try_entry(name)
+                        .or_err(InvalidHTTPHeader, "invalid header name")?;
+                    current = Some(match entry {
+                        http::header::Entry::Vacant(v) => v
+                            .try_insert_entry(value)
+                            .or_err(InvalidHTTPHeader, "header map size overflows MAX_SIZE")?,
+                        // Not reached: each name opens one entry.
+                        http::header::Entry::Occupied(mut o) => {
+                            o.append(value);
+                            o
+                        }
+                    });
+                }
+                None => {
+                    if let Some(entry) = current.as_mut() {
+                        entry.append(value);
+                    }
+                }
+            }
+        }
+    }
+    *map = rebuilt;
     Ok(())
 }
 
@@ -1054,6 +1237,113 @@ fn case_header_iter<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // orion-proxy patch: tests of the inserts by prebuilt names and of `reserve`.
+    static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    static X_REQUEST_ID_CASE: CaseHeaderName = CaseHeaderName::from_static("X-Request-Id");
+
+    fn wire(req: &RequestHeader) -> String {
+        let mut buf = vec![];
+        req.header_to_h1_wire(&mut buf);
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn insert_header_name_writes_the_case_given_and_replaces() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("x-request-id", "caller").unwrap();
+        req.append_header("x-request-ID", "caller2").unwrap();
+        req.append_header("Accept", "*/*").unwrap();
+        req.insert_header_name(
+            &X_REQUEST_ID,
+            &X_REQUEST_ID_CASE,
+            HeaderValue::from_static("01ID"),
+        )
+        .unwrap();
+        assert_eq!(wire(&req), "X-Request-Id: 01ID\r\nAccept: */*\r\n");
+        assert!(req
+            .append_header_name(
+                &X_REQUEST_ID,
+                &X_REQUEST_ID_CASE,
+                HeaderValue::from_static("02ID")
+            )
+            .unwrap());
+        assert_eq!(
+            wire(&req),
+            "X-Request-Id: 01ID\r\nX-Request-Id: 02ID\r\nAccept: */*\r\n"
+        );
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header_name(
+            &X_REQUEST_ID,
+            &X_REQUEST_ID_CASE,
+            HeaderValue::from_static("01ID"),
+        )
+        .unwrap();
+        let mut buf = vec![];
+        resp.header_to_h1_wire(&mut buf);
+        assert_eq!(buf, b"X-Request-Id: 01ID\r\n");
+        // Without a case map, the value map alone.
+        let mut no_case = RequestHeader::build_no_case("GET", b"/", None).unwrap();
+        no_case
+            .insert_header_name(
+                &http::header::HOST,
+                &CaseHeaderName::from_static("host"),
+                HeaderValue::from_static("a"),
+            )
+            .unwrap();
+        assert_eq!(no_case.headers.get("host").unwrap(), "a");
+    }
+
+    #[test]
+    fn a_header_name_is_inserted_without_parsing_and_keeps_its_titled_case() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header(http::header::DATE, "today").unwrap();
+        resp.insert_header(&http::header::CONNECTION, "close")
+            .unwrap();
+        resp.insert_header(HeaderName::from_static("x-custom"), "1")
+            .unwrap();
+        resp.append_header(http::header::CONTENT_TYPE, "a/b")
+            .unwrap();
+        let mut buf = vec![];
+        resp.header_to_h1_wire(&mut buf);
+        assert_eq!(
+            buf,
+            b"Date: today\r\nConnection: close\r\nx-custom: 1\r\nContent-Type: a/b\r\n"
+        );
+        // Invalid names given as bytes are still refused.
+        assert!(resp.insert_header("bad name", "1").is_err());
+    }
+
+    #[test]
+    fn reserve_keeps_names_values_cases_and_order() {
+        let mut req = RequestHeader::build("GET", b"/", Some(2)).unwrap();
+        for (k, v) in [
+            ("Host", "h"),
+            ("X-Forwarded-For", "1.1.1.1"),
+            ("accept", "a"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("X-Custom-ONE", "c"),
+            ("ACCEPT", "b"),
+        ] {
+            req.append_header(k, v).unwrap();
+        }
+        let before = wire(&req);
+        let mut copy = req.clone();
+        copy.reserve(8).unwrap();
+        assert_eq!(wire(&copy), before);
+        assert!(copy.headers.capacity() >= copy.headers.keys_len() + 8);
+        assert_eq!(copy.headers.get_all("x-forwarded-for").iter().count(), 2);
+        copy.insert_header_name(
+            &X_REQUEST_ID,
+            &X_REQUEST_ID_CASE,
+            HeaderValue::from_static("01ID"),
+        )
+        .unwrap();
+        assert_eq!(wire(&copy), format!("{before}X-Request-Id: 01ID\r\n"));
+        let mut empty = ResponseHeader::build(200, Some(0)).unwrap();
+        empty.reserve(3).unwrap();
+        assert_eq!(empty.headers.len(), 0);
+    }
 
     #[test]
     fn header_map_upper_bound() {
