@@ -109,10 +109,16 @@ pub enum ServeError {
 
 pub fn group_key(tenant: &str, object: &str) -> String {
     let mut k = String::with_capacity(tenant.len() + object.len() + 1);
+    write_group_key(&mut k, tenant, object);
+    k
+}
+
+/// [`group_key`] into `k`, replacing what it held.
+fn write_group_key(k: &mut String, tenant: &str, object: &str) {
+    k.clear();
     k.push_str(tenant);
     k.push('\0');
     k.push_str(object);
-    k
 }
 
 enum Step {
@@ -143,9 +149,11 @@ impl MicroCache {
         if store.groups.is_empty() && store.links.is_empty() {
             return;
         }
+        // One key buffer for every id the mutation names (a 1 KiB body names about 20).
+        let mut key = String::with_capacity(tenant.len() + 64);
         for o in std::iter::once(object).chain(others.iter().copied()) {
-            let key = group_key(tenant, o);
-            let linked = store.links.remove(&key);
+            write_group_key(&mut key, tenant, o);
+            let linked = store.links.remove(key.as_str());
             drop_group(&mut store, &key);
             for l in linked.into_iter().flatten() {
                 drop_group(&mut store, &l);
