@@ -77,6 +77,12 @@ struct Store {
     entries: usize,
 }
 
+impl Store {
+    fn holds_nothing(&self) -> bool {
+        self.groups.is_empty() && self.links.is_empty()
+    }
+}
+
 /// The micro-cache and its coalescing groups (one per process state).
 #[derive(Default)]
 pub struct MicroCache {
@@ -146,7 +152,7 @@ impl MicroCache {
     /// mutation's body names: the disks of a disks PUT).
     pub fn invalidate_all(&self, tenant: &str, object: &str, others: &[&str]) {
         let mut store = self.store.lock();
-        if store.groups.is_empty() && store.links.is_empty() {
+        if store.holds_nothing() {
             return;
         }
         // One key buffer for every id the mutation names (a 1 KiB body names about 20).
@@ -172,6 +178,12 @@ impl MicroCache {
             .as_ref()
             .filter(|f| f.at.elapsed() <= settings.stale)
             .cloned()
+    }
+
+    /// Whether an invalidation could drop anything: no group and no link held. A mutation
+    /// looks for the ids its body names only when this is false (a walk over the body).
+    pub fn holds_nothing(&self) -> bool {
+        self.store.lock().holds_nothing()
     }
 
     /// Entries held (over all tenants).
