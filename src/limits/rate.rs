@@ -7,6 +7,7 @@
 
 use crate::store::WindowCount;
 use crate::store::memory::{MemoryCounters, MemoryWindow};
+use crate::upstream::names::Name;
 use http::HeaderValue;
 use std::fmt::Write;
 use std::sync::{Arc, OnceLock};
@@ -124,14 +125,14 @@ impl Verdicts {
             push_u64(&mut limit, v.remaining);
             limit.push_str(";t=");
             push_u64(&mut limit, v.reset);
-            out.push("ratelimit-policy", p.item_value.clone());
+            out.push(&RATELIMIT_POLICY, p.item_value.clone());
             if let Ok(value) = HeaderValue::try_from(limit) {
-                out.push("ratelimit", value);
+                out.push(&RATELIMIT, value);
             }
             return out;
         }
         for (name, value) in self.headers(policies, legacy) {
-            if let Ok(value) = HeaderValue::try_from(value) {
+            if let (Some(name), Ok(value)) = (field_name(name), HeaderValue::try_from(value)) {
                 out.push(name, value);
             }
         }
@@ -175,14 +176,47 @@ impl Verdicts {
     }
 }
 
+/// The response fields' names, prebuilt for the answer's header maps (written as given).
+pub static RATELIMIT_POLICY: Name = Name::new("ratelimit-policy");
+pub static RATELIMIT: Name = Name::new("ratelimit");
+pub static X_RATELIMIT_LIMIT: Name = Name::new("x-ratelimit-limit");
+pub static X_RATELIMIT_REMAINING: Name = Name::new("x-ratelimit-remaining");
+pub static X_RATELIMIT_RESET: Name = Name::new("x-ratelimit-reset");
+
+/// The prebuilt name of a field [`Verdicts::headers`] writes.
+fn field_name(name: &str) -> Option<&'static Name> {
+    [
+        &RATELIMIT_POLICY,
+        &RATELIMIT,
+        &X_RATELIMIT_LIMIT,
+        &X_RATELIMIT_REMAINING,
+        &X_RATELIMIT_RESET,
+    ]
+    .into_iter()
+    .find(|n| n.name.as_str() == name)
+}
+
 /// The rate-limit fields of one answer (at most five), as header values.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Fields {
-    items: [Option<(&'static str, HeaderValue)>; 5],
+    items: [Option<(&'static Name, HeaderValue)>; 5],
+}
+
+impl std::fmt::Debug for Fields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(
+                self.items
+                    .iter()
+                    .flatten()
+                    .map(|(n, v)| (n.name.as_str(), v)),
+            )
+            .finish()
+    }
 }
 
 impl Fields {
-    fn push(&mut self, name: &'static str, value: HeaderValue) {
+    fn push(&mut self, name: &'static Name, value: HeaderValue) {
         if let Some(slot) = self.items.iter_mut().find(|s| s.is_none()) {
             *slot = Some((name, value));
         }
@@ -194,9 +228,9 @@ impl Fields {
 }
 
 impl IntoIterator for Fields {
-    type Item = (&'static str, HeaderValue);
+    type Item = (&'static Name, HeaderValue);
     type IntoIter =
-        std::iter::Flatten<std::array::IntoIter<Option<(&'static str, HeaderValue)>, 5>>;
+        std::iter::Flatten<std::array::IntoIter<Option<(&'static Name, HeaderValue)>, 5>>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.items.into_iter().flatten()
@@ -283,14 +317,21 @@ mod tests {
             reset: 7,
             refused: false,
         });
-        let fields: std::collections::HashMap<_, _> =
-            one.fields(&policies, false).into_iter().collect();
+        let fields: std::collections::HashMap<_, _> = one
+            .fields(&policies, false)
+            .into_iter()
+            .map(|(name, value)| (name.name.as_str(), value))
+            .collect();
         assert_eq!(fields["ratelimit"], "\"default\";r=1200;t=7");
         assert_eq!(fields["ratelimit-policy"], "\"default\";q=600;w=60");
         // Several policies (or the legacy fields) take the general path, with the same values.
         let many: Vec<_> = v.fields(&policies, true).into_iter().collect();
         assert_eq!(many.len(), 5);
         assert_eq!(many[1].1, h[1].1.as_str());
+        // Each field goes under its prebuilt name.
+        for ((name, _), (expected, _)) in many.iter().zip(&h) {
+            assert_eq!(name.name.as_str(), *expected);
+        }
         let mut s = String::new();
         push_u64(&mut s, 0);
         push_u64(&mut s, 18446744073709551615);

@@ -240,7 +240,10 @@ async fn the_quota_counts_down_then_refuses_with_the_fields() {
         let (r, rl) = admitted(&limits, &alice).await;
         assert!(r.is_ok());
         assert_eq!(counted(&limits, &rl), [("default".to_string(), expected)]);
-        let fields: HashMap<_, _> = response_fields(&limits, &rl).into_iter().collect();
+        let fields: HashMap<_, _> = response_fields(&limits, &rl)
+            .into_iter()
+            .map(|(name, value)| (name.name.as_str(), value))
+            .collect();
         assert_eq!(fields["ratelimit-policy"], "\"default\";q=3;w=60");
         assert!(
             fields["ratelimit"]

@@ -18,6 +18,7 @@ use crate::observe::{self, request_id};
 use crate::request::RequestView;
 use crate::runtime::SharedState;
 use crate::upstream::UpstreamError;
+use crate::upstream::names::{self, SetHeader};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use ctx::Ctx;
@@ -447,10 +448,12 @@ impl ProxyHttp for OrionProxy {
     ) -> Result<()> {
         // OrionVM's hop-by-hop headers end here (RFC 9110 section 7.6.1).
         crate::upstream::forward::strip_response(upstream);
-        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        let request_id = http::HeaderValue::from_str(&ctx.request_id)
+            .or_err(ErrorType::InvalidHTTPHeader, "invalid request id")?;
+        upstream.set(&names::X_REQUEST_ID, request_id)?;
         if let Some(rt) = ctx.runtime.as_ref() {
             for (name, value) in crate::limits::response_fields(&rt.limits, &ctx.limits) {
-                upstream.insert_header(name, value)?;
+                upstream.set(name, value)?;
             }
         }
         // A shared backend: the other nodes drop their cached reads of a changed object

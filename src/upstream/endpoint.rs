@@ -74,6 +74,8 @@ pub struct Endpoint {
     pub sni: String,
     /// `Host` header value sent upstream.
     pub authority: String,
+    /// The same as a header value, built once (a clone shares its bytes).
+    pub host_value: http::HeaderValue,
     /// Base path prefix of the URL (empty or `/prefix`), prepended to forwarded paths.
     pub base_path: String,
     pub ca: Option<CaList>,
@@ -158,6 +160,8 @@ impl Endpoint {
         } else {
             format!("{}:{port}", url.host_str().unwrap_or(&host))
         };
+        let host_value = http::HeaderValue::from_str(&authority)
+            .map_err(|_| format!("'{authority}' is not a valid Host value"))?;
         let base_path = url.path().trim_end_matches('/').to_string();
         let sni = cfg.sni.clone().unwrap_or_else(|| host.clone());
         let name: Arc<str> = cfg.name.clone().unwrap_or_else(|| authority.clone()).into();
@@ -176,6 +180,7 @@ impl Endpoint {
             addr,
             sni,
             authority,
+            host_value,
             base_path,
             ca,
             connect_timeout,

@@ -6,6 +6,7 @@
 //!
 //! The same stripping applies to OrionVM's answer on its way back ([`strip_response`]).
 
+use super::names::{self, SetHeader};
 use crate::config::model::ForwardHeaders;
 use http::HeaderMap;
 use http::header::HeaderName;
@@ -58,8 +59,6 @@ pub const ALLOWLIST: &[&str] = &[
     "if-unmodified-since",
     "tracestate",
 ];
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The caller as the proxy's listener saw it.
 #[derive(Debug, Clone, Copy)]
@@ -118,7 +117,7 @@ pub fn caller_headers(
     // Inbound forwarding values from an untrusted peer are the caller's claims, not facts.
     let inbound = if caller.trusted {
         Inbound {
-            xff: joined(&req.headers, &X_FORWARDED_FOR),
+            xff: joined(&req.headers, &names::X_FORWARDED_FOR.name),
             forwarded: joined(&req.headers, &http::header::FORWARDED),
         }
     } else {
@@ -156,10 +155,23 @@ pub fn caller_headers(
     push_forwarded_node(&mut forwarded, ip);
     forwarded.push_str(";proto=");
     forwarded.push_str(proto);
-    req.insert_header("x-forwarded-for", xff)?;
-    req.insert_header("forwarded", forwarded)?;
-    req.insert_header("x-forwarded-proto", http::HeaderValue::from_static(proto))?;
+    req.set(&names::X_FORWARDED_FOR, header_value(xff)?)?;
+    req.set(&names::FORWARDED, header_value(forwarded)?)?;
+    req.set(
+        &names::X_FORWARDED_PROTO,
+        http::HeaderValue::from_static(proto),
+    )?;
     Ok(())
+}
+
+/// A value the proxy built (an inbound value from a trusted peer is part of it, so it is
+/// checked).
+fn header_value(v: String) -> pingora::Result<http::HeaderValue> {
+    use pingora::OrErr;
+    http::HeaderValue::try_from(v).or_err(
+        pingora::ErrorType::InvalidHTTPHeader,
+        "invalid forwarding header value",
+    )
 }
 
 #[derive(Default)]

@@ -16,6 +16,7 @@ pub mod credentials;
 pub mod endpoint;
 pub mod error;
 pub mod forward;
+pub mod names;
 pub mod peer;
 pub mod rewrite;
 pub mod signing;

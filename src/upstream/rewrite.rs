@@ -6,6 +6,7 @@
 use super::Account;
 use super::endpoint::Endpoint;
 use super::error::{Failure, UpstreamError};
+use super::names::{self, SetHeader};
 use super::peer::AttemptState;
 use pingora::http::RequestHeader;
 
@@ -43,6 +44,11 @@ fn header_error(e: Box<pingora::Error>) -> UpstreamError {
     UpstreamError::Internal(format!("a header for OrionVM could not be set: {e}"))
 }
 
+fn value(v: &str) -> Result<http::HeaderValue, UpstreamError> {
+    http::HeaderValue::from_str(v)
+        .map_err(|e| UpstreamError::Internal(format!("a header for OrionVM could not be set: {e}")))
+}
+
 /// Rewrites `req` for `endpoint` of `account`. Returns the `Authorization` value sent, if any
 /// (to recognise a refused token).
 pub async fn rewrite_request(
@@ -65,7 +71,7 @@ pub async fn rewrite_request(
         .map_err(header_error)?;
     let auth = auth.map_err(|e| UpstreamError::Credentials(e.to_string()))?;
     if let Some(auth) = &auth {
-        req.insert_header("authorization", auth.clone())
+        req.set(&names::AUTHORIZATION, auth.clone())
             .map_err(header_error)?;
     }
     // The request line is rebuilt only when what was checked differs from what came in
@@ -82,15 +88,15 @@ pub async fn rewrite_request(
             .map_err(|_| UpstreamError::BadTarget)?;
         req.set_uri(uri);
     }
-    req.insert_header("host", endpoint.authority.as_str())
+    req.set(&names::HOST, endpoint.host_value.clone())
         .map_err(header_error)?;
-    req.insert_header("x-request-id", out.request_id)
+    req.set(&names::X_REQUEST_ID, value(out.request_id)?)
         .map_err(header_error)?;
-    req.insert_header("traceparent", out.traceparent)
+    req.set(&names::TRACEPARENT, value(out.traceparent)?)
         .map_err(header_error)?;
     if let Some(b) = out.body {
-        req.remove_header("transfer-encoding");
-        req.insert_header("content-length", b.len().to_string())
+        req.remove_header(&http::header::TRANSFER_ENCODING);
+        req.set(&names::CONTENT_LENGTH, http::HeaderValue::from(b.len()))
             .map_err(header_error)?;
     }
     if let Some(signer) = account.credentials.signer() {
