@@ -17,8 +17,10 @@ use pingora_proxy::{ProxyHttp, Session};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+// The proxy's own allocator glue (mimalloc, plain blocks where the layout allows): the floor is
+// measured with what the proxy runs with.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: orion_proxy::allocator::Mimalloc = orion_proxy::allocator::Mimalloc;
 
 #[derive(Parser)]
 struct Args {

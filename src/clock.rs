@@ -9,6 +9,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// number (every access-log line has one: the `time` crate's formatter costs about 2,000
 /// instructions a call, this about a hundred); the `time` crate for dates it does not cover.
 pub fn timestamp(t: SystemTime) -> String {
+    String::from_utf8_lossy(&timestamp_bytes(t)).into_owned()
+}
+
+/// [`timestamp`] as its 24 ASCII bytes, for writers that copy it (the access log).
+pub fn timestamp_bytes(t: SystemTime) -> [u8; 24] {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) if d.as_secs() < MAX_FAST_SECONDS => fast(d),
         _ => slow(t),
@@ -18,7 +23,7 @@ pub fn timestamp(t: SystemTime) -> String {
 /// Year 10000: four-digit years only.
 const MAX_FAST_SECONDS: u64 = 253_402_300_800;
 
-fn fast(d: Duration) -> String {
+fn fast(d: Duration) -> [u8; 24] {
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, day) = civil_from_days(days);
@@ -36,8 +41,7 @@ fn fast(d: Duration) -> String {
     put(14, 2, rem % 3600 / 60);
     put(17, 2, rem % 60);
     put(20, 3, u64::from(d.subsec_millis()));
-    // Digits and ASCII punctuation only.
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// Days since 1970-01-01 as (year, month, day) in the proleptic Gregorian calendar
@@ -55,13 +59,17 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
-fn slow(t: SystemTime) -> String {
+fn slow(t: SystemTime) -> [u8; 24] {
     let fmt = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    time::OffsetDateTime::from(t)
+    let text = time::OffsetDateTime::from(t)
         .format(&fmt)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
+        .unwrap_or_default();
+    // Years before 1970 (a clock set wrong) still have four digits; anything else is the epoch.
+    text.as_bytes()
+        .try_into()
+        .unwrap_or(*b"1970-01-01T00:00:00.000Z")
 }
 
 /// Now, as [`timestamp`] writes it.
@@ -103,7 +111,7 @@ mod tests {
         }
         for (i, s) in seconds.into_iter().enumerate() {
             let t = UNIX_EPOCH + Duration::new(s, (i as u32 % 1000) * 1_000_123);
-            assert_eq!(timestamp(t), slow(t), "{s}");
+            assert_eq!(timestamp_bytes(t), slow(t), "{s}");
         }
         let before = UNIX_EPOCH - Duration::from_secs(1);
         assert_eq!(timestamp(before), "1969-12-31T23:59:59.000Z");

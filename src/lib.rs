@@ -5,6 +5,7 @@
 //! owns what state, and the request's path through the phases: `docs/ARCHITECTURE.md`.
 
 pub mod admin;
+pub mod allocator;
 pub mod auth;
 pub mod clock;
 pub mod config;

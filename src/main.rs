@@ -8,7 +8,7 @@ use std::process::ExitCode;
 // (heaptrack; README "Performance", idle connections).
 #[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: orion_proxy::allocator::Mimalloc = orion_proxy::allocator::Mimalloc;
 
 /// Exit statuses (also in `--help` and the README).
 const EXIT_RUNTIME: u8 = 1;

@@ -77,6 +77,12 @@ struct Store {
     entries: usize,
 }
 
+impl Store {
+    fn holds_nothing(&self) -> bool {
+        self.groups.is_empty() && self.links.is_empty()
+    }
+}
+
 /// The micro-cache and its coalescing groups (one per process state).
 #[derive(Default)]
 pub struct MicroCache {
@@ -109,10 +115,16 @@ pub enum ServeError {
 
 pub fn group_key(tenant: &str, object: &str) -> String {
     let mut k = String::with_capacity(tenant.len() + object.len() + 1);
+    write_group_key(&mut k, tenant, object);
+    k
+}
+
+/// [`group_key`] into `k`, replacing what it held.
+fn write_group_key(k: &mut String, tenant: &str, object: &str) {
+    k.clear();
     k.push_str(tenant);
     k.push('\0');
     k.push_str(object);
-    k
 }
 
 enum Step {
@@ -140,12 +152,14 @@ impl MicroCache {
     /// mutation's body names: the disks of a disks PUT).
     pub fn invalidate_all(&self, tenant: &str, object: &str, others: &[&str]) {
         let mut store = self.store.lock();
-        if store.groups.is_empty() && store.links.is_empty() {
+        if store.holds_nothing() {
             return;
         }
+        // One key buffer for every id the mutation names (a 1 KiB body names about 20).
+        let mut key = String::with_capacity(tenant.len() + 64);
         for o in std::iter::once(object).chain(others.iter().copied()) {
-            let key = group_key(tenant, o);
-            let linked = store.links.remove(&key);
+            write_group_key(&mut key, tenant, o);
+            let linked = store.links.remove(key.as_str());
             drop_group(&mut store, &key);
             for l in linked.into_iter().flatten() {
                 drop_group(&mut store, &l);
@@ -164,6 +178,12 @@ impl MicroCache {
             .as_ref()
             .filter(|f| f.at.elapsed() <= settings.stale)
             .cloned()
+    }
+
+    /// Whether an invalidation could drop anything: no group and no link held. A mutation
+    /// looks for the ids its body names only when this is false (a walk over the body).
+    pub fn holds_nothing(&self) -> bool {
+        self.store.lock().holds_nothing()
     }
 
     /// Entries held (over all tenants).

@@ -606,6 +606,7 @@ fn named_ids(body: Option<&serde_json::Value>) -> Vec<&str> {
     }
     let mut out = Vec::new();
     if let Some(v) = body {
+        out.reserve(32);
         walk(v, &mut out);
     }
     out
@@ -638,7 +639,13 @@ pub async fn before_upstream_with(
     };
     // Mirror and facade mutations alike drop the object's cached reads (on every node).
     if req.is_mutation() {
-        let named = named_ids(extra.body);
+        // The ids the body names matter only to a cache that holds something, here or (a
+        // shared backend) on other nodes: no walk over the body otherwise.
+        let named = if limits.versions.is_some() || !limits.micro.holds_nothing() {
+            named_ids(extra.body)
+        } else {
+            Vec::new()
+        };
         limits
             .micro
             .invalidate_all(&tenant.name, object_of(req), &named);
@@ -841,6 +848,7 @@ pub fn finish(limits: &Limits, req: &RequestView<'_>, body: Option<&serde_json::
     if limits.enabled
         && req.is_mutation()
         && let Some(t) = req.tenant
+        && !limits.micro.holds_nothing()
     {
         limits
             .micro

@@ -72,10 +72,10 @@ impl Sink {
 
     /// Queues one line (a newline is added). Never blocks on I/O: past `MAX_PENDING` the line
     /// is dropped and counted, rather than slowing requests down.
-    pub fn write(&self, line: Vec<u8>) {
+    pub fn write(&self, line: &[u8]) {
         let mut pending = self.pending.lock();
         if pending.len() + line.len() < MAX_PENDING {
-            pending.extend_from_slice(&line);
+            pending.extend_from_slice(line);
             pending.push(b'\n');
             return;
         }
@@ -228,26 +228,69 @@ pub fn log_request(
     if !policy.logs(req) {
         return;
     }
-    sink.write(line(policy, req, obs, status, error_type));
+    // The line is formatted into this thread's buffer, reused from request to request: no
+    // allocation per line, only the copy into the sink's pending lines.
+    LINE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            line(&mut buf, policy, req, obs, status, error_type);
+            sink.write(&buf);
+            if buf.capacity() > MAX_KEPT_LINE {
+                *buf = Vec::with_capacity(LINE_BYTES);
+            }
+        }
+        Err(_) => {
+            let mut buf = Vec::with_capacity(LINE_BYTES);
+            line(&mut buf, policy, req, obs, status, error_type);
+            sink.write(&buf);
+        }
+    });
+}
+
+/// A GET's line is about 1,000 bytes.
+const LINE_BYTES: usize = 2048;
+/// A line that logged a large body leaves no large buffer behind.
+const MAX_KEPT_LINE: usize = 64 * 1024;
+
+thread_local! {
+    static LINE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(LINE_BYTES));
+}
+
+/// The ECS version the log lines follow (`ecs.version`), as a literal for `concat!`.
+macro_rules! ecs_version {
+    () => {
+        "8.11.0"
+    };
 }
 
 /// The ECS version the log lines follow (`ecs.version`).
-pub const ECS_VERSION: &str = "8.11.0";
+pub const ECS_VERSION: &str = ecs_version!();
+
+/// A field's key with the comma before it and the colon after it, as one literal: a line
+/// writes each key with one copy.
+macro_rules! key {
+    ($k:literal) => {
+        concat!(",\"", $k, "\":")
+    };
+}
 
 /// The access-log line of one request: ECS 8.x fields, and the proxy's own under `orion.*`
 /// (ECS's guidance for custom fields: one namespace of one's own).
 fn line(
+    buf: &mut Vec<u8>,
     policy: &super::LogPolicy,
     req: &RequestView<'_>,
     obs: &RequestObs,
     status: u16,
     error_type: Option<&str>,
-) -> Vec<u8> {
-    // A GET's line is about 900 bytes: one allocation, no regrowth.
-    let mut line = Line::with_capacity(1024);
-    line.str("@timestamp", &crate::clock::timestamp(obs.started_at));
-    line.str(
-        "log.level",
+) {
+    let mut line = Line { buf };
+    line.buf.extend_from_slice(b"{\"@timestamp\":\"");
+    line.buf
+        .extend_from_slice(&crate::clock::timestamp_bytes(obs.started_at));
+    line.buf.push(b'"');
+    line.plain(
+        key!("log.level"),
         if status >= 500 || status == 0 {
             "error"
         } else if status >= 400 {
@@ -256,165 +299,165 @@ fn line(
             "info"
         },
     );
-    line.fields(r#""log.logger":"orion_proxy.access""#);
+    line.fields(r#","log.logger":"orion_proxy.access""#);
     line.message(req.method.as_str(), req.path, status);
-    line.str("ecs.version", ECS_VERSION);
-    line.fields(
-        r#""event.dataset":"orion_proxy.access","event.kind":"event","event.category":["web"]"#,
-    );
-    line.raw(
-        "event.type",
-        if status >= 400 || status == 0 {
-            r#"["access","error"]"#
-        } else {
-            r#"["access"]"#
-        },
-    );
-    line.str(
-        "event.outcome",
+    line.fields(concat!(
+        key!("ecs.version"),
+        "\"",
+        ecs_version!(),
+        "\"",
+        r#","event.dataset":"orion_proxy.access","event.kind":"event","event.category":["web"]"#
+    ));
+    line.fields(if status >= 400 || status == 0 {
+        r#","event.type":["access","error"]"#
+    } else {
+        r#","event.type":["access"]"#
+    });
+    line.plain(
+        key!("event.outcome"),
         match status {
             0 => "unknown",
             s if s >= 400 => "failure",
             _ => "success",
         },
     );
-    line.str("http.request.id", req.request_id);
-    line.str("trace.id", &obs.trace_id);
+    // Request ids are checked to be `[A-Za-z0-9._:-]` when they come in, made of those
+    // characters when the proxy makes them.
+    line.plain(key!("http.request.id"), req.request_id);
+    line.str(key!("trace.id"), &obs.trace_id);
     if !obs.span_id.is_empty() {
-        line.str("span.id", &obs.span_id);
+        line.str(key!("span.id"), &obs.span_id);
     }
     if let Some(ip) = req.client_ip {
-        line.ip("client.ip", ip);
+        line.ip(key!("client.ip"), ip);
     }
-    line.str("http.request.method", req.method.as_str());
-    line.str("url.path", cut(req.path, 256));
+    // A method is an HTTP token: no character of it needs escaping.
+    line.plain(key!("http.request.method"), req.method.as_str());
+    line.str(key!("url.path"), cut(req.path, 256));
     if let Some(q) = req.query {
-        line.str("url.query", cut(&policy.redact_query(q), 512));
+        line.str(key!("url.query"), cut(&policy.redact_query(q), 512));
     }
     if let Some(p) = req.principal {
-        line.str("user.id", &p.id);
-        line.str_list("user.roles", p.roles.iter().map(|r| &**r));
-        line.str("organization.id", &p.tenant);
+        line.str(key!("user.id"), &p.id);
+        line.str_list(key!("user.roles"), p.roles.iter().map(|r| &**r));
+        line.str(key!("organization.id"), &p.tenant);
     }
     if let Some(ua) = req
         .headers
         .get(http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
     {
-        line.str("user_agent.original", cut(ua, 256));
+        line.str(key!("user_agent.original"), cut(ua, 256));
     }
-    line.num("http.response.status_code", status as u64);
+    line.num(key!("http.response.status_code"), status as u64);
     let elapsed = obs.started.elapsed();
-    line.num("event.duration", elapsed.as_nanos() as u64);
-    line.num("http.request.body.bytes", obs.request_bytes as u64);
-    line.num("http.response.body.bytes", obs.response_bytes as u64);
+    line.num(key!("event.duration"), elapsed.as_nanos() as u64);
+    line.num(key!("http.request.body.bytes"), obs.request_bytes as u64);
+    line.num(key!("http.response.body.bytes"), obs.response_bytes as u64);
     if let Some(err) = &obs.error {
-        line.str("error.code", err.code);
-        line.str("error.message", cut(&err.detail, 256));
+        line.str(key!("error.code"), err.code);
+        line.str(key!("error.message"), cut(&err.detail, 256));
     }
     if let Some(e) = error_type {
-        line.str("error.type", e);
+        line.str(key!("error.type"), e);
     }
     if policy.request_body
         && let Some(b) = &obs.request_body
     {
         let (text, truncated) = policy.body_for_log(b, false);
-        line.str("http.request.body.content", &text);
+        line.str(key!("http.request.body.content"), &text);
         if truncated {
-            line.raw("orion.http.request.body.truncated", "true");
+            line.fields(r#","orion.http.request.body.truncated":true"#);
         }
     }
     if policy.response_body
         && let Some(b) = &obs.response_body
     {
         let (text, truncated) = policy.body_for_log(b, obs.response_body_overflow);
-        line.str("http.response.body.content", &text);
+        line.str(key!("http.response.body.content"), &text);
         if truncated {
-            line.raw("orion.http.response.body.truncated", "true");
+            line.fields(r#","orion.http.response.body.truncated":true"#);
         }
     }
     // The proxy's own fields.
-    line.str("orion.route", req.route_name());
-    line.millis("orion.latency_ms", elapsed);
+    line.str(key!("orion.route"), req.route_name());
+    line.millis(key!("orion.latency_ms"), elapsed);
     if let Some(p) = req.principal {
-        line.str("orion.auth.kind", p.kind.as_str());
+        line.plain(key!("orion.auth.kind"), p.kind.as_str());
     }
     if let Some(r) = obs.auth_failure {
-        line.str("orion.auth.failure", r);
+        line.str(key!("orion.auth.failure"), r);
     }
     if let (Some(t), Some(_)) = (req.tenant, &obs.upstream_endpoint) {
-        line.str("orion.upstream.account", &t.account.name);
+        line.str(key!("orion.upstream.account"), &t.account.name);
     }
     if let Some(s) = obs.upstream_status {
-        line.num("orion.upstream.status_code", s as u64);
+        line.num(key!("orion.upstream.status_code"), s as u64);
     }
     if let Some(e) = &obs.upstream_endpoint {
-        line.str("orion.upstream.endpoint", e);
+        line.str(key!("orion.upstream.endpoint"), e);
     }
     if let Some(u) = obs.upstream_elapsed {
-        line.millis("orion.upstream.latency_ms", u);
+        line.millis(key!("orion.upstream.latency_ms"), u);
     }
     if obs.attempts > 1 {
-        line.num("orion.upstream.attempts", obs.attempts as u64);
+        line.num(key!("orion.upstream.attempts"), obs.attempts as u64);
     }
     if let Some(k) = obs.upstream_failure {
-        line.str("orion.upstream.failure", k);
+        line.str(key!("orion.upstream.failure"), k);
     }
     if obs.request_sent && obs.upstream_status.is_none() {
-        line.raw("orion.upstream.request_sent", "true");
+        line.fields(r#","orion.upstream.request_sent":true"#);
     }
     if policy.request_headers {
         line.value(
-            "orion.http.request.headers",
+            key!("orion.http.request.headers"),
             &policy.redactor.headers(req.headers),
         );
     }
     if let Some(h) = &obs.response_headers {
-        line.value("orion.http.response.headers", h);
+        line.value(key!("orion.http.response.headers"), h);
     }
-    line.finish()
+    line.buf.push(b'}');
 }
 
-/// A JSON object written straight into bytes: keys are trusted ASCII literals, values are
-/// escaped by serde_json. No map, no intermediate `Value`s on the hot path.
-struct Line {
-    buf: Vec<u8>,
+/// A JSON object written straight into bytes: keys are trusted ASCII literals written with
+/// their separators (`key!`), values are escaped as serde_json escapes them. No map, no
+/// intermediate `Value`s on the hot path. The object's `{` and first field are written by
+/// the caller; every method here writes `,"key":value`.
+struct Line<'a> {
+    buf: &'a mut Vec<u8>,
 }
 
-impl Line {
-    fn with_capacity(n: usize) -> Self {
-        let mut buf = Vec::with_capacity(n);
-        buf.push(b'{');
-        Line { buf }
-    }
-
-    fn key(&mut self, k: &str) {
-        if self.buf.len() > 1 {
-            self.buf.push(b',');
-        }
-        self.buf.push(b'"');
+impl Line<'_> {
+    fn str(&mut self, k: &'static str, v: &str) {
         self.buf.extend_from_slice(k.as_bytes());
-        self.buf.extend_from_slice(b"\":");
+        json_string(self.buf, v);
     }
 
-    fn str(&mut self, k: &str, v: &str) {
-        self.key(k);
-        json_string(&mut self.buf, v);
+    /// A value that needs no escaping by construction (a fixed word, an id made of token
+    /// characters): copied between quotes.
+    fn plain(&mut self, k: &'static str, v: &str) {
+        debug_assert!(!v.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\'));
+        self.buf.reserve(k.len() + v.len() + 2);
+        self.buf.extend_from_slice(k.as_bytes());
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(v.as_bytes());
+        self.buf.push(b'"');
     }
 
     /// `message`: `METHOD PATH STATUS`, the line a person reads first (Kibana's and Datadog's
     /// default column).
     fn message(&mut self, method: &str, path: &str, status: u16) {
-        self.key("message");
+        self.buf.extend_from_slice(key!("message").as_bytes());
         self.buf.push(b'"');
         self.buf.extend_from_slice(method.as_bytes());
         self.buf.push(b' ');
         // The path, escaped as a JSON string's inside (json_string writes the quotes too).
-        let mut escaped = Vec::with_capacity(path.len() + 2);
-        json_string(&mut escaped, cut(path, 256));
-        if escaped.len() >= 2 {
-            self.buf.extend_from_slice(&escaped[1..escaped.len() - 1]);
-        }
+        let at = self.buf.len();
+        json_string(self.buf, cut(path, 256));
+        self.buf.remove(at);
+        self.buf.pop();
         self.buf.push(b' ');
         self.buf
             .extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
@@ -422,36 +465,33 @@ impl Line {
     }
 
     /// An address: its text needs no escaping (digits, dots, colons, hex letters).
-    fn ip(&mut self, k: &str, ip: std::net::IpAddr) {
+    fn ip(&mut self, k: &'static str, ip: std::net::IpAddr) {
         let mut text = String::with_capacity(40);
         crate::upstream::forward::push_ip(&mut text, ip);
-        self.key(k);
-        self.buf.push(b'"');
-        self.buf.extend_from_slice(text.as_bytes());
-        self.buf.push(b'"');
+        self.plain(k, &text);
     }
 
-    fn str_list<'a>(&mut self, k: &str, items: impl Iterator<Item = &'a str>) {
-        self.key(k);
+    fn str_list<'b>(&mut self, k: &'static str, items: impl Iterator<Item = &'b str>) {
+        self.buf.extend_from_slice(k.as_bytes());
         self.buf.push(b'[');
         for (i, item) in items.enumerate() {
             if i > 0 {
                 self.buf.push(b',');
             }
-            json_string(&mut self.buf, item);
+            json_string(self.buf, item);
         }
         self.buf.push(b']');
     }
 
-    fn num(&mut self, k: &str, v: u64) {
-        self.key(k);
+    fn num(&mut self, k: &'static str, v: u64) {
+        self.buf.extend_from_slice(k.as_bytes());
         self.buf
             .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
     }
 
     /// Milliseconds with microsecond precision.
-    fn millis(&mut self, k: &str, d: std::time::Duration) {
-        self.key(k);
+    fn millis(&mut self, k: &'static str, d: std::time::Duration) {
+        self.buf.extend_from_slice(k.as_bytes());
         let micros = d.as_micros() as u64;
         let mut b = itoa::Buffer::new();
         self.buf
@@ -465,27 +505,14 @@ impl Line {
         ]);
     }
 
-    /// Fields that never change, written as one piece: `json` is `"key":value[,...]`.
-    fn fields(&mut self, json: &str) {
-        if self.buf.len() > 1 {
-            self.buf.push(b',');
-        }
+    /// Fields that never change, written as one piece: `json` is `,"key":value[,...]`.
+    fn fields(&mut self, json: &'static str) {
         self.buf.extend_from_slice(json.as_bytes());
     }
 
-    fn raw(&mut self, k: &str, json: &str) {
-        self.key(k);
-        self.buf.extend_from_slice(json.as_bytes());
-    }
-
-    fn value(&mut self, k: &str, v: &serde_json::Value) {
-        self.key(k);
-        let _ = serde_json::to_writer(&mut self.buf, v);
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        self.buf.push(b'}');
-        self.buf
+    fn value(&mut self, k: &'static str, v: &serde_json::Value) {
+        self.buf.extend_from_slice(k.as_bytes());
+        let _ = serde_json::to_writer(&mut *self.buf, v);
     }
 }
 
@@ -545,12 +572,13 @@ mod tests {
 
     #[test]
     fn milliseconds_keep_three_decimals() {
-        let mut line = Line::with_capacity(64);
-        line.millis("a", Duration::from_micros(12_034));
-        line.millis("b", Duration::from_micros(7));
-        line.millis("c", Duration::from_micros(1_999_999));
-        let text = String::from_utf8(line.finish()).unwrap();
-        assert_eq!(text, r#"{"a":12.034,"b":0.007,"c":1999.999}"#);
+        let mut buf = Vec::new();
+        let mut line = Line { buf: &mut buf };
+        line.millis(key!("a"), Duration::from_micros(12_034));
+        line.millis(key!("b"), Duration::from_micros(7));
+        line.millis(key!("c"), Duration::from_micros(1_999_999));
+        let text = String::from_utf8(buf).unwrap();
+        assert_eq!(text, r#","a":12.034,"b":0.007,"c":1999.999"#);
     }
 
     #[test]
@@ -562,9 +590,9 @@ mod tests {
             max_files: 1,
         };
         let sink = Sink::new(path.to_str().unwrap(), rotate);
-        sink.write(b"{}".to_vec());
+        sink.write(b"{}");
         sink.flush();
-        sink.write(b"{\"n\":2}".to_vec());
+        sink.write(b"{\"n\":2}");
         sink.flush();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n{\"n\":2}\n");
         assert!(sink.pending.lock().is_empty());

@@ -12,7 +12,6 @@
 //! traffic (the usage counts, summed over nodes, are in `usage`).
 
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -101,7 +100,8 @@ pub struct ClientPoint {
 
 struct Rings {
     slots: Vec<Slot>,
-    clients: HashMap<Arc<str>, ClientRing>,
+    /// foldhash: looked up on every request (authenticated principal ids).
+    clients: foldhash::HashMap<Arc<str>, ClientRing>,
 }
 
 /// The rings. Cheap to record into: one short lock, no allocation but a principal's first
@@ -115,7 +115,7 @@ impl Default for Series {
         Series {
             rings: Mutex::new(Rings {
                 slots: vec![Slot::default(); SLOTS],
-                clients: HashMap::new(),
+                clients: foldhash::HashMap::default(),
             }),
         }
     }
@@ -336,7 +336,7 @@ impl Series {
 /// Counts one request of a principal in its ring (made on its first request in the hour; when
 /// [`MAX_PRINCIPALS`] rings exist, the least recently used one is reused).
 fn record_client(
-    clients: &mut HashMap<Arc<str>, ClientRing>,
+    clients: &mut foldhash::HashMap<Arc<str>, ClientRing>,
     id: &Arc<str>,
     tenant: &Arc<str>,
     period: u64,

@@ -278,7 +278,8 @@ pub struct Tenant {
 
 pub struct Upstreams {
     pub accounts: HashMap<String, Arc<Account>>,
-    pub tenants: HashMap<String, Arc<Tenant>>,
+    /// foldhash: looked up on every request (names from the config).
+    pub tenants: foldhash::HashMap<String, Arc<Tenant>>,
     /// `upstream.forward_headers`: which of the caller's headers reach OrionVM.
     pub forward_headers: crate::config::model::ForwardHeaders,
 }
@@ -306,7 +307,7 @@ impl Upstreams {
                 Err(errs) => errors.extend(errs.into_iter().map(|e| format!("{at}.{e}"))),
             }
         }
-        let mut tenants = HashMap::new();
+        let mut tenants = foldhash::HashMap::default();
         if config.tenants.is_empty() {
             errors.push("tenants: at least one tenant is needed".to_string());
         }

@@ -8,6 +8,7 @@
 //! (the facade) reads the checked value instead of parsing the body again.
 
 pub mod body;
+mod quick;
 pub mod rewrite;
 pub mod schema;
 
@@ -251,7 +252,12 @@ pub fn admit(rules: Option<&RouteBody>, bytes: &Bytes) -> Result<Admitted, Admit
 /// violations are listed at their fields (alternatives of another type are set aside), and
 /// when several fail at the value itself the message names the accepted forms.
 pub fn check(schema: &Schema, value: &Value) -> Result<(), ValidationError> {
-    if schema.validator.is_valid(value) {
+    if schema
+        .quick
+        .as_ref()
+        .unwrap_or(&schema.validator)
+        .is_valid(value)
+    {
         return Ok(());
     }
     let mut leaves = Vec::new();

@@ -96,6 +96,9 @@ pub struct Schema {
     pub name: Arc<str>,
     pub strict: bool,
     pub validator: jsonschema::Validator,
+    /// The same schema with quick forms of its costliest keywords, for the yes/no check
+    /// (`super::quick`); `None` when it has none of them.
+    pub quick: Option<jsonschema::Validator>,
     /// The document it was compiled from (error messages read `description`s from it).
     pub doc: Value,
 }
@@ -142,6 +145,7 @@ impl<'a> Compiler<'a> {
             name: name.into(),
             strict,
             validator,
+            quick: super::quick::twin(&doc),
             doc,
         });
         self.compiled.insert((key, strict), schema.clone());
