@@ -15,16 +15,17 @@ use std::net::IpAddr;
 
 /// Hop-by-hop headers (RFC 9110 sections 7.6.1 and 7.8, RFC 9112 section 9.6 and the
 /// non-standard `Keep-Alive`/`Proxy-Connection`). `Transfer-Encoding` is hop-by-hop too but
-/// frames a streamed body, so [`removals`] leaves it to Pingora.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
+/// frames a streamed body, so [`removals`] leaves it to Pingora. Compared as `HeaderName`s (a
+/// standard name by its tag), not as strings.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
 ];
 
 /// Headers a `Connection` option may never remove: they frame the message or name its
@@ -86,11 +87,15 @@ fn removals(headers: &HeaderMap, drop: impl Fn(&HeaderName) -> bool) -> Vec<Head
                     .iter()
                     .filter_map(|v| v.to_str().ok())
                     .flat_map(|v| v.split(','))
-                    .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+                    .map(str::trim)
+                    // The usual option, `keep-alive`, names a hop-by-hop header (removed below
+                    // when present): not parsed into a name of its own.
+                    .filter(|n| !n.eq_ignore_ascii_case("keep-alive"))
+                    .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
                     .filter(|n| !FRAMING.contains(&n.as_str())),
             );
         }
-        if HOP_BY_HOP.contains(&name.as_str()) || drop(name) {
+        if HOP_BY_HOP.contains(name) || drop(name) {
             names.push(name.clone());
         }
     }
