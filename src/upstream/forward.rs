@@ -145,14 +145,17 @@ pub fn caller_headers(
         xff.push_str(prev);
         xff.push_str(", ");
     }
+    let start = xff.len();
     push_ip(&mut xff, ip);
+    // The address is written once: `Forwarded` copies its text.
+    let ip_text = &xff[start..];
     let mut forwarded = String::with_capacity(64);
     if let Some(prev) = &inbound.forwarded {
         forwarded.push_str(prev);
         forwarded.push_str(", ");
     }
     forwarded.push_str("for=");
-    push_forwarded_node(&mut forwarded, ip);
+    push_forwarded_node(&mut forwarded, ip, ip_text);
     forwarded.push_str(";proto=");
     forwarded.push_str(proto);
     req.set(&names::X_FORWARDED_FOR, header_value(xff)?)?;
@@ -192,13 +195,14 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     (!values.is_empty()).then(|| values.join(", "))
 }
 
-/// An RFC 7239 node: an IPv6 address is bracketed and quoted.
-fn push_forwarded_node(out: &mut String, ip: IpAddr) {
+/// An RFC 7239 node (`text`: `ip` as [`push_ip`] writes it): an IPv6 address is bracketed
+/// and quoted.
+fn push_forwarded_node(out: &mut String, ip: IpAddr, text: &str) {
     match ip {
-        IpAddr::V4(_) => push_ip(out, ip),
+        IpAddr::V4(_) => out.push_str(text),
         IpAddr::V6(_) => {
             out.push_str("\"[");
-            push_ip(out, ip);
+            out.push_str(text);
             out.push_str("]\"");
         }
     }

@@ -241,7 +241,7 @@ impl RequestHeader {
         remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name)
     }
 
-    // orion-proxy patch: inserts by prebuilt names, and room for them (ORION-PATCH.md, 1).
+    // orion-proxy patch: inserts by prebuilt names (ORION-PATCH.md, 1).
     /// Insert `value` under a name given both ways, prebuilt (typically constants): `name` for
     /// the value map and `case` for the case-preserved name written on the wire. Nothing is
     /// parsed or copied; replaces every existing header of the same name as
@@ -278,21 +278,6 @@ impl RequestHeader {
             case,
             value,
         )
-    }
-
-    /// Make room for `additional` more header names in both maps (values and case), so that
-    /// that many inserts of new names allocate nothing.
-    ///
-    /// The maps are rebuilt (their names moved and hashed once) with the room: `HeaderMap`'s own
-    /// `reserve` grows the entries' storage only when its index lacks room, and a clone (the
-    /// request a proxy sends upstream is one) has an index with room but storage exactly full,
-    /// which then reallocates at the first inserts.
-    pub fn reserve(&mut self, additional: usize) -> Result<()> {
-        rebuild_with_room(&mut self.base.headers, additional)?;
-        if let Some(name_map) = self.header_name_map.as_mut() {
-            rebuild_with_room(name_map, additional)?;
-        }
-        Ok(())
     }
 
     /// Write the header to the `buf` in HTTP/1.1 wire format.
@@ -649,7 +634,7 @@ impl ResponseHeader {
         remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name)
     }
 
-    // orion-proxy patch: inserts by prebuilt names, and room for them (ORION-PATCH.md, 1).
+    // orion-proxy patch: inserts by prebuilt names (ORION-PATCH.md, 1).
     /// Insert `value` under a name given both ways, prebuilt (typically constants): `name` for
     /// the value map and `case` for the case-preserved name written on the wire. Nothing is
     /// parsed or copied; replaces every existing header of the same name as
@@ -686,21 +671,6 @@ impl ResponseHeader {
             case,
             value,
         )
-    }
-
-    /// Make room for `additional` more header names in both maps (values and case), so that
-    /// that many inserts of new names allocate nothing.
-    ///
-    /// The maps are rebuilt (their names moved and hashed once) with the room: `HeaderMap`'s own
-    /// `reserve` grows the entries' storage only when its index lacks room, and a clone (the
-    /// request a proxy sends upstream is one) has an index with room but storage exactly full,
-    /// which then reallocates at the first inserts.
-    pub fn reserve(&mut self, additional: usize) -> Result<()> {
-        rebuild_with_room(&mut self.base.headers, additional)?;
-        if let Some(name_map) = self.header_name_map.as_mut() {
-            rebuild_with_room(name_map, additional)?;
-        }
-        Ok(())
     }
 
     /// Write the header to the `buf` in HTTP/1.1 wire format.
@@ -998,7 +968,7 @@ fn insert_header_value<T>(
     Ok(())
 }
 
-// orion-proxy patch: the inserts by prebuilt names and the rebuild with room (ORION-PATCH.md, 1).
+// orion-proxy patch: the inserts by prebuilt names (ORION-PATCH.md, 1).
 #[inline]
 fn insert_named<T>(
     name_map: Option<&mut CaseMap>,
@@ -1036,45 +1006,6 @@ fn append_named<T>(
         InvalidHTTPHeader,
         "header value map size overflows MAX_SIZE",
     )
-}
-
-/// `map` rebuilt with room for `additional` more names: same names, values and order (the
-/// entries are moved in iteration order, each name's values in theirs, so a value map and its
-/// case map rebuilt alike still iterate in step).
-fn rebuild_with_room<T>(map: &mut HMap<T>, additional: usize) -> Result<()> {
-    let mut rebuilt = HMap::try_with_capacity(map.keys_len().saturating_add(additional))
-        .or_err(InvalidHTTPHeader, "header map size overflows MAX_SIZE")?;
-    {
-        // The names are moved, not cloned: a name's first value opens its entry, and the
-        // following values (`None` names) are appended to that entry.
-        let mut current: Option<http::header::OccupiedEntry<'_, T>> = None;
-        for (name, value) in std::mem::take(map) {
-            match name {
-                Some(name) => {
-                    let entry = rebuilt
-                        .try_entry(name)
-                        .or_err(InvalidHTTPHeader, "invalid header name")?;
-                    current = Some(match entry {
-                        http::header::Entry::Vacant(v) => v
-                            .try_insert_entry(value)
-                            .or_err(InvalidHTTPHeader, "header map size overflows MAX_SIZE")?,
-                        // Not reached: each name opens one entry.
-                        http::header::Entry::Occupied(mut o) => {
-                            o.append(value);
-                            o
-                        }
-                    });
-                }
-                None => {
-                    if let Some(entry) = current.as_mut() {
-                        entry.append(value);
-                    }
-                }
-            }
-        }
-    }
-    *map = rebuilt;
-    Ok(())
 }
 
 // the &N here is to avoid clone(). None Copy type like String can impl AsHeaderName
@@ -1238,7 +1169,7 @@ fn case_header_iter<'a>(
 mod tests {
     use super::*;
 
-    // orion-proxy patch: tests of the inserts by prebuilt names and of `reserve`.
+    // orion-proxy patch: tests of the inserts by prebuilt names.
     static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     static X_REQUEST_ID_CASE: CaseHeaderName = CaseHeaderName::from_static("X-Request-Id");
 
@@ -1312,37 +1243,6 @@ mod tests {
         );
         // Invalid names given as bytes are still refused.
         assert!(resp.insert_header("bad name", "1").is_err());
-    }
-
-    #[test]
-    fn reserve_keeps_names_values_cases_and_order() {
-        let mut req = RequestHeader::build("GET", b"/", Some(2)).unwrap();
-        for (k, v) in [
-            ("Host", "h"),
-            ("X-Forwarded-For", "1.1.1.1"),
-            ("accept", "a"),
-            ("x-forwarded-for", "2.2.2.2"),
-            ("X-Custom-ONE", "c"),
-            ("ACCEPT", "b"),
-        ] {
-            req.append_header(k, v).unwrap();
-        }
-        let before = wire(&req);
-        let mut copy = req.clone();
-        copy.reserve(8).unwrap();
-        assert_eq!(wire(&copy), before);
-        assert!(copy.headers.capacity() >= copy.headers.keys_len() + 8);
-        assert_eq!(copy.headers.get_all("x-forwarded-for").iter().count(), 2);
-        copy.insert_header_name(
-            &X_REQUEST_ID,
-            &X_REQUEST_ID_CASE,
-            HeaderValue::from_static("01ID"),
-        )
-        .unwrap();
-        assert_eq!(wire(&copy), format!("{before}X-Request-Id: 01ID\r\n"));
-        let mut empty = ResponseHeader::build(200, Some(0)).unwrap();
-        empty.reserve(3).unwrap();
-        assert_eq!(empty.headers.len(), 0);
     }
 
     #[test]
