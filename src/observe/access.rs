@@ -121,6 +121,7 @@ impl Sink {
     }
 
     fn run(self: Arc<Self>) {
+        yield_to_requests();
         loop {
             self.flush();
             // Only this thread holds the sink: no request can add a line any more.
@@ -207,6 +208,37 @@ impl Sink {
                 }
             }
         }
+    }
+}
+
+/// How much less CPU the writer thread claims than request work: nice values above the
+/// process's own (capped at 19, the lowest priority).
+const WRITER_NICE: i32 = 10;
+
+/// The nice value of the writer of a process whose threads run at `process`.
+fn writer_nice(process: i32) -> i32 {
+    (process + WRITER_NICE).min(19)
+}
+
+/// Lowers the calling thread's scheduling priority (`WRITER_NICE` lower): a flush writes the lines of
+/// 20 ms at once, several hundred kilobytes under load, and at the default priority the worker
+/// thread it shares a CPU with waits until it is done, so requests queue behind the access
+/// log; niced, the writer gives the CPU back as soon as a request needs it, and still gets a
+/// tenth of a busy CPU, far more than writing the lines takes (README "Where the time goes").
+/// Lowering one's own priority needs no privilege; a failure leaves the writer as it was.
+fn yield_to_requests() {
+    // SAFETY: neither call takes a pointer; `setpriority` with `PRIO_PROCESS` and a thread id
+    // changes that thread only (Linux).
+    let done = unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        libc::setpriority(libc::PRIO_PROCESS, tid, writer_nice(now))
+    };
+    if done != 0 {
+        log::debug!(
+            "access log writer: priority unchanged: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -579,6 +611,51 @@ mod tests {
         line.millis(key!("c"), Duration::from_micros(1_999_999));
         let text = String::from_utf8(buf).unwrap();
         assert_eq!(text, r#","a":12.034,"b":0.007,"c":1999.999"#);
+    }
+
+    /// The nice value of this process's `access-log` thread, field 19 of its /proc stat line.
+    fn access_log_thread_nice() -> Option<i32> {
+        std::fs::read_dir("/proc/self/task").ok()?.find_map(|t| {
+            let t = t.ok()?.path();
+            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+            if comm.trim() != "access-log" {
+                return None;
+            }
+            let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+            let after = stat.rsplit_once(')')?.1;
+            after.split_whitespace().nth(16)?.parse::<i32>().ok()
+        })
+    }
+
+    #[test]
+    fn the_writer_thread_yields_to_request_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let rotate = RotatePolicy {
+            max_bytes: 1 << 20,
+            max_files: 1,
+        };
+        // This thread's priority, which the writer starts with (threads inherit it).
+        let mine = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+        let want = writer_nice(mine);
+        let sink = Sink::new(path.to_str().unwrap(), rotate);
+        sink.start();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let nice = loop {
+            match access_log_thread_nice() {
+                Some(n) if n == want => break n,
+                found if Instant::now() > deadline => panic!("writer nice {found:?}, want {want}"),
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        assert!(
+            nice > mine || mine == 19,
+            "writer {nice}, this thread {mine}"
+        );
+        // The thread that made the sink keeps its priority.
+        let after = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+        assert_eq!(after, mine);
+        sink.retire();
     }
 
     #[test]
