@@ -613,6 +613,16 @@ mod tests {
         assert_eq!(text, r#","a":12.034,"b":0.007,"c":1999.999"#);
     }
 
+    /// A sink for `access.log` in `dir` (1 MiB files, one kept), not started.
+    fn file_sink(dir: &tempfile::TempDir) -> (Arc<Sink>, std::path::PathBuf) {
+        let path = dir.path().join("access.log");
+        let rotate = RotatePolicy {
+            max_bytes: 1 << 20,
+            max_files: 1,
+        };
+        (Sink::new(path.to_str().unwrap(), rotate), path)
+    }
+
     /// The nice value of this process's `access-log` thread, field 19 of its /proc stat line.
     fn access_log_thread_nice() -> Option<i32> {
         std::fs::read_dir("/proc/self/task").ok()?.find_map(|t| {
@@ -630,15 +640,10 @@ mod tests {
     #[test]
     fn the_writer_thread_yields_to_request_work() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("access.log");
-        let rotate = RotatePolicy {
-            max_bytes: 1 << 20,
-            max_files: 1,
-        };
         // This thread's priority, which the writer starts with (threads inherit it).
         let mine = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
         let want = writer_nice(mine);
-        let sink = Sink::new(path.to_str().unwrap(), rotate);
+        let (sink, _) = file_sink(&dir);
         sink.start();
         let deadline = Instant::now() + Duration::from_secs(30);
         let nice = loop {
@@ -661,12 +666,7 @@ mod tests {
     #[test]
     fn a_flush_leaves_both_buffers_ready_for_more_lines() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("access.log");
-        let rotate = RotatePolicy {
-            max_bytes: 1 << 20,
-            max_files: 1,
-        };
-        let sink = Sink::new(path.to_str().unwrap(), rotate);
+        let (sink, path) = file_sink(&dir);
         sink.write(b"{}");
         sink.flush();
         sink.write(b"{\"n\":2}");
